@@ -1,14 +1,13 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The hub: channels, subscriptions and fan-out. It knows nothing of sockets: sessions hand it
+//! values (names, payloads, an [`Outbox`] per connection) and it hands back offsets and errors.
+//!
+//! Concurrency: channels live in a sharded map (no global lock); each channel has its own short
+//! std mutex, held only to assign an offset and push already-encoded frames into subscribers'
+//! bounded outboxes (no I/O, no `.await`, no serialisation in the common case; see
+//! [`Hub::publish`]).
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod hub;
+mod outbox;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use hub::{ConnId, Hub, HubError, HubStats, Subscribed};
+pub use outbox::{CloseReason, Outbox, OutboxLimits, PushError};

@@ -1,0 +1,106 @@
+use std::borrow::Cow;
+
+/// Stable, documented error codes shared by every entry point (WebSocket v1 replies, HTTP API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// Not JSON, wrong shape, bad field value or bad channel name.
+    BadRequest,
+    /// The `op` is not one this server knows.
+    UnknownOp,
+    /// Credentials are missing or wrong (listeners with `auth_tokens`).
+    Unauthorized,
+    /// This listener (or identity) may not do that.
+    Forbidden,
+    /// The channel does not exist.
+    NotFound,
+    /// The message or payload is larger than allowed.
+    TooLarge,
+    /// The connection sent commands faster than its listener allows.
+    RateLimited,
+    /// The HTTP method is not supported on this path.
+    MethodNotAllowed,
+    /// A plain HTTP request reached a path that only serves WebSocket connections.
+    UpgradeRequired,
+    /// The listener is at `max_connections`.
+    Unavailable,
+    /// Something failed inside the gateway; never caused by the request.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The snake_case wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::UnknownOp => "unknown_op",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::TooLarge => "too_large",
+            Self::RateLimited => "rate_limited",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::UpgradeRequired => "upgrade_required",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status the HTTP API answers with for this code.
+    pub const fn http_status(self) -> u16 {
+        match self {
+            Self::BadRequest | Self::UnknownOp => 400,
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::TooLarge => 413,
+            Self::UpgradeRequired => 426,
+            Self::RateLimited => 429,
+            Self::Internal => 500,
+            Self::Unavailable => 503,
+        }
+    }
+
+    /// Every code, for docs and exhaustive tests.
+    pub const ALL: [ErrorCode; 11] = [
+        Self::BadRequest,
+        Self::UnknownOp,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::TooLarge,
+        Self::RateLimited,
+        Self::MethodNotAllowed,
+        Self::UpgradeRequired,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error as a client sees it: a code and a human-readable message written by us, never a
+/// parser's or a type's internals.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ProtoError {
+    pub code: ErrorCode,
+    pub message: Cow<'static, str>,
+}
+
+impl ProtoError {
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+}
