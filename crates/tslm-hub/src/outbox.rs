@@ -41,7 +41,10 @@ pub enum PushError {
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
+    /// Wakes the consumer when frames arrive in an empty queue or the outbox closes.
     ready: Notify,
+    /// Wakes everyone waiting in [`Outbox::closed`].
+    closed: Notify,
     limits: OutboxLimits,
 }
 
@@ -57,6 +60,7 @@ impl Outbox {
         Self {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
+            closed: Notify::new(),
             limits,
         }
     }
@@ -82,6 +86,7 @@ impl Outbox {
             st.bytes = 0;
             drop(st);
             self.ready.notify_one();
+            self.closed.notify_waiters();
             return Err(PushError::Overflow);
         }
         let was_empty = st.queue.is_empty();
@@ -115,6 +120,7 @@ impl Outbox {
         st.bytes = 0;
         drop(st);
         self.ready.notify_one();
+        self.closed.notify_waiters();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -124,6 +130,19 @@ impl Outbox {
     /// Bytes currently queued.
     pub fn queued_bytes(&self) -> usize {
         self.lock().bytes
+    }
+
+    /// Resolves once the outbox is closed (overflowed or closed). Does not consume the wake-up
+    /// [`Outbox::ready`] waits for, so a writer can race its I/O against it. Cancel-safe.
+    pub async fn closed(&self) {
+        loop {
+            let mut notified = std::pin::pin!(self.closed.notified());
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Resolves when frames were queued or the outbox closed since the last `take`. Cancel-safe.

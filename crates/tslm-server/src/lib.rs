@@ -1,14 +1,162 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The TSLM server: listeners, the HTTP API, WebSocket sessions and shutdown, over the hub.
+//!
+//! [`Server::bind`] binds every configured address (or fails, binding nothing that stays open);
+//! [`Server::run`] serves until the shutdown future resolves, then closes every WebSocket session
+//! with 1001 and waits for connections to finish within the configured grace period.
+
+pub mod config;
+mod http;
+mod listener;
+mod ratelimit;
+mod session;
+mod stats;
+mod upgrade;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tslm_hub::Hub;
+
+pub use config::{Config, ConfigError, ListenerConfig, Permission, Permissions};
+pub use stats::ServerStats;
+
+/// Startup failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("listener `{listener}`: cannot bind {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A bound, not yet serving, gateway.
+pub struct Server {
+    config: Config,
+    listeners: Vec<listener::Bound>,
+    hub: Hub,
+    stats: Arc<stats::Stats>,
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// Where one listener address ended up bound (port 0 resolved).
+#[derive(Debug, Clone)]
+pub struct BoundAddr {
+    pub listener: String,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Binds every address of every listener. Fails on the first address that cannot be bound;
+    /// sockets bound so far are closed again, so a failed start leaves nothing listening.
+    pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let cfg = Arc::new(l.clone());
+            for addr in &l.bind {
+                let tcp = listener::bind(*addr).map_err(|source| ServerError::Bind {
+                    listener: l.name.clone(),
+                    addr: *addr,
+                    source,
+                })?;
+                listeners.push(listener::Bound {
+                    cfg: Arc::clone(&cfg),
+                    tcp,
+                });
+            }
+        }
+        Ok(Self {
+            config,
+            listeners,
+            hub: Hub::new(),
+            stats: Arc::default(),
+        })
     }
+
+    /// The bound addresses, in configuration order.
+    pub fn local_addrs(&self) -> Vec<BoundAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|b| {
+                Some(BoundAddr {
+                    listener: b.cfg.name.clone(),
+                    addr: b.tcp.local_addr().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// The hub this server serves (for embedding and tests).
+    pub fn hub(&self) -> Hub {
+        self.hub.clone()
+    }
+
+    /// A handle on live connection counters.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(Arc::clone(&self.stats))
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        for b in self.listeners {
+            let addr = b.tcp.local_addr().ok();
+            tracing::info!(
+                listener = %b.cfg.name,
+                addr = %addr.map_or_else(|| "?".to_string(), |a| a.to_string()),
+                permissions = %b.cfg.permissions,
+                auth = if b.cfg.auth_tokens.is_empty() { "none" } else { "tokens" },
+                max_connections = b.cfg.max_connections,
+                "listening"
+            );
+            let ctx = Arc::new(listener::ListenerCtx::new(
+                b.cfg,
+                self.hub.clone(),
+                token.clone(),
+                tracker.clone(),
+                Arc::clone(&self.stats),
+            ));
+            tracker.spawn(listener::accept_loop(ctx, b.tcp));
+        }
+        shutdown.await;
+        tracing::info!(
+            grace_seconds = self.config.shutdown_grace.as_secs(),
+            connections = self.stats.snapshot().connections,
+            "shutting down: closing connections"
+        );
+        token.cancel();
+        tracker.close();
+        if tokio::time::timeout(self.config.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = tracker.len(),
+                "grace period over: dropping connections still open"
+            );
+        } else {
+            tracing::info!("shutdown complete");
+        }
+    }
+}
+
+/// Live counters of a running server.
+#[derive(Clone)]
+pub struct StatsHandle(Arc<stats::Stats>);
+
+impl StatsHandle {
+    pub fn get(&self) -> ServerStats {
+        self.0.snapshot()
+    }
+}
+
+/// Binds and serves `config` until `shutdown` resolves: the single entry point.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let server = Server::bind(config).await?;
+    server.run(shutdown).await;
+    Ok(())
 }

@@ -1,0 +1,459 @@
+//! Configuration: a raw form deserialised from TOML (unknown keys refused), then validated into a
+//! typed [`Config`] before anything binds. See docs/configuration.md.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tslm_hub::OutboxLimits;
+
+/// The configuration used when no file is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// A configuration problem, naming the file, the listener and the key where it can.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+/// Which commands a listener's connections may use (the original permission names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, PartialOrd, Ord)]
+pub enum Permission {
+    Subscribe,
+    CreateChannel,
+    NotifyChannel,
+}
+
+/// A listener's permission set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Permissions {
+    pub subscribe: bool,
+    pub create: bool,
+    pub publish: bool,
+}
+
+impl Permissions {
+    pub fn allows(&self, p: Permission) -> bool {
+        match p {
+            Permission::Subscribe => self.subscribe,
+            Permission::CreateChannel => self.create,
+            Permission::NotifyChannel => self.publish,
+        }
+    }
+}
+
+impl fmt::Display for Permissions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [
+            (self.subscribe, "Subscribe"),
+            (self.create, "CreateChannel"),
+            (self.publish, "NotifyChannel"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
+        if names.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&names.join(","))
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<ListenerConfig>,
+    /// How long shutdown waits for connections to close before exiting anyway.
+    pub shutdown_grace: Duration,
+}
+
+/// One validated listener.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: Vec<SocketAddr>,
+    pub permissions: Permissions,
+    /// When non-empty, every connection must present one of these tokens.
+    pub auth_tokens: Vec<String>,
+    pub max_message_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub max_publish_bytes: usize,
+    pub max_connections: usize,
+    pub rate_limit_per_second: Option<NonZeroU32>,
+    pub outbox: OutboxLimits,
+    pub handshake_timeout: Duration,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    listener: BTreeMap<String, RawListener>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    shutdown_grace_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    ip: Option<IpAddr>,
+    port: Option<u16>,
+    bind: Option<Vec<String>>,
+    default_endpoint_permissions: Option<Vec<Permission>>,
+    auth_tokens: Option<Vec<String>>,
+    max_message_size: Option<u64>,
+    max_frame_size: Option<u64>,
+    max_publish_bytes: Option<u64>,
+    max_connections: Option<u64>,
+    rate_limit_per_second: Option<u64>,
+    channel_buffer_size: Option<u64>,
+    outbound_queue_bytes: Option<u64>,
+    handshake_timeout_seconds: Option<u64>,
+    ping_interval_seconds: Option<u64>,
+    pong_timeout_seconds: Option<u64>,
+    read_buffer_bytes: Option<u64>,
+    write_buffer_bytes: Option<u64>,
+}
+
+/// Defaults, documented in docs/configuration.md.
+pub mod defaults {
+    pub const SHUTDOWN_GRACE_SECONDS: u64 = 10;
+    pub const MAX_MESSAGE_SIZE: u64 = 64 * 1024;
+    pub const MAX_FRAME_SIZE: u64 = 16 * 1024 * 1024;
+    pub const MAX_PUBLISH_BYTES: u64 = 1024 * 1024;
+    pub const MAX_CONNECTIONS: u64 = 100_000;
+    pub const CHANNEL_BUFFER_SIZE: u64 = 4096;
+    pub const OUTBOUND_QUEUE_BYTES: u64 = 1024 * 1024;
+    pub const HANDSHAKE_TIMEOUT_SECONDS: u64 = 10;
+    pub const PING_INTERVAL_SECONDS: u64 = 25;
+    pub const PONG_TIMEOUT_SECONDS: u64 = 20;
+    pub const READ_BUFFER_BYTES: u64 = 4096;
+    pub const WRITE_BUFFER_BYTES: u64 = 64 * 1024;
+}
+
+impl Config {
+    /// The embedded default: `public` on 127.0.0.1:8080 (Subscribe) and `private` on
+    /// 127.0.0.1:8081 (CreateChannel, NotifyChannel).
+    pub fn embedded_default() -> Self {
+        match Self::from_toml_str(EMBEDDED_DEFAULT, "embedded default config") {
+            Ok(c) => c,
+            // The embedded file is covered by a unit test; this cannot happen in a released binary.
+            Err(e) => panic!("embedded default config is invalid: {e}"),
+        }
+    }
+
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            message: describe_toml_error(text, &e),
+        })?;
+        raw.validate().map_err(|message| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            message,
+        })
+    }
+}
+
+/// Turns a TOML/serde error into "listener `public`, key `port` (line 7): <problem>".
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_owned();
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let lines: Vec<&str> = text.lines().collect();
+    let line = lines.get(line_no - 1).copied().unwrap_or("").trim();
+    let mut table = None;
+    for l in lines.iter().take(line_no).rev() {
+        let l = l.trim();
+        if l.starts_with('[') {
+            table = Some(l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+            break;
+        }
+    }
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_owned());
+    let mut place = Vec::new();
+    match table.as_deref().and_then(|t| t.strip_prefix("listener.")) {
+        Some(name) => place.push(format!("listener `{}`", name.trim_matches('"'))),
+        None => {
+            if let Some(t) = &table {
+                place.push(format!("table [{t}]"));
+            }
+        }
+    }
+    if let Some(k) = key {
+        place.push(format!("key `{k}`"));
+    }
+    if place.is_empty() {
+        format!("line {line_no}: {message}")
+    } else {
+        format!("{} (line {line_no}): {message}", place.join(", "))
+    }
+}
+
+fn secs(listener: &str, key: &str, v: Option<u64>, default: u64, min: u64, max: u64) -> Result<Duration, String> {
+    Ok(Duration::from_secs(ranged(listener, key, v, default, min, max)?))
+}
+
+fn ranged(listener: &str, key: &str, v: Option<u64>, default: u64, min: u64, max: u64) -> Result<u64, String> {
+    let v = v.unwrap_or(default);
+    if v < min || v > max {
+        return Err(format!(
+            "listener `{listener}`, key `{key}`: {v} is out of range {min}..={max}"
+        ));
+    }
+    Ok(v)
+}
+
+fn usize_of(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, String> {
+        if self.listener.is_empty() {
+            return Err("no listener configured: add at least one [listener.NAME] table".into());
+        }
+        let grace = self
+            .server
+            .shutdown_grace_seconds
+            .unwrap_or(defaults::SHUTDOWN_GRACE_SECONDS);
+        if grace > 3600 {
+            return Err(format!(
+                "table [server], key `shutdown_grace_seconds`: {grace} is out of range 0..=3600"
+            ));
+        }
+        let mut listeners = Vec::new();
+        let mut seen: BTreeMap<SocketAddr, String> = BTreeMap::new();
+        for (name, raw) in self.listener {
+            let l = raw.validate(&name)?;
+            for addr in &l.bind {
+                if let Some(other) = seen.insert(*addr, name.clone()) {
+                    return Err(format!(
+                        "listener `{name}`, key `bind`: address {addr} is also used by listener `{other}`"
+                    ));
+                }
+            }
+            listeners.push(l);
+        }
+        Ok(Config {
+            listeners,
+            shutdown_grace: Duration::from_secs(grace),
+        })
+    }
+}
+
+impl RawListener {
+    fn validate(self, name: &str) -> Result<ListenerConfig, String> {
+        let n = name;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(format!(
+                "listener `{name}`: a listener name may only contain A-Z a-z 0-9 _ -"
+            ));
+        }
+        let mut bind = Vec::new();
+        match (self.ip, self.port) {
+            (Some(ip), Some(port)) => bind.push(SocketAddr::new(ip, port)),
+            (Some(_), None) => return Err(format!("listener `{n}`, key `port`: `ip` is set but `port` is missing")),
+            (None, Some(_)) => return Err(format!("listener `{n}`, key `ip`: `port` is set but `ip` is missing")),
+            (None, None) => {}
+        }
+        for b in self.bind.unwrap_or_default() {
+            let addr: SocketAddr = b.parse().map_err(|_| {
+                format!("listener `{n}`, key `bind`: {b:?} is not an address like \"127.0.0.1:8080\" or \"[::1]:8080\"")
+            })?;
+            if bind.contains(&addr) {
+                return Err(format!("listener `{n}`, key `bind`: {addr} is listed twice"));
+            }
+            bind.push(addr);
+        }
+        if bind.is_empty() {
+            return Err(format!(
+                "listener `{n}`: no address: set `ip` and `port`, or `bind = [\"ip:port\", ...]`"
+            ));
+        }
+        let mut permissions = Permissions::default();
+        for p in self.default_endpoint_permissions.unwrap_or_default() {
+            match p {
+                Permission::Subscribe => permissions.subscribe = true,
+                Permission::CreateChannel => permissions.create = true,
+                Permission::NotifyChannel => permissions.publish = true,
+            }
+        }
+        let auth_tokens = self.auth_tokens.unwrap_or_default();
+        if auth_tokens.iter().any(|t| t.is_empty() || t.chars().any(|c| c.is_whitespace() || c == ',' || c.is_control())) {
+            return Err(format!(
+                "listener `{n}`, key `auth_tokens`: tokens must be non-empty and contain no spaces, commas or control characters"
+            ));
+        }
+        let max_message = ranged(n, "max_message_size", self.max_message_size, defaults::MAX_MESSAGE_SIZE, 64, 64 << 20)?;
+        let max_frame = ranged(n, "max_frame_size", self.max_frame_size, defaults::MAX_FRAME_SIZE, 64, 64 << 20)?;
+        let max_publish = ranged(n, "max_publish_bytes", self.max_publish_bytes, defaults::MAX_PUBLISH_BYTES, 1, 64 << 20)?;
+        let max_connections = ranged(n, "max_connections", self.max_connections, defaults::MAX_CONNECTIONS, 1, 10_000_000)?;
+        let rate = match self.rate_limit_per_second {
+            None => None,
+            Some(r) => {
+                let r = ranged(n, "rate_limit_per_second", Some(r), 0, 1, 1_000_000)?;
+                NonZeroU32::new(u32::try_from(r).unwrap_or(u32::MAX))
+            }
+        };
+        if self.channel_buffer_size == Some(0) {
+            return Err(format!(
+                "listener `{n}`, key `channel_buffer_size`: 0 (unbounded) is not supported: every subscriber queue is bounded; give a number of messages"
+            ));
+        }
+        let max_messages = ranged(n, "channel_buffer_size", self.channel_buffer_size, defaults::CHANNEL_BUFFER_SIZE, 1, 10_000_000)?;
+        let queue_bytes = ranged(n, "outbound_queue_bytes", self.outbound_queue_bytes, defaults::OUTBOUND_QUEUE_BYTES, 1024, 1 << 30)?;
+        let handshake_timeout = secs(n, "handshake_timeout_seconds", self.handshake_timeout_seconds, defaults::HANDSHAKE_TIMEOUT_SECONDS, 1, 3600)?;
+        let ping_interval = secs(n, "ping_interval_seconds", self.ping_interval_seconds, defaults::PING_INTERVAL_SECONDS, 1, 3600)?;
+        let pong_timeout = secs(n, "pong_timeout_seconds", self.pong_timeout_seconds, defaults::PONG_TIMEOUT_SECONDS, 1, 3600)?;
+        let read_buffer = ranged(n, "read_buffer_bytes", self.read_buffer_bytes, defaults::READ_BUFFER_BYTES, 512, 16 << 20)?;
+        let write_buffer = ranged(n, "write_buffer_bytes", self.write_buffer_bytes, defaults::WRITE_BUFFER_BYTES, 0, 16 << 20)?;
+        Ok(ListenerConfig {
+            name: name.to_owned(),
+            bind,
+            permissions,
+            auth_tokens,
+            max_message_bytes: usize_of(max_message),
+            max_frame_bytes: usize_of(max_frame),
+            max_publish_bytes: usize_of(max_publish),
+            max_connections: usize_of(max_connections),
+            rate_limit_per_second: rate,
+            outbox: OutboxLimits {
+                max_bytes: usize_of(queue_bytes),
+                max_messages: usize_of(max_messages),
+            },
+            handshake_timeout,
+            ping_interval,
+            pong_timeout,
+            read_buffer_bytes: usize_of(read_buffer),
+            write_buffer_bytes: usize_of(write_buffer),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::from_toml_str(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default();
+        assert_eq!(c.listeners.len(), 2);
+        let public = c.listeners.iter().find(|l| l.name == "public").unwrap();
+        assert_eq!(public.bind, ["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(public.permissions, Permissions { subscribe: true, create: false, publish: false });
+        let private = c.listeners.iter().find(|l| l.name == "private").unwrap();
+        assert_eq!(private.bind, ["127.0.0.1:8081".parse().unwrap()]);
+        assert_eq!(private.permissions, Permissions { subscribe: false, create: true, publish: true });
+    }
+
+    #[test]
+    fn original_config_keeps_working() {
+        let c = Config::from_toml_str(
+            r#"
+# the original sample, unchanged
+[listener.public]
+ip = "0.0.0.0"
+port = 8080
+default_endpoint_permissions = ['Subscribe']
+max_message_size = 65536
+max_frame_size = 16777216
+max_connections = 1000
+rate_limit_per_second = 100
+channel_buffer_size = 100
+auth_tokens = ['public-token-1']
+
+[listener.private]
+ip = '127.0.0.1'
+port = 8081
+default_endpoint_permissions = ['CreateChannel', 'NotifyChannel']
+"#,
+            "t",
+        )
+        .unwrap();
+        let p = &c.listeners[1];
+        assert_eq!(p.name, "public");
+        assert_eq!(p.max_connections, 1000);
+        assert_eq!(p.rate_limit_per_second.map(|r| r.get()), Some(100));
+        assert_eq!(p.outbox.max_messages, 100);
+        assert_eq!(p.auth_tokens, ["public-token-1"]);
+    }
+
+    #[test]
+    fn bind_lists_and_ipv6() {
+        let c = Config::from_toml_str(
+            "[listener.a]\nip='127.0.0.1'\nport=1\nbind=['[::1]:2','127.0.0.2:3']\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.listeners[0].bind.len(), 3);
+        assert!(c.listeners[0].bind[1].is_ipv6());
+    }
+
+    #[test]
+    fn errors_name_the_listener_and_key() {
+        let e = err("[listener.public]\nip='127.0.0.1'\nport=1\nmax_conections = 1\n");
+        assert!(e.contains("listener `public`") && e.contains("max_conections"), "{e}");
+        let e = err("[listener.public]\nip='127.0.0.1'\nport=1\nmax_connections = 'x'\n");
+        assert!(e.contains("listener `public`") && e.contains("key `max_connections`"), "{e}");
+        let e = err("[listener.public]\nip='127.0.0.1'\nport=1\ndefault_endpoint_permissions=['Publish']\n");
+        assert!(e.contains("default_endpoint_permissions") && e.contains("Publish"), "{e}");
+        let e = err("[listener.p]\nip='127.0.0.1'\nport=1\nmax_connections = 0\n");
+        assert!(e.contains("listener `p`, key `max_connections`"), "{e}");
+        let e = err("[listener.p]\nip='127.0.0.1'\nport=1\nchannel_buffer_size = 0\n");
+        assert!(e.contains("key `channel_buffer_size`") && e.contains("unbounded"), "{e}");
+        let e = err("[listener.p]\nip='127.0.0.1'\nport=99999\n");
+        assert!(e.contains("listener `p`") && e.contains("key `port`"), "{e}");
+        let e = err("[listener.p]\nip='127.0.0.1'\n");
+        assert!(e.contains("listener `p`, key `port`"), "{e}");
+        let e = err("[listener.p]\nbind=['localhost:80']\n");
+        assert!(e.contains("listener `p`, key `bind`"), "{e}");
+        let e = err("[listener.p]\nip='127.0.0.1'\nport=1\n[listener.q]\nbind=['127.0.0.1:1']\n");
+        assert!(e.contains("also used by listener `p`"), "{e}");
+        let e = err("[listner.p]\nip='127.0.0.1'\nport=1\n");
+        assert!(e.contains("listner"), "{e}");
+        assert!(err("").contains("no listener"));
+        let e = err("[listener.p]\nip='127.0.0.1'\nport=1\nauth_tokens=['']\n");
+        assert!(e.contains("key `auth_tokens`"), "{e}");
+    }
+}

@@ -1,0 +1,185 @@
+//! Accept loops and per-connection HTTP serving.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tslm_hub::Hub;
+use tslm_protocol::{ErrorCode, ProtoError};
+
+use crate::config::ListenerConfig;
+use crate::ratelimit::TokenBucket;
+use crate::stats::{Gauge, Stats};
+
+/// The largest HTTP request head (request line and headers) a listener reads.
+const MAX_HTTP_HEAD_BYTES: usize = 16 * 1024;
+
+/// A bound, not yet accepting, listener socket.
+pub(crate) struct Bound {
+    pub cfg: Arc<ListenerConfig>,
+    pub tcp: TcpListener,
+}
+
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// What every task of one listener shares.
+pub(crate) struct ListenerCtx {
+    pub cfg: Arc<ListenerConfig>,
+    pub hub: Hub,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+    pub stats: Arc<Stats>,
+    conn_limit: Arc<Semaphore>,
+}
+
+impl ListenerCtx {
+    pub(crate) fn new(
+        cfg: Arc<ListenerConfig>,
+        hub: Hub,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let conn_limit = Arc::new(Semaphore::new(cfg.max_connections));
+        Self {
+            cfg,
+            hub,
+            shutdown,
+            tracker,
+            stats,
+            conn_limit,
+        }
+    }
+}
+
+/// One TCP connection: its slot under `max_connections`, its peer and its command-rate bucket.
+/// Shared by the HTTP connection task and, after an upgrade, the WebSocket session; the slot is
+/// freed when both are gone.
+pub(crate) struct ConnSlot {
+    pub peer: SocketAddr,
+    pub bucket: Mutex<Option<TokenBucket>>,
+    _permit: OwnedSemaphorePermit,
+    _gauge: Gauge,
+}
+
+impl ConnSlot {
+    /// Takes a token from this connection's rate limit; `true` when the command may run.
+    pub(crate) fn allow_command(&self) -> bool {
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        b.as_mut().is_none_or(TokenBucket::try_take)
+    }
+}
+
+pub(crate) async fn accept_loop(ctx: Arc<ListenerCtx>, tcp: TcpListener) {
+    let router = crate::http::router(Arc::clone(&ctx));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            r = tcp.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(5);
+                let _ = stream.set_nodelay(true);
+                ctx.tracker
+                    .spawn(serve_connection(Arc::clone(&ctx), router.clone(), stream, peer));
+            }
+            Err(e) => {
+                // EMFILE/ENFILE and friends: keep the listener, back off, retry.
+                tracing::warn!(listener = %ctx.cfg.name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn http_builder(ctx: &ListenerCtx) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(ctx.cfg.handshake_timeout)
+        .max_buf_size(MAX_HTTP_HEAD_BYTES.max(8192));
+    b
+}
+
+async fn serve_connection(ctx: Arc<ListenerCtx>, router: Router, stream: TcpStream, peer: SocketAddr) {
+    let gauge = ctx.stats.connection();
+    let Ok(permit) = Arc::clone(&ctx.conn_limit).try_acquire_owned() else {
+        tracing::debug!(listener = %ctx.cfg.name, %peer, "over max_connections: answering 503");
+        return over_capacity(&ctx, stream).await;
+    };
+    let slot = Arc::new(ConnSlot {
+        peer,
+        bucket: Mutex::new(ctx.cfg.rate_limit_per_second.map(TokenBucket::new)),
+        _permit: permit,
+        _gauge: gauge,
+    });
+    let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(Arc::clone(&slot));
+        router.clone().oneshot(req)
+    });
+    let conn = http_builder(&ctx)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(listener = %ctx.cfg.name, %peer, error = %e, "http connection ended with an error");
+            }
+        }
+        _ = ctx.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
+}
+
+/// Answers every request on a connection over `max_connections` with 503, then closes it
+/// cleanly (the request is read first, so the client sees the response, not a reset).
+async fn over_capacity(ctx: &ListenerCtx, stream: TcpStream) {
+    let svc = service_fn(|_req: hyper::Request<Incoming>| async {
+        let e = ProtoError::new(
+            ErrorCode::Unavailable,
+            "this listener is at its connection limit; retry later",
+        );
+        let mut resp = crate::http::error_response(&e);
+        resp.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        resp.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from_static("1"),
+        );
+        Ok::<_, Infallible>(resp)
+    });
+    let mut b = http_builder(ctx);
+    b.keep_alive(false);
+    let conn = b.serve_connection(TokioIo::new(stream), svc);
+    let _ = tokio::time::timeout(ctx.cfg.handshake_timeout, conn).await;
+}

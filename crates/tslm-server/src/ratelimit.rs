@@ -1,0 +1,53 @@
+use std::num::NonZeroU32;
+
+use tokio::time::Instant;
+
+/// A token bucket: `rate` commands per second, bursts of up to `rate`. Hand-written because it is
+/// ten lines and runs on tokio's clock (so tests can pause time); a crate would add a dependency
+/// for no gain.
+#[derive(Debug)]
+pub(crate) struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub(crate) fn new(rate: NonZeroU32) -> Self {
+        let rate = f64::from(rate.get());
+        Self {
+            rate,
+            tokens: rate,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub(crate) fn try_take(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn allows_bursts_up_to_rate_then_refills() {
+        let mut b = TokenBucket::new(NonZeroU32::new(5).unwrap());
+        assert_eq!((0..12).filter(|_| b.try_take()).count(), 5);
+        tokio::time::advance(std::time::Duration::from_millis(400)).await;
+        assert_eq!((0..12).filter(|_| b.try_take()).count(), 2);
+        tokio::time::advance(std::time::Duration::from_secs(10)).await;
+        assert_eq!((0..12).filter(|_| b.try_take()).count(), 5);
+    }
+}

@@ -1,0 +1,383 @@
+//! One WebSocket connection: reads commands, runs them against the hub, writes replies and the
+//! deliveries queued in its outbox. One task per connection, no lock held across an `.await`.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tracing::Instrument;
+use tslm_hub::{CloseReason, ConnId, HubError, Outbox};
+use tslm_protocol::{ChannelName, Dialect, ErrorCode, Offset, Payload, ProtoError, close, legacy, v1};
+
+use crate::config::ListenerConfig;
+use crate::listener::{ConnSlot, ListenerCtx};
+
+type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+/// How long a close handshake may take before the connection is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// At most this many batches are written in a row before the session reads again.
+const MAX_BATCHES_PER_WAKE: usize = 8;
+
+/// Why a session ends.
+#[derive(Debug)]
+enum End {
+    /// The peer closed or the socket failed: nothing more to send.
+    Gone,
+    /// We close with this code and reason.
+    Close(u16, &'static str),
+}
+
+pub(crate) fn rate_limited(cfg: &ListenerConfig) -> ProtoError {
+    let rate = cfg.rate_limit_per_second.map_or(0, |r| r.get());
+    ProtoError::new(
+        ErrorCode::RateLimited,
+        format!("rate limit exceeded: this listener allows {rate} commands per second"),
+    )
+}
+
+fn not_found(channel: &ChannelName) -> ProtoError {
+    ProtoError::new(ErrorCode::NotFound, format!("channel `{channel}` does not exist"))
+}
+
+fn too_large(cfg: &ListenerConfig, len: usize) -> ProtoError {
+    ProtoError::new(
+        ErrorCode::TooLarge,
+        format!(
+            "data is {len} bytes; this listener allows at most {}",
+            cfg.max_publish_bytes
+        ),
+    )
+}
+
+/// Publishes after the size check every entry point shares.
+pub(crate) fn publish(ctx: &ListenerCtx, channel: &ChannelName, data: &Payload) -> Result<Offset, ProtoError> {
+    if data.len() > ctx.cfg.max_publish_bytes {
+        return Err(too_large(&ctx.cfg, data.len()));
+    }
+    ctx.hub.publish(channel, data).map_err(|HubError::NotFound(c)| not_found(&c))
+}
+
+pub(crate) async fn run(ctx: Arc<ListenerCtx>, conn: Arc<ConnSlot>, on_upgrade: OnUpgrade, dialect: Dialect) {
+    let upgraded = match tokio::time::timeout(ctx.cfg.handshake_timeout, on_upgrade).await {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %conn.peer, error = %e, "websocket upgrade failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %conn.peer, "websocket upgrade timed out");
+            return;
+        }
+    };
+    let cfg = &ctx.cfg;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(cfg.read_buffer_bytes)
+        .write_buffer_size(cfg.write_buffer_bytes)
+        .max_write_buffer_size(usize::MAX)
+        .max_message_size(Some(cfg.max_message_bytes))
+        .max_frame_size(Some(cfg.max_frame_bytes));
+    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+    let id = ctx.hub.next_conn_id();
+    let span = tracing::debug_span!("session", listener = %cfg.name, conn = %id, peer = %conn.peer, ?dialect);
+    let session = Session {
+        outbox: Arc::new(Outbox::new(cfg.outbox)),
+        _gauge: ctx.stats.session(),
+        ctx: Arc::clone(&ctx),
+        conn,
+        id,
+        dialect,
+        subscriptions: HashSet::new(),
+        batch: VecDeque::new(),
+    };
+    session.serve(ws).instrument(span).await
+}
+
+struct Session {
+    ctx: Arc<ListenerCtx>,
+    conn: Arc<ConnSlot>,
+    id: ConnId,
+    dialect: Dialect,
+    outbox: Arc<Outbox>,
+    subscriptions: HashSet<ChannelName>,
+    batch: VecDeque<Bytes>,
+    _gauge: crate::stats::Gauge,
+}
+
+impl Drop for Session {
+    /// Runs however the session ends (return, error, task abort): its subscriptions go at once.
+    fn drop(&mut self) {
+        self.outbox.close();
+        for channel in self.subscriptions.drain() {
+            self.ctx.hub.unsubscribe(&channel, self.id);
+        }
+    }
+}
+
+impl Session {
+    async fn serve(mut self, mut ws: Ws) {
+        tracing::debug!("session started");
+        let end = self.main_loop(&mut ws).await;
+        // Stop deliveries before the (possibly slow) close handshake.
+        self.outbox.close();
+        for channel in self.subscriptions.drain() {
+            self.ctx.hub.unsubscribe(&channel, self.id);
+        }
+        match end {
+            End::Gone => tracing::debug!("session ended by peer"),
+            End::Close(code, reason) => {
+                tracing::debug!(code, reason, "closing session");
+                close_gracefully(ws, code, reason).await;
+            }
+        }
+    }
+
+    async fn main_loop(&mut self, ws: &mut Ws) -> End {
+        let ping_interval = self.ctx.cfg.ping_interval;
+        let mut next_ping = Instant::now() + ping_interval;
+        let mut pong_deadline: Option<Instant> = None;
+        let far = || Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            let ping_at = next_ping;
+            let dead_at = pong_deadline.unwrap_or_else(far);
+            let step = tokio::select! {
+                _ = self.ctx.shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "going away")),
+                msg = ws.next() => {
+                    pong_deadline = None;
+                    next_ping = Instant::now() + ping_interval;
+                    match msg {
+                        None => Err(End::Gone),
+                        Some(Err(e)) => Err(classify(&e)),
+                        Some(Ok(m)) => self.on_message(ws, m).await,
+                    }
+                }
+                _ = self.outbox.ready() => self.write_out(ws, None).await,
+                _ = sleep_until(ping_at) => {
+                    next_ping = Instant::now() + ping_interval;
+                    if pong_deadline.is_none() {
+                        pong_deadline = Some(Instant::now() + self.ctx.cfg.pong_timeout);
+                    }
+                    self.write_out(ws, Some(Message::Ping(Bytes::new()))).await
+                }
+                _ = sleep_until(dead_at) => Err(End::Close(close::PING_TIMEOUT, "ping timeout")),
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    async fn on_message(&mut self, ws: &mut Ws, msg: Message) -> Result<(), End> {
+        let reply = match msg {
+            Message::Text(text) => self.on_text(Bytes::from(text)),
+            Message::Binary(_) => match self.dialect {
+                Dialect::Legacy => legacy::encode_error(&legacy::Error::Binary),
+                Dialect::V1 => v1::encode_error(
+                    None,
+                    &ProtoError::bad_request("binary frames are not supported: send JSON in text frames"),
+                ),
+            },
+            // tungstenite answers pings and close frames itself; the next read flushes them.
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => return Ok(()),
+        };
+        self.write_out(ws, Some(Message::Text(Utf8Bytes::from(reply)))).await
+    }
+
+    /// Runs one command; returns the reply.
+    fn on_text(&mut self, frame: Bytes) -> String {
+        match self.dialect {
+            Dialect::V1 => match v1::decode_request(&frame) {
+                Err(e) => v1::encode_error(e.id.as_ref(), &e.error),
+                Ok(req) => {
+                    let result = if self.conn.allow_command() {
+                        self.run_v1(req.op)
+                    } else {
+                        Err(rate_limited(&self.ctx.cfg))
+                    };
+                    match result {
+                        Ok(ok) => v1::encode_ok(req.id.as_ref(), ok),
+                        Err(e) => v1::encode_error(req.id.as_ref(), &e),
+                    }
+                }
+            },
+            Dialect::Legacy => {
+                // As the original: the rate limit applies before parsing.
+                let result = if self.conn.allow_command() {
+                    legacy::decode_request(&frame).and_then(|req| self.run_legacy(req))
+                } else {
+                    Err(legacy::Error::RateLimited)
+                };
+                match result {
+                    Ok(s) => s,
+                    Err(e) => legacy::encode_error(&e),
+                }
+            }
+        }
+    }
+
+    fn forbidden(&self, op: &str) -> ProtoError {
+        ProtoError::new(ErrorCode::Forbidden, format!("this listener does not allow {op}"))
+    }
+
+    fn run_v1(&mut self, op: v1::Op) -> Result<v1::Success, ProtoError> {
+        let perms = self.ctx.cfg.permissions;
+        match op {
+            v1::Op::Ping => Ok(v1::Success::Empty),
+            v1::Op::Create { channel } => {
+                if !perms.create {
+                    return Err(self.forbidden("create"));
+                }
+                Ok(v1::Success::Created(self.create(&channel)))
+            }
+            v1::Op::Publish { channel, data } => {
+                if !perms.publish {
+                    return Err(self.forbidden("publish"));
+                }
+                publish(&self.ctx, &channel, &data).map(v1::Success::Published)
+            }
+            v1::Op::Subscribe { channel } => {
+                if !perms.subscribe {
+                    return Err(self.forbidden("subscribe"));
+                }
+                self.subscribe(channel).map_err(|HubError::NotFound(c)| not_found(&c))?;
+                Ok(v1::Success::Empty)
+            }
+            v1::Op::Unsubscribe { channel } => {
+                if !perms.subscribe {
+                    return Err(self.forbidden("unsubscribe"));
+                }
+                if self.subscriptions.remove(&channel) {
+                    self.ctx.hub.unsubscribe(&channel, self.id);
+                }
+                Ok(v1::Success::Empty)
+            }
+        }
+    }
+
+    fn run_legacy(&mut self, req: legacy::Request) -> Result<String, legacy::Error> {
+        let perms = self.ctx.cfg.permissions;
+        let command = req.command();
+        let allowed = match command {
+            legacy::Command::CreateChannel => perms.create,
+            legacy::Command::Subscribe => perms.subscribe,
+            legacy::Command::NotifyChannel => perms.publish,
+        };
+        if !allowed {
+            return Err(legacy::Error::PermissionDenied(command));
+        }
+        match &req {
+            legacy::Request::CreateChannel(c) => {
+                if !self.create(c) {
+                    return Err(legacy::Error::AlreadyRegistered(c.clone()));
+                }
+            }
+            legacy::Request::Subscribe(c) => {
+                self.subscribe(c.clone())
+                    .map_err(|HubError::NotFound(c)| legacy::Error::ChannelNotFound(c))?;
+            }
+            legacy::Request::NotifyChannel(c, data) => {
+                publish(&self.ctx, c, data).map_err(|e| match e.code {
+                    ErrorCode::TooLarge => legacy::Error::TooLarge,
+                    _ => legacy::Error::ChannelNotFound(c.clone()),
+                })?;
+            }
+        }
+        Ok(legacy::encode_success(command, req.channel()))
+    }
+
+    fn create(&self, channel: &ChannelName) -> bool {
+        let created = self.ctx.hub.create(channel);
+        if created {
+            tracing::info!(channel = %channel, "channel created");
+        }
+        created
+    }
+
+    fn subscribe(&mut self, channel: ChannelName) -> Result<(), HubError> {
+        self.ctx.hub.subscribe(&channel, self.id, self.dialect, &self.outbox)?;
+        self.subscriptions.insert(channel);
+        Ok(())
+    }
+
+    /// Writes every queued delivery, then `extra` (a reply or a ping), and flushes; the
+    /// deliveries go first so that, as in the original, a publisher subscribed to its own channel
+    /// sees the message before the publish's reply. Gives up when the outbox overflows meanwhile
+    /// (the peer stopped reading) or the server shuts down.
+    async fn write_out(&mut self, ws: &mut Ws, extra: Option<Message>) -> Result<(), End> {
+        let outbox = Arc::clone(&self.outbox);
+        let batch = &mut self.batch;
+        let io = async {
+            let mut extra = extra;
+            for _ in 0..MAX_BATCHES_PER_WAKE {
+                if outbox.take(batch) == Some(CloseReason::SlowConsumer) {
+                    return Err(End::Close(close::SLOW_CONSUMER, "slow consumer"));
+                }
+                if batch.is_empty() && extra.is_none() {
+                    break;
+                }
+                for frame in batch.drain(..) {
+                    let text = Utf8Bytes::try_from(frame)
+                        .map_err(|_| End::Close(close::INTERNAL_ERROR, "internal error"))?;
+                    ws.feed(Message::Text(text)).await.map_err(|e| classify(&e))?;
+                }
+                if let Some(m) = extra.take() {
+                    ws.feed(m).await.map_err(|e| classify(&e))?;
+                }
+                ws.flush().await.map_err(|e| classify(&e))?;
+            }
+            Ok(())
+        };
+        tokio::select! {
+            r = io => r,
+            _ = self.outbox.closed() => {
+                let mut rest = VecDeque::new();
+                match self.outbox.take(&mut rest) {
+                    Some(CloseReason::SlowConsumer) => Err(End::Close(close::SLOW_CONSUMER, "slow consumer")),
+                    _ => Err(End::Gone),
+                }
+            }
+            _ = self.ctx.shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "going away")),
+        }
+    }
+}
+
+/// Maps a tungstenite error to how the session ends.
+fn classify(e: &tungstenite::Error) -> End {
+    use tungstenite::Error as E;
+    match e {
+        E::Capacity(_) => End::Close(close::MESSAGE_TOO_BIG, "message too big"),
+        E::Utf8(_) => End::Close(close::INVALID_PAYLOAD, "invalid utf-8"),
+        E::Protocol(p) => {
+            tracing::debug!(error = %p, "websocket protocol violation");
+            End::Close(close::PROTOCOL_ERROR, "protocol error")
+        }
+        _ => End::Gone,
+    }
+}
+
+/// Sends a close frame, then half-closes and drains the socket until the peer closes too (or a
+/// short timeout), so the close frame is read rather than lost to a TCP reset.
+async fn close_gracefully(mut ws: Ws, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
+    let mut io = ws.into_inner();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = io.shutdown().await;
+        let mut buf = [0u8; 4096];
+        while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}

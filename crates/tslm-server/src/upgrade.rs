@@ -1,0 +1,148 @@
+//! The WebSocket handshake (RFC 6455 §4.2) on top of hyper's upgrade mechanism.
+//!
+//! Written here rather than through `axum::extract::ws` because that extractor spawns the session
+//! on a task of its own, out of reach of our shutdown tracking, and hides tungstenite's error kinds
+//! (needed to close with 1009); the handshake itself is a few header checks and
+//! `tungstenite::handshake::derive_accept_key`.
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header};
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tslm_protocol::{Dialect, ErrorCode, ProtoError, SUBPROTOCOL_V1};
+
+use crate::config::ListenerConfig;
+use crate::http::error_response;
+use crate::listener::{ConnSlot, ListenerCtx};
+
+/// Whether `name` lists `token` (comma-separated, case-insensitive), as `Connection: upgrade`.
+fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Whether the request asks for a WebSocket upgrade.
+pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    header_has_token(headers, header::CONNECTION, "upgrade")
+        && header_has_token(headers, header::UPGRADE, "websocket")
+}
+
+/// The subprotocols the client offered, in its order.
+fn offered_protocols(headers: &HeaderMap) -> Vec<&str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn token_matches(cfg: &ListenerConfig, presented: &str) -> bool {
+    // Compare against every configured token, in constant time per comparison, without an
+    // early exit, so timing tells nothing about which token or prefix matched.
+    let mut ok = subtle::Choice::from(0);
+    for t in &cfg.auth_tokens {
+        ok |= t.as_bytes().ct_eq(presented.as_bytes());
+    }
+    bool::from(ok)
+}
+
+/// Whether the request carries a valid token, when the listener requires one: an
+/// `Authorization: Bearer` header or, for WebSocket clients that cannot set headers (browsers),
+/// one entry of `Sec-WebSocket-Protocol` (the original TSLM's documented way).
+pub(crate) fn authorized(cfg: &ListenerConfig, headers: &HeaderMap, allow_subprotocol: bool) -> bool {
+    if cfg.auth_tokens.is_empty() {
+        return true;
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    if bearer.is_some_and(|t| token_matches(cfg, t.trim())) {
+        return true;
+    }
+    allow_subprotocol && offered_protocols(headers).iter().any(|p| token_matches(cfg, p))
+}
+
+fn bad(message: &'static str) -> Response {
+    error_response(&ProtoError::bad_request(message))
+}
+
+/// Answers a WebSocket handshake: validates it, starts the session task (tracked for shutdown)
+/// and returns the 101 response. The session owns nothing until the upgrade completes, so a
+/// handshake that is abandoned leaves nothing behind.
+pub(crate) async fn websocket(ctx: Arc<ListenerCtx>, mut req: Request) -> Response {
+    if req.method() != Method::GET {
+        return bad("a WebSocket handshake must use GET");
+    }
+    if req.version() != Version::HTTP_11 {
+        return bad("a WebSocket handshake must use HTTP/1.1");
+    }
+    let headers = req.headers();
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        let mut resp = error_response(&ProtoError::new(
+            ErrorCode::UpgradeRequired,
+            "unsupported WebSocket version: this server speaks version 13",
+        ));
+        resp.headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return resp;
+    }
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| k.len() == 24)
+        .map(|k| k.as_bytes().to_vec())
+    else {
+        return bad("missing or malformed Sec-WebSocket-Key");
+    };
+    if !authorized(&ctx.cfg, headers, true) {
+        return error_response(&ProtoError::new(
+            ErrorCode::Unauthorized,
+            "this listener requires a token: send `Authorization: Bearer <token>` or offer it as a WebSocket subprotocol",
+        ));
+    }
+    let dialect = if offered_protocols(headers).contains(&SUBPROTOCOL_V1) {
+        Dialect::V1
+    } else {
+        Dialect::Legacy
+    };
+    let Some(conn) = req.extensions().get::<Arc<ConnSlot>>().cloned() else {
+        return error_response(&ProtoError::new(ErrorCode::Internal, "internal error"));
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return bad("this connection cannot be upgraded");
+    };
+    let session_ctx = Arc::clone(&ctx);
+    ctx.tracker
+        .spawn(crate::session::run(session_ctx, conn, on_upgrade, dialect));
+
+    let mut resp = (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, HeaderValue::from_static("upgrade")),
+            (header::UPGRADE, HeaderValue::from_static("websocket")),
+        ],
+    )
+        .into_response();
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(&key)) {
+        resp.headers_mut().insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if dialect == Dialect::V1 {
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL_V1),
+        );
+    }
+    resp
+}
