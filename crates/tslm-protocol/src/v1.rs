@@ -243,6 +243,18 @@ pub fn encode_ok(id: Option<&Id>, ok: Success) -> String {
     let mut out = String::with_capacity(48);
     start_reply(&mut out, id);
     out.push_str(",\"ok\":true");
+    push_success(&mut out, ok);
+    out
+}
+
+/// `{"ok":true,…}`: the HTTP API's success body (HTTP has no request ids).
+pub fn encode_http_ok(ok: Success) -> String {
+    let mut out = String::from("{\"ok\":true");
+    push_success(&mut out, ok);
+    out
+}
+
+fn push_success(out: &mut String, ok: Success) {
     match ok {
         Success::Empty => {}
         Success::Created(c) => out.push_str(if c {
@@ -256,7 +268,6 @@ pub fn encode_ok(id: Option<&Id>, ok: Success) -> String {
         }
     }
     out.push('}');
-    out
 }
 
 /// `{"id":…,"ok":false,"error":{"code":…,"message":…}}`
@@ -491,6 +502,8 @@ mod tests {
             encode_ok(Some(&Id::from_json("\"q\"").unwrap()), Success::Published(Offset(17))),
             r#"{"id":"q","ok":true,"offset":17}"#
         );
+        assert_eq!(encode_http_ok(Success::Published(Offset(3))), r#"{"ok":true,"offset":3}"#);
+        assert_eq!(encode_http_ok(Success::Created(false)), r#"{"ok":true,"created":false}"#);
         assert_eq!(
             encode_error(Some(&id), &ProtoError::new(ErrorCode::Forbidden, "no \"way\"")),
             r#"{"id":4,"ok":false,"error":{"code":"forbidden","message":"no \"way\""}}"#

@@ -262,7 +262,8 @@ impl RawConfig {
         let mut seen: BTreeMap<SocketAddr, String> = BTreeMap::new();
         for (name, raw) in self.listener {
             let l = raw.validate(&name)?;
-            for addr in &l.bind {
+            // Port 0 asks the OS for a free port, so it never collides.
+            for addr in l.bind.iter().filter(|a| a.port() != 0) {
                 if let Some(other) = seen.insert(*addr, name.clone()) {
                     return Err(format!(
                         "listener `{name}`, key `bind`: address {addr} is also used by listener `{other}`"

@@ -101,7 +101,7 @@ async fn create_channel(
         tracing::info!(listener = %ctx.cfg.name, channel = %channel, via = "http", "channel created");
     }
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    json_response(status, v1::encode_ok(None, v1::Success::Created(created)).replacen("\"id\":null,", "", 1))
+    json_response(status, v1::encode_http_ok(v1::Success::Created(created)))
 }
 
 async fn publish(
@@ -120,7 +120,7 @@ async fn publish(
         Ok(data) => match session::publish(&ctx, &channel, &data) {
             Ok(offset) => json_response(
                 StatusCode::OK,
-                v1::encode_ok(None, v1::Success::Published(offset)).replacen("\"id\":null,", "", 1),
+                v1::encode_http_ok(v1::Success::Published(offset)),
             ),
             Err(e) => error_response(&e),
         },
