@@ -1,0 +1,170 @@
+//! The fan-out core: slow subscribers, many subscribers, and nothing left behind.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+fn offset_of(frame: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(frame).unwrap();
+    assert_eq!(v["event"], "message", "{frame}");
+    v["offset"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_is_disconnected_while_a_fast_one_gets_everything_in_order() {
+    const N: u64 = 20_000;
+    // The slow subscriber's listener queues 64 KiB; the fast one's has room for the whole burst,
+    // so whether it keeps up does not depend on how fast this (debug-built) test reads.
+    let srv = TestServer::start(&format!(
+        "{}[listener.roomy]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Subscribe']\noutbound_queue_bytes=67108864\nchannel_buffer_size=100000\n",
+        two_listeners("outbound_queue_bytes = 65536")
+    ))
+    .await;
+    let mut publisher = v1(&srv.url("private")).await;
+    call(&mut publisher, r#"{"op":"create","channel":"firehose"}"#).await;
+    let mut slow = v1(&srv.url("public")).await;
+    let mut fast = v1(&srv.url("roomy")).await;
+    call(&mut slow, r#"{"op":"subscribe","channel":"firehose"}"#).await;
+    call(&mut fast, r#"{"op":"subscribe","channel":"firehose"}"#).await;
+
+    let fast_reader = tokio::spawn(async move {
+        let mut next = 1;
+        while next <= N {
+            let f = recv(&mut fast).await;
+            assert_eq!(offset_of(&f), next, "fast subscriber: in order, no gap, no duplicate");
+            next += 1;
+        }
+        fast
+    });
+    // ~1 KiB messages, 20 MB in all: far more than the socket buffers and the 64 KiB queue.
+    let payload = format!("\"{}\"", "p".repeat(1000));
+    let (mut tx, mut rx) = publisher.split();
+    let writer = tokio::spawn(async move {
+        for i in 0..N {
+            let req = format!(r#"{{"op":"publish","id":{i},"channel":"firehose","data":{payload}}}"#);
+            futures_util::SinkExt::send(&mut tx, Message::Text(req.into())).await.unwrap();
+        }
+        tx
+    });
+    let mut acked = 0;
+    while acked < N {
+        match tokio::time::timeout(T, rx.next()).await.expect("publisher replies").unwrap().unwrap() {
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(v["ok"], true, "the publisher is never refused: {v}");
+                acked += 1;
+            }
+            _ => continue,
+        }
+    }
+    let _tx = writer.await.unwrap();
+    let _fast = tokio::time::timeout(Duration::from_secs(60), fast_reader).await.expect("fast subscriber done").unwrap();
+    srv.wait_for("slow subscriber dropped", |s| s.hub.stats().subscriptions == 1).await;
+
+    // The slow subscriber now reads: an in-order prefix, then the close that says why.
+    let mut last = 0;
+    let close = loop {
+        match tokio::time::timeout(T, slow.next()).await.expect("slow reads").expect("close frame") {
+            Ok(Message::Text(t)) => {
+                let o = offset_of(&t);
+                assert_eq!(o, last + 1, "slow subscriber: in-order prefix");
+                last = o;
+            }
+            Ok(Message::Close(f)) => break f.map(|f| (u16::from(f.code), f.reason.to_string())),
+            Ok(_) => {}
+            Err(e) => panic!("slow subscriber got no close frame: {e}"),
+        }
+    };
+    assert_eq!(close, Some((4000, "slow consumer".into())));
+    assert!(last < N, "the slow subscriber cannot have received everything");
+}
+
+#[tokio::test]
+async fn many_subscribers_receive_every_message_in_order() {
+    let srv = TestServer::default().await;
+    let mut publisher = v1(&srv.url("private")).await;
+    call(&mut publisher, r#"{"op":"create","channel":"wide"}"#).await;
+    let mut subs = Vec::new();
+    for i in 0..100 {
+        let mut s = if i % 2 == 0 { v1(&srv.url("public")).await } else { legacy(&srv.url("public")).await };
+        if i % 2 == 0 {
+            call(&mut s, r#"{"op":"subscribe","channel":"wide"}"#).await;
+        } else {
+            send(&mut s, r#"{"Subscribe":"wide"}"#).await;
+            recv(&mut s).await;
+        }
+        subs.push(s);
+    }
+    for i in 0..200 {
+        call(&mut publisher, &format!(r#"{{"op":"publish","channel":"wide","data":{i}}}"#)).await;
+    }
+    for (n, s) in subs.iter_mut().enumerate() {
+        for i in 0..200u64 {
+            let f = recv(s).await;
+            if n % 2 == 0 {
+                assert_eq!(f, format!(r#"{{"event":"message","channel":"wide","offset":{},"data":{i}}}"#, i + 1));
+            } else {
+                assert_eq!(f, format!(r#"{{"ChannelMessage":["wide",{{"Json":{i}}}]}}"#));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_disconnect_removes_its_subscriptions_at_once() {
+    let srv = TestServer::default().await;
+    let mut publisher = v1(&srv.url("private")).await;
+    for c in ["a", "b", "c"] {
+        call(&mut publisher, &format!(r#"{{"op":"create","channel":"{c}"}}"#)).await;
+    }
+    let mut subs = Vec::new();
+    for _ in 0..50 {
+        let mut s = v1(&srv.url("public")).await;
+        for c in ["a", "b", "c"] {
+            call(&mut s, &format!(r#"{{"op":"subscribe","channel":"{c}"}}"#)).await;
+        }
+        subs.push(s);
+    }
+    assert_eq!(srv.hub.stats().subscriptions, 150);
+    // Half close politely, half just vanish (TCP close, no close frame). No publish happens.
+    for (i, mut s) in subs.into_iter().enumerate() {
+        if i % 2 == 0 {
+            let _ = s.close(None).await;
+        } else {
+            drop(s);
+        }
+    }
+    srv.wait_for("subscriptions gone", |s| s.hub.stats().subscriptions == 0 && s.stats().sessions == 1).await;
+    assert_eq!(srv.hub.subscriber_count(&"a".parse().unwrap()).unwrap(), 0);
+}
+
+#[tokio::test]
+async fn aborted_handshakes_leave_nothing_behind() {
+    let srv = TestServer::default().await;
+    let addr = srv.addr("public");
+    let upgrade = "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: tslm.v1\r\n\r\n";
+    for i in 0..600 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        match i % 3 {
+            0 => {}                                                        // connect, close (a TCP probe)
+            1 => s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap(), // half a request
+            _ => s.write_all(upgrade.as_bytes()).await.unwrap(),          // a full upgrade, then gone
+        }
+        drop(s);
+    }
+    srv.wait_for("all connections gone", |s| {
+        let st = s.stats();
+        st.connections == 0 && st.sessions == 0
+    })
+    .await;
+    assert_eq!(srv.hub.stats().subscriptions, 0);
+    // The server still works.
+    let mut ok = v1(&srv.url("public")).await;
+    assert_eq!(call(&mut ok, r#"{"op":"ping","id":1}"#).await["ok"], true);
+}
