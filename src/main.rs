@@ -10,7 +10,11 @@ use tslm_client::{Client, ClientError, ConnectOptions};
 use tslm_server::Config;
 
 #[derive(Parser)]
-#[command(name = "tslm", version, about = "TSLM (Terminal Stream Last Mile): a real-time WebSocket gateway for network boundaries")]
+#[command(
+    name = "tslm",
+    version,
+    about = "TSLM (Terminal Stream Last Mile): a real-time WebSocket gateway for network boundaries"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -117,7 +121,10 @@ fn load_config(args: &ServeArgs) -> Result<(Config, String), tslm_server::Config
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };
@@ -148,13 +155,18 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn check_config(file: &PathBuf) -> ExitCode {
+fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::from_file(file) {
         Ok(c) => {
             println!("{}: ok", file.display());
             for l in &c.listeners {
                 let addrs: Vec<String> = l.bind.iter().map(ToString::to_string).collect();
-                println!("  listener {}: {} permissions={}", l.name, addrs.join(","), l.permissions);
+                println!(
+                    "  listener {}: {} permissions={}",
+                    l.name,
+                    addrs.join(","),
+                    l.permissions
+                );
             }
             ExitCode::SUCCESS
         }
@@ -186,7 +198,10 @@ async fn sub(url: &str, channels: &[String], count: Option<u64>, auth: &AuthArgs
         match client.next_delivery().await {
             Ok(d) => {
                 let channel = serde_json::Value::String(d.channel).to_string();
-                println!("{{\"channel\":{channel},\"offset\":{},\"data\":{}}}", d.offset, d.data);
+                println!(
+                    "{{\"channel\":{channel},\"offset\":{},\"data\":{}}}",
+                    d.offset, d.data
+                );
                 seen += 1;
             }
             Err(e) => return fail(e),
@@ -196,7 +211,13 @@ async fn sub(url: &str, channels: &[String], count: Option<u64>, auth: &AuthArgs
     ExitCode::SUCCESS
 }
 
-async fn publish(url: &str, channel: &str, data: Option<&str>, text: bool, auth: &AuthArgs) -> ExitCode {
+async fn publish(
+    url: &str,
+    channel: &str,
+    data: Option<&str>,
+    text: bool,
+    auth: &AuthArgs,
+) -> ExitCode {
     let client = match Client::connect_with(url, auth.options()).await {
         Ok(c) => c,
         Err(e) => return fail(e),
@@ -271,11 +292,22 @@ async fn main() -> ExitCode {
         None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::CheckConfig { file }) => check_config(&file),
-        Some(Command::Sub { url, channels, count, auth }) => {
+        Some(Command::Sub {
+            url,
+            channels,
+            count,
+            auth,
+        }) => {
             init_logging("warn");
             sub(&url, &channels, count, &auth).await
         }
-        Some(Command::Pub { url, channel, data, text, auth }) => {
+        Some(Command::Pub {
+            url,
+            channel,
+            data,
+            text,
+            auth,
+        }) => {
             init_logging("warn");
             publish(&url, &channel, data.as_deref(), text, &auth).await
         }

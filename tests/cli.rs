@@ -1,5 +1,7 @@
 //! The `tslm` binary: startup, config errors, signals, and the command-line client.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use std::process::Stdio;
@@ -59,26 +61,44 @@ impl Gateway {
             if found.len() >= n {
                 return found;
             }
-            assert!(tokio::time::Instant::now() < deadline, "gateway did not start: {}", self.text());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway did not start: {}",
+                self.text()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     fn signal(&self, sig: &str) {
         let pid = self.child.id().expect("running").to_string();
-        let st = std::process::Command::new("kill").args([sig, &pid]).status().unwrap();
+        let st = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
         assert!(st.success());
     }
 
     async fn wait(&mut self) -> std::process::ExitStatus {
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.expect("exits in time").unwrap()
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exits in time")
+            .unwrap()
     }
 }
 
 fn field(line: &str, key: &str) -> String {
     let pat = format!("{key}=");
-    let start = line.find(&pat).unwrap_or_else(|| panic!("no {key} in {line}")) + pat.len();
-    line[start..].split_whitespace().next().unwrap().trim_matches('"').to_owned()
+    let start = line
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + pat.len();
+    line[start..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned()
 }
 
 fn write_config(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -96,9 +116,16 @@ async fn sigint_and_sigterm_close_sessions_with_1001_and_exit_cleanly() {
         let addrs = gw.listening(2).await;
         let public = &addrs.iter().find(|(n, _)| n == "public").unwrap().1;
         let mut client = v1(&format!("ws://{public}/")).await;
-        assert_eq!(call(&mut client, r#"{"op":"ping","id":1}"#).await["ok"], true);
+        assert_eq!(
+            call(&mut client, r#"{"op":"ping","id":1}"#).await["ok"],
+            true
+        );
         gw.signal(sig);
-        assert_eq!(recv_close(&mut client).await, Some((1001, "going away".into())), "{sig}");
+        assert_eq!(
+            recv_close(&mut client).await,
+            Some((1001, "going away".into())),
+            "{sig}"
+        );
         let status = gw.wait().await;
         assert!(status.success(), "{sig}: {status} {}", gw.text());
         assert!(gw.text().contains("shutdown complete"), "{}", gw.text());
@@ -115,9 +142,15 @@ async fn the_startup_log_says_what_listens_where_with_which_permissions() {
     );
     let gw = Gateway::spawn(&["--config", cfg.to_str().unwrap()], dir.path());
     let addrs = gw.listening(2).await;
-    assert!(addrs.iter().any(|(_, a)| a.starts_with("[::1]:")), "IPv6 bind: {addrs:?}");
+    assert!(
+        addrs.iter().any(|(_, a)| a.starts_with("[::1]:")),
+        "IPv6 bind: {addrs:?}"
+    );
     let text = gw.text();
-    assert!(text.contains("permissions=Subscribe,NotifyChannel"), "{text}");
+    assert!(
+        text.contains("permissions=Subscribe,NotifyChannel"),
+        "{text}"
+    );
     // Both addresses serve.
     for (_, a) in &addrs {
         let mut c = v1(&format!("ws://{a}/")).await;
@@ -133,39 +166,84 @@ async fn a_failed_bind_stops_startup_with_a_message_naming_the_listener() {
     let cfg = write_config(
         dir.path(),
         "t.toml",
-        &format!("[listener.aaa]\nip='127.0.0.1'\nport=0\n[listener.busy]\nip='127.0.0.1'\nport={port}\n"),
+        &format!(
+            "[listener.aaa]\nip='127.0.0.1'\nport=0\n[listener.busy]\nip='127.0.0.1'\nport={port}\n"
+        ),
     );
     let mut gw = Gateway::spawn(&["serve", "--config", cfg.to_str().unwrap()], dir.path());
     let status = gw.wait().await;
     assert!(!status.success());
     let text = gw.text();
-    assert!(text.contains("listener `busy`") && text.contains("cannot bind"), "{text}");
-    assert!(!text.contains(" listening "), "nothing may start serving: {text}");
+    assert!(
+        text.contains("listener `busy`") && text.contains("cannot bind"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(" listening "),
+        "nothing may start serving: {text}"
+    );
 }
 
 #[tokio::test]
 async fn bad_configs_stop_startup_and_check_config_validates() {
     let dir = tempfile::tempdir().unwrap();
-    let good = write_config(dir.path(), "good.toml", "[listener.public]\nip='127.0.0.1'\nport=8080\ndefault_endpoint_permissions=['Subscribe']\n");
-    let bad = write_config(dir.path(), "bad.toml", "[listener.public]\nip='127.0.0.1'\nport=8080\nmax_conections=5\n");
-    let worse = write_config(dir.path(), "worse.toml", "[listener.private]\nip='127.0.0.1'\nport=8081\nchannel_buffer_size=0\n");
+    let good = write_config(
+        dir.path(),
+        "good.toml",
+        "[listener.public]\nip='127.0.0.1'\nport=8080\ndefault_endpoint_permissions=['Subscribe']\n",
+    );
+    let bad = write_config(
+        dir.path(),
+        "bad.toml",
+        "[listener.public]\nip='127.0.0.1'\nport=8080\nmax_conections=5\n",
+    );
+    let worse = write_config(
+        dir.path(),
+        "worse.toml",
+        "[listener.private]\nip='127.0.0.1'\nport=8081\nchannel_buffer_size=0\n",
+    );
 
-    let out = Command::new(BIN).args(["check-config", good.to_str().unwrap()]).output().await.unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", good.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("listener public: 127.0.0.1:8080 permissions=Subscribe"), "{stdout}");
+    assert!(
+        stdout.contains("listener public: 127.0.0.1:8080 permissions=Subscribe"),
+        "{stdout}"
+    );
 
-    for (file, listener, key) in [(&bad, "public", "max_conections"), (&worse, "private", "channel_buffer_size")] {
-        let out = Command::new(BIN).args(["check-config", file.to_str().unwrap()]).output().await.unwrap();
+    for (file, listener, key) in [
+        (&bad, "public", "max_conections"),
+        (&worse, "private", "channel_buffer_size"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["check-config", file.to_str().unwrap()])
+            .output()
+            .await
+            .unwrap();
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("listener `{listener}`")) && err.contains(key), "{err}");
+        assert!(
+            err.contains(&format!("listener `{listener}`")) && err.contains(key),
+            "{err}"
+        );
         // And `serve` refuses it the same way, without starting anything.
         let mut gw = Gateway::spawn(&["serve", "--config", file.to_str().unwrap()], dir.path());
         assert!(!gw.wait().await.success());
-        assert!(gw.text().contains(key) && !gw.text().contains(" listening "), "{}", gw.text());
+        assert!(
+            gw.text().contains(key) && !gw.text().contains(" listening "),
+            "{}",
+            gw.text()
+        );
     }
-    let out = Command::new(BIN).args(["check-config", "/nonexistent/tslm.toml"]).output().await.unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "/nonexistent/tslm.toml"])
+        .output()
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
 }
@@ -175,14 +253,22 @@ async fn config_dir_reads_tslm_toml_as_the_original_did() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("conf");
     std::fs::create_dir(&conf).unwrap();
-    write_config(&conf, "tslm.toml", "[listener.from_dir]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Subscribe']\n");
+    write_config(
+        &conf,
+        "tslm.toml",
+        "[listener.from_dir]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Subscribe']\n",
+    );
     let gw = Gateway::spawn(&["-c", conf.to_str().unwrap()], dir.path());
     let addrs = gw.listening(1).await;
     assert_eq!(addrs[0].0, "from_dir");
     // The original's default location, ./config/tslm.toml, is used when no flag is given.
     let dir2 = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir2.path().join("config")).unwrap();
-    write_config(&dir2.path().join("config"), "tslm.toml", "[listener.legacy_default]\nip='127.0.0.1'\nport=0\n");
+    write_config(
+        &dir2.path().join("config"),
+        "tslm.toml",
+        "[listener.legacy_default]\nip='127.0.0.1'\nport=0\n",
+    );
     let gw2 = Gateway::spawn(&[], dir2.path());
     assert_eq!(gw2.listening(1).await[0].0, "legacy_default");
 }
@@ -192,14 +278,33 @@ async fn without_a_config_the_embedded_default_serves_8080_and_8081() {
     let dir = tempfile::tempdir().unwrap();
     let mut gw = Gateway::spawn(&[], dir.path());
     let addrs = gw.listening(2).await;
-    assert!(gw.text().contains("config=embedded default"), "{}", gw.text());
-    assert!(addrs.contains(&("public".into(), "127.0.0.1:8080".into())), "{addrs:?}");
-    assert!(addrs.contains(&("private".into(), "127.0.0.1:8081".into())), "{addrs:?}");
+    assert!(
+        gw.text().contains("config=embedded default"),
+        "{}",
+        gw.text()
+    );
+    assert!(
+        addrs.contains(&("public".into(), "127.0.0.1:8080".into())),
+        "{addrs:?}"
+    );
+    assert!(
+        addrs.contains(&("private".into(), "127.0.0.1:8081".into())),
+        "{addrs:?}"
+    );
     let mut publisher = v1("ws://127.0.0.1:8081/").await;
-    assert_eq!(call(&mut publisher, r#"{"op":"create","id":1,"channel":"x"}"#).await["ok"], true);
+    assert_eq!(
+        call(&mut publisher, r#"{"op":"create","id":1,"channel":"x"}"#).await["ok"],
+        true
+    );
     let mut sub = v1("ws://127.0.0.1:8080/").await;
-    assert_eq!(call(&mut sub, r#"{"op":"create","id":2,"channel":"y"}"#).await["error"]["code"], "forbidden");
-    assert_eq!(call(&mut sub, r#"{"op":"subscribe","id":3,"channel":"x"}"#).await["ok"], true);
+    assert_eq!(
+        call(&mut sub, r#"{"op":"create","id":2,"channel":"y"}"#).await["error"]["code"],
+        "forbidden"
+    );
+    assert_eq!(
+        call(&mut sub, r#"{"op":"subscribe","id":3,"channel":"x"}"#).await["ok"],
+        true
+    );
     gw.signal("-INT");
     assert!(gw.wait().await.success());
 }
@@ -217,7 +322,10 @@ async fn run_cli(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
         input.write_all(s.as_bytes()).await.unwrap();
     }
     drop(input);
-    let out = tokio::time::timeout(T, child.wait_with_output()).await.expect("cli exits").unwrap();
+    let out = tokio::time::timeout(T, child.wait_with_output())
+        .await
+        .expect("cli exits")
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -229,8 +337,14 @@ async fn run_cli(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
 async fn the_cli_creates_publishes_and_subscribes() {
     let srv = TestServer::default().await;
     let (public, private) = (srv.url("public"), srv.url("private"));
-    assert_eq!(run_cli(&["create", &private, "cli"], None).await, (0, "created cli\n".into(), String::new()));
-    assert_eq!(run_cli(&["create", &private, "cli"], None).await.1, "exists cli\n");
+    assert_eq!(
+        run_cli(&["create", &private, "cli"], None).await,
+        (0, "created cli\n".into(), String::new())
+    );
+    assert_eq!(
+        run_cli(&["create", &private, "cli"], None).await.1,
+        "exists cli\n"
+    );
 
     let sub = Command::new(BIN)
         .args(["sub", &public, "cli", "-n", "3"])
@@ -238,12 +352,16 @@ async fn the_cli_creates_publishes_and_subscribes() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    srv.wait_for("cli subscriber", |s| s.hub.stats().subscriptions == 1).await;
+    srv.wait_for("cli subscriber", |s| s.hub.stats().subscriptions == 1)
+        .await;
     let (code, out, err) = run_cli(&["pub", &private, "cli"], Some("{\"a\": 1}\n\n[1,2]\n")).await;
     assert_eq!((code, out.as_str()), (0, "1\n2\n"), "{err}");
     let (code, out, _) = run_cli(&["pub", &private, "cli", "hello world", "--text"], None).await;
     assert_eq!((code, out.as_str()), (0, "3\n"));
-    let out = tokio::time::timeout(T, sub.wait_with_output()).await.unwrap().unwrap();
+    let out = tokio::time::timeout(T, sub.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -256,7 +374,10 @@ async fn the_cli_reports_failures_with_a_nonzero_exit() {
     let srv = TestServer::default().await;
     let (public, private) = (srv.url("public"), srv.url("private"));
     // No server at all: the original printed "Channel created" here.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let (code, out, err) = run_cli(&["create", &format!("ws://{closed}/"), "x"], None).await;
     assert_eq!((code, out.as_str()), (1, ""));
     assert!(err.contains("cannot connect"), "{err}");
@@ -275,10 +396,23 @@ async fn the_cli_reports_failures_with_a_nonzero_exit() {
     assert!(err.contains("not_found"), "{err}");
     // A subscriber whose server goes away exits non-zero, saying so.
     run_cli(&["create", &private, "bye"], None).await;
-    let sub = Command::new(BIN).args(["sub", &public, "bye"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    srv.wait_for("cli subscriber", |s| s.hub.stats().subscriptions == 1).await;
+    let sub = Command::new(BIN)
+        .args(["sub", &public, "bye"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    srv.wait_for("cli subscriber", |s| s.hub.stats().subscriptions == 1)
+        .await;
     srv.shutdown().await;
-    let out = tokio::time::timeout(T, sub.wait_with_output()).await.unwrap().unwrap();
+    let out = tokio::time::timeout(T, sub.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("1001"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1001"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

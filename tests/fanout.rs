@@ -1,5 +1,7 @@
 //! The fan-out core: slow subscribers, many subscribers, and nothing left behind.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use std::time::Duration;
@@ -37,7 +39,11 @@ async fn a_slow_subscriber_is_disconnected_while_a_fast_one_gets_everything_in_o
         let mut next = 1;
         while next <= N {
             let f = recv(&mut fast).await;
-            assert_eq!(offset_of(&f), next, "fast subscriber: in order, no gap, no duplicate");
+            assert_eq!(
+                offset_of(&f),
+                next,
+                "fast subscriber: in order, no gap, no duplicate"
+            );
             next += 1;
         }
         fast
@@ -47,14 +53,22 @@ async fn a_slow_subscriber_is_disconnected_while_a_fast_one_gets_everything_in_o
     let (mut tx, mut rx) = publisher.split();
     let writer = tokio::spawn(async move {
         for i in 0..N {
-            let req = format!(r#"{{"op":"publish","id":{i},"channel":"firehose","data":{payload}}}"#);
-            futures_util::SinkExt::send(&mut tx, Message::Text(req.into())).await.unwrap();
+            let req =
+                format!(r#"{{"op":"publish","id":{i},"channel":"firehose","data":{payload}}}"#);
+            futures_util::SinkExt::send(&mut tx, Message::Text(req.into()))
+                .await
+                .unwrap();
         }
         tx
     });
     let mut acked = 0;
     while acked < N {
-        match tokio::time::timeout(T, rx.next()).await.expect("publisher replies").unwrap().unwrap() {
+        match tokio::time::timeout(T, rx.next())
+            .await
+            .expect("publisher replies")
+            .unwrap()
+            .unwrap()
+        {
             Message::Text(t) => {
                 let v: serde_json::Value = serde_json::from_str(&t).unwrap();
                 assert_eq!(v["ok"], true, "the publisher is never refused: {v}");
@@ -64,13 +78,23 @@ async fn a_slow_subscriber_is_disconnected_while_a_fast_one_gets_everything_in_o
         }
     }
     let _tx = writer.await.unwrap();
-    let _fast = tokio::time::timeout(Duration::from_secs(60), fast_reader).await.expect("fast subscriber done").unwrap();
-    srv.wait_for("slow subscriber dropped", |s| s.hub.stats().subscriptions == 1).await;
+    let _fast = tokio::time::timeout(Duration::from_secs(60), fast_reader)
+        .await
+        .expect("fast subscriber done")
+        .unwrap();
+    srv.wait_for("slow subscriber dropped", |s| {
+        s.hub.stats().subscriptions == 1
+    })
+    .await;
 
     // The slow subscriber now reads: an in-order prefix, then the close that says why.
     let mut last = 0;
     let close = loop {
-        match tokio::time::timeout(T, slow.next()).await.expect("slow reads").expect("close frame") {
+        match tokio::time::timeout(T, slow.next())
+            .await
+            .expect("slow reads")
+            .expect("close frame")
+        {
             Ok(Message::Text(t)) => {
                 let o = offset_of(&t);
                 assert_eq!(o, last + 1, "slow subscriber: in-order prefix");
@@ -82,7 +106,10 @@ async fn a_slow_subscriber_is_disconnected_while_a_fast_one_gets_everything_in_o
         }
     };
     assert_eq!(close, Some((4000, "slow consumer".into())));
-    assert!(last < N, "the slow subscriber cannot have received everything");
+    assert!(
+        last < N,
+        "the slow subscriber cannot have received everything"
+    );
 }
 
 #[tokio::test]
@@ -92,7 +119,11 @@ async fn many_subscribers_receive_every_message_in_order() {
     call(&mut publisher, r#"{"op":"create","channel":"wide"}"#).await;
     let mut subs = Vec::new();
     for i in 0..100 {
-        let mut s = if i % 2 == 0 { v1(&srv.url("public")).await } else { legacy(&srv.url("public")).await };
+        let mut s = if i % 2 == 0 {
+            v1(&srv.url("public")).await
+        } else {
+            legacy(&srv.url("public")).await
+        };
         if i % 2 == 0 {
             call(&mut s, r#"{"op":"subscribe","channel":"wide"}"#).await;
         } else {
@@ -102,15 +133,28 @@ async fn many_subscribers_receive_every_message_in_order() {
         subs.push(s);
     }
     for i in 0..200 {
-        call(&mut publisher, &format!(r#"{{"op":"publish","channel":"wide","data":{i}}}"#)).await;
+        call(
+            &mut publisher,
+            &format!(r#"{{"op":"publish","channel":"wide","data":{i}}}"#),
+        )
+        .await;
     }
     for (n, s) in subs.iter_mut().enumerate() {
         for i in 0..200u64 {
             let f = recv(s).await;
             if n % 2 == 0 {
-                assert_eq!(f, format!(r#"{{"event":"message","channel":"wide","offset":{},"data":{i}}}"#, i + 1));
+                assert_eq!(
+                    f,
+                    format!(
+                        r#"{{"event":"message","channel":"wide","offset":{},"data":{i}}}"#,
+                        i + 1
+                    )
+                );
             } else {
-                assert_eq!(f, format!(r#"{{"ChannelMessage":["wide",{{"Json":{i}}}]}}"#));
+                assert_eq!(
+                    f,
+                    format!(r#"{{"ChannelMessage":["wide",{{"Json":{i}}}]}}"#)
+                );
             }
         }
     }
@@ -121,7 +165,11 @@ async fn a_disconnect_removes_its_subscriptions_at_once() {
     let srv = TestServer::default().await;
     let mut publisher = v1(&srv.url("private")).await;
     for c in ["a", "b", "c"] {
-        call(&mut publisher, &format!(r#"{{"op":"create","channel":"{c}"}}"#)).await;
+        call(
+            &mut publisher,
+            &format!(r#"{{"op":"create","channel":"{c}"}}"#),
+        )
+        .await;
     }
     let mut subs = Vec::new();
     for _ in 0..50 {
@@ -140,7 +188,10 @@ async fn a_disconnect_removes_its_subscriptions_at_once() {
             drop(s);
         }
     }
-    srv.wait_for("subscriptions gone", |s| s.hub.stats().subscriptions == 0 && s.stats().sessions == 1).await;
+    srv.wait_for("subscriptions gone", |s| {
+        s.hub.stats().subscriptions == 0 && s.stats().sessions == 1
+    })
+    .await;
     assert_eq!(srv.hub.subscriber_count(&"a".parse().unwrap()).unwrap(), 0);
 }
 
@@ -152,9 +203,9 @@ async fn aborted_handshakes_leave_nothing_behind() {
     for i in 0..600 {
         let mut s = TcpStream::connect(addr).await.unwrap();
         match i % 3 {
-            0 => {}                                                        // connect, close (a TCP probe)
+            0 => {} // connect, close (a TCP probe)
             1 => s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap(), // half a request
-            _ => s.write_all(upgrade.as_bytes()).await.unwrap(),          // a full upgrade, then gone
+            _ => s.write_all(upgrade.as_bytes()).await.unwrap(), // a full upgrade, then gone
         }
         drop(s);
     }

@@ -1,5 +1,7 @@
 //! Connection hygiene: size limits, timeouts, pings, connection limits, bad handshakes, shutdown.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use std::time::Duration;
@@ -12,12 +14,22 @@ use tokio::net::TcpStream;
 async fn an_oversized_message_closes_with_1009_in_both_dialects() {
     let srv = TestServer::start(&two_listeners("max_message_size = 4096")).await;
     let mut a = v1(&srv.url("private")).await;
-    send(&mut a, &format!(r#"{{"op":"ping","id":"{}"}}"#, "x".repeat(5000))).await;
-    assert_eq!(recv_close(&mut a).await, Some((1009, "message too big".into())));
+    send(
+        &mut a,
+        &format!(r#"{{"op":"ping","id":"{}"}}"#, "x".repeat(5000)),
+    )
+    .await;
+    assert_eq!(
+        recv_close(&mut a).await,
+        Some((1009, "message too big".into()))
+    );
 
     let mut b = legacy(&srv.url("private")).await;
     send(&mut b, &"y".repeat(70_000)).await;
-    assert_eq!(recv_close(&mut b).await, Some((1009, "message too big".into())));
+    assert_eq!(
+        recv_close(&mut b).await,
+        Some((1009, "message too big".into()))
+    );
     // Other connections are unaffected.
     let mut c = v1(&srv.url("private")).await;
     assert_eq!(call(&mut c, r#"{"op":"ping","id":1}"#).await["ok"], true);
@@ -27,19 +39,25 @@ async fn an_oversized_message_closes_with_1009_in_both_dialects() {
 async fn a_client_dribbling_headers_is_closed_at_the_handshake_deadline() {
     let srv = TestServer::start(&two_listeners("handshake_timeout_seconds = 1")).await;
     let mut slow = TcpStream::connect(srv.addr("public")).await.unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     // A normal client connects meanwhile.
     let mut ok = v1(&srv.url("public")).await;
     assert_eq!(call(&mut ok, r#"{"op":"ping","id":1}"#).await["ok"], true);
     let mut buf = Vec::new();
     let read = tokio::time::timeout(T, slow.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the dribbling client was not closed");
-    srv.wait_for("dribbler gone", |s| s.stats().connections == 1).await;
+    srv.wait_for("dribbler gone", |s| s.stats().connections == 1)
+        .await;
 }
 
 #[tokio::test]
 async fn a_peer_that_never_answers_pings_is_closed() {
-    let srv = TestServer::start(&two_listeners("ping_interval_seconds = 1\npong_timeout_seconds = 1")).await;
+    let srv = TestServer::start(&two_listeners(
+        "ping_interval_seconds = 1\npong_timeout_seconds = 1",
+    ))
+    .await;
     let mut deaf = v1(&srv.url("public")).await;
     let mut alive = v1(&srv.url("public")).await;
     // `alive` keeps reading, so tungstenite answers the server's pings; `deaf` reads nothing.
@@ -51,9 +69,15 @@ async fn a_peer_that_never_answers_pings_is_closed() {
         alive
     });
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert_eq!(recv_close(&mut deaf).await, Some((4001, "ping timeout".into())));
+    assert_eq!(
+        recv_close(&mut deaf).await,
+        Some((4001, "ping timeout".into()))
+    );
     let mut alive = keep_alive.await.unwrap();
-    assert_eq!(call(&mut alive, r#"{"op":"ping","id":2}"#).await["ok"], true);
+    assert_eq!(
+        call(&mut alive, r#"{"op":"ping","id":2}"#).await["ok"],
+        true
+    );
 }
 
 #[tokio::test]
@@ -66,7 +90,8 @@ async fn over_max_connections_gets_a_503_not_a_reset() {
     assert!(body.contains("\"unavailable\""), "{body}");
     assert!(head.to_ascii_lowercase().contains("retry-after"));
     drop(a);
-    srv.wait_for("slot freed", |s| s.stats().connections == 1).await;
+    srv.wait_for("slot freed", |s| s.stats().connections == 1)
+        .await;
     let mut c = v1(&srv.url("public")).await;
     assert_eq!(call(&mut c, r#"{"op":"ping","id":1}"#).await["ok"], true);
 }
@@ -78,8 +103,15 @@ async fn malformed_handshakes_get_http_errors() {
     let base = "Host: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nConnection: close\r\n";
     let (s, head, _) = http_raw(addr, &format!("GET / HTTP/1.1\r\n{base}Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")).await;
     assert_eq!(s, 426);
-    assert!(head.to_ascii_lowercase().contains("sec-websocket-version: 13"));
-    let (s, _, body) = http_raw(addr, &format!("GET / HTTP/1.1\r\n{base}Sec-WebSocket-Version: 13\r\n\r\n")).await;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-version: 13")
+    );
+    let (s, _, body) = http_raw(
+        addr,
+        &format!("GET / HTTP/1.1\r\n{base}Sec-WebSocket-Version: 13\r\n\r\n"),
+    )
+    .await;
     assert_eq!(s, 400);
     assert!(body.contains("bad_request"));
     let (s, _, _) = http_raw(addr, &format!("POST / HTTP/1.1\r\n{base}Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 0\r\n\r\n")).await;
@@ -101,5 +133,8 @@ async fn shutdown_closes_every_session_with_1001() {
     for ws in [&mut publisher, &mut a, &mut b] {
         assert_eq!(recv_close(ws).await, Some((1001, "going away".into())));
     }
-    tokio::time::timeout(T, shutdown).await.expect("run returns after shutdown").unwrap();
+    tokio::time::timeout(T, shutdown)
+        .await
+        .expect("run returns after shutdown")
+        .unwrap();
 }

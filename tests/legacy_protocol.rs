@@ -1,6 +1,8 @@
 //! The original TSLM protocol over real sockets, replaying the original's observed transcript,
 //! and cross-dialect delivery.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;
@@ -43,54 +45,138 @@ async fn the_original_transcript() {
         assert_eq!(recv(ws).await, want, "{who} -> {req}");
     }
 
-    send(&mut publisher, r#"{"NotifyChannel": ["news", {"Text": "hello"}]}"#).await;
-    assert_eq!(recv(&mut publisher).await, r#"{"Success":"Command executed: NotifyChannel(\"news\")"}"#, "no payload echo");
-    assert_eq!(recv(&mut sub).await, r#"{"ChannelMessage":["news",{"Text":"hello"}]}"#);
+    send(
+        &mut publisher,
+        r#"{"NotifyChannel": ["news", {"Text": "hello"}]}"#,
+    )
+    .await;
+    assert_eq!(
+        recv(&mut publisher).await,
+        r#"{"Success":"Command executed: NotifyChannel(\"news\")"}"#,
+        "no payload echo"
+    );
+    assert_eq!(
+        recv(&mut sub).await,
+        r#"{"ChannelMessage":["news",{"Text":"hello"}]}"#
+    );
     assert_silent(&mut sub).await; // once, despite two Subscribes
-    assert_eq!(recv(&mut sub2).await, r#"{"ChannelMessage":["news",{"Text":"hello"}]}"#);
+    assert_eq!(
+        recv(&mut sub2).await,
+        r#"{"ChannelMessage":["news",{"Text":"hello"}]}"#
+    );
 
-    send(&mut publisher, r#"{"NotifyChannel":["news",{"Json":{"price":101.5,"sym":"BTC","tags":["a","b"]}}]}"#).await;
+    send(
+        &mut publisher,
+        r#"{"NotifyChannel":["news",{"Json":{"price":101.5,"sym":"BTC","tags":["a","b"]}}]}"#,
+    )
+    .await;
     recv(&mut publisher).await;
-    assert_eq!(recv(&mut sub).await, r#"{"ChannelMessage":["news",{"Json":{"price":101.5,"sym":"BTC","tags":["a","b"]}}]}"#);
-    assert_eq!(recv(&mut sub2).await, r#"{"ChannelMessage":["news",{"Json":{"price":101.5,"sym":"BTC","tags":["a","b"]}}]}"#);
+    assert_eq!(
+        recv(&mut sub).await,
+        r#"{"ChannelMessage":["news",{"Json":{"price":101.5,"sym":"BTC","tags":["a","b"]}}]}"#
+    );
+    assert_eq!(
+        recv(&mut sub2).await,
+        r#"{"ChannelMessage":["news",{"Json":{"price":101.5,"sym":"BTC","tags":["a","b"]}}]}"#
+    );
 
     let more: &[(&str, &str, &str)] = &[
-        ("sub", r#"{"NotifyChannel": ["news", {"Text": "spoof"}]}"#, r#"{"Error":"Permission denied: NotifyChannel"}"#),
-        ("pub", r#"{"Subscribe": "news"}"#, r#"{"Error":"Permission denied: Subscribe"}"#),
-        ("pub", r#"{"NotifyChannel": ["nope", {"Text": "x"}]}"#, r#"{"Error":"Channel not found: nope"}"#),
-        ("pub", "hello", r#"{"Error":"Invalid message format: expected value at line 1 column 1"}"#),
-        ("pub", r#"{"Subscribe":"#, r#"{"Error":"Invalid message format: EOF while parsing a value at line 1 column 13"}"#),
+        (
+            "sub",
+            r#"{"NotifyChannel": ["news", {"Text": "spoof"}]}"#,
+            r#"{"Error":"Permission denied: NotifyChannel"}"#,
+        ),
+        (
+            "pub",
+            r#"{"Subscribe": "news"}"#,
+            r#"{"Error":"Permission denied: Subscribe"}"#,
+        ),
+        (
+            "pub",
+            r#"{"NotifyChannel": ["nope", {"Text": "x"}]}"#,
+            r#"{"Error":"Channel not found: nope"}"#,
+        ),
+        (
+            "pub",
+            "hello",
+            r#"{"Error":"Invalid message format: expected value at line 1 column 1"}"#,
+        ),
+        (
+            "pub",
+            r#"{"Subscribe":"#,
+            r#"{"Error":"Invalid message format: EOF while parsing a value at line 1 column 13"}"#,
+        ),
     ];
     for (who, req, want) in more {
-        let ws = if *who == "pub" { &mut publisher } else { &mut sub };
+        let ws = if *who == "pub" {
+            &mut publisher
+        } else {
+            &mut sub
+        };
         send(ws, req).await;
         assert_eq!(recv(ws).await, *want, "{who} -> {req}");
     }
     assert_silent(&mut sub2).await; // the spoof reached nobody
 
-    for shape in [r#"{"subscribe":"news"}"#, r#"{"Subscribe":["news"]}"#, r#"{"NotifyChannel":["news","hello"]}"#, r#"{"Unsubscribe":"news"}"#, r#"{"NotifyChannel":["news",{"Text":5}]}"#, r#"{"CreateChannel":""}"#] {
+    for shape in [
+        r#"{"subscribe":"news"}"#,
+        r#"{"Subscribe":["news"]}"#,
+        r#"{"NotifyChannel":["news","hello"]}"#,
+        r#"{"Unsubscribe":"news"}"#,
+        r#"{"NotifyChannel":["news",{"Text":5}]}"#,
+        r#"{"CreateChannel":""}"#,
+    ] {
         send(&mut publisher, shape).await;
         let r = recv_json(&mut publisher).await;
-        let e = r["Error"].as_str().unwrap_or_else(|| panic!("{shape} -> {r}"));
+        let e = r["Error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{shape} -> {r}"));
         assert!(e.starts_with("Invalid message format: "), "{shape} -> {e}");
-        assert!(!e.contains("Raw") && !e.contains("::"), "no type names: {e}");
+        assert!(
+            !e.contains("Raw") && !e.contains("::"),
+            "no type names: {e}"
+        );
     }
 
-    publisher.send(Message::Binary(br#"{"CreateChannel":"bin"}"#.to_vec().into())).await.unwrap();
-    assert_eq!(recv(&mut publisher).await, r#"{"Error":"Binary messages not supported"}"#);
+    publisher
+        .send(Message::Binary(
+            br#"{"CreateChannel":"bin"}"#.to_vec().into(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        recv(&mut publisher).await,
+        r#"{"Error":"Binary messages not supported"}"#
+    );
     // Still open after every error.
     send(&mut publisher, r#"{"CreateChannel":"still-open"}"#).await;
-    assert_eq!(recv(&mut publisher).await, r#"{"Success":"Command executed: CreateChannel(\"still-open\")"}"#);
+    assert_eq!(
+        recv(&mut publisher).await,
+        r#"{"Success":"Command executed: CreateChannel(\"still-open\")"}"#
+    );
 }
 
 #[tokio::test]
 async fn message_too_large_and_rate_limit_texts() {
-    let srv = TestServer::start(&two_listeners("max_publish_bytes = 50\nrate_limit_per_second = 3")).await;
+    let srv = TestServer::start(&two_listeners(
+        "max_publish_bytes = 50\nrate_limit_per_second = 3",
+    ))
+    .await;
     let mut publisher = legacy(&srv.url("private")).await;
     send(&mut publisher, r#"{"CreateChannel":"c"}"#).await;
     recv(&mut publisher).await;
-    send(&mut publisher, &format!(r#"{{"NotifyChannel":["c",{{"Text":"{}"}}]}}"#, "x".repeat(100))).await;
-    assert_eq!(recv(&mut publisher).await, r#"{"Error":"Message too large"}"#);
+    send(
+        &mut publisher,
+        &format!(
+            r#"{{"NotifyChannel":["c",{{"Text":"{}"}}]}}"#,
+            "x".repeat(100)
+        ),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut publisher).await,
+        r#"{"Error":"Message too large"}"#
+    );
     for _ in 0..5 {
         send(&mut publisher, r#"{"CreateChannel":"c"}"#).await;
     }
@@ -98,7 +184,12 @@ async fn message_too_large_and_rate_limit_texts() {
     for _ in 0..5 {
         texts.push(recv(&mut publisher).await);
     }
-    assert!(texts.iter().any(|t| t == r#"{"Error":"Rate limit exceeded"}"#), "{texts:?}");
+    assert!(
+        texts
+            .iter()
+            .any(|t| t == r#"{"Error":"Rate limit exceeded"}"#),
+        "{texts:?}"
+    );
 }
 
 #[tokio::test]
@@ -117,27 +208,79 @@ async fn both_dialects_share_one_channel_space() {
     recv(&mut old_sub).await;
 
     // v1 publishes: a JSON string is Text, anything else is Json.
-    assert_eq!(call(&mut v1_pub, r#"{"op":"publish","channel":"shared","data":"hello"}"#).await["offset"], 1);
-    assert_eq!(call(&mut v1_pub, r#"{"op":"publish","channel":"shared","data":{"a":[1,2]}}"#).await["offset"], 2);
-    assert_eq!(recv(&mut old_sub).await, r#"{"ChannelMessage":["shared",{"Text":"hello"}]}"#);
-    assert_eq!(recv(&mut old_sub).await, r#"{"ChannelMessage":["shared",{"Json":{"a":[1,2]}}]}"#);
-    assert_eq!(recv_json(&mut v1_sub).await, json!({"event":"message","channel":"shared","offset":1,"data":"hello"}));
-    assert_eq!(recv_json(&mut v1_sub).await, json!({"event":"message","channel":"shared","offset":2,"data":{"a":[1,2]}}));
+    assert_eq!(
+        call(
+            &mut v1_pub,
+            r#"{"op":"publish","channel":"shared","data":"hello"}"#
+        )
+        .await["offset"],
+        1
+    );
+    assert_eq!(
+        call(
+            &mut v1_pub,
+            r#"{"op":"publish","channel":"shared","data":{"a":[1,2]}}"#
+        )
+        .await["offset"],
+        2
+    );
+    assert_eq!(
+        recv(&mut old_sub).await,
+        r#"{"ChannelMessage":["shared",{"Text":"hello"}]}"#
+    );
+    assert_eq!(
+        recv(&mut old_sub).await,
+        r#"{"ChannelMessage":["shared",{"Json":{"a":[1,2]}}]}"#
+    );
+    assert_eq!(
+        recv_json(&mut v1_sub).await,
+        json!({"event":"message","channel":"shared","offset":1,"data":"hello"})
+    );
+    assert_eq!(
+        recv_json(&mut v1_sub).await,
+        json!({"event":"message","channel":"shared","offset":2,"data":{"a":[1,2]}})
+    );
 
     // And back: original publishes reach v1 subscribers with the next offsets.
-    send(&mut old_pub, r#"{"NotifyChannel":["shared",{"Text":"from old"}]}"#).await;
+    send(
+        &mut old_pub,
+        r#"{"NotifyChannel":["shared",{"Text":"from old"}]}"#,
+    )
+    .await;
     recv(&mut old_pub).await;
-    send(&mut old_pub, r#"{"NotifyChannel":["shared",{"Json":[true,null]}]}"#).await;
+    send(
+        &mut old_pub,
+        r#"{"NotifyChannel":["shared",{"Json":[true,null]}]}"#,
+    )
+    .await;
     recv(&mut old_pub).await;
-    assert_eq!(recv_json(&mut v1_sub).await, json!({"event":"message","channel":"shared","offset":3,"data":"from old"}));
-    assert_eq!(recv_json(&mut v1_sub).await, json!({"event":"message","channel":"shared","offset":4,"data":[true,null]}));
-    assert_eq!(recv(&mut old_sub).await, r#"{"ChannelMessage":["shared",{"Text":"from old"}]}"#);
-    assert_eq!(recv(&mut old_sub).await, r#"{"ChannelMessage":["shared",{"Json":[true,null]}]}"#);
+    assert_eq!(
+        recv_json(&mut v1_sub).await,
+        json!({"event":"message","channel":"shared","offset":3,"data":"from old"})
+    );
+    assert_eq!(
+        recv_json(&mut v1_sub).await,
+        json!({"event":"message","channel":"shared","offset":4,"data":[true,null]})
+    );
+    assert_eq!(
+        recv(&mut old_sub).await,
+        r#"{"ChannelMessage":["shared",{"Text":"from old"}]}"#
+    );
+    assert_eq!(
+        recv(&mut old_sub).await,
+        r#"{"ChannelMessage":["shared",{"Json":[true,null]}]}"#
+    );
 
     // A v1 create of a channel the original client made is idempotent; the original's is not.
-    assert_eq!(call(&mut v1_pub, r#"{"op":"create","channel":"shared"}"#).await["created"], false);
+    assert_eq!(
+        call(&mut v1_pub, r#"{"op":"create","channel":"shared"}"#).await["created"],
+        false
+    );
     send(&mut old_pub, r#"{"CreateChannel":"shared"}"#).await;
-    assert_eq!(recv(&mut old_pub).await, r#"{"Error":"Channel 'shared' is already registered"}"#);
+    assert_eq!(
+        recv(&mut old_pub).await,
+        r#"{"Error":"Channel 'shared' is already registered"}"#
+    );
 }
 
 #[tokio::test]
@@ -145,5 +288,8 @@ async fn any_path_is_accepted_and_unknown_subprotocols_fall_back_to_the_original
     let srv = TestServer::default().await;
     let mut a = legacy(&format!("ws://{}/some/path?token=abc", srv.addr("private"))).await;
     send(&mut a, r#"{"CreateChannel":"p"}"#).await;
-    assert_eq!(recv(&mut a).await, r#"{"Success":"Command executed: CreateChannel(\"p\")"}"#);
+    assert_eq!(
+        recv(&mut a).await,
+        r#"{"Success":"Command executed: CreateChannel(\"p\")"}"#
+    );
 }

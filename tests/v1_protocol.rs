@@ -1,5 +1,7 @@
 //! Protocol v1 over real sockets: every op and every error code.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;
@@ -13,25 +15,81 @@ async fn every_op_succeeds_with_one_reply_carrying_the_id() {
     let mut publisher = v1(&srv.url("private")).await;
     let mut sub = v1(&srv.url("public")).await;
 
-    assert_eq!(call(&mut publisher, r#"{"op":"create","id":1,"channel":"prices"}"#).await, json!({"id":1,"ok":true,"created":true}));
-    assert_eq!(call(&mut publisher, r#"{"op":"create","id":"again","channel":"prices"}"#).await, json!({"id":"again","ok":true,"created":false}));
-    assert_eq!(call(&mut sub, r#"{"op":"subscribe","id":2,"channel":"prices"}"#).await, json!({"id":2,"ok":true}));
-    assert_eq!(call(&mut sub, r#"{"op":"ping","id":3}"#).await, json!({"id":3,"ok":true}));
-    assert_eq!(call(&mut publisher, r#"{"op":"ping"}"#).await, json!({"id":null,"ok":true}));
+    assert_eq!(
+        call(
+            &mut publisher,
+            r#"{"op":"create","id":1,"channel":"prices"}"#
+        )
+        .await,
+        json!({"id":1,"ok":true,"created":true})
+    );
+    assert_eq!(
+        call(
+            &mut publisher,
+            r#"{"op":"create","id":"again","channel":"prices"}"#
+        )
+        .await,
+        json!({"id":"again","ok":true,"created":false})
+    );
+    assert_eq!(
+        call(&mut sub, r#"{"op":"subscribe","id":2,"channel":"prices"}"#).await,
+        json!({"id":2,"ok":true})
+    );
+    assert_eq!(
+        call(&mut sub, r#"{"op":"ping","id":3}"#).await,
+        json!({"id":3,"ok":true})
+    );
+    assert_eq!(
+        call(&mut publisher, r#"{"op":"ping"}"#).await,
+        json!({"id":null,"ok":true})
+    );
 
     for i in 1..=3u64 {
-        let reply = call(&mut publisher, &format!(r#"{{"op":"publish","id":{},"channel":"prices","data":{{"n":{i}}}}}"#, 10 + i)).await;
-        assert_eq!(reply, json!({"id":10+i,"ok":true,"offset":i}), "offsets are strictly +1");
+        let reply = call(
+            &mut publisher,
+            &format!(
+                r#"{{"op":"publish","id":{},"channel":"prices","data":{{"n":{i}}}}}"#,
+                10 + i
+            ),
+        )
+        .await;
+        assert_eq!(
+            reply,
+            json!({"id":10+i,"ok":true,"offset":i}),
+            "offsets are strictly +1"
+        );
     }
     for i in 1..=3u64 {
-        assert_eq!(recv_json(&mut sub).await, json!({"event":"message","channel":"prices","offset":i,"data":{"n":i}}));
+        assert_eq!(
+            recv_json(&mut sub).await,
+            json!({"event":"message","channel":"prices","offset":i,"data":{"n":i}})
+        );
     }
-    assert_eq!(call(&mut sub, r#"{"op":"unsubscribe","id":4,"channel":"prices"}"#).await, json!({"id":4,"ok":true}));
-    srv.wait_for("unsubscribe", |s| s.hub.stats().subscriptions == 0).await;
-    call(&mut publisher, r#"{"op":"publish","id":5,"channel":"prices","data":1}"#).await;
+    assert_eq!(
+        call(
+            &mut sub,
+            r#"{"op":"unsubscribe","id":4,"channel":"prices"}"#
+        )
+        .await,
+        json!({"id":4,"ok":true})
+    );
+    srv.wait_for("unsubscribe", |s| s.hub.stats().subscriptions == 0)
+        .await;
+    call(
+        &mut publisher,
+        r#"{"op":"publish","id":5,"channel":"prices","data":1}"#,
+    )
+    .await;
     assert_silent(&mut sub).await;
     // Unsubscribing again is harmless.
-    assert_eq!(call(&mut sub, r#"{"op":"unsubscribe","id":6,"channel":"prices"}"#).await, json!({"id":6,"ok":true}));
+    assert_eq!(
+        call(
+            &mut sub,
+            r#"{"op":"unsubscribe","id":6,"channel":"prices"}"#
+        )
+        .await,
+        json!({"id":6,"ok":true})
+    );
 }
 
 #[tokio::test]
@@ -42,8 +100,15 @@ async fn data_is_forwarded_exactly_as_the_publisher_wrote_it() {
     call(&mut publisher, r#"{"op":"create","channel":"c"}"#).await;
     call(&mut sub, r#"{"op":"subscribe","channel":"c"}"#).await;
     let data = r#"{ "b" : 1.50,  "a":[1, 2e3, "é\u00e9"] }"#;
-    call(&mut publisher, &format!(r#"{{"op":"publish","channel":"c","data":{data}}}"#)).await;
-    assert_eq!(recv(&mut sub).await, format!(r#"{{"event":"message","channel":"c","offset":1,"data":{data}}}"#));
+    call(
+        &mut publisher,
+        &format!(r#"{{"op":"publish","channel":"c","data":{data}}}"#),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut sub).await,
+        format!(r#"{{"event":"message","channel":"c","offset":1,"data":{data}}}"#)
+    );
 }
 
 #[tokio::test]
@@ -54,7 +119,11 @@ async fn subscribing_twice_delivers_once() {
     call(&mut publisher, r#"{"op":"create","channel":"c"}"#).await;
     call(&mut sub, r#"{"op":"subscribe","channel":"c"}"#).await;
     call(&mut sub, r#"{"op":"subscribe","channel":"c"}"#).await;
-    call(&mut publisher, r#"{"op":"publish","channel":"c","data":"x"}"#).await;
+    call(
+        &mut publisher,
+        r#"{"op":"publish","channel":"c","data":"x"}"#,
+    )
+    .await;
     assert_eq!(recv_json(&mut sub).await["offset"], 1);
     assert_silent(&mut sub).await;
 }
@@ -66,18 +135,36 @@ fn code(v: &serde_json::Value) -> &str {
 
 #[tokio::test]
 async fn every_error_code_and_the_connection_stays_open() {
-    let srv = TestServer::start(&two_listeners("max_publish_bytes = 100\nrate_limit_per_second = 1000")).await;
+    let srv = TestServer::start(&two_listeners(
+        "max_publish_bytes = 100\nrate_limit_per_second = 1000",
+    ))
+    .await;
     let mut publisher = v1(&srv.url("private")).await;
     let mut sub = v1(&srv.url("public")).await;
 
     // bad_request: not JSON, wrong shape, bad channel name, missing fields, bad id.
     let r = call(&mut publisher, "this is not json").await;
     assert_eq!((code(&r), &r["id"]), ("bad_request", &json!(null)));
-    let r = call(&mut publisher, r#"{"op":"create","id":7,"channel":"x","extra":true}"#).await;
+    let r = call(
+        &mut publisher,
+        r#"{"op":"create","id":7,"channel":"x","extra":true}"#,
+    )
+    .await;
     assert_eq!((code(&r), &r["id"]), ("bad_request", &json!(7)));
-    let r = call(&mut publisher, r#"{"op":"create","id":8,"channel":"no spaces"}"#).await;
+    let r = call(
+        &mut publisher,
+        r#"{"op":"create","id":8,"channel":"no spaces"}"#,
+    )
+    .await;
     assert_eq!((code(&r), &r["id"]), ("bad_request", &json!(8)));
-    let r = call(&mut publisher, &format!(r#"{{"op":"create","id":9,"channel":"{}"}}"#, "x".repeat(256))).await;
+    let r = call(
+        &mut publisher,
+        &format!(
+            r#"{{"op":"create","id":9,"channel":"{}"}}"#,
+            "x".repeat(256)
+        ),
+    )
+    .await;
     assert_eq!(code(&r), "bad_request");
     let r = call(&mut publisher, r#"{"op":"publish","id":10,"channel":"x"}"#).await;
     assert_eq!(code(&r), "bad_request");
@@ -87,30 +174,70 @@ async fn every_error_code_and_the_connection_stays_open() {
     let r = call(&mut publisher, r#"{"op":"teleport","id":11,"channel":"x"}"#).await;
     assert_eq!((code(&r), &r["id"]), ("unknown_op", &json!(11)));
     // not_found
-    let r = call(&mut sub, r#"{"op":"subscribe","id":12,"channel":"missing"}"#).await;
+    let r = call(
+        &mut sub,
+        r#"{"op":"subscribe","id":12,"channel":"missing"}"#,
+    )
+    .await;
     assert_eq!((code(&r), &r["id"]), ("not_found", &json!(12)));
-    let r = call(&mut publisher, r#"{"op":"publish","id":13,"channel":"missing","data":1}"#).await;
+    let r = call(
+        &mut publisher,
+        r#"{"op":"publish","id":13,"channel":"missing","data":1}"#,
+    )
+    .await;
     assert_eq!(code(&r), "not_found");
     // forbidden, both ways round
     let r = call(&mut sub, r#"{"op":"create","id":14,"channel":"evil"}"#).await;
     assert_eq!((code(&r), &r["id"]), ("forbidden", &json!(14)));
-    let r = call(&mut sub, r#"{"op":"publish","id":15,"channel":"evil","data":"spoof"}"#).await;
+    let r = call(
+        &mut sub,
+        r#"{"op":"publish","id":15,"channel":"evil","data":"spoof"}"#,
+    )
+    .await;
     assert_eq!(code(&r), "forbidden");
-    let r = call(&mut publisher, r#"{"op":"subscribe","id":16,"channel":"evil"}"#).await;
+    let r = call(
+        &mut publisher,
+        r#"{"op":"subscribe","id":16,"channel":"evil"}"#,
+    )
+    .await;
     assert_eq!(code(&r), "forbidden");
-    assert!(!srv.hub.exists(&"evil".parse().unwrap()), "a forbidden create creates nothing");
+    assert!(
+        !srv.hub.exists(&"evil".parse().unwrap()),
+        "a forbidden create creates nothing"
+    );
     // too_large (max_publish_bytes = 100)
     call(&mut publisher, r#"{"op":"create","channel":"big"}"#).await;
-    let r = call(&mut publisher, &format!(r#"{{"op":"publish","id":17,"channel":"big","data":"{}"}}"#, "x".repeat(200))).await;
+    let r = call(
+        &mut publisher,
+        &format!(
+            r#"{{"op":"publish","id":17,"channel":"big","data":"{}"}}"#,
+            "x".repeat(200)
+        ),
+    )
+    .await;
     assert_eq!((code(&r), &r["id"]), ("too_large", &json!(17)));
     // binary frames
-    publisher.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    publisher
+        .send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
     assert_eq!(code(&recv_json(&mut publisher).await), "bad_request");
     // after all that, both connections still work
-    assert_eq!(call(&mut publisher, r#"{"op":"publish","id":18,"channel":"big","data":1}"#).await["offset"], 1);
+    assert_eq!(
+        call(
+            &mut publisher,
+            r#"{"op":"publish","id":18,"channel":"big","data":1}"#
+        )
+        .await["offset"],
+        1
+    );
     assert_eq!(call(&mut sub, r#"{"op":"ping","id":19}"#).await["ok"], true);
     // messages are ours: no parser or type internals
-    for req in ["{", r#"{"op":5}"#, r#"{"op":"publish","channel":["a"],"data":1}"#] {
+    for req in [
+        "{",
+        r#"{"op":5}"#,
+        r#"{"op":"publish","channel":["a"],"data":1}"#,
+    ] {
         let r = call(&mut publisher, req).await;
         let m = r["error"]["message"].as_str().unwrap();
         for leak in ["serde", "line ", "column", "Raw", "invalid type", "::"] {
@@ -137,7 +264,10 @@ async fn rate_limited_and_then_recovers() {
     }
     assert!(limited >= 6, "burst of 5 allowed, then limited: {limited}");
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    assert_eq!(call(&mut c, r#"{"op":"ping","id":"later"}"#).await["ok"], true);
+    assert_eq!(
+        call(&mut c, r#"{"op":"ping","id":"later"}"#).await["ok"],
+        true
+    );
 }
 
 #[tokio::test]
@@ -146,7 +276,14 @@ async fn an_own_subscription_sees_the_message_before_the_publish_reply() {
     let mut c = v1(&srv.url("all")).await;
     call(&mut c, r#"{"op":"create","channel":"self"}"#).await;
     call(&mut c, r#"{"op":"subscribe","channel":"self"}"#).await;
-    send(&mut c, r#"{"op":"publish","id":1,"channel":"self","data":true}"#).await;
+    send(
+        &mut c,
+        r#"{"op":"publish","id":1,"channel":"self","data":true}"#,
+    )
+    .await;
     assert_eq!(recv_json(&mut c).await["event"], "message");
-    assert_eq!(recv_json(&mut c).await, json!({"id":1,"ok":true,"offset":1}));
+    assert_eq!(
+        recv_json(&mut c).await,
+        json!({"id":1,"ok":true,"offset":1})
+    );
 }

@@ -54,7 +54,13 @@ impl TestServer {
         let done = tokio::spawn(server.run(async move {
             let _ = rx.await;
         }));
-        Self { addrs, hub, stats, stop: Some(tx), done: Some(done) }
+        Self {
+            addrs,
+            hub,
+            stats,
+            stop: Some(tx),
+            done: Some(done),
+        }
     }
 
     pub async fn default() -> Self {
@@ -79,7 +85,10 @@ impl TestServer {
             let _ = tx.send(());
         }
         if let Some(done) = self.done.take() {
-            tokio::time::timeout(Duration::from_secs(30), done).await.expect("shutdown in time").unwrap();
+            tokio::time::timeout(Duration::from_secs(30), done)
+                .await
+                .expect("shutdown in time")
+                .unwrap();
         }
     }
 
@@ -87,7 +96,12 @@ impl TestServer {
     pub async fn wait_for(&self, what: &str, f: impl Fn(&Self) -> bool) {
         let deadline = tokio::time::Instant::now() + T;
         while !f(self) {
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {:?} {:?}", self.stats(), self.hub.stats());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {:?} {:?}",
+                self.stats(),
+                self.hub.stats()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -104,11 +118,13 @@ impl Drop for TestServer {
 async fn connect_with(url: &str, protocol: Option<&str>) -> (Ws, Option<String>) {
     let mut req = url.into_client_request().unwrap();
     if let Some(p) = protocol {
-        req.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_str(p).unwrap());
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(p).unwrap());
     }
-    let (ws, resp) = tokio_tungstenite::connect_async_with_config(req, Some(WebSocketConfig::default()), false)
-        .await
-        .expect("websocket connect");
+    let (ws, resp) =
+        tokio_tungstenite::connect_async_with_config(req, Some(WebSocketConfig::default()), false)
+            .await
+            .expect("websocket connect");
     let proto = resp
         .headers()
         .get("Sec-WebSocket-Protocol")
@@ -119,7 +135,11 @@ async fn connect_with(url: &str, protocol: Option<&str>) -> (Ws, Option<String>)
 /// A protocol v1 connection.
 pub async fn v1(url: &str) -> Ws {
     let (ws, proto) = connect_with(url, Some("tslm.v1")).await;
-    assert_eq!(proto.as_deref(), Some("tslm.v1"), "server must echo the subprotocol");
+    assert_eq!(
+        proto.as_deref(),
+        Some("tslm.v1"),
+        "server must echo the subprotocol"
+    );
     ws
 }
 
@@ -131,7 +151,9 @@ pub async fn legacy(url: &str) -> Ws {
 }
 
 pub async fn send(ws: &mut Ws, text: &str) {
-    ws.send(Message::Text(Utf8Bytes::from(text))).await.expect("send");
+    ws.send(Message::Text(Utf8Bytes::from(text)))
+        .await
+        .expect("send");
 }
 
 /// The next text frame (pings are answered by tungstenite and skipped).
@@ -164,8 +186,13 @@ pub async fn call(ws: &mut Ws, req: &str) -> Value {
 /// Reads until the server closes; returns the close code and reason (None on a bare TCP close).
 pub async fn recv_close(ws: &mut Ws) -> Option<(u16, String)> {
     loop {
-        match tokio::time::timeout(T, ws.next()).await.expect("timed out waiting for close") {
-            Some(Ok(Message::Close(f))) => return f.map(|f| (u16::from(f.code), f.reason.to_string())),
+        match tokio::time::timeout(T, ws.next())
+            .await
+            .expect("timed out waiting for close")
+        {
+            Some(Ok(Message::Close(f))) => {
+                return f.map(|f| (u16::from(f.code), f.reason.to_string()));
+            }
             Some(Ok(_)) => continue,
             Some(Err(_)) | None => return None,
         }
@@ -174,10 +201,10 @@ pub async fn recv_close(ws: &mut Ws) -> Option<(u16, String)> {
 
 /// Asserts nothing arrives for a short while.
 pub async fn assert_silent(ws: &mut Ws) {
-    if let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
-        if !matches!(m, Message::Ping(_) | Message::Pong(_)) {
-            panic!("unexpected frame {m:?}");
-        }
+    if let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(200), ws.next()).await
+        && !matches!(m, Message::Ping(_) | Message::Pong(_))
+    {
+        panic!("unexpected frame {m:?}");
     }
 }
 
@@ -186,7 +213,9 @@ pub async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String, String) 
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(T, s.read_to_end(&mut buf)).await.expect("http response in time");
+    let _ = tokio::time::timeout(T, s.read_to_end(&mut buf))
+        .await
+        .expect("http response in time");
     let text = String::from_utf8_lossy(&buf).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
@@ -198,14 +227,24 @@ pub async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String, String) 
 }
 
 /// An HTTP request with `Connection: close`; returns (status, headers, body as JSON).
-pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, Value) {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, Value) {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
     req.push_str(body);
     let (status, head, body) = http_raw(addr, &req).await;
-    let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("body not JSON ({e}): {body:?}"));
+    let json =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("body not JSON ({e}): {body:?}"));
     (status, head, json)
 }

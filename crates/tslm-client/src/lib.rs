@@ -54,7 +54,11 @@ pub struct ConnectOptions {
 type Pending = oneshot::Sender<Result<ReplyOk, ClientError>>;
 
 enum Cmd {
-    Request { id: u64, text: String, reply: Pending },
+    Request {
+        id: u64,
+        text: String,
+        reply: Pending,
+    },
     Close,
 }
 
@@ -77,8 +81,10 @@ impl Client {
         let mut req = url
             .into_client_request()
             .map_err(|e| ClientError::Connect(e.to_string()))?;
-        req.headers_mut()
-            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(SUBPROTOCOL_V1));
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(SUBPROTOCOL_V1),
+        );
         if let Some(t) = &opts.token {
             let v = HeaderValue::from_str(&format!("Bearer {t}"))
                 .map_err(|_| ClientError::Invalid("token is not a valid header value".into()))?;
@@ -106,7 +112,12 @@ impl Client {
         })
     }
 
-    async fn request(&self, op: &str, channel: Option<&str>, data: Option<&str>) -> Result<ReplyOk, ClientError> {
+    async fn request(
+        &self,
+        op: &str,
+        channel: Option<&str>,
+        data: Option<&str>,
+    ) -> Result<ReplyOk, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut text = format!("{{\"op\":\"{op}\",\"id\":{id}");
         if let Some(c) = channel {
@@ -120,7 +131,11 @@ impl Client {
         text.push('}');
         let (tx, rx) = oneshot::channel();
         self.cmds
-            .send(Cmd::Request { id, text, reply: tx })
+            .send(Cmd::Request {
+                id,
+                text,
+                reply: tx,
+            })
             .await
             .map_err(|_| ClientError::Closed(None))?;
         rx.await.map_err(|_| ClientError::Closed(None))?
@@ -128,14 +143,20 @@ impl Client {
 
     /// Creates a channel; `Ok(false)` when it already existed.
     pub async fn create(&self, channel: &str) -> Result<bool, ClientError> {
-        Ok(self.request("create", Some(channel), None).await?.created.unwrap_or(false))
+        Ok(self
+            .request("create", Some(channel), None)
+            .await?
+            .created
+            .unwrap_or(false))
     }
 
     /// Publishes one JSON value (given as JSON text) and returns its offset.
     pub async fn publish_json(&self, channel: &str, json: &str) -> Result<u64, ClientError> {
         let raw: &serde_json::value::RawValue = serde_json::from_str(json)
             .map_err(|e| ClientError::Invalid(format!("data is not JSON: {e}")))?;
-        let reply = self.request("publish", Some(channel), Some(raw.get())).await?;
+        let reply = self
+            .request("publish", Some(channel), Some(raw.get()))
+            .await?;
         reply
             .offset
             .ok_or_else(|| ClientError::Protocol("publish reply without offset".into()))
@@ -143,16 +164,23 @@ impl Client {
 
     /// Publishes a string.
     pub async fn publish_text(&self, channel: &str, text: &str) -> Result<u64, ClientError> {
-        self.publish_json(channel, &serde_json::Value::String(text.to_owned()).to_string())
-            .await
+        self.publish_json(
+            channel,
+            &serde_json::Value::String(text.to_owned()).to_string(),
+        )
+        .await
     }
 
     pub async fn subscribe(&self, channel: &str) -> Result<(), ClientError> {
-        self.request("subscribe", Some(channel), None).await.map(drop)
+        self.request("subscribe", Some(channel), None)
+            .await
+            .map(drop)
     }
 
     pub async fn unsubscribe(&self, channel: &str) -> Result<(), ClientError> {
-        self.request("unsubscribe", Some(channel), None).await.map(drop)
+        self.request("unsubscribe", Some(channel), None)
+            .await
+            .map(drop)
     }
 
     pub async fn ping(&self) -> Result<(), ClientError> {

@@ -187,8 +187,8 @@ impl Hub {
     pub fn publish(&self, name: &ChannelName, data: &Payload) -> Result<Offset, HubError> {
         let ch = self.channel(name)?;
         let guess = Offset(ch.last_offset.load(Ordering::Relaxed) + 1);
-        let mut v1_frame =
-            (ch.v1_subs.load(Ordering::Relaxed) > 0).then(|| v1::encode_delivery(name, guess, data));
+        let mut v1_frame = (ch.v1_subs.load(Ordering::Relaxed) > 0)
+            .then(|| v1::encode_delivery(name, guess, data));
         let mut legacy_frame = (ch.legacy_subs.load(Ordering::Relaxed) > 0)
             .then(|| legacy::encode_delivery(name, data));
 
@@ -214,14 +214,18 @@ impl Hub {
         }
         drop(st);
         if dropped > 0 {
-            self.inner.subscriptions.fetch_sub(dropped, Ordering::Relaxed);
+            self.inner
+                .subscriptions
+                .fetch_sub(dropped, Ordering::Relaxed);
         }
         Ok(offset)
     }
 
     /// The last offset published to `name` (0 before the first message).
     pub fn last_offset(&self, name: &ChannelName) -> Result<Offset, HubError> {
-        Ok(Offset(self.channel(name)?.last_offset.load(Ordering::Relaxed)))
+        Ok(Offset(
+            self.channel(name)?.last_offset.load(Ordering::Relaxed),
+        ))
     }
 
     /// Number of subscribers of `name`.
@@ -258,13 +262,18 @@ mod tests {
     }
 
     fn outbox(max_messages: usize) -> Arc<Outbox> {
-        Arc::new(Outbox::new(OutboxLimits { max_bytes: 1 << 20, max_messages }))
+        Arc::new(Outbox::new(OutboxLimits {
+            max_bytes: 1 << 20,
+            max_messages,
+        }))
     }
 
     fn drain(ob: &Outbox) -> Vec<String> {
         let mut q = VecDeque::new();
         ob.take(&mut q);
-        q.into_iter().map(|b| String::from_utf8(b.to_vec()).unwrap()).collect()
+        q.into_iter()
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .collect()
     }
 
     #[test]
@@ -276,7 +285,13 @@ mod tests {
         assert!(!hub.create(&ch("a")));
         assert_eq!(hub.publish(&ch("a"), &p), Ok(Offset(1)));
         assert_eq!(hub.publish(&ch("a"), &p), Ok(Offset(2)));
-        assert_eq!(hub.stats(), HubStats { channels: 1, subscriptions: 0 });
+        assert_eq!(
+            hub.stats(),
+            HubStats {
+                channels: 1,
+                subscriptions: 0
+            }
+        );
     }
 
     #[test]
@@ -285,13 +300,24 @@ mod tests {
         hub.create(&ch("news"));
         let (a, b) = (outbox(100), outbox(100));
         let (ca, cb) = (hub.next_conn_id(), hub.next_conn_id());
-        assert!(!hub.subscribe(&ch("news"), ca, Dialect::V1, &a).unwrap().already);
-        assert!(hub.subscribe(&ch("news"), ca, Dialect::V1, &a).unwrap().already);
+        assert!(
+            !hub.subscribe(&ch("news"), ca, Dialect::V1, &a)
+                .unwrap()
+                .already
+        );
+        assert!(
+            hub.subscribe(&ch("news"), ca, Dialect::V1, &a)
+                .unwrap()
+                .already
+        );
         hub.subscribe(&ch("news"), cb, Dialect::Legacy, &b).unwrap();
         assert_eq!(hub.stats().subscriptions, 2);
         hub.publish(&ch("news"), &Payload::text("hello")).unwrap();
-        hub.publish(&ch("news"), &Payload::from_json_bytes(Bytes::from_static(b"{\"k\":1}")).unwrap())
-            .unwrap();
+        hub.publish(
+            &ch("news"),
+            &Payload::from_json_bytes(Bytes::from_static(b"{\"k\":1}")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             drain(&a),
             [
@@ -316,10 +342,13 @@ mod tests {
         let hub = Hub::new();
         hub.create(&ch("c"));
         let (slow, fast) = (outbox(3), outbox(1000));
-        hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &slow).unwrap();
-        hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &fast).unwrap();
+        hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &slow)
+            .unwrap();
+        hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &fast)
+            .unwrap();
         for i in 0..10 {
-            hub.publish(&ch("c"), &Payload::text(&i.to_string())).unwrap();
+            hub.publish(&ch("c"), &Payload::text(&i.to_string()))
+                .unwrap();
         }
         let mut q = VecDeque::new();
         assert_eq!(slow.take(&mut q), Some(CloseReason::SlowConsumer));
@@ -333,7 +362,8 @@ mod tests {
         let hub = Hub::new();
         hub.create(&ch("c"));
         let sub = outbox(1_000_000);
-        hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &sub).unwrap();
+        hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &sub)
+            .unwrap();
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let hub = hub.clone();
@@ -344,8 +374,10 @@ mod tests {
                 })
             })
             .collect();
-        let mut offsets: Vec<u64> =
-            threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let mut offsets: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
         offsets.sort_unstable();
         assert_eq!(offsets, (1..=8000).collect::<Vec<_>>());
         for (i, frame) in drain(&sub).iter().enumerate() {

@@ -161,17 +161,27 @@ mod tests {
 
     #[test]
     fn bounded_by_bytes_and_count() {
-        let ob = Outbox::new(OutboxLimits { max_bytes: 100, max_messages: 3 });
+        let ob = Outbox::new(OutboxLimits {
+            max_bytes: 100,
+            max_messages: 3,
+        });
         ob.push(frame(40)).unwrap();
         ob.push(frame(40)).unwrap();
         assert_eq!(ob.queued_bytes(), 80);
         assert_eq!(ob.push(frame(40)), Err(PushError::Overflow));
-        assert_eq!(ob.queued_bytes(), 0, "an overflowed outbox frees its frames");
+        assert_eq!(
+            ob.queued_bytes(),
+            0,
+            "an overflowed outbox frees its frames"
+        );
         assert_eq!(ob.push(frame(1)), Err(PushError::Closed));
         let mut out = VecDeque::new();
         assert_eq!(ob.take(&mut out), Some(CloseReason::SlowConsumer));
 
-        let ob = Outbox::new(OutboxLimits { max_bytes: 1000, max_messages: 2 });
+        let ob = Outbox::new(OutboxLimits {
+            max_bytes: 1000,
+            max_messages: 2,
+        });
         ob.push(frame(1)).unwrap();
         ob.push(frame(1)).unwrap();
         assert_eq!(ob.push(frame(1)), Err(PushError::Overflow));
@@ -179,7 +189,10 @@ mod tests {
 
     #[test]
     fn an_empty_queue_takes_one_large_frame() {
-        let ob = Outbox::new(OutboxLimits { max_bytes: 10, max_messages: 10 });
+        let ob = Outbox::new(OutboxLimits {
+            max_bytes: 10,
+            max_messages: 10,
+        });
         ob.push(frame(50)).unwrap();
         let mut out = VecDeque::new();
         assert_eq!(ob.take(&mut out), None);
@@ -190,7 +203,10 @@ mod tests {
 
     #[tokio::test]
     async fn take_drains_in_order_and_ready_wakes() {
-        let ob = std::sync::Arc::new(Outbox::new(OutboxLimits { max_bytes: 1 << 20, max_messages: 100 }));
+        let ob = std::sync::Arc::new(Outbox::new(OutboxLimits {
+            max_bytes: 1 << 20,
+            max_messages: 100,
+        }));
         let ob2 = ob.clone();
         let waiter = tokio::spawn(async move { ob2.ready().await });
         ob.push(Bytes::from_static(b"1")).unwrap();

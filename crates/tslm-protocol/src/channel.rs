@@ -91,7 +91,14 @@ mod tests {
 
     #[test]
     fn accepts_documented_charset() {
-        for ok in ["news", "prices.BTC-USD", "a", "x:y~z_1", "..a", &"n".repeat(255)] {
+        for ok in [
+            "news",
+            "prices.BTC-USD",
+            "a",
+            "x:y~z_1",
+            "..a",
+            &"n".repeat(255),
+        ] {
             assert!(ChannelName::new(ok).is_ok(), "{ok}");
         }
     }
@@ -99,9 +106,18 @@ mod tests {
     #[test]
     fn refuses_everything_else() {
         assert_eq!(ChannelName::new(""), Err(ChannelNameError::Empty));
-        assert_eq!(ChannelName::new(&"n".repeat(256)), Err(ChannelNameError::TooLong));
-        for bad in ["a b", "a/b", "é", "a\nb", "a\"b", "a*", "a?b", "a%20", "a#", "<x>"] {
-            assert_eq!(ChannelName::new(bad), Err(ChannelNameError::BadChar), "{bad:?}");
+        assert_eq!(
+            ChannelName::new(&"n".repeat(256)),
+            Err(ChannelNameError::TooLong)
+        );
+        for bad in [
+            "a b", "a/b", "é", "a\nb", "a\"b", "a*", "a?b", "a%20", "a#", "<x>",
+        ] {
+            assert_eq!(
+                ChannelName::new(bad),
+                Err(ChannelNameError::BadChar),
+                "{bad:?}"
+            );
         }
         assert_eq!(ChannelName::new("."), Err(ChannelNameError::DotsOnly));
         assert_eq!(ChannelName::new(".."), Err(ChannelNameError::DotsOnly));

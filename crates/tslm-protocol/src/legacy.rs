@@ -75,7 +75,10 @@ pub enum Error {
 enum RawCommand<'a> {
     CreateChannel(#[serde(borrow)] Cow<'a, str>),
     Subscribe(#[serde(borrow)] Cow<'a, str>),
-    NotifyChannel(#[serde(borrow)] Cow<'a, str>, #[serde(borrow)] RawPayload<'a>),
+    NotifyChannel(
+        #[serde(borrow)] Cow<'a, str>,
+        #[serde(borrow)] RawPayload<'a>,
+    ),
 }
 
 #[derive(Deserialize)]
@@ -101,9 +104,8 @@ pub fn decode_request(frame: &Bytes) -> Result<Request, Error> {
             Error::InvalidFormat(SHAPE.into())
         }
     })?;
-    let name = |n: &str| {
-        ChannelName::new(n).map_err(|e| Error::InvalidFormat(e.to_string().into()))
-    };
+    let name =
+        |n: &str| ChannelName::new(n).map_err(|e| Error::InvalidFormat(e.to_string().into()));
     Ok(match raw {
         RawCommand::CreateChannel(n) => Request::CreateChannel(name(&n)?),
         RawCommand::Subscribe(n) => Request::Subscribe(name(&n)?),
@@ -111,7 +113,9 @@ pub fn decode_request(frame: &Bytes) -> Result<Request, Error> {
             let (raw, kind) = match payload {
                 RawPayload::Text(r) => {
                     if !r.get().starts_with('"') {
-                        return Err(Error::InvalidFormat("a Text payload must be a string".into()));
+                        return Err(Error::InvalidFormat(
+                            "a Text payload must be a string".into(),
+                        ));
                     }
                     (r, PayloadKind::Text)
                 }
@@ -175,8 +179,14 @@ mod tests {
 
     #[test]
     fn decodes_the_original_commands() {
-        assert_eq!(dec(r#"{"CreateChannel":"news"}"#), Ok(Request::CreateChannel(ch("news"))));
-        assert_eq!(dec(r#"{"Subscribe": "news"}"#), Ok(Request::Subscribe(ch("news"))));
+        assert_eq!(
+            dec(r#"{"CreateChannel":"news"}"#),
+            Ok(Request::CreateChannel(ch("news")))
+        );
+        assert_eq!(
+            dec(r#"{"Subscribe": "news"}"#),
+            Ok(Request::Subscribe(ch("news")))
+        );
         match dec(r#"{"NotifyChannel": ["news", {"Text": "hello"}]}"#).unwrap() {
             Request::NotifyChannel(c, p) => {
                 assert_eq!(c, ch("news"));
@@ -185,7 +195,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match dec(r#"{"NotifyChannel":["news",{"Json":{"price":101.5,"tags":["a","b"]}}]}"#).unwrap() {
+        match dec(r#"{"NotifyChannel":["news",{"Json":{"price":101.5,"tags":["a","b"]}}]}"#)
+            .unwrap()
+        {
             Request::NotifyChannel(_, p) => {
                 assert_eq!(&p.json()[..], br#"{"price":101.5,"tags":["a","b"]}"#);
                 assert_eq!(p.kind(), PayloadKind::Json);
@@ -220,14 +232,25 @@ mod tests {
         ] {
             let msg = dec(shape).unwrap_err().to_string();
             assert!(msg.starts_with("Invalid message format: "), "{msg}");
-            assert!(!msg.contains("RawCommand") && !msg.contains("RawPayload"), "{msg}");
+            assert!(
+                !msg.contains("RawCommand") && !msg.contains("RawPayload"),
+                "{msg}"
+            );
         }
         assert!(dec(r#"{"NotifyChannel":["news",{"Text":1}]}"#).is_err());
-        assert!(dec(r#"{"Subscribe":""}"#).unwrap_err().to_string().starts_with("Invalid message format: channel name"));
+        assert!(
+            dec(r#"{"Subscribe":""}"#)
+                .unwrap_err()
+                .to_string()
+                .starts_with("Invalid message format: channel name")
+        );
         assert_eq!(Error::Binary.to_string(), "Binary messages not supported");
         assert_eq!(Error::TooLarge.to_string(), "Message too large");
         assert_eq!(Error::RateLimited.to_string(), "Rate limit exceeded");
-        assert_eq!(Error::ChannelNotFound(ch("news")).to_string(), "Channel not found: news");
+        assert_eq!(
+            Error::ChannelNotFound(ch("news")).to_string(),
+            "Channel not found: news"
+        );
         assert_eq!(
             Error::AlreadyRegistered(ch("news")).to_string(),
             "Channel 'news' is already registered"

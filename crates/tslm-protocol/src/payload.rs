@@ -75,7 +75,8 @@ mod tests {
 
     #[test]
     fn keeps_the_publishers_bytes() {
-        let p = Payload::from_json_bytes(Bytes::from_static(b"  {\"a\": 1,  \"b\":[ 2 ]}\n")).unwrap();
+        let p =
+            Payload::from_json_bytes(Bytes::from_static(b"  {\"a\": 1,  \"b\":[ 2 ]}\n")).unwrap();
         assert_eq!(&p.json()[..], b"{\"a\": 1,  \"b\":[ 2 ]}");
         assert_eq!(p.kind(), PayloadKind::Json);
         let s = Payload::from_json_bytes(Bytes::from_static(b"\"hi\"")).unwrap();

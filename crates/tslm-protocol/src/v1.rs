@@ -298,8 +298,9 @@ pub fn encode_delivery(channel: &ChannelName, offset: Offset, data: &Payload) ->
     let mut digits = itoa::Buffer::new();
     let digits = digits.format(offset.0).as_bytes();
     let json = data.json();
-    let mut out =
-        Vec::with_capacity(A.len() + channel.len() + B.len() + digits.len() + C.len() + json.len() + 1);
+    let mut out = Vec::with_capacity(
+        A.len() + channel.len() + B.len() + digits.len() + C.len() + json.len() + 1,
+    );
     out.extend_from_slice(A);
     out.extend_from_slice(channel.as_bytes());
     out.extend_from_slice(B);
@@ -408,13 +409,28 @@ mod tests {
     fn decodes_every_op() {
         let r = dec(r#"{"op":"create","id":1,"channel":"news"}"#).unwrap();
         assert_eq!(r.id, Some(Id::number(1)));
-        assert_eq!(r.op, Op::Create { channel: ch("news") });
+        assert_eq!(
+            r.op,
+            Op::Create {
+                channel: ch("news")
+            }
+        );
         let r = dec(r#"{"op":"subscribe","id":"a-b","channel":"news"}"#).unwrap();
         assert_eq!(r.id.unwrap().as_json(), "\"a-b\"");
-        assert_eq!(r.op, Op::Subscribe { channel: ch("news") });
+        assert_eq!(
+            r.op,
+            Op::Subscribe {
+                channel: ch("news")
+            }
+        );
         let r = dec(r#"{"op":"unsubscribe","channel":"news"}"#).unwrap();
         assert_eq!(r.id, None);
-        assert_eq!(r.op, Op::Unsubscribe { channel: ch("news") });
+        assert_eq!(
+            r.op,
+            Op::Unsubscribe {
+                channel: ch("news")
+            }
+        );
         assert_eq!(dec(r#"{"op":"ping","id":null}"#).unwrap().op, Op::Ping);
         let r = dec(r#"{"op":"publish","channel":"p","data": {"x" : [1, 2.5e3]} }"#).unwrap();
         match r.op {
@@ -429,11 +445,17 @@ mod tests {
 
     #[test]
     fn publish_null_and_string_data() {
-        match dec(r#"{"op":"publish","channel":"p","data":null}"#).unwrap().op {
+        match dec(r#"{"op":"publish","channel":"p","data":null}"#)
+            .unwrap()
+            .op
+        {
             Op::Publish { data, .. } => assert_eq!(&data.json()[..], b"null"),
             other => panic!("{other:?}"),
         }
-        match dec(r#"{"op":"publish","channel":"p","data":"hi \"x\""}"#).unwrap().op {
+        match dec(r#"{"op":"publish","channel":"p","data":"hi \"x\""}"#)
+            .unwrap()
+            .op
+        {
             Op::Publish { data, .. } => {
                 assert_eq!(&data.json()[..], br#""hi \"x\"""#);
                 assert_eq!(data.kind(), PayloadKind::Text);
@@ -478,16 +500,31 @@ mod tests {
         let long = format!(r#"{{"op":"ping","id":"{}"}}"#, "x".repeat(200));
         assert_eq!(err(&long).error.code, ErrorCode::BadRequest);
         assert_eq!(
-            decode_request(&Bytes::from_static(b"\xff\xfe")).unwrap_err().error.code,
+            decode_request(&Bytes::from_static(b"\xff\xfe"))
+                .unwrap_err()
+                .error
+                .code,
             ErrorCode::BadRequest
         );
     }
 
     #[test]
     fn errors_do_not_leak_internals() {
-        for s in [r#"{"op":1}"#, r#"{"x":1}"#, "{", r#"{"op":"publish","channel":["a"]}"#] {
+        for s in [
+            r#"{"op":1}"#,
+            r#"{"x":1}"#,
+            "{",
+            r#"{"op":"publish","channel":["a"]}"#,
+        ] {
             let msg = err(s).error.message;
-            for leak in ["RawRequest", "Field", "line ", "column", "serde", "invalid type"] {
+            for leak in [
+                "RawRequest",
+                "Field",
+                "line ",
+                "column",
+                "serde",
+                "invalid type",
+            ] {
                 assert!(!msg.contains(leak), "{s} -> {msg}");
             }
         }
@@ -496,16 +533,34 @@ mod tests {
     #[test]
     fn encodes_replies_exactly() {
         let id = Id::number(4);
-        assert_eq!(encode_ok(Some(&id), Success::Empty), r#"{"id":4,"ok":true}"#);
-        assert_eq!(encode_ok(None, Success::Created(true)), r#"{"id":null,"ok":true,"created":true}"#);
         assert_eq!(
-            encode_ok(Some(&Id::from_json("\"q\"").unwrap()), Success::Published(Offset(17))),
+            encode_ok(Some(&id), Success::Empty),
+            r#"{"id":4,"ok":true}"#
+        );
+        assert_eq!(
+            encode_ok(None, Success::Created(true)),
+            r#"{"id":null,"ok":true,"created":true}"#
+        );
+        assert_eq!(
+            encode_ok(
+                Some(&Id::from_json("\"q\"").unwrap()),
+                Success::Published(Offset(17))
+            ),
             r#"{"id":"q","ok":true,"offset":17}"#
         );
-        assert_eq!(encode_http_ok(Success::Published(Offset(3))), r#"{"ok":true,"offset":3}"#);
-        assert_eq!(encode_http_ok(Success::Created(false)), r#"{"ok":true,"created":false}"#);
         assert_eq!(
-            encode_error(Some(&id), &ProtoError::new(ErrorCode::Forbidden, "no \"way\"")),
+            encode_http_ok(Success::Published(Offset(3))),
+            r#"{"ok":true,"offset":3}"#
+        );
+        assert_eq!(
+            encode_http_ok(Success::Created(false)),
+            r#"{"ok":true,"created":false}"#
+        );
+        assert_eq!(
+            encode_error(
+                Some(&id),
+                &ProtoError::new(ErrorCode::Forbidden, "no \"way\"")
+            ),
             r#"{"id":4,"ok":false,"error":{"code":"forbidden","message":"no \"way\""}}"#
         );
     }
@@ -519,8 +574,15 @@ mod tests {
             br#"{"event":"message","channel":"prices","offset":17,"data":{"a": 1}}"#
         );
         match decode_server_message(std::str::from_utf8(&f).unwrap()).unwrap() {
-            ServerMessage::Message { channel, offset, data } => {
-                assert_eq!((channel.as_str(), offset, data.as_str()), ("prices", 17, "{\"a\": 1}"));
+            ServerMessage::Message {
+                channel,
+                offset,
+                data,
+            } => {
+                assert_eq!(
+                    (channel.as_str(), offset, data.as_str()),
+                    ("prices", 17, "{\"a\": 1}")
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -533,7 +595,10 @@ mod tests {
             m,
             ServerMessage::Reply(Reply {
                 id: Some(serde_json::json!(3)),
-                result: Ok(ReplyOk { created: None, offset: Some(9) })
+                result: Ok(ReplyOk {
+                    created: None,
+                    offset: Some(9)
+                })
             })
         );
         let m = decode_server_message(

@@ -226,11 +226,27 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
-fn secs(listener: &str, key: &str, v: Option<u64>, default: u64, min: u64, max: u64) -> Result<Duration, String> {
-    Ok(Duration::from_secs(ranged(listener, key, v, default, min, max)?))
+fn secs(
+    listener: &str,
+    key: &str,
+    v: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<Duration, String> {
+    Ok(Duration::from_secs(ranged(
+        listener, key, v, default, min, max,
+    )?))
 }
 
-fn ranged(listener: &str, key: &str, v: Option<u64>, default: u64, min: u64, max: u64) -> Result<u64, String> {
+fn ranged(
+    listener: &str,
+    key: &str,
+    v: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, String> {
     let v = v.unwrap_or(default);
     if v < min || v > max {
         return Err(format!(
@@ -282,7 +298,11 @@ impl RawConfig {
 impl RawListener {
     fn validate(self, name: &str) -> Result<ListenerConfig, String> {
         let n = name;
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
             return Err(format!(
                 "listener `{name}`: a listener name may only contain A-Z a-z 0-9 _ -"
             ));
@@ -290,8 +310,16 @@ impl RawListener {
         let mut bind = Vec::new();
         match (self.ip, self.port) {
             (Some(ip), Some(port)) => bind.push(SocketAddr::new(ip, port)),
-            (Some(_), None) => return Err(format!("listener `{n}`, key `port`: `ip` is set but `port` is missing")),
-            (None, Some(_)) => return Err(format!("listener `{n}`, key `ip`: `port` is set but `ip` is missing")),
+            (Some(_), None) => {
+                return Err(format!(
+                    "listener `{n}`, key `port`: `ip` is set but `port` is missing"
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(format!(
+                    "listener `{n}`, key `ip`: `port` is set but `ip` is missing"
+                ));
+            }
             (None, None) => {}
         }
         for b in self.bind.unwrap_or_default() {
@@ -299,7 +327,9 @@ impl RawListener {
                 format!("listener `{n}`, key `bind`: {b:?} is not an address like \"127.0.0.1:8080\" or \"[::1]:8080\"")
             })?;
             if bind.contains(&addr) {
-                return Err(format!("listener `{n}`, key `bind`: {addr} is listed twice"));
+                return Err(format!(
+                    "listener `{n}`, key `bind`: {addr} is listed twice"
+                ));
             }
             bind.push(addr);
         }
@@ -317,15 +347,47 @@ impl RawListener {
             }
         }
         let auth_tokens = self.auth_tokens.unwrap_or_default();
-        if auth_tokens.iter().any(|t| t.is_empty() || t.chars().any(|c| c.is_whitespace() || c == ',' || c.is_control())) {
+        if auth_tokens.iter().any(|t| {
+            t.is_empty()
+                || t.chars()
+                    .any(|c| c.is_whitespace() || c == ',' || c.is_control())
+        }) {
             return Err(format!(
                 "listener `{n}`, key `auth_tokens`: tokens must be non-empty and contain no spaces, commas or control characters"
             ));
         }
-        let max_message = ranged(n, "max_message_size", self.max_message_size, defaults::MAX_MESSAGE_SIZE, 64, 64 << 20)?;
-        let max_frame = ranged(n, "max_frame_size", self.max_frame_size, defaults::MAX_FRAME_SIZE, 64, 64 << 20)?;
-        let max_publish = ranged(n, "max_publish_bytes", self.max_publish_bytes, defaults::MAX_PUBLISH_BYTES, 1, 64 << 20)?;
-        let max_connections = ranged(n, "max_connections", self.max_connections, defaults::MAX_CONNECTIONS, 1, 10_000_000)?;
+        let max_message = ranged(
+            n,
+            "max_message_size",
+            self.max_message_size,
+            defaults::MAX_MESSAGE_SIZE,
+            64,
+            64 << 20,
+        )?;
+        let max_frame = ranged(
+            n,
+            "max_frame_size",
+            self.max_frame_size,
+            defaults::MAX_FRAME_SIZE,
+            64,
+            64 << 20,
+        )?;
+        let max_publish = ranged(
+            n,
+            "max_publish_bytes",
+            self.max_publish_bytes,
+            defaults::MAX_PUBLISH_BYTES,
+            1,
+            64 << 20,
+        )?;
+        let max_connections = ranged(
+            n,
+            "max_connections",
+            self.max_connections,
+            defaults::MAX_CONNECTIONS,
+            1,
+            10_000_000,
+        )?;
         let rate = match self.rate_limit_per_second {
             None => None,
             Some(r) => {
@@ -338,13 +400,62 @@ impl RawListener {
                 "listener `{n}`, key `channel_buffer_size`: 0 (unbounded) is not supported: every subscriber queue is bounded; give a number of messages"
             ));
         }
-        let max_messages = ranged(n, "channel_buffer_size", self.channel_buffer_size, defaults::CHANNEL_BUFFER_SIZE, 1, 10_000_000)?;
-        let queue_bytes = ranged(n, "outbound_queue_bytes", self.outbound_queue_bytes, defaults::OUTBOUND_QUEUE_BYTES, 1024, 1 << 30)?;
-        let handshake_timeout = secs(n, "handshake_timeout_seconds", self.handshake_timeout_seconds, defaults::HANDSHAKE_TIMEOUT_SECONDS, 1, 3600)?;
-        let ping_interval = secs(n, "ping_interval_seconds", self.ping_interval_seconds, defaults::PING_INTERVAL_SECONDS, 1, 3600)?;
-        let pong_timeout = secs(n, "pong_timeout_seconds", self.pong_timeout_seconds, defaults::PONG_TIMEOUT_SECONDS, 1, 3600)?;
-        let read_buffer = ranged(n, "read_buffer_bytes", self.read_buffer_bytes, defaults::READ_BUFFER_BYTES, 512, 16 << 20)?;
-        let write_buffer = ranged(n, "write_buffer_bytes", self.write_buffer_bytes, defaults::WRITE_BUFFER_BYTES, 0, 16 << 20)?;
+        let max_messages = ranged(
+            n,
+            "channel_buffer_size",
+            self.channel_buffer_size,
+            defaults::CHANNEL_BUFFER_SIZE,
+            1,
+            10_000_000,
+        )?;
+        let queue_bytes = ranged(
+            n,
+            "outbound_queue_bytes",
+            self.outbound_queue_bytes,
+            defaults::OUTBOUND_QUEUE_BYTES,
+            1024,
+            1 << 30,
+        )?;
+        let handshake_timeout = secs(
+            n,
+            "handshake_timeout_seconds",
+            self.handshake_timeout_seconds,
+            defaults::HANDSHAKE_TIMEOUT_SECONDS,
+            1,
+            3600,
+        )?;
+        let ping_interval = secs(
+            n,
+            "ping_interval_seconds",
+            self.ping_interval_seconds,
+            defaults::PING_INTERVAL_SECONDS,
+            1,
+            3600,
+        )?;
+        let pong_timeout = secs(
+            n,
+            "pong_timeout_seconds",
+            self.pong_timeout_seconds,
+            defaults::PONG_TIMEOUT_SECONDS,
+            1,
+            3600,
+        )?;
+        let read_buffer = ranged(
+            n,
+            "read_buffer_bytes",
+            self.read_buffer_bytes,
+            defaults::READ_BUFFER_BYTES,
+            512,
+            16 << 20,
+        )?;
+        let write_buffer = ranged(
+            n,
+            "write_buffer_bytes",
+            self.write_buffer_bytes,
+            defaults::WRITE_BUFFER_BYTES,
+            0,
+            16 << 20,
+        )?;
         Ok(ListenerConfig {
             name: name.to_owned(),
             bind,
@@ -373,7 +484,9 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        Config::from_toml_str(text, "t.toml").unwrap_err().to_string()
+        Config::from_toml_str(text, "t.toml")
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -382,10 +495,24 @@ mod tests {
         assert_eq!(c.listeners.len(), 2);
         let public = c.listeners.iter().find(|l| l.name == "public").unwrap();
         assert_eq!(public.bind, ["127.0.0.1:8080".parse().unwrap()]);
-        assert_eq!(public.permissions, Permissions { subscribe: true, create: false, publish: false });
+        assert_eq!(
+            public.permissions,
+            Permissions {
+                subscribe: true,
+                create: false,
+                publish: false
+            }
+        );
         let private = c.listeners.iter().find(|l| l.name == "private").unwrap();
         assert_eq!(private.bind, ["127.0.0.1:8081".parse().unwrap()]);
-        assert_eq!(private.permissions, Permissions { subscribe: false, create: true, publish: true });
+        assert_eq!(
+            private.permissions,
+            Permissions {
+                subscribe: false,
+                create: true,
+                publish: true
+            }
+        );
     }
 
     #[test]
@@ -434,17 +561,34 @@ default_endpoint_permissions = ['CreateChannel', 'NotifyChannel']
     #[test]
     fn errors_name_the_listener_and_key() {
         let e = err("[listener.public]\nip='127.0.0.1'\nport=1\nmax_conections = 1\n");
-        assert!(e.contains("listener `public`") && e.contains("max_conections"), "{e}");
+        assert!(
+            e.contains("listener `public`") && e.contains("max_conections"),
+            "{e}"
+        );
         let e = err("[listener.public]\nip='127.0.0.1'\nport=1\nmax_connections = 'x'\n");
-        assert!(e.contains("listener `public`") && e.contains("key `max_connections`"), "{e}");
-        let e = err("[listener.public]\nip='127.0.0.1'\nport=1\ndefault_endpoint_permissions=['Publish']\n");
-        assert!(e.contains("default_endpoint_permissions") && e.contains("Publish"), "{e}");
+        assert!(
+            e.contains("listener `public`") && e.contains("key `max_connections`"),
+            "{e}"
+        );
+        let e = err(
+            "[listener.public]\nip='127.0.0.1'\nport=1\ndefault_endpoint_permissions=['Publish']\n",
+        );
+        assert!(
+            e.contains("default_endpoint_permissions") && e.contains("Publish"),
+            "{e}"
+        );
         let e = err("[listener.p]\nip='127.0.0.1'\nport=1\nmax_connections = 0\n");
         assert!(e.contains("listener `p`, key `max_connections`"), "{e}");
         let e = err("[listener.p]\nip='127.0.0.1'\nport=1\nchannel_buffer_size = 0\n");
-        assert!(e.contains("key `channel_buffer_size`") && e.contains("unbounded"), "{e}");
+        assert!(
+            e.contains("key `channel_buffer_size`") && e.contains("unbounded"),
+            "{e}"
+        );
         let e = err("[listener.p]\nip='127.0.0.1'\nport=99999\n");
-        assert!(e.contains("listener `p`") && e.contains("key `port`"), "{e}");
+        assert!(
+            e.contains("listener `p`") && e.contains("key `port`"),
+            "{e}"
+        );
         let e = err("[listener.p]\nip='127.0.0.1'\n");
         assert!(e.contains("listener `p`, key `port`"), "{e}");
         let e = err("[listener.p]\nbind=['localhost:80']\n");

@@ -45,7 +45,10 @@ pub(crate) fn error_response(e: &ProtoError) -> Response {
 fn json_response(status: StatusCode, body: String) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()
@@ -76,10 +79,8 @@ fn admit(
             format!("this listener does not allow {what}"),
         ));
     }
-    if let Some(conn) = conn {
-        if !conn.allow_command() {
-            return Err(session::rate_limited(&ctx.cfg));
-        }
+    if conn.is_some_and(|c| !c.allow_command()) {
+        return Err(session::rate_limited(&ctx.cfg));
     }
     let Path(name) = name.map_err(|_| ProtoError::bad_request("bad channel name in path"))?;
     ChannelName::new(&name).map_err(|e| ProtoError::bad_request(e.to_string()))
@@ -92,7 +93,14 @@ async fn create_channel(
 ) -> Response {
     let conn = slot(req.extensions());
     let allowed = ctx.cfg.permissions.create;
-    let channel = match admit(&ctx, req.headers(), conn.as_deref(), allowed, "create", name) {
+    let channel = match admit(
+        &ctx,
+        req.headers(),
+        conn.as_deref(),
+        allowed,
+        "create",
+        name,
+    ) {
         Ok(c) => c,
         Err(e) => return error_response(&e),
     };
@@ -100,7 +108,11 @@ async fn create_channel(
     if created {
         tracing::info!(listener = %ctx.cfg.name, channel = %channel, via = "http", "channel created");
     }
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     json_response(status, v1::encode_http_ok(v1::Success::Created(created)))
 }
 
@@ -111,7 +123,14 @@ async fn publish(
 ) -> Response {
     let conn = slot(req.extensions());
     let allowed = ctx.cfg.permissions.publish;
-    let channel = match admit(&ctx, req.headers(), conn.as_deref(), allowed, "publish", name) {
+    let channel = match admit(
+        &ctx,
+        req.headers(),
+        conn.as_deref(),
+        allowed,
+        "publish",
+        name,
+    ) {
         Ok(c) => c,
         Err(e) => return error_response(&e),
     };

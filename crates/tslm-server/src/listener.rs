@@ -102,8 +102,12 @@ pub(crate) async fn accept_loop(ctx: Arc<ListenerCtx>, tcp: TcpListener) {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
                 let _ = stream.set_nodelay(true);
-                ctx.tracker
-                    .spawn(serve_connection(Arc::clone(&ctx), router.clone(), stream, peer));
+                ctx.tracker.spawn(serve_connection(
+                    Arc::clone(&ctx),
+                    router.clone(),
+                    stream,
+                    peer,
+                ));
             }
             Err(e) => {
                 // EMFILE/ENFILE and friends: keep the listener, back off, retry.
@@ -126,7 +130,12 @@ fn http_builder(ctx: &ListenerCtx) -> http1::Builder {
     b
 }
 
-async fn serve_connection(ctx: Arc<ListenerCtx>, router: Router, stream: TcpStream, peer: SocketAddr) {
+async fn serve_connection(
+    ctx: Arc<ListenerCtx>,
+    router: Router,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
     let gauge = ctx.stats.connection();
     let Ok(permit) = Arc::clone(&ctx.conn_limit).try_acquire_owned() else {
         tracing::debug!(listener = %ctx.cfg.name, %peer, "over max_connections: answering 503");

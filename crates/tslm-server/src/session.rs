@@ -17,7 +17,9 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tracing::Instrument;
 use tslm_hub::{CloseReason, ConnId, HubError, Outbox};
-use tslm_protocol::{ChannelName, Dialect, ErrorCode, Offset, Payload, ProtoError, close, legacy, v1};
+use tslm_protocol::{
+    ChannelName, Dialect, ErrorCode, Offset, Payload, ProtoError, close, legacy, v1,
+};
 
 use crate::config::ListenerConfig;
 use crate::listener::{ConnSlot, ListenerCtx};
@@ -47,7 +49,10 @@ pub(crate) fn rate_limited(cfg: &ListenerConfig) -> ProtoError {
 }
 
 fn not_found(channel: &ChannelName) -> ProtoError {
-    ProtoError::new(ErrorCode::NotFound, format!("channel `{channel}` does not exist"))
+    ProtoError::new(
+        ErrorCode::NotFound,
+        format!("channel `{channel}` does not exist"),
+    )
 }
 
 fn too_large(cfg: &ListenerConfig, len: usize) -> ProtoError {
@@ -61,14 +66,25 @@ fn too_large(cfg: &ListenerConfig, len: usize) -> ProtoError {
 }
 
 /// Publishes after the size check every entry point shares.
-pub(crate) fn publish(ctx: &ListenerCtx, channel: &ChannelName, data: &Payload) -> Result<Offset, ProtoError> {
+pub(crate) fn publish(
+    ctx: &ListenerCtx,
+    channel: &ChannelName,
+    data: &Payload,
+) -> Result<Offset, ProtoError> {
     if data.len() > ctx.cfg.max_publish_bytes {
         return Err(too_large(&ctx.cfg, data.len()));
     }
-    ctx.hub.publish(channel, data).map_err(|HubError::NotFound(c)| not_found(&c))
+    ctx.hub
+        .publish(channel, data)
+        .map_err(|HubError::NotFound(c)| not_found(&c))
 }
 
-pub(crate) async fn run(ctx: Arc<ListenerCtx>, conn: Arc<ConnSlot>, on_upgrade: OnUpgrade, dialect: Dialect) {
+pub(crate) async fn run(
+    ctx: Arc<ListenerCtx>,
+    conn: Arc<ConnSlot>,
+    on_upgrade: OnUpgrade,
+    dialect: Dialect,
+) {
     let upgraded = match tokio::time::timeout(ctx.cfg.handshake_timeout, on_upgrade).await {
         Ok(Ok(u)) => u,
         Ok(Err(e)) => {
@@ -87,7 +103,9 @@ pub(crate) async fn run(ctx: Arc<ListenerCtx>, conn: Arc<ConnSlot>, on_upgrade: 
         .max_write_buffer_size(usize::MAX)
         .max_message_size(Some(cfg.max_message_bytes))
         .max_frame_size(Some(cfg.max_frame_bytes));
-    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+    let ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+            .await;
     let id = ctx.hub.next_conn_id();
     let span = tracing::debug_span!("session", listener = %cfg.name, conn = %id, peer = %conn.peer, ?dialect);
     let session = Session {
@@ -184,13 +202,18 @@ impl Session {
                 Dialect::Legacy => legacy::encode_error(&legacy::Error::Binary),
                 Dialect::V1 => v1::encode_error(
                     None,
-                    &ProtoError::bad_request("binary frames are not supported: send JSON in text frames"),
+                    &ProtoError::bad_request(
+                        "binary frames are not supported: send JSON in text frames",
+                    ),
                 ),
             },
             // tungstenite answers pings and close frames itself; the next read flushes them.
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => return Ok(()),
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {
+                return Ok(());
+            }
         };
-        self.write_out(ws, Some(Message::Text(Utf8Bytes::from(reply)))).await
+        self.write_out(ws, Some(Message::Text(Utf8Bytes::from(reply))))
+            .await
     }
 
     /// Runs one command; returns the reply.
@@ -226,7 +249,10 @@ impl Session {
     }
 
     fn forbidden(&self, op: &str) -> ProtoError {
-        ProtoError::new(ErrorCode::Forbidden, format!("this listener does not allow {op}"))
+        ProtoError::new(
+            ErrorCode::Forbidden,
+            format!("this listener does not allow {op}"),
+        )
     }
 
     fn run_v1(&mut self, op: v1::Op) -> Result<v1::Success, ProtoError> {
@@ -249,7 +275,8 @@ impl Session {
                 if !perms.subscribe {
                     return Err(self.forbidden("subscribe"));
                 }
-                self.subscribe(channel).map_err(|HubError::NotFound(c)| not_found(&c))?;
+                self.subscribe(channel)
+                    .map_err(|HubError::NotFound(c)| not_found(&c))?;
                 Ok(v1::Success::Empty)
             }
             v1::Op::Unsubscribe { channel } => {
@@ -304,7 +331,9 @@ impl Session {
     }
 
     fn subscribe(&mut self, channel: ChannelName) -> Result<(), HubError> {
-        self.ctx.hub.subscribe(&channel, self.id, self.dialect, &self.outbox)?;
+        self.ctx
+            .hub
+            .subscribe(&channel, self.id, self.dialect, &self.outbox)?;
         self.subscriptions.insert(channel);
         Ok(())
     }
@@ -328,7 +357,9 @@ impl Session {
                 for frame in batch.drain(..) {
                     let text = Utf8Bytes::try_from(frame)
                         .map_err(|_| End::Close(close::INTERNAL_ERROR, "internal error"))?;
-                    ws.feed(Message::Text(text)).await.map_err(|e| classify(&e))?;
+                    ws.feed(Message::Text(text))
+                        .await
+                        .map_err(|e| classify(&e))?;
                 }
                 if let Some(m) = extra.take() {
                     ws.feed(m).await.map_err(|e| classify(&e))?;

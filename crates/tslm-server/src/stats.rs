@@ -64,6 +64,8 @@ impl Stats {
 
 impl Drop for Gauge {
     fn drop(&mut self) {
-        self.stats.counter(self.kind).fetch_sub(1, Ordering::Relaxed);
+        self.stats
+            .counter(self.kind)
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -58,18 +58,28 @@ fn token_matches(cfg: &ListenerConfig, presented: &str) -> bool {
 /// Whether the request carries a valid token, when the listener requires one: an
 /// `Authorization: Bearer` header or, for WebSocket clients that cannot set headers (browsers),
 /// one entry of `Sec-WebSocket-Protocol` (the original TSLM's documented way).
-pub(crate) fn authorized(cfg: &ListenerConfig, headers: &HeaderMap, allow_subprotocol: bool) -> bool {
+pub(crate) fn authorized(
+    cfg: &ListenerConfig,
+    headers: &HeaderMap,
+    allow_subprotocol: bool,
+) -> bool {
     if cfg.auth_tokens.is_empty() {
         return true;
     }
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
     if bearer.is_some_and(|t| token_matches(cfg, t.trim())) {
         return true;
     }
-    allow_subprotocol && offered_protocols(headers).iter().any(|p| token_matches(cfg, p))
+    allow_subprotocol
+        && offered_protocols(headers)
+            .iter()
+            .any(|p| token_matches(cfg, p))
 }
 
 fn bad(message: &'static str) -> Response {
@@ -95,8 +105,10 @@ pub(crate) async fn websocket(ctx: Arc<ListenerCtx>, mut req: Request) -> Respon
             ErrorCode::UpgradeRequired,
             "unsupported WebSocket version: this server speaks version 13",
         ));
-        resp.headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return resp;
     }
     let Some(key) = headers
@@ -136,7 +148,8 @@ pub(crate) async fn websocket(ctx: Arc<ListenerCtx>, mut req: Request) -> Respon
     )
         .into_response();
     if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(&key)) {
-        resp.headers_mut().insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        resp.headers_mut()
+            .insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     if dialect == Dialect::V1 {
         resp.headers_mut().insert(
