@@ -133,6 +133,41 @@ async fn sigint_and_sigterm_close_sessions_with_1001_and_exit_cleanly() {
 }
 
 #[tokio::test]
+async fn shutdown_ends_within_the_grace_period_even_with_a_stalled_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "t.toml",
+        &format!(
+            "[server]\nshutdown_grace_seconds = 1\n{}",
+            two_listeners("outbound_queue_bytes = 268435456\nchannel_buffer_size = 1000000")
+        ),
+    );
+    let mut gw = Gateway::spawn(&["serve", "--config", cfg.to_str().unwrap()], dir.path());
+    let addrs = gw.listening(2).await;
+    let addr = |n: &str| addrs.iter().find(|(l, _)| l == n).unwrap().1.clone();
+    let mut publisher = v1(&format!("ws://{}/", addr("private"))).await;
+    let mut stalled = v1(&format!("ws://{}/", addr("public"))).await;
+    call(&mut publisher, r#"{"op":"create","channel":"c"}"#).await;
+    call(&mut stalled, r#"{"op":"subscribe","channel":"c"}"#).await;
+    // 16 MB the stalled subscriber never reads: the socket buffers fill and its close frame
+    // cannot be written.
+    let data = format!("\"{}\"", "z".repeat(16 * 1024));
+    for _ in 0..1024 {
+        call(
+            &mut publisher,
+            &format!(r#"{{"op":"publish","channel":"c","data":{data}}}"#),
+        )
+        .await;
+    }
+    gw.signal("-TERM");
+    let status = gw.wait().await;
+    assert!(status.success(), "{status}: {}", gw.text());
+    assert!(gw.text().contains("grace period over"), "{}", gw.text());
+    drop(stalled);
+}
+
+#[tokio::test]
 async fn the_startup_log_says_what_listens_where_with_which_permissions() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(

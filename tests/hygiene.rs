@@ -138,3 +138,30 @@ async fn shutdown_closes_every_session_with_1001() {
         .expect("run returns after shutdown")
         .unwrap();
 }
+
+#[tokio::test]
+async fn websocket_pings_do_not_count_against_the_command_rate() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let srv = TestServer::start(&two_listeners("rate_limit_per_second = 2")).await;
+    let mut c = v1(&srv.url("private")).await;
+    for _ in 0..20 {
+        c.send(Message::Ping(vec![1].into())).await.unwrap();
+    }
+    // The original counted pings, so a command after them was refused; here both pass.
+    assert_eq!(call(&mut c, r#"{"op":"ping","id":1}"#).await["ok"], true);
+    assert_eq!(call(&mut c, r#"{"op":"ping","id":2}"#).await["ok"], true);
+}
+
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let srv = TestServer::default().await;
+    let mut c = legacy(&srv.url("private")).await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    c.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(recv_close(&mut c).await.map(|(code, _)| code), Some(1007));
+}
