@@ -7,13 +7,14 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use bytes::Bytes;
 use tslm_protocol::{ChannelName, ErrorCode, Payload, ProtoError, v1};
 
 use crate::listener::{ConnSlot, ListenerCtx};
+
 use crate::session;
 
 type Ctx = State<Arc<ListenerCtx>>;
@@ -61,13 +62,13 @@ fn slot(req_ext: &axum::http::Extensions) -> Option<Arc<ConnSlot>> {
 /// Checks credentials, rate and channel name shared by both API routes.
 fn admit(
     ctx: &ListenerCtx,
-    headers: &HeaderMap,
-    conn: Option<&ConnSlot>,
+    req: &Request,
     allowed: bool,
     what: &str,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<ChannelName, ProtoError> {
-    if !crate::upgrade::authorized(&ctx.cfg, headers, false) {
+    let conn = slot(req.extensions());
+    if !crate::upgrade::authorized(&ctx.cfg, req.headers(), false) {
         return Err(ProtoError::new(
             ErrorCode::Unauthorized,
             "this listener requires a token: send `Authorization: Bearer <token>`",
@@ -91,16 +92,8 @@ async fn create_channel(
     name: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> Response {
-    let conn = slot(req.extensions());
     let allowed = ctx.cfg.permissions.create;
-    let channel = match admit(
-        &ctx,
-        req.headers(),
-        conn.as_deref(),
-        allowed,
-        "create",
-        name,
-    ) {
+    let channel = match admit(&ctx, &req, allowed, "create", name) {
         Ok(c) => c,
         Err(e) => return error_response(&e),
     };
@@ -121,16 +114,8 @@ async fn publish(
     name: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> Response {
-    let conn = slot(req.extensions());
     let allowed = ctx.cfg.permissions.publish;
-    let channel = match admit(
-        &ctx,
-        req.headers(),
-        conn.as_deref(),
-        allowed,
-        "publish",
-        name,
-    ) {
+    let channel = match admit(&ctx, &req, allowed, "publish", name) {
         Ok(c) => c,
         Err(e) => return error_response(&e),
     };
