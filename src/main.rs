@@ -95,8 +95,13 @@ impl AuthArgs {
 }
 
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = match std::env::var("RUST_LOG") {
+        Err(_) => tracing_subscriber::EnvFilter::new(default),
+        Ok(spec) => tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            eprintln!("warning: ignoring RUST_LOG={spec:?} ({e}); logging at {default}");
+            tracing_subscriber::EnvFilter::new(default)
+        }),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -115,6 +120,17 @@ fn load_config(args: &ServeArgs) -> Result<(Config, String), tslm_server::Config
     let legacy = PathBuf::from("config/tslm.toml");
     if legacy.is_file() {
         return Ok((Config::from_file(&legacy)?, legacy.display().to_string()));
+    }
+    // The original also read config/tslm.{yaml,json,...}; say so rather than ignore it.
+    for ext in ["yaml", "yml", "json", "ini", "ron", "json5"] {
+        let other = PathBuf::from(format!("config/tslm.{ext}"));
+        if other.is_file() {
+            return Err(tslm_server::ConfigError::Invalid {
+                origin: other.display().to_string(),
+                message: "only TOML configuration is supported: convert it to config/tslm.toml"
+                    .into(),
+            });
+        }
     }
     Ok((Config::embedded_default(), "embedded default".into()))
 }
@@ -148,7 +164,6 @@ async fn serve(args: ServeArgs) -> ExitCode {
     match tslm_server::run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }

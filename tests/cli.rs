@@ -306,6 +306,13 @@ async fn config_dir_reads_tslm_toml_as_the_original_did() {
     );
     let gw2 = Gateway::spawn(&[], dir2.path());
     assert_eq!(gw2.listening(1).await[0].0, "legacy_default");
+    // An original YAML config is not silently replaced by the embedded default.
+    let dir3 = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir3.path().join("config")).unwrap();
+    write_config(&dir3.path().join("config"), "tslm.yaml", "listener: {}\n");
+    let mut gw3 = Gateway::spawn(&[], dir3.path());
+    assert!(!gw3.wait().await.success());
+    assert!(gw3.text().contains("only TOML"), "{}", gw3.text());
 }
 
 #[tokio::test]

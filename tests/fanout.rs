@@ -106,6 +106,7 @@ async fn a_slow_subscriber_is_disconnected_while_a_fast_one_gets_everything_in_o
         }
     };
     assert_eq!(close, Some((4000, "slow consumer".into())));
+    assert_eq!(srv.stats().slow_consumer_closes, 1);
     assert!(
         last < N,
         "the slow subscriber cannot have received everything"

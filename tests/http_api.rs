@@ -331,4 +331,41 @@ async fn tokens_guard_http_and_websocket_when_configured() {
         "the token is never echoed: {head}"
     );
     assert!(!head.contains("s3cret"), "{head}");
+
+    // A browser offering only the token gets it echoed (browsers fail the handshake otherwise),
+    // and is served the original protocol.
+    let mut s = tokio::net::TcpStream::connect(srv.addr("public"))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        upgrade("Sec-WebSocket-Protocol: s3cret-token-1\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+        .await
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-protocol: s3cret-token-1"),
+        "{head}"
+    );
+    // The bearer scheme is case-insensitive; a wrong token as a subprotocol is refused.
+    let (status, _, _) = http(
+        private,
+        "PUT",
+        "/v1/channels/d",
+        &[("Authorization", "BEARER s3cret-token-1")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _, _) = http_raw(
+        srv.addr("public"),
+        &upgrade("Sec-WebSocket-Protocol: tslm.v1, s3cret-token-2\r\nConnection: close\r\n"),
+    )
+    .await;
+    assert_eq!(status, 401);
 }

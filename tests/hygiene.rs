@@ -33,6 +33,8 @@ async fn an_oversized_message_closes_with_1009_in_both_dialects() {
     // Other connections are unaffected.
     let mut c = v1(&srv.url("private")).await;
     assert_eq!(call(&mut c, r#"{"op":"ping","id":1}"#).await["ok"], true);
+    srv.wait_for("counted", |s| s.stats().too_big_closes == 2)
+        .await;
 }
 
 #[tokio::test]
@@ -89,6 +91,7 @@ async fn over_max_connections_gets_a_503_not_a_reset() {
     assert_eq!(status, 503, "{head}");
     assert!(body.contains("\"unavailable\""), "{body}");
     assert!(head.to_ascii_lowercase().contains("retry-after"));
+    assert_eq!(srv.stats().over_capacity_rejections, 1);
     drop(a);
     srv.wait_for("slot freed", |s| s.stats().connections == 1)
         .await;

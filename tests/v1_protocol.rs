@@ -263,6 +263,15 @@ async fn rate_limited_and_then_recovers() {
         }
     }
     assert!(limited >= 6, "burst of 5 allowed, then limited: {limited}");
+    // Malformed frames take tokens too: a flood of garbage is rate limited like commands are.
+    for _ in 0..10 {
+        send(&mut c, "garbage").await;
+    }
+    let mut codes = Vec::new();
+    for _ in 0..10 {
+        codes.push(code(&recv_json(&mut c).await).to_owned());
+    }
+    assert!(codes.iter().any(|c| c == "rate_limited"), "{codes:?}");
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(
         call(&mut c, r#"{"op":"ping","id":"later"}"#).await["ok"],

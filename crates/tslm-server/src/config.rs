@@ -274,16 +274,18 @@ impl RawConfig {
                 "table [server], key `shutdown_grace_seconds`: {grace} is out of range 0..=3600"
             ));
         }
-        let mut listeners = Vec::new();
-        let mut seen: BTreeMap<SocketAddr, String> = BTreeMap::new();
+        let mut listeners: Vec<ListenerConfig> = Vec::new();
         for (name, raw) in self.listener {
             let l = raw.validate(&name)?;
             // Port 0 asks the OS for a free port, so it never collides.
             for addr in l.bind.iter().filter(|a| a.port() != 0) {
-                if let Some(other) = seen.insert(*addr, name.clone()) {
-                    return Err(format!(
-                        "listener `{name}`, key `bind`: address {addr} is also used by listener `{other}`"
-                    ));
+                for other in &listeners {
+                    if let Some(o) = other.bind.iter().find(|o| overlaps(addr, o)) {
+                        return Err(format!(
+                            "listener `{name}`, key `bind`: address {addr} overlaps {o} of listener `{}`",
+                            other.name
+                        ));
+                    }
                 }
             }
             listeners.push(l);
@@ -293,6 +295,18 @@ impl RawConfig {
             shutdown_grace: Duration::from_secs(grace),
         })
     }
+}
+
+/// Whether binding both addresses would fail: same port and the same address, or a wildcard
+/// address (`0.0.0.0`, or `[::]`, which on Linux also takes IPv4) covering the other.
+fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
+    if a.port() != b.port() {
+        return false;
+    }
+    let (x, y) = (a.ip(), b.ip());
+    x == y
+        || (x.is_unspecified() && (x.is_ipv6() || y.is_ipv4()))
+        || (y.is_unspecified() && (y.is_ipv6() || x.is_ipv4()))
 }
 
 impl RawListener {
@@ -326,10 +340,8 @@ impl RawListener {
             let addr: SocketAddr = b.parse().map_err(|_| {
                 format!("listener `{n}`, key `bind`: {b:?} is not an address like \"127.0.0.1:8080\" or \"[::1]:8080\"")
             })?;
-            if bind.contains(&addr) {
-                return Err(format!(
-                    "listener `{n}`, key `bind`: {addr} is listed twice"
-                ));
+            if let Some(o) = bind.iter().find(|o| addr.port() != 0 && overlaps(&addr, o)) {
+                return Err(format!("listener `{n}`, key `bind`: {addr} overlaps {o}"));
             }
             bind.push(addr);
         }
@@ -594,7 +606,22 @@ default_endpoint_permissions = ['CreateChannel', 'NotifyChannel']
         let e = err("[listener.p]\nbind=['localhost:80']\n");
         assert!(e.contains("listener `p`, key `bind`"), "{e}");
         let e = err("[listener.p]\nip='127.0.0.1'\nport=1\n[listener.q]\nbind=['127.0.0.1:1']\n");
-        assert!(e.contains("also used by listener `p`"), "{e}");
+        assert!(e.contains("overlaps 127.0.0.1:1 of listener `p`"), "{e}");
+        let e = err("[listener.p]\nip='0.0.0.0'\nport=1\n[listener.q]\nbind=['127.0.0.1:1']\n");
+        assert!(e.contains("overlaps 0.0.0.0:1"), "{e}");
+        let e = err("[listener.p]\nbind=['[::]:1', '127.0.0.1:1']\n");
+        assert!(e.contains("listener `p`, key `bind`"), "{e}");
+        assert!(
+            Config::from_toml_str(
+                "[listener.p]\nbind=['127.0.0.1:1','127.0.0.2:1','[::1]:1']\n",
+                "t"
+            )
+            .is_ok()
+        );
+        assert!(
+            Config::from_toml_str("[listener.p]\nbind=['127.0.0.1:0','127.0.0.1:0']\n", "t")
+                .is_ok()
+        );
         let e = err("[listner.p]\nip='127.0.0.1'\nport=1\n");
         assert!(e.contains("listner"), "{e}");
         assert!(err("").contains("no listener"));

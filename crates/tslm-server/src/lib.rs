@@ -76,7 +76,7 @@ impl Server {
         })
     }
 
-    /// The bound addresses, in configuration order.
+    /// The bound addresses, ordered by listener name, then by the listener's own address order.
     pub fn local_addrs(&self) -> Vec<BoundAddr> {
         self.listeners
             .iter()

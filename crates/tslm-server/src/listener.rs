@@ -138,6 +138,7 @@ async fn serve_connection(
 ) {
     let gauge = ctx.stats.connection();
     let Ok(permit) = Arc::clone(&ctx.conn_limit).try_acquire_owned() else {
+        ctx.stats.count_over_capacity();
         tracing::debug!(listener = %ctx.cfg.name, %peer, "over max_connections: answering 503");
         return over_capacity(&ctx, stream).await;
     };

@@ -156,7 +156,15 @@ impl Session {
         match end {
             End::Gone => tracing::debug!("session ended by peer"),
             End::Close(code, reason) => {
-                tracing::debug!(code, reason, "closing session");
+                self.ctx.stats.count_close(code);
+                if matches!(
+                    code,
+                    close::SLOW_CONSUMER | close::PING_TIMEOUT | close::MESSAGE_TOO_BIG
+                ) {
+                    tracing::info!(listener = %self.ctx.cfg.name, conn = %self.id, peer = %self.conn.peer, code, reason, "closing session");
+                } else {
+                    tracing::debug!(code, reason, "closing session");
+                }
                 close_gracefully(ws, code, reason).await;
             }
         }
@@ -221,20 +229,28 @@ impl Session {
     /// Runs one command; returns the reply.
     fn on_text(&mut self, frame: Bytes) -> String {
         match self.dialect {
-            Dialect::V1 => match v1::decode_request(&frame) {
-                Err(e) => v1::encode_error(e.id.as_ref(), &e.error),
-                Ok(req) => {
-                    let result = if self.conn.allow_command() {
-                        self.run_v1(req.op)
-                    } else {
-                        Err(rate_limited(&self.ctx.cfg))
-                    };
-                    match result {
-                        Ok(ok) => v1::encode_ok(req.id.as_ref(), ok),
-                        Err(e) => v1::encode_error(req.id.as_ref(), &e),
+            Dialect::V1 => {
+                // Every frame takes a token, malformed or not; the request is still decoded
+                // so that the rate_limited reply can carry its id.
+                let allowed = self.conn.allow_command();
+                match v1::decode_request(&frame) {
+                    Err(e) if !allowed => {
+                        v1::encode_error(e.id.as_ref(), &rate_limited(&self.ctx.cfg))
+                    }
+                    Err(e) => v1::encode_error(e.id.as_ref(), &e.error),
+                    Ok(req) => {
+                        let result = if allowed {
+                            self.run_v1(req.op)
+                        } else {
+                            Err(rate_limited(&self.ctx.cfg))
+                        };
+                        match result {
+                            Ok(ok) => v1::encode_ok(req.id.as_ref(), ok),
+                            Err(e) => v1::encode_error(req.id.as_ref(), &e),
+                        }
                     }
                 }
-            },
+            }
             Dialect::Legacy => {
                 // As the original: the rate limit applies before parsing.
                 let result = if self.conn.allow_command() {
@@ -327,7 +343,7 @@ impl Session {
     fn create(&self, channel: &ChannelName) -> bool {
         let created = self.ctx.hub.create(channel);
         if created {
-            tracing::info!(channel = %channel, "channel created");
+            tracing::info!(listener = %self.ctx.cfg.name, channel = %channel, "channel created");
         }
         created
     }
@@ -390,6 +406,8 @@ fn classify(e: &tungstenite::Error) -> End {
     match e {
         E::Capacity(_) => End::Close(close::MESSAGE_TOO_BIG, "message too big"),
         E::Utf8(_) => End::Close(close::INVALID_PAYLOAD, "invalid utf-8"),
+        // The peer dropped the TCP connection without a close frame: nothing to answer.
+        E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => End::Gone,
         E::Protocol(p) => {
             tracing::debug!(error = %p, "websocket protocol violation");
             End::Close(close::PROTOCOL_ERROR, "protocol error")

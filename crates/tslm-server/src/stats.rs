@@ -5,6 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub(crate) struct Stats {
     connections: AtomicUsize,
     sessions: AtomicUsize,
+    slow_consumer_closes: AtomicUsize,
+    ping_timeout_closes: AtomicUsize,
+    too_big_closes: AtomicUsize,
+    over_capacity_rejections: AtomicUsize,
 }
 
 /// A snapshot of the live counters.
@@ -14,6 +18,14 @@ pub struct ServerStats {
     pub connections: usize,
     /// Established WebSocket sessions.
     pub sessions: usize,
+    /// Sessions closed with 4000 because their outbound queue overflowed (since start).
+    pub slow_consumer_closes: usize,
+    /// Sessions closed with 4001 because the peer stopped answering pings (since start).
+    pub ping_timeout_closes: usize,
+    /// Sessions closed with 1009 because a message was over `max_message_size` (since start).
+    pub too_big_closes: usize,
+    /// Connections answered 503 because their listener was at `max_connections` (since start).
+    pub over_capacity_rejections: usize,
 }
 
 impl Stats {
@@ -21,7 +33,27 @@ impl Stats {
         ServerStats {
             connections: self.connections.load(Ordering::Relaxed),
             sessions: self.sessions.load(Ordering::Relaxed),
+            slow_consumer_closes: self.slow_consumer_closes.load(Ordering::Relaxed),
+            ping_timeout_closes: self.ping_timeout_closes.load(Ordering::Relaxed),
+            too_big_closes: self.too_big_closes.load(Ordering::Relaxed),
+            over_capacity_rejections: self.over_capacity_rejections.load(Ordering::Relaxed),
         }
+    }
+
+    /// Counts a session closed by the server with `code`.
+    pub(crate) fn count_close(&self, code: u16) {
+        let counter = match code {
+            tslm_protocol::close::SLOW_CONSUMER => &self.slow_consumer_closes,
+            tslm_protocol::close::PING_TIMEOUT => &self.ping_timeout_closes,
+            tslm_protocol::close::MESSAGE_TOO_BIG => &self.too_big_closes,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_over_capacity(&self) {
+        self.over_capacity_rejections
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn connection(self: &std::sync::Arc<Self>) -> Gauge {

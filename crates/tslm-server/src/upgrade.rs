@@ -69,17 +69,23 @@ pub(crate) fn authorized(
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
-    if bearer.is_some_and(|t| token_matches(cfg, t.trim())) {
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    if bearer.is_some_and(|t| token_matches(cfg, t)) {
         return true;
     }
-    allow_subprotocol
-        && offered_protocols(headers)
-            .iter()
-            .any(|p| token_matches(cfg, p))
+    allow_subprotocol && token_subprotocol(cfg, headers).is_some()
+}
+
+/// The offered subprotocol entry that is a valid token, if any.
+fn token_subprotocol<'h>(cfg: &ListenerConfig, headers: &'h HeaderMap) -> Option<&'h str> {
+    if cfg.auth_tokens.is_empty() {
+        return None;
+    }
+    offered_protocols(headers)
+        .into_iter()
+        .find(|p| token_matches(cfg, p))
 }
 
 fn bad(message: &'static str) -> Response {
@@ -124,6 +130,7 @@ pub(crate) async fn websocket(ctx: Arc<ListenerCtx>, mut req: Request) -> Respon
             "this listener requires a token: send `Authorization: Bearer <token>` or offer it as a WebSocket subprotocol",
         ));
     }
+    let token = token_subprotocol(&ctx.cfg, headers).map(str::to_owned);
     let dialect = if offered_protocols(headers).contains(&SUBPROTOCOL_V1) {
         Dialect::V1
     } else {
@@ -151,11 +158,16 @@ pub(crate) async fn websocket(ctx: Arc<ListenerCtx>, mut req: Request) -> Respon
         resp.headers_mut()
             .insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
-    if dialect == Dialect::V1 {
-        resp.headers_mut().insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(SUBPROTOCOL_V1),
-        );
+    // Echo one offered subprotocol, as browsers require when they offered any: `tslm.v1` when
+    // offered; otherwise the token entry a browser used to authenticate (the original's way),
+    // which only goes back to the client that sent it.
+    let echo = if dialect == Dialect::V1 {
+        Some(HeaderValue::from_static(SUBPROTOCOL_V1))
+    } else {
+        token.and_then(|t| HeaderValue::from_str(&t).ok())
+    };
+    if let Some(p) = echo {
+        resp.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
     resp
 }
