@@ -242,6 +242,11 @@ async fn every_http_error() {
                 .is_some_and(|m| !m.is_empty())
         );
     }
+    let (_, head, _) = http(public, "GET", "/", &[], "").await;
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "426 names the protocol: {head}"
+    );
     // Nothing was published by any of that.
     assert_eq!(srv.hub.last_offset(&"c".parse().unwrap()).unwrap().0, 0);
 }

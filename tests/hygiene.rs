@@ -168,3 +168,32 @@ async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
     c.send(Message::Frame(frame)).await.unwrap();
     assert_eq!(recv_close(&mut c).await.map(|(code, _)| code), Some(1007));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_replies_is_closed() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let srv = TestServer::start(&two_listeners(
+        "ping_interval_seconds = 1\npong_timeout_seconds = 1",
+    ))
+    .await;
+    let c = v1(&srv.url("private")).await;
+    srv.wait_for("session", |s| s.stats().sessions == 1).await;
+    let (mut tx, rx) = c.split();
+    // Requests with 120-byte ids, never reading a reply: the replies fill the socket buffers and
+    // the server's writes stall. Bounded: stops at the first send error or after 200,000.
+    let id = format!("\"{}\"", "i".repeat(120));
+    let flood = tokio::spawn(async move {
+        for _ in 0..200_000 {
+            let req = format!(r#"{{"op":"ping","id":{id}}}"#);
+            if tx.send(Message::Text(req.into())).await.is_err() {
+                break;
+            }
+        }
+    });
+    srv.wait_for("the stalled session closed", |s| s.stats().sessions == 0)
+        .await;
+    assert_eq!(srv.stats().slow_consumer_closes, 1);
+    drop(rx);
+    flood.abort();
+}

@@ -292,4 +292,15 @@ async fn any_path_is_accepted_and_unknown_subprotocols_fall_back_to_the_original
         recv(&mut a).await,
         r#"{"Success":"Command executed: CreateChannel(\"p\")"}"#
     );
+    // Including the HTTP API's paths, in both dialects.
+    for path in ["/v1/channels/p", "/v1/channels/p/messages"] {
+        let mut b = legacy(&format!("ws://{}{path}", srv.addr("public"))).await;
+        send(&mut b, r#"{"Subscribe":"p"}"#).await;
+        assert_eq!(
+            recv(&mut b).await,
+            r#"{"Success":"Command executed: Subscribe(\"p\")"}"#
+        );
+        let mut c = v1(&format!("ws://{}{path}", srv.addr("public"))).await;
+        assert_eq!(call(&mut c, r#"{"op":"ping","id":1}"#).await["ok"], true);
+    }
 }

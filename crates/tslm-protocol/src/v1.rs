@@ -126,6 +126,15 @@ pub fn decode_request(frame: &Bytes) -> Result<Request, RequestError> {
         Ok(t) => t,
         Err(_) => return Err(no_id(ProtoError::bad_request("request is not UTF-8"))),
     };
+    // serde would also read a struct from a JSON array by position; requests are objects only.
+    if !text.trim_start().starts_with('{') {
+        let message = if serde_json::from_str::<&RawValue>(text).is_ok() {
+            SHAPE
+        } else {
+            "request is not valid JSON"
+        };
+        return Err(no_id(ProtoError::bad_request(message)));
+    }
     let raw: RawRequest<'_> = match serde_json::from_str(text) {
         Ok(r) => r,
         Err(e) => {
@@ -490,6 +499,9 @@ mod tests {
             r#"{"id":1}"#,
             r#"{"op":1}"#,
             r#"[]"#,
+            r#"["publish", 7, "arr", {"x":1}]"#,
+            r#"["ping"]"#,
+            r#""ping""#,
             r#"{"op":"subscribe","channel":5}"#,
             r#"{"op":"subscribe","channel":"a","channel":"b"}"#,
             r#"{"op":"ping","id":{"a":1}}"#,

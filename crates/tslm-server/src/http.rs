@@ -176,7 +176,11 @@ async fn read_payload(ctx: &ListenerCtx, req: Request) -> Result<Payload, ProtoE
         .map_err(|_| ProtoError::bad_request("the body is not one valid JSON value"))
 }
 
-async fn method_not_allowed() -> Response {
+async fn method_not_allowed(State(ctx): Ctx, req: Request) -> Response {
+    // WebSocket clients may connect on any path, these two included.
+    if crate::upgrade::is_upgrade_request(req.headers()) {
+        return crate::upgrade::websocket(ctx, req).await;
+    }
     error_response(&ProtoError::new(
         ErrorCode::MethodNotAllowed,
         "method not allowed: PUT /v1/channels/{name} creates, POST /v1/channels/{name}/messages publishes",
@@ -190,8 +194,12 @@ async fn fallback(State(ctx): Ctx, req: Request) -> Response {
     if req.uri().path().starts_with("/v1/") {
         return error_response(&ProtoError::new(ErrorCode::NotFound, "no such endpoint"));
     }
-    error_response(&ProtoError::new(
+    let mut resp = error_response(&ProtoError::new(
         ErrorCode::UpgradeRequired,
         "this path serves WebSocket connections: send a WebSocket handshake",
-    ))
+    ));
+    // RFC 9110 §15.5.22: a 426 names the protocol to upgrade to.
+    resp.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    resp
 }

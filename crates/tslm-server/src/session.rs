@@ -386,8 +386,13 @@ impl Session {
             }
             Ok(())
         };
+        // A peer that reads nothing for a whole ping cycle is as dead as one that answers no
+        // ping; without this a client that only sends requests and never reads the replies
+        // would hold its connection forever.
+        let write_deadline = self.ctx.cfg.ping_interval + self.ctx.cfg.pong_timeout;
         tokio::select! {
             r = io => r,
+            _ = tokio::time::sleep(write_deadline) => Err(End::Close(close::SLOW_CONSUMER, "slow consumer")),
             _ = self.outbox.closed() => {
                 let mut rest = VecDeque::new();
                 match self.outbox.take(&mut rest) {
