@@ -386,9 +386,14 @@ impl Session {
             }
             Ok(())
         };
-        // A peer that reads nothing for a whole ping cycle is as dead as one that answers no
-        // ping; without this a client that only sends requests and never reads the replies
-        // would hold its connection forever.
+        // Fast path: the socket takes the whole batch at once, with no timer armed.
+        let mut io = std::pin::pin!(io);
+        if let std::task::Poll::Ready(r) = futures_util::poll!(io.as_mut()) {
+            return r;
+        }
+        // The write blocked. A peer that reads nothing for a whole ping cycle is as dead as one
+        // that answers no ping; without this deadline a client that only sends requests and
+        // never reads the replies would hold its connection forever.
         let write_deadline = self.ctx.cfg.ping_interval + self.ctx.cfg.pong_timeout;
         tokio::select! {
             r = io => r,
