@@ -37,4 +37,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --locked
 
+log "autobahn websocket conformance (pinned results: scripts/autobahn/expected.json)"
+scripts/autobahn/run.sh
+
 log "all tests passed"

@@ -98,6 +98,8 @@ pub struct ListenerConfig {
     pub pong_timeout: Duration,
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
+    /// Conformance testing only: echo every WebSocket message instead of running commands.
+    pub echo: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +137,7 @@ struct RawListener {
     pong_timeout_seconds: Option<u64>,
     read_buffer_bytes: Option<u64>,
     write_buffer_bytes: Option<u64>,
+    echo: Option<bool>,
 }
 
 /// Defaults, documented in docs/configuration.md.
@@ -487,6 +490,7 @@ impl RawListener {
             pong_timeout,
             read_buffer_bytes: usize_of(read_buffer),
             write_buffer_bytes: usize_of(write_buffer),
+            echo: self.echo.unwrap_or(false),
         })
     }
 }

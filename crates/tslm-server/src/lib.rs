@@ -113,6 +113,9 @@ impl Server {
                 max_connections = b.cfg.max_connections,
                 "listening"
             );
+            if b.cfg.echo {
+                tracing::warn!(listener = %b.cfg.name, "echo mode: messages are echoed, not run (conformance testing only)");
+            }
             let ctx = Arc::new(listener::ListenerCtx::new(
                 b.cfg,
                 self.hub.clone(),

@@ -206,6 +206,9 @@ impl Session {
     }
 
     async fn on_message(&mut self, ws: &mut Ws, msg: Message) -> Result<(), End> {
+        if self.ctx.cfg.echo && matches!(msg, Message::Text(_) | Message::Binary(_)) {
+            return self.write_out(ws, Some(msg)).await;
+        }
         let reply = match msg {
             Message::Text(text) => self.on_text(Bytes::from(text)),
             Message::Binary(_) => match self.dialect {
