@@ -198,7 +198,7 @@ async fn a_disconnect_removes_its_subscriptions_at_once() {
 
 #[tokio::test]
 async fn aborted_handshakes_leave_nothing_behind() {
-    let srv = TestServer::default().await;
+    let srv = TestServer::start(&two_listeners(NO_IP_LIMITS)).await;
     let addr = srv.addr("public");
     let upgrade = "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: tslm.v1\r\n\r\n";
     for i in 0..600 {

@@ -146,7 +146,10 @@ async fn shutdown_closes_every_session_with_1001() {
 async fn websocket_pings_do_not_count_against_the_command_rate() {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-    let srv = TestServer::start(&two_listeners("rate_limit_per_second = 2")).await;
+    let srv = TestServer::start(&two_listeners(
+        "rate_limit_per_second = 2\nmax_control_frames_per_second = 100",
+    ))
+    .await;
     let mut c = v1(&srv.url("private")).await;
     for _ in 0..20 {
         c.send(Message::Ping(vec![1].into())).await.unwrap();

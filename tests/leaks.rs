@@ -43,7 +43,7 @@ async fn churn(srv: &TestServer, n: usize) {
 
 #[tokio::test]
 async fn ten_thousand_aborted_connections_leave_no_memory_behind() {
-    let srv = TestServer::default().await;
+    let srv = TestServer::start(&two_listeners(NO_IP_LIMITS)).await;
     srv.hub.create(&"leak".parse().unwrap());
     churn(&srv, 2_000).await; // warm up allocator pools
     let before = rss_kib();

@@ -248,7 +248,10 @@ async fn every_error_code_and_the_connection_stays_open() {
 
 #[tokio::test]
 async fn rate_limited_and_then_recovers() {
-    let srv = TestServer::start(&two_listeners("rate_limit_per_second = 5")).await;
+    let srv = TestServer::start(&two_listeners(
+        "rate_limit_per_second = 5\nmax_rejected_commands_per_second = 1000",
+    ))
+    .await;
     let mut c = v1(&srv.url("private")).await;
     for i in 0..12 {
         send(&mut c, &format!(r#"{{"op":"ping","id":{i}}}"#)).await;

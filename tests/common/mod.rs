@@ -23,6 +23,11 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub const T: Duration = Duration::from_secs(10);
 
+/// Per-address limits raised out of the way, for tests that open connections by the thousand
+/// from one address to measure something else.
+pub const NO_IP_LIMITS: &str =
+    "handshakes_per_ip_per_second = 1000000\nmax_connections_per_ip = 1000000";
+
 /// The usual two listeners, on port 0, plus `extra` TOML appended to each listener.
 pub fn two_listeners(extra: &str) -> String {
     format!(

@@ -15,8 +15,11 @@ pub enum ErrorCode {
     NotFound,
     /// The message or payload is larger than allowed.
     TooLarge,
-    /// The connection sent commands faster than its listener allows.
+    /// The connection sent commands faster than its listener allows, or its address opened
+    /// connections faster or more often than allowed.
     RateLimited,
+    /// A per-connection limit was reached (e.g. subscriptions per connection).
+    LimitExceeded,
     /// The HTTP method is not supported on this path.
     MethodNotAllowed,
     /// A plain HTTP request reached a path that only serves WebSocket connections.
@@ -38,6 +41,7 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::TooLarge => "too_large",
             Self::RateLimited => "rate_limited",
+            Self::LimitExceeded => "limit_exceeded",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UpgradeRequired => "upgrade_required",
             Self::Unavailable => "unavailable",
@@ -55,14 +59,14 @@ impl ErrorCode {
             Self::MethodNotAllowed => 405,
             Self::TooLarge => 413,
             Self::UpgradeRequired => 426,
-            Self::RateLimited => 429,
+            Self::RateLimited | Self::LimitExceeded => 429,
             Self::Internal => 500,
             Self::Unavailable => 503,
         }
     }
 
     /// Every code, for docs and exhaustive tests.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         Self::BadRequest,
         Self::UnknownOp,
         Self::Unauthorized,
@@ -70,6 +74,7 @@ impl ErrorCode {
         Self::NotFound,
         Self::TooLarge,
         Self::RateLimited,
+        Self::LimitExceeded,
         Self::MethodNotAllowed,
         Self::UpgradeRequired,
         Self::Unavailable,

@@ -63,6 +63,9 @@ pub enum Error {
     TooLarge,
     #[error("Rate limit exceeded")]
     RateLimited,
+    /// Not in the original, which had no such limit.
+    #[error("Subscription limit exceeded")]
+    SubscriptionLimit,
     #[error("Channel not found: {0}")]
     ChannelNotFound(ChannelName),
     #[error("Channel '{0}' is already registered")]

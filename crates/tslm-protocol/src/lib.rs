@@ -50,6 +50,8 @@ pub mod close {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text frame that is not UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
+    /// Sustained abuse: commands far over the rate limit, or a control-frame flood.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// A message larger than the listener's `max_message_size`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// An unexpected server-side failure.

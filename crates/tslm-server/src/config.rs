@@ -79,6 +79,21 @@ pub struct Config {
     pub shutdown_grace: Duration,
 }
 
+/// Per-listener limits against abusive clients (docs/configuration.md, "Abuse limits").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbuseLimits {
+    /// Open connections from one source address (IPv6: one /64).
+    pub max_connections_per_ip: u32,
+    /// New connections per second from one source address (bursts of the same size).
+    pub handshakes_per_ip_per_second: NonZeroU32,
+    /// Channels one connection may be subscribed to at once.
+    pub max_subscriptions_per_connection: usize,
+    /// Rate-limited commands tolerated per second before the connection is closed (1008).
+    pub max_rejected_commands_per_second: u32,
+    /// Ping and pong frames a client may send per second before it is closed (1008).
+    pub max_control_frames_per_second: u32,
+}
+
 /// One validated listener.
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
@@ -100,6 +115,7 @@ pub struct ListenerConfig {
     pub write_buffer_bytes: usize,
     /// Conformance testing only: echo every WebSocket message instead of running commands.
     pub echo: bool,
+    pub abuse: AbuseLimits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +154,11 @@ struct RawListener {
     read_buffer_bytes: Option<u64>,
     write_buffer_bytes: Option<u64>,
     echo: Option<bool>,
+    max_connections_per_ip: Option<u64>,
+    handshakes_per_ip_per_second: Option<u64>,
+    max_subscriptions_per_connection: Option<u64>,
+    max_rejected_commands_per_second: Option<u64>,
+    max_control_frames_per_second: Option<u64>,
 }
 
 /// Defaults, documented in docs/configuration.md.
@@ -154,6 +175,14 @@ pub mod defaults {
     pub const PONG_TIMEOUT_SECONDS: u64 = 20;
     pub const READ_BUFFER_BYTES: u64 = 4096;
     pub const WRITE_BUFFER_BYTES: u64 = 64 * 1024;
+    /// Commands per second per connection on listeners that only allow subscribing; listeners
+    /// that can create or publish (the intranet side) are unlimited unless configured.
+    pub const SUBSCRIBER_RATE_LIMIT_PER_SECOND: u64 = 100;
+    pub const MAX_CONNECTIONS_PER_IP: u64 = 1000;
+    pub const HANDSHAKES_PER_IP_PER_SECOND: u64 = 200;
+    pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: u64 = 1000;
+    pub const MAX_REJECTED_COMMANDS_PER_SECOND: u64 = 10;
+    pub const MAX_CONTROL_FRAMES_PER_SECOND: u64 = 10;
 }
 
 impl Config {
@@ -403,7 +432,11 @@ impl RawListener {
             1,
             10_000_000,
         )?;
+        let subscribe_only = !permissions.create && !permissions.publish;
         let rate = match self.rate_limit_per_second {
+            None if subscribe_only => {
+                NonZeroU32::new(defaults::SUBSCRIBER_RATE_LIMIT_PER_SECOND as u32)
+            }
             None => None,
             Some(r) => {
                 let r = ranged(n, "rate_limit_per_second", Some(r), 0, 1, 1_000_000)?;
@@ -471,6 +504,50 @@ impl RawListener {
             0,
             16 << 20,
         )?;
+        let u32_of = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        let abuse = AbuseLimits {
+            max_connections_per_ip: u32_of(ranged(
+                n,
+                "max_connections_per_ip",
+                self.max_connections_per_ip,
+                defaults::MAX_CONNECTIONS_PER_IP,
+                1,
+                10_000_000,
+            )?),
+            handshakes_per_ip_per_second: NonZeroU32::new(u32_of(ranged(
+                n,
+                "handshakes_per_ip_per_second",
+                self.handshakes_per_ip_per_second,
+                defaults::HANDSHAKES_PER_IP_PER_SECOND,
+                1,
+                1_000_000,
+            )?))
+            .unwrap_or(NonZeroU32::MIN),
+            max_subscriptions_per_connection: usize_of(ranged(
+                n,
+                "max_subscriptions_per_connection",
+                self.max_subscriptions_per_connection,
+                defaults::MAX_SUBSCRIPTIONS_PER_CONNECTION,
+                1,
+                1_000_000,
+            )?),
+            max_rejected_commands_per_second: u32_of(ranged(
+                n,
+                "max_rejected_commands_per_second",
+                self.max_rejected_commands_per_second,
+                defaults::MAX_REJECTED_COMMANDS_PER_SECOND,
+                0,
+                1_000_000,
+            )?),
+            max_control_frames_per_second: u32_of(ranged(
+                n,
+                "max_control_frames_per_second",
+                self.max_control_frames_per_second,
+                defaults::MAX_CONTROL_FRAMES_PER_SECOND,
+                1,
+                1_000_000,
+            )?),
+        };
         Ok(ListenerConfig {
             name: name.to_owned(),
             bind,
@@ -491,6 +568,7 @@ impl RawListener {
             read_buffer_bytes: usize_of(read_buffer),
             write_buffer_bytes: usize_of(write_buffer),
             echo: self.echo.unwrap_or(false),
+            abuse,
         })
     }
 }

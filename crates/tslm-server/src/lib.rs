@@ -6,6 +6,7 @@
 
 pub mod config;
 mod http;
+mod iplimit;
 mod listener;
 mod ratelimit;
 mod session;

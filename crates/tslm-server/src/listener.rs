@@ -19,8 +19,12 @@ use tslm_hub::Hub;
 use tslm_protocol::{ErrorCode, ProtoError};
 
 use crate::config::ListenerConfig;
+use crate::iplimit::{IpGuard, IpLimits, Refusal};
 use crate::ratelimit::TokenBucket;
 use crate::stats::{Gauge, Stats};
+
+/// How often addresses that went quiet are forgotten by the per-address limits.
+const IP_TABLE_SWEEP: Duration = Duration::from_secs(10);
 
 /// The largest HTTP request head (request line and headers) a listener reads.
 const MAX_HTTP_HEAD_BYTES: usize = 16 * 1024;
@@ -50,6 +54,7 @@ pub(crate) struct ListenerCtx {
     pub tracker: TaskTracker,
     pub stats: Arc<Stats>,
     conn_limit: Arc<Semaphore>,
+    ip_limits: Arc<IpLimits>,
 }
 
 impl ListenerCtx {
@@ -61,7 +66,9 @@ impl ListenerCtx {
         stats: Arc<Stats>,
     ) -> Self {
         let conn_limit = Arc::new(Semaphore::new(cfg.max_connections));
+        let ip_limits = Arc::new(IpLimits::new(cfg.abuse));
         Self {
+            ip_limits,
             cfg,
             hub,
             shutdown,
@@ -79,6 +86,7 @@ pub(crate) struct ConnSlot {
     pub peer: SocketAddr,
     pub bucket: Mutex<Option<TokenBucket>>,
     _permit: OwnedSemaphorePermit,
+    _ip: IpGuard,
     _gauge: Gauge,
 }
 
@@ -93,9 +101,14 @@ impl ConnSlot {
 pub(crate) async fn accept_loop(ctx: Arc<ListenerCtx>, tcp: TcpListener) {
     let router = crate::http::router(Arc::clone(&ctx));
     let mut backoff = Duration::from_millis(5);
+    let mut sweep = tokio::time::interval(IP_TABLE_SWEEP);
     loop {
         let accepted = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
+            _ = sweep.tick() => {
+                ctx.ip_limits.sweep();
+                continue;
+            }
             r = tcp.accept() => r,
         };
         match accepted {
@@ -137,15 +150,39 @@ async fn serve_connection(
     peer: SocketAddr,
 ) {
     let gauge = ctx.stats.connection();
+    let ip = match ctx.ip_limits.admit(peer.ip()) {
+        Ok(g) => g,
+        Err(why) => {
+            ctx.stats.count_ip_refusal();
+            let message = match why {
+                Refusal::TooManyConnections => {
+                    "too many connections from your address; retry later"
+                }
+                Refusal::TooFast => "too many new connections from your address; retry later",
+            };
+            tracing::debug!(listener = %ctx.cfg.name, %peer, ?why, "per-address limit: answering 429");
+            return refuse(
+                &ctx,
+                stream,
+                ProtoError::new(ErrorCode::RateLimited, message),
+            )
+            .await;
+        }
+    };
     let Ok(permit) = Arc::clone(&ctx.conn_limit).try_acquire_owned() else {
         ctx.stats.count_over_capacity();
         tracing::debug!(listener = %ctx.cfg.name, %peer, "over max_connections: answering 503");
-        return over_capacity(&ctx, stream).await;
+        let e = ProtoError::new(
+            ErrorCode::Unavailable,
+            "this listener is at its connection limit; retry later",
+        );
+        return refuse(&ctx, stream, e).await;
     };
     let slot = Arc::new(ConnSlot {
         peer,
         bucket: Mutex::new(ctx.cfg.rate_limit_per_second.map(TokenBucket::new)),
         _permit: permit,
+        _ip: ip,
         _gauge: gauge,
     });
     let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -169,15 +206,12 @@ async fn serve_connection(
     }
 }
 
-/// Answers every request on a connection over `max_connections` with 503, then closes it
-/// cleanly (the request is read first, so the client sees the response, not a reset).
-async fn over_capacity(ctx: &ListenerCtx, stream: TcpStream) {
-    let svc = service_fn(|_req: hyper::Request<Incoming>| async {
-        let e = ProtoError::new(
-            ErrorCode::Unavailable,
-            "this listener is at its connection limit; retry later",
-        );
-        let mut resp = crate::http::error_response(&e);
+/// Answers every request on a refused connection with `error` (503 over `max_connections`, 429
+/// over a per-address limit), then closes it cleanly: the request is read first, so the client
+/// sees the response, not a reset.
+async fn refuse(ctx: &ListenerCtx, stream: TcpStream, error: ProtoError) {
+    let svc = service_fn(move |_req: hyper::Request<Incoming>| {
+        let mut resp = crate::http::error_response(&error);
         resp.headers_mut().insert(
             hyper::header::CONNECTION,
             hyper::header::HeaderValue::from_static("close"),
@@ -186,7 +220,7 @@ async fn over_capacity(ctx: &ListenerCtx, stream: TcpStream) {
             hyper::header::RETRY_AFTER,
             hyper::header::HeaderValue::from_static("1"),
         );
-        Ok::<_, Infallible>(resp)
+        std::future::ready(Ok::<_, Infallible>(resp))
     });
     let mut b = http_builder(ctx);
     b.keep_alive(false);

@@ -22,12 +22,22 @@ impl TokenBucket {
         }
     }
 
-    /// Takes one token if there is one.
-    pub(crate) fn try_take(&mut self) -> bool {
+    fn refill(&mut self) {
         let now = Instant::now();
         let elapsed = now.duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+    }
+
+    /// Whether the bucket has refilled completely (nothing would be lost by forgetting it).
+    pub(crate) fn is_full(&mut self) -> bool {
+        self.refill();
+        self.tokens >= self.rate
+    }
+
+    /// Takes one token if there is one.
+    pub(crate) fn try_take(&mut self) -> bool {
+        self.refill();
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true

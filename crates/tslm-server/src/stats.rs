@@ -9,6 +9,8 @@ pub(crate) struct Stats {
     ping_timeout_closes: AtomicUsize,
     too_big_closes: AtomicUsize,
     over_capacity_rejections: AtomicUsize,
+    ip_refusals: AtomicUsize,
+    policy_closes: AtomicUsize,
 }
 
 /// A snapshot of the live counters.
@@ -26,6 +28,10 @@ pub struct ServerStats {
     pub too_big_closes: usize,
     /// Connections answered 503 because their listener was at `max_connections` (since start).
     pub over_capacity_rejections: usize,
+    /// Connections answered 429 by a per-address limit (since start).
+    pub ip_refusals: usize,
+    /// Sessions closed with 1008 for sustained rate-limit abuse or a control-frame flood.
+    pub policy_closes: usize,
 }
 
 impl Stats {
@@ -37,6 +43,8 @@ impl Stats {
             ping_timeout_closes: self.ping_timeout_closes.load(Ordering::Relaxed),
             too_big_closes: self.too_big_closes.load(Ordering::Relaxed),
             over_capacity_rejections: self.over_capacity_rejections.load(Ordering::Relaxed),
+            ip_refusals: self.ip_refusals.load(Ordering::Relaxed),
+            policy_closes: self.policy_closes.load(Ordering::Relaxed),
         }
     }
 
@@ -46,9 +54,14 @@ impl Stats {
             tslm_protocol::close::SLOW_CONSUMER => &self.slow_consumer_closes,
             tslm_protocol::close::PING_TIMEOUT => &self.ping_timeout_closes,
             tslm_protocol::close::MESSAGE_TOO_BIG => &self.too_big_closes,
+            tslm_protocol::close::POLICY_VIOLATION => &self.policy_closes,
             _ => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_ip_refusal(&self) {
+        self.ip_refusals.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_over_capacity(&self) {
