@@ -458,3 +458,41 @@ async fn the_cli_reports_failures_with_a_nonzero_exit() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn the_benchmark_counts_every_delivery_against_a_real_server() {
+    let srv = TestServer::start(&two_listeners(NO_IP_LIMITS)).await;
+    let (sub, publ) = (
+        srv.addr("public").to_string(),
+        srv.addr("private").to_string(),
+    );
+    let (code, out, err) = run_cli(
+        &[
+            "bench", "--sub", &sub, "--pub", &publ, "-s", "20", "-c", "3", "-m", "300", "-p",
+            "200", "--json", "--quiet",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    // 300 messages round-robin over 3 channels, 20 subscribers spread over them: 2,000 deliveries.
+    assert_eq!(r["expected_deliveries"], 2000);
+    assert_eq!(r["deliveries"], 2000);
+    assert_eq!(
+        (r["lost"].as_u64(), r["duplicated_or_reordered"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(r["publish_errors"], 0);
+    assert!(r["latency_ms"]["max"].as_f64().unwrap() > 0.0);
+    // A refused subscriber (the public listener cannot create) is an error, not a silent zero.
+    let (code, _, err) = run_cli(
+        &[
+            "bench", "--sub", &publ, "--pub", &publ, "-s", "2", "-m", "10", "--quiet",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("subscribe refused"), "{err}");
+}

@@ -173,8 +173,8 @@ pub mod defaults {
     pub const HANDSHAKE_TIMEOUT_SECONDS: u64 = 10;
     pub const PING_INTERVAL_SECONDS: u64 = 25;
     pub const PONG_TIMEOUT_SECONDS: u64 = 20;
-    pub const READ_BUFFER_BYTES: u64 = 4096;
-    pub const WRITE_BUFFER_BYTES: u64 = 64 * 1024;
+    pub const READ_BUFFER_BYTES: u64 = 2048;
+    pub const WRITE_BUFFER_BYTES: u64 = 16 * 1024;
     /// Commands per second per connection on listeners that only allow subscribing; listeners
     /// that can create or publish (the intranet side) are unlimited unless configured.
     pub const SUBSCRIBER_RATE_LIMIT_PER_SECOND: u64 = 100;
