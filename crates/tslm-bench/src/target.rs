@@ -273,6 +273,7 @@ impl Publisher {
                 let stream = TcpStream::connect(cfg.pub_addr).await?;
                 stream.set_nodelay(true)?;
                 let (read, write) = stream.into_split();
+                // Up to 32 pipelined requests in flight on the keep-alive connection.
                 let sem = Arc::new(tokio::sync::Semaphore::new(32));
                 Ok(Self::start(Target::Nchan, read, write, Some(sem)))
             }
@@ -309,6 +310,8 @@ impl Publisher {
         let start = std::time::Instant::now();
         let mut out = Vec::with_capacity(64 * 1024);
         let mut seq = 0u64;
+        // When the slowest subscriber makes no progress for this long, give up.
+        let mut stalled_since: Option<std::time::Instant> = None;
         while seq < cfg.messages {
             // Pace: the rate's schedule, and never more than `window` ahead of the slowest.
             if let Some(rate) = cfg.rate {
@@ -335,9 +338,16 @@ impl Publisher {
                     self.write.write_all(&out).await?;
                     out.clear();
                 }
+                let since = *stalled_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > cfg.drain_timeout {
+                    return Err(other(format!(
+                        "subscribers stopped receiving: the slowest is at message {slowest} of {seq} published"
+                    )));
+                }
                 tokio::time::sleep(std::time::Duration::from_micros(200)).await;
                 continue;
             }
+            stalled_since = None;
             // Up to 64 messages per write.
             for _ in 0..64 {
                 if seq >= cfg.messages || seq >= slowest + cfg.window {
@@ -370,10 +380,19 @@ impl Publisher {
                     }
                     Target::Nchan => {
                         if let Some(sem) = &self.inflight {
-                            sem.acquire()
-                                .await
-                                .map_err(|_| other("publisher closed"))?
-                                .forget();
+                            // Requests still in `out` hold permits: send them before waiting for
+                            // the responses that give permits back.
+                            let permit = match sem.try_acquire() {
+                                Ok(p) => p,
+                                Err(_) => {
+                                    self.write.write_all(&out).await?;
+                                    out.clear();
+                                    sem.acquire()
+                                        .await
+                                        .map_err(|_| other("the server closed the publishing connection"))?
+                                }
+                            };
+                            permit.forget();
                         }
                         out.extend_from_slice(
                             format!(
@@ -434,7 +453,11 @@ async fn read_replies(
             let Some(sem) = sem else { return };
             loop {
                 let n = match read.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => {
+                        // Wake the publisher: no more responses will come.
+                        sem.close();
+                        return;
+                    }
                     Ok(n) => n,
                 };
                 buf.extend_from_slice(&chunk[..n]);

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Summarizes compare.sh results: per scenario and system, medians with (min-max), and ratios."""
+import json, statistics, sys
+from collections import defaultdict
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+data = defaultdict(lambda: defaultdict(list))
+order = []
+for r in rows:
+    sc, res = r["scenario"], r["result"]
+    if sc not in order:
+        order.append(sc)
+    data[sc][res["target"]].append(res)
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None, None, None
+    return statistics.median(vals), min(vals), max(vals)
+
+def fmt(t, scale=1.0, digits=0):
+    m, lo, hi = t
+    if m is None:
+        return "-"
+    f = "{:.%df}" % digits
+    return f"{f.format(m*scale)} ({f.format(lo*scale)}-{f.format(hi*scale)})"
+
+print("| scenario | system | deliveries/s | p99 ms | p999 ms | lost | dup/reorder | server CPU s | server peak RSS MiB | idle bytes/conn | bench CPU s |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+ratios = []
+for sc in order:
+    for sys_ in ["tslm", "nats", "nchan"]:
+        runs = data[sc].get(sys_, [])
+        if not runs:
+            continue
+        ok = [r for r in runs if "error" not in r]
+        errs = len(runs) - len(ok)
+        g = lambda k: med([r.get(k) for r in ok])
+        lat = lambda q: med([r["latency_ms"][q] for r in ok])
+        idle = sc.startswith("idle")
+        print(f"| {sc} | {sys_}{' (%d failed)' % errs if errs else ''} | "
+              f"{'-' if idle else fmt(g('deliveries_per_second'))} | {'-' if idle else fmt(lat('p99'), digits=1)} | "
+              f"{'-' if idle else fmt(lat('p999'), digits=1)} | {sum(r['lost'] for r in ok)} | "
+              f"{sum(r['duplicated_or_reordered'] for r in ok)} | {fmt(g('server_cpu_seconds'), digits=2)} | "
+              f"{fmt(g('server_rss_peak_kib'), 1/1024, 1)} | {fmt(g('server_idle_bytes_per_connection'))} | {fmt(g('bench_cpu_seconds'), digits=2)} |")
+    t = data[sc].get("tslm", [])
+    for other in ["nats", "nchan"]:
+        o = data[sc].get(other, [])
+        ok_t = [r for r in t if "error" not in r]
+        ok_o = [r for r in o if "error" not in r]
+        if ok_t and ok_o:
+            if sc.startswith("idle"):
+                a = statistics.median([r["server_idle_bytes_per_connection"] or 0 for r in ok_o])
+                b = statistics.median([r["server_idle_bytes_per_connection"] or 0 for r in ok_t])
+                ratios.append(f"{sc}: memory per idle connection, {other} / tslm = {a / b:.2f}" if b else f"{sc}: -")
+            else:
+                a = statistics.median([r["deliveries_per_second"] for r in ok_t])
+                b = statistics.median([r["deliveries_per_second"] for r in ok_o])
+                pa = statistics.median([r["latency_ms"]["p99"] for r in ok_t])
+                pb = statistics.median([r["latency_ms"]["p99"] for r in ok_o])
+                ratios.append(f"{sc}: deliveries/s tslm / {other} = {a / b:.2f}; p99 tslm / {other} = {pa / pb:.2f}" if b and pb else f"{sc}: -")
+print()
+for r in ratios:
+    print("- " + r)
