@@ -387,9 +387,9 @@ impl Publisher {
                                 Err(_) => {
                                     self.write.write_all(&out).await?;
                                     out.clear();
-                                    sem.acquire()
-                                        .await
-                                        .map_err(|_| other("the server closed the publishing connection"))?
+                                    sem.acquire().await.map_err(|_| {
+                                        other("the server closed the publishing connection")
+                                    })?
                                 }
                             };
                             permit.forget();

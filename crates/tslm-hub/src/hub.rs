@@ -3,7 +3,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use tslm_protocol::{ChannelName, Dialect, Offset, Payload, legacy, v1};
+use tslm_protocol::{ChannelName, Dialect, Offset, Payload, WsFrame, legacy, v1};
 
 use crate::outbox::Outbox;
 
@@ -128,7 +128,7 @@ impl Hub {
     }
 
     /// Subscribes connection `conn` to `name`: from now on every message published to the channel
-    /// is pushed, encoded for `dialect`, into `outbox`.
+    /// is pushed into `outbox`, encoded for `dialect` as a complete WebSocket text frame.
     pub fn subscribe(
         &self,
         name: &ChannelName,
@@ -187,10 +187,10 @@ impl Hub {
     pub fn publish(&self, name: &ChannelName, data: &Payload) -> Result<Offset, HubError> {
         let ch = self.channel(name)?;
         let guess = Offset(ch.last_offset.load(Ordering::Relaxed) + 1);
-        let mut v1_frame = (ch.v1_subs.load(Ordering::Relaxed) > 0)
-            .then(|| v1::encode_delivery(name, guess, data));
-        let mut legacy_frame = (ch.legacy_subs.load(Ordering::Relaxed) > 0)
-            .then(|| legacy::encode_delivery(name, data));
+        let mut v1_frame =
+            (ch.v1_subs.load(Ordering::Relaxed) > 0).then(|| encode_v1_frame(name, guess, data));
+        let mut legacy_frame =
+            (ch.legacy_subs.load(Ordering::Relaxed) > 0).then(|| encode_legacy_frame(name, data));
 
         let mut st = ch.lock();
         st.last_offset += 1;
@@ -199,14 +199,14 @@ impl Hub {
         let mut dropped = 0;
         if !st.v1.is_empty() {
             if offset != guess || v1_frame.is_none() {
-                v1_frame = Some(v1::encode_delivery(&ch.name, offset, data));
+                v1_frame = Some(encode_v1_frame(&ch.name, offset, data));
             }
             if let Some(frame) = &v1_frame {
                 dropped += fan_out(&mut st.v1, frame);
             }
         }
         if !st.legacy.is_empty() {
-            let frame = legacy_frame.get_or_insert_with(|| legacy::encode_delivery(&ch.name, data));
+            let frame = legacy_frame.get_or_insert_with(|| encode_legacy_frame(&ch.name, data));
             dropped += fan_out(&mut st.legacy, frame);
         }
         if dropped > 0 {
@@ -242,6 +242,20 @@ impl Hub {
     }
 }
 
+/// The v1 delivery of a message as a complete WebSocket frame.
+fn encode_v1_frame(name: &ChannelName, offset: Offset, data: &Payload) -> Bytes {
+    WsFrame::text(&v1::encode_delivery(name, offset, data))
+        .bytes()
+        .clone()
+}
+
+/// The original-protocol delivery of a message as a complete WebSocket frame.
+fn encode_legacy_frame(name: &ChannelName, data: &Payload) -> Bytes {
+    WsFrame::text(&legacy::encode_delivery(name, data))
+        .bytes()
+        .clone()
+}
+
 /// Pushes `frame` to every subscriber, removing those that can take no more; returns how many
 /// were removed.
 fn fan_out(subs: &mut Vec<Sub>, frame: &Bytes) -> usize {
@@ -268,11 +282,20 @@ mod tests {
         }))
     }
 
+    /// The payloads of the queued frames.
     fn drain(ob: &Outbox) -> Vec<String> {
         let mut q = VecDeque::new();
         ob.take(&mut q);
         q.into_iter()
-            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .map(|b| {
+                assert_eq!(b[0], 0x81, "a final, unmasked text frame");
+                let header = match b[1] {
+                    126 => 4,
+                    127 => 10,
+                    _ => 2,
+                };
+                String::from_utf8(b[header..].to_vec()).unwrap()
+            })
             .collect()
     }
 

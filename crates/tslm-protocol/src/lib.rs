@@ -9,12 +9,14 @@
 
 mod channel;
 mod error;
+mod frame;
 pub mod legacy;
 mod payload;
 pub mod v1;
 
 pub use channel::{ChannelName, ChannelNameError, MAX_CHANNEL_NAME_BYTES};
 pub use error::{ErrorCode, ProtoError};
+pub use frame::WsFrame;
 pub use payload::{Payload, PayloadKind};
 
 /// The WebSocket subprotocol that selects protocol v1.

@@ -456,17 +456,19 @@ impl Session {
                 if batch.is_empty() && extra.is_none() {
                     break;
                 }
-                for frame in batch.drain(..) {
-                    let text = Utf8Bytes::try_from(frame)
-                        .map_err(|_| End::Close(close::INTERNAL_ERROR, "internal error"))?;
-                    ws.feed(Message::Text(text))
+                if !batch.is_empty() {
+                    // The queued deliveries are complete, shared WebSocket frames: after
+                    // tungstenite has written anything it holds (a pong, an earlier reply), they
+                    // go to the socket as they are, gathered into as few writes as possible.
+                    ws.flush().await.map_err(|e| classify(&e))?;
+                    write_frames(ws.get_mut(), batch)
                         .await
-                        .map_err(|e| classify(&e))?;
+                        .map_err(|_| End::Gone)?;
+                    batch.clear();
                 }
                 if let Some(m) = extra.take() {
-                    ws.feed(m).await.map_err(|e| classify(&e))?;
+                    ws.send(m).await.map_err(|e| classify(&e))?;
                 }
-                ws.flush().await.map_err(|e| classify(&e))?;
             }
             Ok(())
         };
@@ -492,6 +494,40 @@ impl Session {
             _ = self.ctx.shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "going away")),
         }
     }
+}
+
+/// Most buffers handed to one `writev`.
+const MAX_IOVECS: usize = 512;
+
+/// Writes `frames` whole, in order, with vectored writes (one system call per up to
+/// `MAX_IOVECS` frames, however the kernel splits them).
+async fn write_frames(io: &mut TokioIo<Upgraded>, frames: &VecDeque<Bytes>) -> std::io::Result<()> {
+    let (mut first, mut offset) = (0, 0);
+    while first < frames.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = frames
+            .iter()
+            .skip(first)
+            .take(MAX_IOVECS)
+            .enumerate()
+            .map(|(i, f)| std::io::IoSlice::new(if i == 0 { &f[offset..] } else { &f[..] }))
+            .collect();
+        let mut n = io.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let rest = frames[first].len() - offset;
+            if n >= rest {
+                n -= rest;
+                first += 1;
+                offset = 0;
+            } else {
+                offset += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Maps a tungstenite error to how the session ends.
