@@ -275,6 +275,19 @@ async fn rate_limited_and_then_recovers() {
         codes.push(code(&recv_json(&mut c).await).to_owned());
     }
     assert!(codes.iter().any(|c| c == "rate_limited"), "{codes:?}");
+    // So do binary frames.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for _ in 0..10 {
+        futures_util::SinkExt::send(&mut c, Message::Binary(vec![1].into()))
+            .await
+            .unwrap();
+    }
+    let mut codes = Vec::new();
+    for _ in 0..10 {
+        codes.push(code(&recv_json(&mut c).await).to_owned());
+    }
+    assert!(codes.iter().any(|c| c == "rate_limited"), "{codes:?}");
+    assert!(codes.iter().any(|c| c == "bad_request"), "{codes:?}");
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(
         call(&mut c, r#"{"op":"ping","id":"later"}"#).await["ok"],

@@ -335,7 +335,12 @@ fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
     if a.port() != b.port() {
         return false;
     }
-    let (x, y) = (a.ip(), b.ip());
+    // An IPv4-mapped IPv6 address binds the IPv4 address.
+    let canonical = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let (x, y) = (canonical(a.ip()), canonical(b.ip()));
     x == y
         || (x.is_unspecified() && (x.is_ipv6() || y.is_ipv4()))
         || (y.is_unspecified() && (y.is_ipv6() || x.is_ipv4()))

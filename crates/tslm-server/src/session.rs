@@ -249,15 +249,21 @@ impl Session {
         }
         let reply = match msg {
             Message::Text(text) => self.on_text(Bytes::from(text)),
-            Message::Binary(_) => match self.dialect {
-                Dialect::Legacy => legacy::encode_error(&legacy::Error::Binary),
-                Dialect::V1 => v1::encode_error(
-                    None,
-                    &ProtoError::bad_request(
-                        "binary frames are not supported: send JSON in text frames",
+            Message::Binary(_) => {
+                // Refused frames take a token like any other, so they cannot flood replies.
+                let allowed = self.allow_command();
+                match (self.dialect, allowed) {
+                    (Dialect::Legacy, false) => legacy::encode_error(&legacy::Error::RateLimited),
+                    (Dialect::Legacy, true) => legacy::encode_error(&legacy::Error::Binary),
+                    (Dialect::V1, false) => v1::encode_error(None, &rate_limited(&self.ctx.cfg)),
+                    (Dialect::V1, true) => v1::encode_error(
+                        None,
+                        &ProtoError::bad_request(
+                            "binary frames are not supported: send JSON in text frames",
+                        ),
                     ),
-                ),
-            },
+                }
+            }
             // tungstenite answers pings itself (the next read flushes the pong); a flood of them
             // would make us write as much as the peer sends, so it is bounded.
             Message::Ping(_) | Message::Pong(_) => {

@@ -20,7 +20,8 @@ pub struct ServerStats {
     pub connections: usize,
     /// Established WebSocket sessions.
     pub sessions: usize,
-    /// Sessions closed with 4000 because their outbound queue overflowed (since start).
+    /// Sessions closed with 4000 because their outbound queue overflowed or their writes stalled
+    /// for a whole ping cycle (since start).
     pub slow_consumer_closes: usize,
     /// Sessions closed with 4001 because the peer stopped answering pings (since start).
     pub ping_timeout_closes: usize,

@@ -115,6 +115,8 @@ pub(crate) async fn websocket(ctx: Arc<ListenerCtx>, mut req: Request) -> Respon
             header::SEC_WEBSOCKET_VERSION,
             HeaderValue::from_static("13"),
         );
+        resp.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return resp;
     }
     let Some(key) = headers
