@@ -197,7 +197,10 @@ impl Session {
                 self.ctx.stats.count_close(code);
                 if matches!(
                     code,
-                    close::SLOW_CONSUMER | close::PING_TIMEOUT | close::MESSAGE_TOO_BIG
+                    close::SLOW_CONSUMER
+                        | close::PING_TIMEOUT
+                        | close::MESSAGE_TOO_BIG
+                        | close::POLICY_VIOLATION
                 ) {
                     tracing::info!(listener = %self.ctx.cfg.name, conn = %self.id, peer = %self.conn.peer, code, reason, "closing session");
                 } else {
