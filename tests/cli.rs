@@ -18,6 +18,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_tslm");
 struct Gateway {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -34,12 +35,16 @@ impl Gateway {
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let sink = Arc::clone(&log);
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             while let Ok(Some(l)) = lines.next_line().await {
                 sink.lock().unwrap().push(l);
             }
         });
-        Self { child, log }
+        Self {
+            child,
+            log,
+            reader: Some(reader),
+        }
     }
 
     fn text(&self) -> String {
@@ -79,11 +84,16 @@ impl Gateway {
         assert!(st.success());
     }
 
+    /// Waits for the process to exit and for everything it logged to be read.
     async fn wait(&mut self) -> std::process::ExitStatus {
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("exits in time")
-            .unwrap()
+            .unwrap();
+        if let Some(reader) = self.reader.take() {
+            let _ = tokio::time::timeout(T, reader).await;
+        }
+        status
     }
 }
 
