@@ -37,7 +37,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --locked
 
-log "autobahn websocket conformance (pinned results: scripts/autobahn/expected.json)"
+log "autobahn websocket conformance, production limits (pinned: scripts/autobahn/expected.json)"
 scripts/autobahn/run.sh
+
+log "autobahn websocket conformance, 16 MiB limits (pinned: scripts/autobahn/expected-large.json)"
+LIMITS=large scripts/autobahn/run.sh
 
 log "all tests passed"
