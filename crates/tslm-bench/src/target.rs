@@ -68,6 +68,27 @@ async fn await_text(
     Ok(())
 }
 
+/// CONNECT (plus `extra` commands), then PING, and waits for the PONG that says the server
+/// processed everything before it.
+async fn nats_handshake(
+    stream: &mut TcpStream,
+    reader: &mut ws::Reader,
+    extra: &str,
+) -> io::Result<()> {
+    let cmd = format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"protocol\":1}}\r\n{extra}PING\r\n"
+    );
+    let mut out = Vec::new();
+    ws::encode(OP_BINARY, cmd.as_bytes(), &mut out);
+    stream.write_all(&out).await?;
+    let mut seen = Vec::new();
+    await_text(stream, reader, |p| {
+        seen.extend_from_slice(p);
+        seen.windows(6).any(|w| w == b"PONG\r\n")
+    })
+    .await
+}
+
 pub(crate) struct Subscriber {
     target: Target,
     stream: TcpStream,
@@ -113,17 +134,7 @@ impl Subscriber {
                 }
             }
             Target::Nats => {
-                let cmd = format!(
-                    "CONNECT {{\"verbose\":false,\"pedantic\":false,\"protocol\":1}}\r\nSUB {name} 1\r\nPING\r\n"
-                );
-                ws::encode(OP_BINARY, cmd.as_bytes(), &mut out);
-                stream.write_all(&out).await?;
-                let mut seen = Vec::new();
-                await_text(&mut stream, &mut reader, |p| {
-                    seen.extend_from_slice(p);
-                    seen.windows(6).any(|w| w == b"PONG\r\n")
-                })
-                .await?;
+                nats_handshake(&mut stream, &mut reader, &format!("SUB {name} 1\r\n")).await?
             }
             Target::Nchan => {}
         }
@@ -253,19 +264,7 @@ impl Publisher {
             Target::Nats => {
                 let (mut stream, leftover) = ws::connect(cfg.pub_addr, None, "/", None).await?;
                 let mut reader = ws::Reader::new(leftover, 4096);
-                let mut out = Vec::new();
-                ws::encode(
-                    OP_BINARY,
-                    b"CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1}\r\nPING\r\n",
-                    &mut out,
-                );
-                stream.write_all(&out).await?;
-                let mut seen = Vec::new();
-                await_text(&mut stream, &mut reader, |p| {
-                    seen.extend_from_slice(p);
-                    seen.windows(6).any(|w| w == b"PONG\r\n")
-                })
-                .await?;
+                nats_handshake(&mut stream, &mut reader, "").await?;
                 let (read, write) = stream.into_split();
                 Ok(Self::start(Target::Nats, read, write, None))
             }

@@ -514,8 +514,7 @@ async fn write_frames(io: &mut TokioIo<Upgraded>, frames: &VecDeque<Bytes>) -> s
     let (mut first, mut offset) = (0, 0);
     while first < frames.len() {
         let slices: Vec<std::io::IoSlice<'_>> = frames
-            .iter()
-            .skip(first)
+            .range(first..)
             .take(MAX_IOVECS)
             .enumerate()
             .map(|(i, f)| std::io::IoSlice::new(if i == 0 { &f[offset..] } else { &f[..] }))
