@@ -7,13 +7,14 @@ cd "$(dirname "$0")/.."
 log() { printf '\n== %s ==\n' "$*"; }
 
 # --- install what is missing ------------------------------------------------------------------
-# Debian packages the suite needs (none yet beyond the Rust toolchain; later features add
-# redis-server, chromium, ...). Installed only when absent.
-APT_PACKAGES=()
+# Debian packages the suite needs, installed only when what they provide is missing:
+# python3 and pip (the Autobahn conformance suite installs itself with them), the Debian archive
+# keyring (it downloads Python 2.7 from Debian's archive), procps (`kill`, used by the signal tests).
 missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+dpkg -s debian-archive-keyring >/dev/null 2>&1 || missing+=(debian-archive-keyring)
+[ -x /usr/bin/kill ] || [ -x /bin/kill ] || missing+=(procps)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
