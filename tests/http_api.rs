@@ -11,13 +11,15 @@ use serde_json::json;
 async fn create_and_publish_over_http_reach_websocket_subscribers() {
     let srv = TestServer::default().await;
     let private = srv.addr("private");
-    let (status, head, body) = http(private, "PUT", "/v1/channels/orders", &[], "").await;
+    let (status, head, mut body) = http(private, "PUT", "/v1/channels/orders", &[], "").await;
+    let epoch = take_epoch(&mut body);
     assert_eq!((status, body), (201, json!({"ok":true,"created":true})));
     assert!(
         head.to_ascii_lowercase()
             .contains("content-type: application/json")
     );
-    let (status, _, body) = http(private, "PUT", "/v1/channels/orders", &[], "").await;
+    let (status, _, mut body) = http(private, "PUT", "/v1/channels/orders", &[], "").await;
+    assert_eq!(take_epoch(&mut body), epoch, "creation is idempotent");
     assert_eq!((status, body), (200, json!({"ok":true,"created":false})));
 
     let mut v1_sub = v1(&srv.url("public")).await;
@@ -26,7 +28,7 @@ async fn create_and_publish_over_http_reach_websocket_subscribers() {
     send(&mut old_sub, r#"{"Subscribe":"orders"}"#).await;
     recv(&mut old_sub).await;
 
-    let (status, _, body) = http(
+    let (status, _, mut body) = http(
         private,
         "POST",
         "/v1/channels/orders/messages",
@@ -34,8 +36,9 @@ async fn create_and_publish_over_http_reach_websocket_subscribers() {
         r#" {"qty": 3} "#,
     )
     .await;
+    assert_eq!(take_epoch(&mut body), epoch);
     assert_eq!((status, body), (200, json!({"ok":true,"offset":1})));
-    let (status, _, body) = http(
+    let (status, _, mut body) = http(
         private,
         "POST",
         "/v1/channels/orders/messages",
@@ -43,6 +46,7 @@ async fn create_and_publish_over_http_reach_websocket_subscribers() {
         r#""text""#,
     )
     .await;
+    assert_eq!(take_epoch(&mut body), epoch);
     assert_eq!((status, body), (200, json!({"ok":true,"offset":2})));
     assert_eq!(
         recv(&mut v1_sub).await,
@@ -185,7 +189,7 @@ async fn every_http_error() {
         ),
         (
             private,
-            "GET",
+            "PATCH",
             "/v1/channels/c/messages".into(),
             vec![],
             String::new(),
@@ -194,7 +198,7 @@ async fn every_http_error() {
         ),
         (
             private,
-            "DELETE",
+            "POST",
             "/v1/channels/c".into(),
             vec![],
             String::new(),

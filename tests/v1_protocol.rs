@@ -15,25 +15,23 @@ async fn every_op_succeeds_with_one_reply_carrying_the_id() {
     let mut publisher = v1(&srv.url("private")).await;
     let mut sub = v1(&srv.url("public")).await;
 
-    assert_eq!(
-        call(
-            &mut publisher,
-            r#"{"op":"create","id":1,"channel":"prices"}"#
-        )
-        .await,
-        json!({"id":1,"ok":true,"created":true})
-    );
-    assert_eq!(
-        call(
-            &mut publisher,
-            r#"{"op":"create","id":"again","channel":"prices"}"#
-        )
-        .await,
-        json!({"id":"again","ok":true,"created":false})
-    );
+    let mut created = call(
+        &mut publisher,
+        r#"{"op":"create","id":1,"channel":"prices"}"#,
+    )
+    .await;
+    let epoch = take_epoch(&mut created);
+    assert_eq!(created, json!({"id":1,"ok":true,"created":true}));
+    let mut again = call(
+        &mut publisher,
+        r#"{"op":"create","id":"again","channel":"prices"}"#,
+    )
+    .await;
+    assert_eq!(take_epoch(&mut again), epoch);
+    assert_eq!(again, json!({"id":"again","ok":true,"created":false}));
     assert_eq!(
         call(&mut sub, r#"{"op":"subscribe","id":2,"channel":"prices"}"#).await,
-        json!({"id":2,"ok":true})
+        json!({"id":2,"ok":true,"epoch":epoch,"offset":0,"from":1})
     );
     assert_eq!(
         call(&mut sub, r#"{"op":"ping","id":3}"#).await,
@@ -55,7 +53,7 @@ async fn every_op_succeeds_with_one_reply_carrying_the_id() {
         .await;
         assert_eq!(
             reply,
-            json!({"id":10+i,"ok":true,"offset":i}),
+            json!({"id":10+i,"ok":true,"epoch":epoch,"offset":i}),
             "offsets are strictly +1"
         );
     }
@@ -307,8 +305,7 @@ async fn an_own_subscription_sees_the_message_before_the_publish_reply() {
     )
     .await;
     assert_eq!(recv_json(&mut c).await["event"], "message");
-    assert_eq!(
-        recv_json(&mut c).await,
-        json!({"id":1,"ok":true,"offset":1})
-    );
+    let mut reply = recv_json(&mut c).await;
+    take_epoch(&mut reply);
+    assert_eq!(reply, json!({"id":1,"ok":true,"offset":1}));
 }

@@ -253,3 +253,20 @@ pub async fn http(
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("body not JSON ({e}): {body:?}"));
     (status, head, json)
 }
+
+/// Removes `epoch` from a reply and checks its form (16 lowercase hex digits); returns it.
+#[allow(dead_code)]
+pub fn take_epoch(v: &mut Value) -> String {
+    let e = v
+        .as_object_mut()
+        .and_then(|o| o.remove("epoch"))
+        .unwrap_or_else(|| panic!("no epoch in {v}"));
+    let e = e.as_str().unwrap().to_owned();
+    assert!(
+        e.len() == 16
+            && e.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        "bad epoch {e}"
+    );
+    e
+}

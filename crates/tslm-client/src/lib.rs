@@ -17,8 +17,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tslm_protocol::SUBPROTOCOL_V1;
 use tslm_protocol::v1::{self, ReplyOk, ServerMessage, WireError};
+use tslm_protocol::{ChannelOptions, SUBPROTOCOL_V1, Start};
 
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,26 @@ pub enum ClientError {
     Invalid(String),
     #[error("unexpected message from the server: {0}")]
     Protocol(String),
+    /// [`Client::next_delivery`] met an event that is not a message (a gap, a closed
+    /// subscription or a reply); the event is returned so that nothing is silently lost.
+    #[error("expected a message, received {}", event_kind(.0))]
+    NotAMessage(Box<ServerMessage>),
+}
+
+fn event_kind(m: &ServerMessage) -> String {
+    match m {
+        ServerMessage::Message { channel, .. } => format!("a message on {channel}"),
+        ServerMessage::Gap { channel, from, to } => {
+            format!("a gap on {channel} (offsets {from} to {to} missed)")
+        }
+        ServerMessage::Closed { channel, reason } => {
+            format!("the end of the subscription to {channel} ({reason})")
+        }
+        ServerMessage::ReplyEvent {
+            channel, offset, ..
+        } => format!("a reply to message {offset} of {channel}"),
+        ServerMessage::Reply(_) => "a reply".to_owned(),
+    }
 }
 
 /// A message delivered on a subscribed channel.
@@ -62,11 +82,51 @@ enum Cmd {
     Close,
 }
 
-/// A protocol v1 connection. Requests may be issued concurrently from `&self`; deliveries are read
-/// with [`Client::next_delivery`].
+/// A request under construction: `{"op":…,"id":…` then fields, each key written once. Strings are
+/// escaped by serde_json; `data` is JSON text the caller validated.
+struct RequestText(String);
+
+impl RequestText {
+    fn new(op: &str, id: u64) -> Self {
+        Self(format!("{{\"op\":\"{op}\",\"id\":{id}"))
+    }
+
+    fn raw(mut self, key: &str, json: &str) -> Self {
+        self.0.push_str(",\"");
+        self.0.push_str(key);
+        self.0.push_str("\":");
+        self.0.push_str(json);
+        self
+    }
+
+    fn string(self, key: &str, value: &str) -> Self {
+        let quoted = serde_json::Value::String(value.to_owned()).to_string();
+        self.raw(key, &quoted)
+    }
+
+    fn number(self, key: &str, value: u64) -> Self {
+        self.raw(key, &value.to_string())
+    }
+
+    fn finish(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
+/// Checks that `json` is one JSON value and returns it without surrounding whitespace.
+fn json_value<'a>(what: &str, json: &'a str) -> Result<&'a str, ClientError> {
+    let raw: &serde_json::value::RawValue = serde_json::from_str(json)
+        .map_err(|e| ClientError::Invalid(format!("{what} is not JSON: {e}")))?;
+    Ok(raw.get())
+}
+
+/// A protocol v1 connection. Requests may be issued concurrently from `&self`; what the server
+/// sends besides replies is read with [`Client::next_event`] (everything) or
+/// [`Client::next_delivery`] (messages only).
 pub struct Client {
     cmds: mpsc::Sender<Cmd>,
-    deliveries: mpsc::Receiver<Delivery>,
+    events: mpsc::Receiver<ServerMessage>,
     closed: oneshot::Receiver<Option<(u16, String)>>,
     close_info: Option<Option<(u16, String)>>,
     next_id: AtomicU64,
@@ -100,40 +160,38 @@ impl Client {
             )));
         }
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
-        let (del_tx, del_rx) = mpsc::channel(1024);
+        let (event_tx, event_rx) = mpsc::channel(1024);
         let (closed_tx, closed_rx) = oneshot::channel();
-        tokio::spawn(drive(ws, cmd_rx, del_tx, closed_tx));
+        tokio::spawn(drive(ws, cmd_rx, event_tx, closed_tx));
         Ok(Self {
             cmds: cmd_tx,
-            deliveries: del_rx,
+            events: event_rx,
             closed: closed_rx,
             close_info: None,
             next_id: AtomicU64::new(1),
         })
     }
 
-    async fn request(
-        &self,
-        op: &str,
-        channel: Option<&str>,
-        data: Option<&str>,
-    ) -> Result<ReplyOk, ClientError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut text = format!("{{\"op\":\"{op}\",\"id\":{id}");
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A request with an optional `channel` and no other fields.
+    async fn request(&self, op: &str, channel: Option<&str>) -> Result<ReplyOk, ClientError> {
+        let id = self.next_id();
+        let mut text = RequestText::new(op, id);
         if let Some(c) = channel {
-            text.push_str(",\"channel\":");
-            text.push_str(&serde_json::Value::String(c.to_owned()).to_string());
+            text = text.string("channel", c);
         }
-        if let Some(d) = data {
-            text.push_str(",\"data\":");
-            text.push_str(d);
-        }
-        text.push('}');
+        self.send(id, text).await
+    }
+
+    async fn send(&self, id: u64, text: RequestText) -> Result<ReplyOk, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.cmds
             .send(Cmd::Request {
                 id,
-                text,
+                text: text.finish(),
                 reply: tx,
             })
             .await
@@ -144,22 +202,65 @@ impl Client {
     /// Creates a channel; `Ok(false)` when it already existed.
     pub async fn create(&self, channel: &str) -> Result<bool, ClientError> {
         Ok(self
-            .request("create", Some(channel), None)
+            .request("create", Some(channel))
             .await?
             .created
             .unwrap_or(false))
     }
 
+    /// Creates a channel with options lowering its class's limits; the reply carries `created`
+    /// and the channel's `epoch`.
+    pub async fn create_with(
+        &self,
+        channel: &str,
+        options: &ChannelOptions,
+    ) -> Result<ReplyOk, ClientError> {
+        let id = self.next_id();
+        let text = RequestText::new("create", id)
+            .string("channel", channel)
+            .raw("options", &v1::options_json(options));
+        self.send(id, text).await
+    }
+
+    /// Deletes a channel; its subscribers receive a `closed` event.
+    pub async fn delete(&self, channel: &str) -> Result<ReplyOk, ClientError> {
+        self.request("delete", Some(channel)).await
+    }
+
+    async fn publish_request(
+        &self,
+        channel: &str,
+        json: &str,
+        msg_id: Option<&str>,
+    ) -> Result<ReplyOk, ClientError> {
+        let data = json_value("data", json)?;
+        let id = self.next_id();
+        let mut text = RequestText::new("publish", id)
+            .string("channel", channel)
+            .raw("data", data);
+        if let Some(m) = msg_id {
+            text = text.string("msg_id", m);
+        }
+        self.send(id, text).await
+    }
+
     /// Publishes one JSON value (given as JSON text) and returns its offset.
     pub async fn publish_json(&self, channel: &str, json: &str) -> Result<u64, ClientError> {
-        let raw: &serde_json::value::RawValue = serde_json::from_str(json)
-            .map_err(|e| ClientError::Invalid(format!("data is not JSON: {e}")))?;
-        let reply = self
-            .request("publish", Some(channel), Some(raw.get()))
-            .await?;
-        reply
+        self.publish_request(channel, json, None)
+            .await?
             .offset
             .ok_or_else(|| ClientError::Protocol("publish reply without offset".into()))
+    }
+
+    /// Publishes one JSON value with a `msg_id`: if the channel saw that `msg_id` recently, the
+    /// message is not published again and the reply says `duplicate` (with the first offset).
+    pub async fn publish_with_id(
+        &self,
+        channel: &str,
+        data_json: &str,
+        msg_id: &str,
+    ) -> Result<ReplyOk, ClientError> {
+        self.publish_request(channel, data_json, Some(msg_id)).await
     }
 
     /// Publishes a string.
@@ -171,26 +272,99 @@ impl Client {
         .await
     }
 
+    /// Subscribes to new messages.
     pub async fn subscribe(&self, channel: &str) -> Result<(), ClientError> {
-        self.request("subscribe", Some(channel), None)
-            .await
-            .map(drop)
+        self.request("subscribe", Some(channel)).await.map(drop)
+    }
+
+    /// Subscribes from `start`; the reply carries the channel's `epoch`, `offset` and the
+    /// subscription's `from` (and, for a resume, `recovered` and `lost`).
+    pub async fn subscribe_from(
+        &self,
+        channel: &str,
+        start: Start,
+    ) -> Result<ReplyOk, ClientError> {
+        let id = self.next_id();
+        let text = RequestText::new("subscribe", id)
+            .string("channel", channel)
+            .raw("start", &v1::start_json(start));
+        self.send(id, text).await
     }
 
     pub async fn unsubscribe(&self, channel: &str) -> Result<(), ClientError> {
-        self.request("unsubscribe", Some(channel), None)
-            .await
-            .map(drop)
+        self.request("unsubscribe", Some(channel)).await.map(drop)
+    }
+
+    /// Reads up to `limit` (1 to 1000) backlog messages from `start` without subscribing; the
+    /// reply carries `messages` and `more`.
+    pub async fn history(
+        &self,
+        channel: &str,
+        start: Start,
+        limit: usize,
+    ) -> Result<ReplyOk, ClientError> {
+        let id = self.next_id();
+        let text = RequestText::new("history", id)
+            .string("channel", channel)
+            .raw("start", &v1::start_json(start))
+            .number("limit", limit as u64);
+        self.send(id, text).await
+    }
+
+    /// Sends a reply (JSON text) to the publisher of message `offset` of `channel`.
+    pub async fn reply(
+        &self,
+        channel: &str,
+        offset: u64,
+        data_json: &str,
+    ) -> Result<ReplyOk, ClientError> {
+        let data = json_value("data", data_json)?;
+        let id = self.next_id();
+        let text = RequestText::new("reply", id)
+            .string("channel", channel)
+            .number("offset", offset)
+            .raw("data", data);
+        self.send(id, text).await
+    }
+
+    /// Lists the first page of channels (those starting with `prefix`, if given); the reply
+    /// carries `channels` and `more`.
+    pub async fn channels(&self, prefix: Option<&str>) -> Result<ReplyOk, ClientError> {
+        self.channels_page(prefix, None, None).await
+    }
+
+    /// Lists channels named strictly after `after` (the last name of the previous page), at most
+    /// `limit` of them (the server's default when `None`).
+    pub async fn channels_page(
+        &self,
+        prefix: Option<&str>,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<ReplyOk, ClientError> {
+        let id = self.next_id();
+        let mut text = RequestText::new("channels", id);
+        if let Some(p) = prefix {
+            text = text.string("prefix", p);
+        }
+        if let Some(a) = after {
+            text = text.string("after", a);
+        }
+        if let Some(l) = limit {
+            text = text.number("limit", l as u64);
+        }
+        self.send(id, text).await
     }
 
     pub async fn ping(&self) -> Result<(), ClientError> {
-        self.request("ping", None, None).await.map(drop)
+        self.request("ping", None).await.map(drop)
     }
 
-    /// The next delivery; `Err(Closed(..))` with the server's close code once the connection ends.
-    pub async fn next_delivery(&mut self) -> Result<Delivery, ClientError> {
-        if let Some(d) = self.deliveries.recv().await {
-            return Ok(d);
+    /// The next event: a message, a gap, a closed subscription or a reply to one of this
+    /// connection's messages (never a [`ServerMessage::Reply`]); `Err(Closed(..))` with the
+    /// server's close code once the connection ends.
+    pub async fn next_event(&mut self) -> Result<ServerMessage, ClientError> {
+        if let Some(e) = self.events.recv().await {
+            return Ok(e);
         }
         if self.close_info.is_none() {
             self.close_info = Some((&mut self.closed).await.unwrap_or(None));
@@ -198,17 +372,35 @@ impl Client {
         Err(ClientError::Closed(self.close_info.clone().flatten()))
     }
 
+    /// The next delivery; `Err(Closed(..))` with the server's close code once the connection ends,
+    /// and `Err(NotAMessage(event))` if the next event is not a message (use
+    /// [`Client::next_event`] to handle gaps, closed subscriptions and replies).
+    pub async fn next_delivery(&mut self) -> Result<Delivery, ClientError> {
+        match self.next_event().await? {
+            ServerMessage::Message {
+                channel,
+                offset,
+                data,
+            } => Ok(Delivery {
+                channel,
+                offset,
+                data,
+            }),
+            other => Err(ClientError::NotAMessage(Box::new(other))),
+        }
+    }
+
     /// Closes the connection (code 1000) and waits for the server's answer.
     pub async fn close(mut self) {
         let _ = self.cmds.send(Cmd::Close).await;
-        while self.deliveries.recv().await.is_some() {}
+        while self.events.recv().await.is_some() {}
     }
 }
 
 async fn drive<S>(
     ws: tokio_tungstenite::WebSocketStream<S>,
     mut cmds: mpsc::Receiver<Cmd>,
-    deliveries: mpsc::Sender<Delivery>,
+    events: mpsc::Sender<ServerMessage>,
     closed: oneshot::Sender<Option<(u16, String)>>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -238,15 +430,15 @@ async fn drive<S>(
                     close_info = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
                 }
                 Some(Ok(Message::Text(text))) => match v1::decode_server_message(text.as_str()) {
-                    Ok(ServerMessage::Message { channel, offset, data }) => {
-                        if deliveries.send(Delivery { channel, offset, data }).await.is_err() {
-                            // Nobody reads deliveries any more; keep serving replies.
-                        }
-                    }
                     Ok(ServerMessage::Reply(r)) => {
                         let id = r.id.as_ref().and_then(serde_json::Value::as_u64);
                         if let Some(tx) = id.and_then(|id| pending.remove(&id)) {
                             let _ = tx.send(r.result.map_err(ClientError::Server));
+                        }
+                    }
+                    Ok(event) => {
+                        if events.send(event).await.is_err() {
+                            // Nobody reads events any more; keep serving replies.
                         }
                     }
                     Err(e) => tracing_free_log(&format!("undecodable server message: {e}")),
@@ -263,4 +455,226 @@ async fn drive<S>(
 
 fn tracing_free_log(msg: &str) {
     eprintln!("tslm-client: {msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::future::Future;
+
+    use bytes::Bytes;
+    use tslm_protocol::v1::{Id, Op};
+    use tslm_protocol::{ChannelName, Epoch, Offset};
+
+    use super::*;
+
+    /// A client with no socket: the test plays the driver.
+    fn client() -> (Client, mpsc::Receiver<Cmd>, mpsc::Sender<ServerMessage>) {
+        let (cmd_tx, cmd_rx) = mpsc::channel(4);
+        let (event_tx, event_rx) = mpsc::channel(4);
+        let (_closed_tx, closed_rx) = oneshot::channel();
+        let c = Client {
+            cmds: cmd_tx,
+            events: event_rx,
+            closed: closed_rx,
+            close_info: None,
+            next_id: AtomicU64::new(1),
+        };
+        (c, cmd_rx, event_tx)
+    }
+
+    /// Runs `call`, decodes the request it sends with the server's decoder and answers `ok`.
+    async fn request_of<T>(
+        cmds: &mut mpsc::Receiver<Cmd>,
+        call: impl Future<Output = Result<T, ClientError>>,
+    ) -> (Op, Result<T, ClientError>) {
+        let serve = async {
+            let Some(Cmd::Request { id, text, reply }) = cmds.recv().await else {
+                panic!("no request");
+            };
+            let req = v1::decode_request(&Bytes::from(text.clone()))
+                .unwrap_or_else(|e| panic!("{text} -> {e:?}"));
+            assert_eq!(req.id, Some(Id::number(id)), "{text}");
+            let _ = reply.send(Ok(ReplyOk {
+                created: Some(true),
+                offset: Some(3),
+                ..ReplyOk::default()
+            }));
+            req.op
+        };
+        let (op, result) = tokio::join!(serve, call);
+        (op, result)
+    }
+
+    fn ch(s: &str) -> ChannelName {
+        ChannelName::new(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_request_decodes_as_the_server_reads_it() {
+        let (c, mut cmds, _events) = client();
+        let (op, r) = request_of(&mut cmds, c.create("a")).await;
+        assert_eq!(
+            (op, r.unwrap()),
+            (
+                Op::Create {
+                    channel: ch("a"),
+                    options: ChannelOptions::default()
+                },
+                true
+            )
+        );
+        let options = ChannelOptions {
+            backlog_messages: Some(5),
+            replies: Some(true),
+            ..ChannelOptions::default()
+        };
+        let (op, _) = request_of(&mut cmds, c.create_with("a", &options)).await;
+        assert_eq!(
+            op,
+            Op::Create {
+                channel: ch("a"),
+                options
+            }
+        );
+        let (op, _) = request_of(&mut cmds, c.delete("a")).await;
+        assert_eq!(op, Op::Delete { channel: ch("a") });
+        let (op, r) = request_of(&mut cmds, c.publish_json("a", " {\"x\": 1} ")).await;
+        assert_eq!(r.unwrap(), 3);
+        match op {
+            Op::Publish { data, msg_id, .. } => {
+                assert_eq!((&data.json()[..], msg_id), (&b"{\"x\": 1}"[..], None));
+            }
+            other => panic!("{other:?}"),
+        }
+        let (op, _) = request_of(&mut cmds, c.publish_text("a", "say \"hi\"\n")).await;
+        match op {
+            Op::Publish { data, .. } => assert_eq!(&data.json()[..], br#""say \"hi\"\n""#),
+            other => panic!("{other:?}"),
+        }
+        let (op, _) = request_of(&mut cmds, c.publish_with_id("a", "[1]", "m-\"1\"")).await;
+        match op {
+            Op::Publish { data, msg_id, .. } => {
+                assert_eq!(&data.json()[..], b"[1]");
+                assert_eq!(msg_id.as_deref(), Some("m-\"1\""));
+            }
+            other => panic!("{other:?}"),
+        }
+        let (op, _) = request_of(&mut cmds, c.subscribe("a")).await;
+        assert_eq!(
+            op,
+            Op::Subscribe {
+                channel: ch("a"),
+                start: Start::New
+            }
+        );
+        let resume = Start::After {
+            epoch: Epoch(0xab),
+            offset: Offset(0),
+        };
+        let (op, _) = request_of(&mut cmds, c.subscribe_from("a", resume)).await;
+        assert_eq!(
+            op,
+            Op::Subscribe {
+                channel: ch("a"),
+                start: resume
+            }
+        );
+        let (op, _) = request_of(&mut cmds, c.unsubscribe("a")).await;
+        assert_eq!(op, Op::Unsubscribe { channel: ch("a") });
+        let (op, _) = request_of(&mut cmds, c.history("a", Start::Last(4), 10)).await;
+        assert_eq!(
+            op,
+            Op::History {
+                channel: ch("a"),
+                start: Start::Last(4),
+                limit: 10
+            }
+        );
+        let (op, _) = request_of(&mut cmds, c.reply("a", 9, "{\"ok\":true}")).await;
+        match op {
+            Op::Reply {
+                channel,
+                offset,
+                data,
+            } => {
+                assert_eq!((channel, offset), (ch("a"), Offset(9)));
+                assert_eq!(&data.json()[..], b"{\"ok\":true}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let (op, _) = request_of(&mut cmds, c.channels(Some("ne\"ws"))).await;
+        assert_eq!(
+            op,
+            Op::Channels {
+                prefix: Some("ne\"ws".into()),
+                after: None,
+                limit: v1::DEFAULT_LIMIT
+            }
+        );
+        let (op, _) = request_of(&mut cmds, c.channels_page(None, Some("b"), Some(2))).await;
+        assert_eq!(
+            op,
+            Op::Channels {
+                prefix: None,
+                after: Some(ch("b")),
+                limit: 2
+            }
+        );
+        let (op, _) = request_of(&mut cmds, c.ping()).await;
+        assert_eq!(op, Op::Ping);
+    }
+
+    #[tokio::test]
+    async fn invalid_json_data_is_refused_before_sending() {
+        let (c, _cmds, _events) = client();
+        for r in [
+            c.publish_json("a", "{").await.map(drop),
+            c.publish_with_id("a", "1 2", "m").await.map(drop),
+            c.reply("a", 1, "").await.map(drop),
+        ] {
+            assert!(matches!(r, Err(ClientError::Invalid(_))), "{r:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn next_delivery_refuses_to_skip_other_events() {
+        let (mut c, _cmds, events) = client();
+        let gap = ServerMessage::Gap {
+            channel: "a".into(),
+            from: 2,
+            to: 3,
+        };
+        events
+            .send(ServerMessage::Message {
+                channel: "a".into(),
+                offset: 1,
+                data: "1".into(),
+            })
+            .await
+            .unwrap();
+        events.send(gap.clone()).await.unwrap();
+        events
+            .send(ServerMessage::Closed {
+                channel: "a".into(),
+                reason: "deleted".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(c.next_delivery().await.unwrap().offset, 1);
+        match c.next_delivery().await {
+            Err(ClientError::NotAMessage(e)) => assert_eq!(*e, gap),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            c.next_event().await.unwrap(),
+            ServerMessage::Closed { .. }
+        ));
+        drop(events);
+        assert!(matches!(
+            c.next_event().await,
+            Err(ClientError::Closed(None))
+        ));
+    }
 }

@@ -8,6 +8,11 @@
 
 mod hub;
 mod outbox;
+pub mod settings;
 
-pub use hub::{ConnId, Hub, HubError, HubStats, Subscribed};
-pub use outbox::{CloseReason, Outbox, OutboxLimits, PushError};
+pub use hub::{
+    CatchUp, ConnId, Created, History, Hub, HubError, HubLimits, HubStats, PublishOptions,
+    Published, ReplyError, Subscribed,
+};
+pub use outbox::{CloseReason, Entry, Lane, Outbox, OutboxLimits, PushError};
+pub use settings::{ChannelSettings, SlowPolicy};

@@ -3,6 +3,9 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
+use tslm_protocol::{ChannelName, Offset, WsFrame, v1};
+
+use crate::settings::SlowPolicy;
 
 /// Limits of one connection's outbound queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +32,38 @@ pub enum PushError {
     Overflow,
     #[error("subscriber is closed")]
     Closed,
+    /// Only from [`Outbox::try_push`]: the queue is full and was left as it was.
+    #[error("outbound queue is full")]
+    Full,
+}
+
+/// A subscription's lane in its connection's outbox: lets a lossy slow-subscriber policy drop
+/// that subscription's queued frames and no other. Lane 0 is the shared lane of everything that
+/// is never dropped selectively.
+pub type Lane = u32;
+
+/// One queued frame.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    frame: Bytes,
+    lane: Lane,
+    kind: EntryKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntryKind {
+    Other,
+    /// A delivery of this offset.
+    Message(u64),
+    /// A `gap` event for offsets `.0..=.1` (merged when more of the lane is dropped).
+    Gap(u64, u64),
+}
+
+impl Entry {
+    /// The complete WebSocket frame to write.
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
 }
 
 /// A connection's bounded outbound queue of encoded frames.
@@ -50,9 +85,10 @@ pub struct Outbox {
 
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Entry>,
     bytes: usize,
     closed: Option<CloseReason>,
+    next_lane: Lane,
 }
 
 impl Outbox {
@@ -71,37 +107,180 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `frame`. A frame always fits into an empty queue, whatever its size.
+    /// A lane of its own for a new subscription (never 0).
+    pub fn new_lane(&self) -> Lane {
+        let mut st = self.lock();
+        st.next_lane = st.next_lane.wrapping_add(1).max(1);
+        st.next_lane
+    }
+
+    fn over(&self, st: &State, len: usize) -> bool {
+        !st.queue.is_empty()
+            && (st.bytes + len > self.limits.max_bytes
+                || st.queue.len() >= self.limits.max_messages)
+    }
+
+    /// Room left before the limits: (frames, bytes).
+    pub fn room(&self) -> (usize, usize) {
+        let st = self.lock();
+        (
+            self.limits.max_messages.saturating_sub(st.queue.len()),
+            self.limits.max_bytes.saturating_sub(st.bytes),
+        )
+    }
+
+    fn append(&self, mut st: std::sync::MutexGuard<'_, State>, entry: Entry) {
+        let was_empty = st.queue.is_empty();
+        st.bytes += entry.frame.len();
+        st.queue.push_back(entry);
+        drop(st);
+        if was_empty {
+            self.ready.notify_one();
+        }
+    }
+
+    fn overflow(&self, mut st: std::sync::MutexGuard<'_, State>) -> PushError {
+        st.closed = Some(CloseReason::SlowConsumer);
+        st.queue = VecDeque::new();
+        st.bytes = 0;
+        drop(st);
+        self.ready.notify_one();
+        self.closed.notify_waiters();
+        PushError::Overflow
+    }
+
+    /// Queues `frame`; on overflow the outbox closes ([`SlowPolicy::Disconnect`]). A frame always
+    /// fits into an empty queue, whatever its size.
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        let st = self.lock();
+        if st.closed.is_some() {
+            return Err(PushError::Closed);
+        }
+        if self.over(&st, frame.len()) {
+            return Err(self.overflow(st));
+        }
+        self.append(
+            st,
+            Entry {
+                frame,
+                lane: 0,
+                kind: EntryKind::Other,
+            },
+        );
+        Ok(())
+    }
+
+    /// Queues `frame` unless the queue is full, in which case nothing changes ([`PushError::Full`]).
+    /// For traffic the connection did not ask for (replies to a publisher), so that it can be
+    /// refused at its source instead of costing the connection.
+    pub fn try_push(&self, frame: Bytes) -> Result<(), PushError> {
+        let st = self.lock();
+        if st.closed.is_some() {
+            return Err(PushError::Closed);
+        }
+        if self.over(&st, frame.len()) {
+            return Err(PushError::Full);
+        }
+        self.append(
+            st,
+            Entry {
+                frame,
+                lane: 0,
+                kind: EntryKind::Other,
+            },
+        );
+        Ok(())
+    }
+
+    /// Queues the delivery `frame` of message `offset` of `channel` for the subscription on
+    /// `lane`, applying `policy` when the queue is full:
+    /// - `Disconnect`: the outbox closes as a slow consumer;
+    /// - `DropOldest`: the lane's queued deliveries are dropped and replaced by one `gap` event
+    ///   naming the offsets dropped (merged with an earlier one still queued); the new delivery
+    ///   follows it if it now fits, else it joins the gap;
+    /// - `Latest`: the lane's queued deliveries are replaced by this one.
+    ///
+    /// The lossy policies may exceed the limits by one entry per lane, never more.
+    pub fn push_delivery(
+        &self,
+        frame: Bytes,
+        lane: Lane,
+        offset: Offset,
+        channel: &ChannelName,
+        policy: SlowPolicy,
+    ) -> Result<(), PushError> {
         let mut st = self.lock();
         if st.closed.is_some() {
             return Err(PushError::Closed);
         }
-        let over = !st.queue.is_empty()
-            && (st.bytes + frame.len() > self.limits.max_bytes
-                || st.queue.len() >= self.limits.max_messages);
-        if over {
-            st.closed = Some(CloseReason::SlowConsumer);
-            st.queue = VecDeque::new();
-            st.bytes = 0;
-            drop(st);
-            self.ready.notify_one();
-            self.closed.notify_waiters();
-            return Err(PushError::Overflow);
+        let message = Entry {
+            frame,
+            lane,
+            kind: EntryKind::Message(offset.0),
+        };
+        if !self.over(&st, message.frame.len()) {
+            self.append(st, message);
+            return Ok(());
         }
-        let was_empty = st.queue.is_empty();
-        st.bytes += frame.len();
-        st.queue.push_back(frame);
-        drop(st);
-        if was_empty {
-            self.ready.notify_one();
+        if policy == SlowPolicy::Disconnect {
+            return Err(self.overflow(st));
+        }
+        // Take the lane's entries out, noting the range of offsets they covered.
+        let mut dropped: Option<(u64, u64)> = None;
+        let mut freed = 0;
+        st.queue.retain(|e| {
+            if e.lane != lane {
+                return true;
+            }
+            let (a, b) = match e.kind {
+                EntryKind::Message(o) => (o, o),
+                EntryKind::Gap(a, b) => (a, b),
+                EntryKind::Other => return true,
+            };
+            dropped = Some(dropped.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
+            freed += e.frame.len();
+            false
+        });
+        st.bytes -= freed;
+        if policy == SlowPolicy::Latest {
+            let was_empty = st.queue.is_empty();
+            st.bytes += message.frame.len();
+            st.queue.push_back(message);
+            drop(st);
+            if was_empty {
+                self.ready.notify_one();
+            }
+            return Ok(());
+        }
+        let Some((from, mut to)) = dropped else {
+            // The queue is full of other subscriptions' frames: this message is the gap.
+            let gap = gap_entry(channel, lane, offset.0, offset.0);
+            st.bytes += gap.frame.len();
+            st.queue.push_back(gap);
+            return Ok(());
+        };
+        let fits = {
+            let gap_len = 64 + channel.len();
+            st.queue.is_empty()
+                || (st.bytes + gap_len + message.frame.len() <= self.limits.max_bytes
+                    && st.queue.len() + 2 <= self.limits.max_messages)
+        };
+        if !fits {
+            to = offset.0;
+        }
+        let gap = gap_entry(channel, lane, from, to);
+        st.bytes += gap.frame.len();
+        st.queue.push_back(gap);
+        if fits {
+            st.bytes += message.frame.len();
+            st.queue.push_back(message);
         }
         Ok(())
     }
 
     /// Moves every queued frame into `out` (which should be empty; its allocation is reused) and
     /// returns why the outbox is closed, if it is.
-    pub fn take(&self, out: &mut VecDeque<Bytes>) -> Option<CloseReason> {
+    pub fn take(&self, out: &mut VecDeque<Entry>) -> Option<CloseReason> {
         let mut st = self.lock();
         if !st.queue.is_empty() {
             std::mem::swap(&mut st.queue, out);
@@ -145,9 +324,24 @@ impl Outbox {
         }
     }
 
+    /// Frames currently queued.
+    pub fn queued_frames(&self) -> usize {
+        self.lock().queue.len()
+    }
+
     /// Resolves when frames were queued or the outbox closed since the last `take`. Cancel-safe.
     pub async fn ready(&self) {
         self.ready.notified().await
+    }
+}
+
+/// A `gap` event entry for `from..=to` on `lane`.
+fn gap_entry(channel: &ChannelName, lane: Lane, from: u64, to: u64) -> Entry {
+    let json = v1::encode_gap(channel, Offset(from), Offset(to));
+    Entry {
+        frame: WsFrame::text(&json).bytes().clone(),
+        lane,
+        kind: EntryKind::Gap(from, to),
     }
 }
 
@@ -214,7 +408,11 @@ mod tests {
         waiter.await.unwrap();
         let mut out = VecDeque::new();
         assert_eq!(ob.take(&mut out), None);
-        assert_eq!(out, [Bytes::from_static(b"1"), Bytes::from_static(b"2")]);
+        let frames: Vec<&Bytes> = out.iter().map(Entry::frame).collect();
+        assert_eq!(
+            frames,
+            [&Bytes::from_static(b"1"), &Bytes::from_static(b"2")]
+        );
         ob.close();
         ob.ready().await;
         out.clear();

@@ -13,6 +13,9 @@ pub enum ErrorCode {
     Forbidden,
     /// The channel does not exist.
     NotFound,
+    /// The publisher of the message replied to is no longer connected (or published over HTTP),
+    /// so the reply has nobody to go to.
+    Gone,
     /// The message or payload is larger than allowed.
     TooLarge,
     /// The connection sent commands faster than its listener allows, or its address opened
@@ -39,6 +42,7 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
+            Self::Gone => "gone",
             Self::TooLarge => "too_large",
             Self::RateLimited => "rate_limited",
             Self::LimitExceeded => "limit_exceeded",
@@ -57,6 +61,7 @@ impl ErrorCode {
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
+            Self::Gone => 410,
             Self::TooLarge => 413,
             Self::UpgradeRequired => 426,
             Self::RateLimited | Self::LimitExceeded => 429,
@@ -66,12 +71,13 @@ impl ErrorCode {
     }
 
     /// Every code, for docs and exhaustive tests.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         Self::BadRequest,
         Self::UnknownOp,
         Self::Unauthorized,
         Self::Forbidden,
         Self::NotFound,
+        Self::Gone,
         Self::TooLarge,
         Self::RateLimited,
         Self::LimitExceeded,
@@ -107,5 +113,30 @@ impl ProtoError {
 
     pub fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ErrorCode::BadRequest, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_a_distinct_wire_name_and_a_status() {
+        let mut names: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+        for c in ErrorCode::ALL {
+            assert!(
+                c.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_')
+            );
+            assert!((400..600).contains(&c.http_status()), "{c}");
+        }
+        assert_eq!(
+            (ErrorCode::Gone.as_str(), ErrorCode::Gone.http_status()),
+            ("gone", 410)
+        );
     }
 }

@@ -42,6 +42,19 @@ impl Payload {
         Self::from_validated(Bytes::from(quoted), Some(PayloadKind::Text))
     }
 
+    /// The same value held in other storage (`json` must hold exactly this payload's bytes, e.g.
+    /// the slice of a frame it was copied into); when it does not, `self` is returned unchanged.
+    pub fn rebased(&self, json: Bytes) -> Self {
+        if json == self.json {
+            Self {
+                json,
+                kind: self.kind,
+            }
+        } else {
+            self.clone()
+        }
+    }
+
     /// The JSON value, as written by the publisher.
     pub fn json(&self) -> &Bytes {
         &self.json

@@ -6,10 +6,13 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use tslm_hub::OutboxLimits;
+
+use crate::classes::{ChannelClasses, RawChannelClass};
 
 /// The configuration used when no file is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -77,6 +80,10 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// How long shutdown waits for connections to close before exiting anyway.
     pub shutdown_grace: Duration,
+    /// Bytes all channel backlogs may hold together.
+    pub backlog_memory_bytes: usize,
+    /// The channel classes (`[channel.PATTERN]` tables), resolved.
+    pub channels: Arc<ChannelClasses>,
 }
 
 /// Per-listener limits against abusive clients (docs/configuration.md, "Abuse limits").
@@ -125,12 +132,15 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     listener: BTreeMap<String, RawListener>,
+    #[serde(default)]
+    channel: BTreeMap<String, RawChannelClass>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
     shutdown_grace_seconds: Option<u64>,
+    backlog_memory_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,21 +250,43 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
         .split_once('=')
         .map(|(k, _)| k.trim().trim_matches('"').to_owned());
     let mut place = Vec::new();
-    match table.as_deref().and_then(|t| t.strip_prefix("listener.")) {
-        Some(name) => place.push(format!("listener `{}`", name.trim_matches('"'))),
-        None => {
-            if let Some(t) = &table {
+    let mut hint = "";
+    match table.as_deref() {
+        Some(t) if t.starts_with("listener.") => {
+            let name = &t["listener.".len()..];
+            place.push(format!("listener `{}`", name.trim_matches('"')));
+        }
+        Some(t) if t.starts_with("channel.") => {
+            let pattern = &t["channel.".len()..];
+            let quoted = |q: char| {
+                pattern.len() >= 2
+                    && pattern.starts_with(q)
+                    && pattern.ends_with(q)
+                    && !pattern[1..pattern.len() - 1].contains(q)
+            };
+            if quoted('"') || quoted('\'') {
+                place.push(format!(
+                    "channel class \"{}\"",
+                    &pattern[1..pattern.len() - 1]
+                ));
+            } else if pattern.contains('.') {
+                // `[channel.orders.eu]` is the class "orders" with a table `eu` in it.
                 place.push(format!("table [{t}]"));
+                hint = " (quote a pattern that has dots or `*`: [channel.\"orders.eu\"])";
+            } else {
+                place.push(format!("channel class \"{pattern}\""));
             }
         }
+        Some(t) => place.push(format!("table [{t}]")),
+        None => {}
     }
     if let Some(k) = key {
         place.push(format!("key `{k}`"));
     }
     if place.is_empty() {
-        format!("line {line_no}: {message}")
+        format!("line {line_no}: {message}{hint}")
     } else {
-        format!("{} (line {line_no}): {message}", place.join(", "))
+        format!("{} (line {line_no}): {message}{hint}", place.join(", "))
     }
 }
 
@@ -306,6 +338,16 @@ impl RawConfig {
                 "table [server], key `shutdown_grace_seconds`: {grace} is out of range 0..=3600"
             ));
         }
+        let backlog_memory = self
+            .server
+            .backlog_memory_bytes
+            .unwrap_or(tslm_hub::settings::defaults::BACKLOG_MEMORY_BYTES as u64);
+        if backlog_memory == 0 {
+            return Err(
+                "table [server], key `backlog_memory_bytes`: 0 is not allowed: the least is 1"
+                    .into(),
+            );
+        }
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         for (name, raw) in self.listener {
             let l = raw.validate(&name)?;
@@ -322,9 +364,13 @@ impl RawConfig {
             }
             listeners.push(l);
         }
+        let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+        let channels = ChannelClasses::from_raw(self.channel, &names)?;
         Ok(Config {
             listeners,
             shutdown_grace: Duration::from_secs(grace),
+            backlog_memory_bytes: usize_of(backlog_memory),
+            channels: Arc::new(channels),
         })
     }
 }
@@ -714,5 +760,49 @@ default_endpoint_permissions = ['CreateChannel', 'NotifyChannel']
         assert!(err("").contains("no listener"));
         let e = err("[listener.p]\nip='127.0.0.1'\nport=1\nauth_tokens=['']\n");
         assert!(e.contains("key `auth_tokens`"), "{e}");
+    }
+
+    #[test]
+    fn backlog_memory_bytes() {
+        let l = "[listener.p]\nbind=['127.0.0.1:0']\n";
+        let c = Config::from_toml_str(l, "t").unwrap();
+        assert_eq!(
+            c.backlog_memory_bytes,
+            tslm_hub::settings::defaults::BACKLOG_MEMORY_BYTES
+        );
+        assert_eq!(c.backlog_memory_bytes, 256 * 1024 * 1024);
+        let c = Config::from_toml_str(&format!("[server]\nbacklog_memory_bytes = 1\n{l}"), "t")
+            .unwrap();
+        assert_eq!(c.backlog_memory_bytes, 1);
+        let c = Config::from_toml_str(
+            &format!("[server]\nbacklog_memory_bytes = 4_294_967_296\n{l}"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.backlog_memory_bytes, 1 << 32);
+        let e = err(&format!("[server]\nbacklog_memory_bytes = 0\n{l}"));
+        assert!(
+            e.contains("table [server], key `backlog_memory_bytes`: 0 is not allowed"),
+            "{e}"
+        );
+        let e = err(&format!("[server]\nbacklog_memory_bytes = '1GiB'\n{l}"));
+        assert!(
+            e.contains("table [server], key `backlog_memory_bytes` (line 2)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn no_channel_tables_means_the_built_in_class() {
+        for c in [
+            Config::embedded_default(),
+            Config::from_toml_str("[listener.p]\nbind=['127.0.0.1:0']\n", "t").unwrap(),
+        ] {
+            assert_eq!(c.channels.iter().count(), 1);
+            assert_eq!(
+                c.channels.class_for_str("anything"),
+                &crate::classes::ChannelClass::default()
+            );
+        }
     }
 }

@@ -5,24 +5,34 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
+use axum::routing::{get, put};
 use bytes::Bytes;
-use tslm_protocol::{ChannelName, ErrorCode, Payload, ProtoError, v1};
+use serde::Deserialize;
+use tslm_protocol::{
+    ChannelName, ChannelOptions, Epoch, ErrorCode, Offset, Payload, ProtoError, Start, v1,
+};
 
 use crate::listener::{ConnSlot, ListenerCtx};
-
+use crate::ops::{self, Access};
 use crate::session;
 
 type Ctx = State<Arc<ListenerCtx>>;
 
 pub(crate) fn router(ctx: Arc<ListenerCtx>) -> Router {
     Router::new()
-        .route("/v1/channels/{name}", put(create_channel))
-        .route("/v1/channels/{name}/messages", post(publish))
+        .route("/v1/channels", get(list_channels))
+        .route(
+            "/v1/channels/{name}",
+            put(create_channel).delete(delete_channel),
+        )
+        .route(
+            "/v1/channels/{name}/messages",
+            get(read_history).post(publish),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
         .with_state(ctx)
@@ -65,8 +75,8 @@ fn admit(
     req: &Request,
     allowed: bool,
     what: &str,
-    name: Result<Path<String>, PathRejection>,
-) -> Result<ChannelName, ProtoError> {
+    name: Option<Result<Path<String>, PathRejection>>,
+) -> Result<Option<ChannelName>, ProtoError> {
     let conn = slot(req.extensions());
     if !crate::upgrade::authorized(&ctx.cfg, req.headers(), false) {
         return Err(ProtoError::new(
@@ -75,16 +85,34 @@ fn admit(
         ));
     }
     if !allowed {
-        return Err(ProtoError::new(
-            ErrorCode::Forbidden,
-            format!("this listener does not allow {what}"),
-        ));
+        return Err(ops::forbidden_listener(what));
     }
     if conn.is_some_and(|c| !c.allow_command()) {
         return Err(session::rate_limited(&ctx.cfg));
     }
+    let Some(name) = name else {
+        return Ok(None);
+    };
     let Path(name) = name.map_err(|_| ProtoError::bad_request("bad channel name in path"))?;
-    ChannelName::new(&name).map_err(|e| ProtoError::bad_request(e.to_string()))
+    ChannelName::new(&name)
+        .map(Some)
+        .map_err(|e| ProtoError::bad_request(e.to_string()))
+}
+
+/// `admit` for the routes that name a channel.
+fn admit_channel(
+    ctx: &ListenerCtx,
+    req: &Request,
+    allowed: bool,
+    what: &str,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<ChannelName, ProtoError> {
+    admit(ctx, req, allowed, what, Some(name))?
+        .ok_or_else(|| ProtoError::bad_request("missing channel name"))
+}
+
+fn ok_response(status: StatusCode, s: v1::Success<'_>) -> Response {
+    json_response(status, v1::encode_http_ok(s))
 }
 
 async fn create_channel(
@@ -93,21 +121,51 @@ async fn create_channel(
     req: Request,
 ) -> Response {
     let allowed = ctx.cfg.permissions.create;
-    let channel = match admit(&ctx, &req, allowed, "create", name) {
-        Ok(c) => c,
-        Err(e) => return error_response(&e),
+    let result = async {
+        let channel = admit_channel(&ctx, &req, allowed, "create", name)?;
+        let body = read_body(&ctx, req).await?;
+        let options = if body.iter().all(u8::is_ascii_whitespace) {
+            ChannelOptions::default()
+        } else {
+            v1::decode_options(&body)?
+        };
+        ops::create(&ctx, &channel, &options, "http")
     };
-    let created = ctx.hub.create(&channel);
-    if created {
-        tracing::info!(listener = %ctx.cfg.name, channel = %channel, via = "http", "channel created");
+    match result.await {
+        Err(e) => error_response(&e),
+        Ok(c) => {
+            let status = if c.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            ok_response(
+                status,
+                v1::Success::Created {
+                    created: c.created,
+                    epoch: c.epoch,
+                },
+            )
+        }
     }
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    json_response(status, v1::encode_http_ok(v1::Success::Created(created)))
 }
+
+async fn delete_channel(
+    State(ctx): Ctx,
+    name: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> Response {
+    let allowed = ctx.cfg.permissions.create;
+    let result = admit_channel(&ctx, &req, allowed, "delete", name)
+        .and_then(|channel| ops::delete(&ctx, &channel));
+    match result {
+        Err(e) => error_response(&e),
+        Ok(()) => ok_response(StatusCode::OK, v1::Success::Deleted),
+    }
+}
+
+/// The longest `Idempotency-Key` (the HTTP form of `msg_id`).
+const MAX_MSG_ID_BYTES: usize = 128;
 
 async fn publish(
     State(ctx): Ctx,
@@ -115,23 +173,166 @@ async fn publish(
     req: Request,
 ) -> Response {
     let allowed = ctx.cfg.permissions.publish;
-    let channel = match admit(&ctx, &req, allowed, "publish", name) {
-        Ok(c) => c,
-        Err(e) => return error_response(&e),
+    let result = async {
+        let channel = admit_channel(&ctx, &req, allowed, "publish", name)?;
+        let msg_id = match req.headers().get("idempotency-key") {
+            None => None,
+            Some(v) => {
+                let v = v.to_str().map_err(|_| {
+                    ProtoError::bad_request("`Idempotency-Key` must be visible ASCII")
+                })?;
+                if v.is_empty() || v.len() > MAX_MSG_ID_BYTES {
+                    return Err(ProtoError::bad_request(format!(
+                        "`Idempotency-Key` must be 1 to {MAX_MSG_ID_BYTES} bytes"
+                    )));
+                }
+                Some(v.to_owned())
+            }
+        };
+        let data = read_payload(&ctx, req).await?;
+        ops::publish(&ctx, &channel, &data, msg_id.as_deref(), None)
     };
-    match read_payload(&ctx, req).await {
+    match result.await {
+        Ok(p) => ok_response(StatusCode::OK, ops::published(p)),
         Err(e) => error_response(&e),
-        Ok(data) => match session::publish(&ctx, &channel, &data) {
-            Ok(offset) => json_response(
-                StatusCode::OK,
-                v1::encode_http_ok(v1::Success::Published(offset)),
-            ),
-            Err(e) => error_response(&e),
-        },
+    }
+}
+
+/// Query of `GET /v1/channels/{name}/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    start: Option<String>,
+    last: Option<u64>,
+    epoch: Option<String>,
+    offset: Option<u64>,
+    limit: Option<usize>,
+}
+
+impl HistoryQuery {
+    fn start(&self) -> Result<Start, ProtoError> {
+        let forms = "give `start=oldest`, `start=new`, `last=N` (N >= 1), or `epoch=E&offset=N`";
+        match (&self.start, self.last, &self.epoch, self.offset) {
+            (None, None, None, None) => Ok(Start::Oldest),
+            (Some(s), None, None, None) if s == "oldest" => Ok(Start::Oldest),
+            (Some(s), None, None, None) if s == "new" => Ok(Start::New),
+            (None, Some(n), None, None) if n >= 1 => Ok(Start::Last(n)),
+            (None, None, Some(e), Some(o)) => {
+                let epoch = Epoch::parse(e).ok_or_else(|| {
+                    ProtoError::bad_request("`epoch` must be 16 hexadecimal digits")
+                })?;
+                Ok(Start::After {
+                    epoch,
+                    offset: Offset(o),
+                })
+            }
+            _ => Err(ProtoError::bad_request(forms)),
+        }
+    }
+}
+
+fn query_error(_: QueryRejection) -> ProtoError {
+    ProtoError::bad_request(
+        "bad query: allowed parameters are start, last, epoch, offset, limit (history) or prefix, after, limit (channel list), with numbers where numbers are expected",
+    )
+}
+
+/// Default and largest page of history messages or channels over HTTP.
+const DEFAULT_PAGE: usize = 100;
+
+async fn read_history(
+    State(ctx): Ctx,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+    req: Request,
+) -> Response {
+    // WebSocket clients may connect on any path, the API's GET routes included.
+    if crate::upgrade::is_upgrade_request(req.headers()) {
+        return crate::upgrade::websocket(ctx, req).await;
+    }
+    // Operators' side only: the listeners that may create channels.
+    let allowed = ctx.cfg.permissions.create;
+    let result = (|| {
+        let channel = admit_channel(&ctx, &req, allowed, "reading history", name)?;
+        let Query(q) = query.map_err(query_error)?;
+        let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+        if !(1..=ops::MAX_HISTORY).contains(&limit) {
+            return Err(ProtoError::bad_request(format!(
+                "`limit` must be 1 to {}",
+                ops::MAX_HISTORY
+            )));
+        }
+        ops::history(&ctx, &channel, q.start()?, limit, Access::Manage)
+    })();
+    match result {
+        Err(e) => error_response(&e),
+        Ok(h) => ok_response(
+            StatusCode::OK,
+            v1::Success::History {
+                sub: h.subscription,
+                messages: &h.messages,
+                more: h.more,
+            },
+        ),
+    }
+}
+
+/// Query of `GET /v1/channels`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    prefix: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_channels(
+    State(ctx): Ctx,
+    query: Result<Query<ListQuery>, QueryRejection>,
+    req: Request,
+) -> Response {
+    if crate::upgrade::is_upgrade_request(req.headers()) {
+        return crate::upgrade::websocket(ctx, req).await;
+    }
+    let allowed = ctx.cfg.permissions.create;
+    let result = (|| {
+        admit(&ctx, &req, allowed, "listing channels", None)?;
+        let Query(q) = query.map_err(query_error)?;
+        let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+        if !(1..=ops::MAX_HISTORY).contains(&limit) {
+            return Err(ProtoError::bad_request(format!(
+                "`limit` must be 1 to {}",
+                ops::MAX_HISTORY
+            )));
+        }
+        let after = q
+            .after
+            .as_deref()
+            .map(ChannelName::new)
+            .transpose()
+            .map_err(|e| ProtoError::bad_request(format!("`after`: {e}")))?;
+        ops::channels(&ctx, q.prefix.as_deref(), after.as_ref(), limit)
+    })();
+    match result {
+        Err(e) => error_response(&e),
+        Ok((channels, more)) => ok_response(
+            StatusCode::OK,
+            v1::Success::Channels {
+                channels: &channels,
+                more,
+            },
+        ),
     }
 }
 
 async fn read_payload(ctx: &ListenerCtx, req: Request) -> Result<Payload, ProtoError> {
+    let bytes = read_body(ctx, req).await?;
+    Payload::from_json_bytes(bytes)
+        .map_err(|_| ProtoError::bad_request("the body is not one valid JSON value"))
+}
+
+/// Reads a JSON request body within the listener's message size limit.
+async fn read_body(ctx: &ListenerCtx, req: Request) -> Result<Bytes, ProtoError> {
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
         let essence = ct.split(';').next().unwrap_or("").trim();
@@ -172,8 +373,7 @@ async fn read_payload(ctx: &ListenerCtx, req: Request) -> Result<Payload, ProtoE
         }
         Ok(Ok(b)) => b,
     };
-    Payload::from_json_bytes(bytes)
-        .map_err(|_| ProtoError::bad_request("the body is not one valid JSON value"))
+    Ok(bytes)
 }
 
 async fn method_not_allowed(State(ctx): Ctx, req: Request) -> Response {
@@ -183,7 +383,7 @@ async fn method_not_allowed(State(ctx): Ctx, req: Request) -> Response {
     }
     error_response(&ProtoError::new(
         ErrorCode::MethodNotAllowed,
-        "method not allowed: PUT /v1/channels/{name} creates, POST /v1/channels/{name}/messages publishes",
+        "method not allowed: GET /v1/channels lists; PUT /v1/channels/{name} creates, DELETE deletes; POST /v1/channels/{name}/messages publishes, GET reads history",
     ))
 }
 

@@ -4,10 +4,12 @@
 //! [`Server::run`] serves until the shutdown future resolves, then closes every WebSocket session
 //! with 1001 and waits for connections to finish within the configured grace period.
 
+pub mod classes;
 pub mod config;
 mod http;
 mod iplimit;
 mod listener;
+mod ops;
 mod ratelimit;
 mod session;
 mod stats;
@@ -19,7 +21,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tslm_hub::Hub;
+use tslm_hub::{Hub, HubLimits};
 
 pub use config::{Config, ConfigError, ListenerConfig, Permission, Permissions};
 pub use stats::ServerStats;
@@ -69,10 +71,13 @@ impl Server {
                 });
             }
         }
+        let hub = Hub::with_limits(HubLimits {
+            backlog_memory_bytes: config.backlog_memory_bytes,
+        });
         Ok(Self {
             config,
             listeners,
-            hub: Hub::new(),
+            hub,
             stats: Arc::default(),
         })
     }
@@ -119,6 +124,7 @@ impl Server {
             }
             let ctx = Arc::new(listener::ListenerCtx::new(
                 b.cfg,
+                Arc::clone(&self.config.channels),
                 self.hub.clone(),
                 token.clone(),
                 tracker.clone(),
@@ -126,7 +132,22 @@ impl Server {
             ));
             tracker.spawn(listener::accept_loop(ctx, b.tcp));
         }
+        // Age limits hold for idle channels too: expired backlog entries are swept every second.
+        let sweeper = {
+            let (hub, token) = (self.hub.clone(), token.clone());
+            tracker.spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tick.tick() => hub.sweep(),
+                    }
+                }
+            })
+        };
         shutdown.await;
+        drop(sweeper);
         tracing::info!(
             grace_seconds = self.config.shutdown_grace.as_secs(),
             connections = self.stats.snapshot().connections,

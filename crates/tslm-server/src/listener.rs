@@ -49,6 +49,7 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// What every task of one listener shares.
 pub(crate) struct ListenerCtx {
     pub cfg: Arc<ListenerConfig>,
+    pub channels: Arc<crate::classes::ChannelClasses>,
     pub hub: Hub,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
@@ -60,6 +61,7 @@ pub(crate) struct ListenerCtx {
 impl ListenerCtx {
     pub(crate) fn new(
         cfg: Arc<ListenerConfig>,
+        channels: Arc<crate::classes::ChannelClasses>,
         hub: Hub,
         shutdown: CancellationToken,
         tracker: TaskTracker,
@@ -70,6 +72,7 @@ impl ListenerCtx {
         Self {
             ip_limits,
             cfg,
+            channels,
             hub,
             shutdown,
             tracker,

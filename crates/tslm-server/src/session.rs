@@ -16,13 +16,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tracing::Instrument;
-use tslm_hub::{CloseReason, ConnId, HubError, Outbox};
-use tslm_protocol::{
-    ChannelName, Dialect, ErrorCode, Offset, Payload, ProtoError, close, legacy, v1,
-};
+use tslm_hub::{CatchUp, CloseReason, ConnId, Entry, Outbox};
+use tslm_protocol::{ChannelName, Dialect, ErrorCode, ProtoError, Start, close, legacy, v1};
 
 use crate::config::ListenerConfig;
 use crate::listener::{ConnSlot, ListenerCtx};
+use crate::ops::{self, Access};
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -77,37 +76,6 @@ pub(crate) fn rate_limited(cfg: &ListenerConfig) -> ProtoError {
     )
 }
 
-fn not_found(channel: &ChannelName) -> ProtoError {
-    ProtoError::new(
-        ErrorCode::NotFound,
-        format!("channel `{channel}` does not exist"),
-    )
-}
-
-fn too_large(cfg: &ListenerConfig, len: usize) -> ProtoError {
-    ProtoError::new(
-        ErrorCode::TooLarge,
-        format!(
-            "data is {len} bytes; this listener allows at most {}",
-            cfg.max_publish_bytes
-        ),
-    )
-}
-
-/// Publishes after the size check every entry point shares.
-pub(crate) fn publish(
-    ctx: &ListenerCtx,
-    channel: &ChannelName,
-    data: &Payload,
-) -> Result<Offset, ProtoError> {
-    if data.len() > ctx.cfg.max_publish_bytes {
-        return Err(too_large(&ctx.cfg, data.len()));
-    }
-    ctx.hub
-        .publish(channel, data)
-        .map_err(|HubError::NotFound(c)| not_found(&c))
-}
-
 pub(crate) async fn run(
     ctx: Arc<ListenerCtx>,
     conn: Arc<ConnSlot>,
@@ -145,6 +113,8 @@ pub(crate) async fn run(
         id,
         dialect,
         subscriptions: HashSet::new(),
+        catching: Vec::new(),
+        replies: PerSecond::new(0),
         batch: VecDeque::new(),
         rejections: PerSecond::new(cfg.abuse.max_rejected_commands_per_second),
         control_frames: PerSecond::new(cfg.abuse.max_control_frames_per_second),
@@ -162,7 +132,11 @@ struct Session {
     dialect: Dialect,
     outbox: Arc<Outbox>,
     subscriptions: HashSet<ChannelName>,
-    batch: VecDeque<Bytes>,
+    /// Subscriptions still replaying their backlog (see [`Session::pump_replays`]).
+    catching: Vec<ChannelName>,
+    /// Replies sent in the current second (limited per channel class).
+    replies: PerSecond,
+    batch: VecDeque<Entry>,
     /// Rate-limited commands in the current second.
     rejections: PerSecond,
     /// Ping and pong frames received in the current second.
@@ -179,6 +153,7 @@ impl Drop for Session {
         for channel in self.subscriptions.drain() {
             self.ctx.hub.unsubscribe(&channel, self.id);
         }
+        self.ctx.hub.forget_publisher(self.id);
     }
 }
 
@@ -243,6 +218,37 @@ impl Session {
             if let Err(end) = step {
                 return end;
             }
+            if !self.catching.is_empty() && self.outbox.queued_frames() == 0 {
+                self.pump_replays();
+            }
+        }
+    }
+
+    /// Moves the next part of every backlog replay under way into the outbox, as much as it has
+    /// room for; the outbox wakes the writer, and the loop comes back here once it is drained.
+    /// Replays are pulled, never pushed whole, so a long replay costs no more memory than the
+    /// outbox limit and a slow reader slows only its own replay.
+    fn pump_replays(&mut self) {
+        let mut i = 0;
+        while i < self.catching.len() {
+            let (frames, bytes) = self.outbox.room();
+            if frames == 0 {
+                return;
+            }
+            match self
+                .ctx
+                .hub
+                .catch_up(&self.catching[i], self.id, frames, bytes)
+            {
+                CatchUp::More => i += 1,
+                CatchUp::Done => {
+                    self.catching.swap_remove(i);
+                }
+                CatchUp::Gone => {
+                    let channel = self.catching.swap_remove(i);
+                    self.subscriptions.remove(&channel);
+                }
+            }
         }
     }
 
@@ -304,12 +310,12 @@ impl Session {
                     Err(e) => v1::encode_error(e.id.as_ref(), &e.error),
                     Ok(req) => {
                         let result = if allowed {
-                            self.run_v1(req.op)
+                            self.run_v1(req.op, req.id.as_ref())
                         } else {
                             Err(rate_limited(&self.ctx.cfg))
                         };
                         match result {
-                            Ok(ok) => v1::encode_ok(req.id.as_ref(), ok),
+                            Ok(reply) => reply,
                             Err(e) => v1::encode_error(req.id.as_ref(), &e),
                         }
                     }
@@ -340,85 +346,135 @@ impl Session {
         allowed
     }
 
-    fn forbidden(&self, op: &str) -> ProtoError {
-        ProtoError::new(
-            ErrorCode::Forbidden,
-            format!("this listener does not allow {op}"),
-        )
-    }
-
-    fn run_v1(&mut self, op: v1::Op) -> Result<v1::Success, ProtoError> {
-        let perms = self.ctx.cfg.permissions;
+    /// Runs one v1 request; returns the encoded reply.
+    fn run_v1(&mut self, op: v1::Op, id: Option<&v1::Id>) -> Result<String, ProtoError> {
+        let ctx = Arc::clone(&self.ctx);
+        let ok = |s: v1::Success<'_>| Ok(v1::encode_ok(id, s));
         match op {
-            v1::Op::Ping => Ok(v1::Success::Empty),
-            v1::Op::Create { channel } => {
-                if !perms.create {
-                    return Err(self.forbidden("create"));
-                }
-                Ok(v1::Success::Created(self.create(&channel)))
+            v1::Op::Ping => ok(v1::Success::Empty),
+            v1::Op::Create { channel, options } => {
+                let c = ops::create(&ctx, &channel, &options, "websocket")?;
+                ok(v1::Success::Created {
+                    created: c.created,
+                    epoch: c.epoch,
+                })
             }
-            v1::Op::Publish { channel, data } => {
-                if !perms.publish {
-                    return Err(self.forbidden("publish"));
-                }
-                publish(&self.ctx, &channel, &data).map(v1::Success::Published)
+            v1::Op::Delete { channel } => {
+                ops::delete(&ctx, &channel)?;
+                ok(v1::Success::Deleted)
             }
-            v1::Op::Subscribe { channel } => {
-                if !perms.subscribe {
-                    return Err(self.forbidden("subscribe"));
+            v1::Op::Publish {
+                channel,
+                data,
+                msg_id,
+            } => {
+                let publisher = Some((self.id, &self.outbox));
+                let p = ops::publish(&ctx, &channel, &data, msg_id.as_deref(), publisher)?;
+                ok(ops::published(p))
+            }
+            v1::Op::Subscribe { channel, start } => {
+                ops::admit(&ctx, "subscribe", &channel, Access::Read)?;
+                let subscription = self.subscribe(channel, start)?;
+                ok(v1::Success::Subscribed(subscription))
+            }
+            v1::Op::Unsubscribe { channel } => {
+                ops::admit(&ctx, "unsubscribe", &channel, Access::Read)?;
+                if self.subscriptions.remove(&channel) {
+                    self.ctx.hub.unsubscribe(&channel, self.id);
+                    self.catching.retain(|c| *c != channel);
                 }
-                if self.at_subscription_limit(&channel) {
+                ok(v1::Success::Empty)
+            }
+            v1::Op::History {
+                channel,
+                start,
+                limit,
+            } => {
+                let h = ops::history(&ctx, &channel, start, limit, Access::Read)?;
+                ok(v1::Success::History {
+                    sub: h.subscription,
+                    messages: &h.messages,
+                    more: h.more,
+                })
+            }
+            v1::Op::Reply {
+                channel,
+                offset,
+                data,
+            } => {
+                let class = ops::admit(&ctx, "reply", &channel, Access::Read)?;
+                if !self.subscriptions.contains(&channel) {
                     return Err(ProtoError::new(
-                        ErrorCode::LimitExceeded,
+                        ErrorCode::Forbidden,
+                        format!("subscribe to `{channel}` before replying to its messages"),
+                    ));
+                }
+                self.replies.max = class.replies_per_second;
+                if self.replies.hit() {
+                    return Err(ProtoError::new(
+                        ErrorCode::RateLimited,
                         format!(
-                            "this connection already has {} subscriptions, the most this listener allows",
-                            self.subscriptions.len()
+                            "reply rate exceeded: channel class \"{}\" allows {} replies per second",
+                            class.pattern, class.replies_per_second
                         ),
                     ));
                 }
-                self.subscribe(channel)
-                    .map_err(|HubError::NotFound(c)| not_found(&c))?;
-                Ok(v1::Success::Empty)
+                self.ctx
+                    .hub
+                    .reply(&channel, offset, self.id, &data)
+                    .map_err(ops::reply_error)?;
+                ok(v1::Success::Empty)
             }
-            v1::Op::Unsubscribe { channel } => {
-                if !perms.subscribe {
-                    return Err(self.forbidden("unsubscribe"));
-                }
-                if self.subscriptions.remove(&channel) {
-                    self.ctx.hub.unsubscribe(&channel, self.id);
-                }
-                Ok(v1::Success::Empty)
+            v1::Op::Channels {
+                prefix,
+                after,
+                limit,
+            } => {
+                let (channels, more) =
+                    ops::channels(&ctx, prefix.as_deref(), after.as_ref(), limit)?;
+                ok(v1::Success::Channels {
+                    channels: &channels,
+                    more,
+                })
             }
         }
     }
 
     fn run_legacy(&mut self, req: legacy::Request) -> Result<String, legacy::Error> {
-        let perms = self.ctx.cfg.permissions;
         let command = req.command();
-        let allowed = match command {
-            legacy::Command::CreateChannel => perms.create,
-            legacy::Command::Subscribe => perms.subscribe,
-            legacy::Command::NotifyChannel => perms.publish,
+        let denied = |e: ProtoError| {
+            if e.code == ErrorCode::Forbidden {
+                legacy::Error::PermissionDenied(command)
+            } else {
+                legacy::Error::ChannelNotFound(req.channel().clone())
+            }
         };
-        if !allowed {
-            return Err(legacy::Error::PermissionDenied(command));
-        }
+        let ctx = Arc::clone(&self.ctx);
         match &req {
             legacy::Request::CreateChannel(c) => {
-                if !self.create(c) {
+                let created =
+                    ops::create(&ctx, c, &Default::default(), "websocket").map_err(denied)?;
+                if !created.created {
                     return Err(legacy::Error::AlreadyRegistered(c.clone()));
                 }
             }
             legacy::Request::Subscribe(c) => {
-                if self.at_subscription_limit(c) {
-                    return Err(legacy::Error::SubscriptionLimit);
-                }
-                self.subscribe(c.clone())
-                    .map_err(|HubError::NotFound(c)| legacy::Error::ChannelNotFound(c))?;
+                ops::admit(&ctx, "subscribe", c, Access::Read).map_err(denied)?;
+                let replay = ctx.hub.settings(c).map_or(0, |s| s.legacy_replay);
+                let start = if replay > 0 {
+                    Start::Last(replay as u64)
+                } else {
+                    Start::New
+                };
+                self.subscribe(c.clone(), start).map_err(|e| match e.code {
+                    ErrorCode::LimitExceeded => legacy::Error::SubscriptionLimit,
+                    _ => legacy::Error::ChannelNotFound(c.clone()),
+                })?;
             }
             legacy::Request::NotifyChannel(c, data) => {
-                publish(&self.ctx, c, data).map_err(|e| match e.code {
+                ops::publish(&ctx, c, data, None, None).map_err(|e| match e.code {
                     ErrorCode::TooLarge => legacy::Error::TooLarge,
+                    ErrorCode::Forbidden => legacy::Error::PermissionDenied(command),
                     _ => legacy::Error::ChannelNotFound(c.clone()),
                 })?;
             }
@@ -426,27 +482,40 @@ impl Session {
         Ok(legacy::encode_success(command, req.channel()))
     }
 
-    fn create(&self, channel: &ChannelName) -> bool {
-        let created = self.ctx.hub.create(channel);
-        if created {
-            tracing::info!(listener = %self.ctx.cfg.name, channel = %channel, "channel created");
-        }
-        created
-    }
-
-    /// Whether subscribing to `channel` would go over `max_subscriptions_per_connection`
-    /// (re-subscribing to a channel already subscribed never does).
-    fn at_subscription_limit(&self, channel: &ChannelName) -> bool {
-        !self.subscriptions.contains(channel)
+    /// Subscribes this connection, within its subscription limit; a replay from the backlog
+    /// starts once the reply is written (see [`Session::pump_replays`]).
+    fn subscribe(
+        &mut self,
+        channel: ChannelName,
+        start: Start,
+    ) -> Result<tslm_protocol::Subscription, ProtoError> {
+        if !self.subscriptions.contains(&channel)
             && self.subscriptions.len() >= self.ctx.cfg.abuse.max_subscriptions_per_connection
-    }
-
-    fn subscribe(&mut self, channel: ChannelName) -> Result<(), HubError> {
-        self.ctx
+        {
+            // Subscriptions of deleted channels end without a word to the session: forget those
+            // before refusing.
+            let (hub, id) = (&self.ctx.hub, self.id);
+            self.subscriptions.retain(|c| hub.is_subscribed(c, id));
+            if self.subscriptions.len() >= self.ctx.cfg.abuse.max_subscriptions_per_connection {
+                return Err(ProtoError::new(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "this connection already has {} subscriptions, the most this listener allows",
+                        self.subscriptions.len()
+                    ),
+                ));
+            }
+        }
+        let s = self
+            .ctx
             .hub
-            .subscribe(&channel, self.id, self.dialect, &self.outbox)?;
+            .subscribe(&channel, self.id, self.dialect, &self.outbox, start)
+            .map_err(ops::hub_error)?;
+        if s.catching_up && !self.catching.contains(&channel) {
+            self.catching.push(channel.clone());
+        }
         self.subscriptions.insert(channel);
-        Ok(())
+        Ok(s.subscription)
     }
 
     /// Writes every queued delivery, then `extra` (a reply or a ping), and flushes; the
@@ -510,21 +579,24 @@ const MAX_IOVECS: usize = 512;
 
 /// Writes `frames` whole, in order, with vectored writes (one system call per up to
 /// `MAX_IOVECS` frames, however the kernel splits them).
-async fn write_frames(io: &mut TokioIo<Upgraded>, frames: &VecDeque<Bytes>) -> std::io::Result<()> {
+async fn write_frames(io: &mut TokioIo<Upgraded>, frames: &VecDeque<Entry>) -> std::io::Result<()> {
     let (mut first, mut offset) = (0, 0);
     while first < frames.len() {
         let slices: Vec<std::io::IoSlice<'_>> = frames
             .range(first..)
             .take(MAX_IOVECS)
             .enumerate()
-            .map(|(i, f)| std::io::IoSlice::new(if i == 0 { &f[offset..] } else { &f[..] }))
+            .map(|(i, e)| {
+                let f = e.frame();
+                std::io::IoSlice::new(if i == 0 { &f[offset..] } else { &f[..] })
+            })
             .collect();
         let mut n = io.write_vectored(&slices).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         while n > 0 {
-            let rest = frames[first].len() - offset;
+            let rest = frames[first].frame().len() - offset;
             if n >= rest {
                 n -= rest;
                 first += 1;
