@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use tslm_client::{Client, ClientError, ConnectOptions};
+use tslm_protocol::v1::{ReplyOk, ServerMessage};
+use tslm_protocol::{Epoch, Offset, Start};
 use tslm_server::Config;
 
 #[derive(Parser)]
@@ -42,6 +44,10 @@ enum Command {
         /// Exit after this many messages.
         #[arg(long, short = 'n')]
         count: Option<u64>,
+        /// Where to start: `new` (default), `oldest`, `last:N`, or `EPOCH:OFFSET` to resume
+        /// after the message OFFSET of EPOCH (as printed on stderr when subscribing).
+        #[arg(long, value_parser = parse_start, default_value = "new")]
+        start: Start,
         #[command(flatten)]
         auth: AuthArgs,
     },
@@ -56,6 +62,40 @@ enum Command {
         /// Publish the data as a JSON string instead of parsing it as JSON.
         #[arg(long)]
         text: bool,
+        /// A message id: publishing it again within the channel's de-duplication window is
+        /// acknowledged with the first offset and not delivered twice (DATA only, not stdin).
+        #[arg(long, value_name = "ID", requires = "data")]
+        msg_id: Option<String>,
+        #[command(flatten)]
+        auth: AuthArgs,
+    },
+    /// Read a channel's backlog without subscribing; prints one JSON line per message.
+    History {
+        /// WebSocket URL of a listener that allows subscribing.
+        url: String,
+        channel: String,
+        /// `oldest` (default), `new`, `last:N`, or `EPOCH:OFFSET`.
+        #[arg(long, value_parser = parse_start, default_value = "oldest")]
+        start: Start,
+        /// At most this many messages (1..=1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        auth: AuthArgs,
+    },
+    /// Delete a channel: its subscribers are told, its backlog is dropped.
+    Delete {
+        url: String,
+        channel: String,
+        #[command(flatten)]
+        auth: AuthArgs,
+    },
+    /// List channels (listeners that may create only); one JSON line per channel.
+    Channels {
+        url: String,
+        /// Only channels whose name starts with this.
+        #[arg(long)]
+        prefix: Option<String>,
         #[command(flatten)]
         auth: AuthArgs,
     },
@@ -247,33 +287,126 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `new`, `oldest`, `last:N` or `EPOCH:OFFSET`.
+fn parse_start(s: &str) -> Result<Start, String> {
+    match s {
+        "new" => return Ok(Start::New),
+        "oldest" => return Ok(Start::Oldest),
+        _ => {}
+    }
+    if let Some(n) = s.strip_prefix("last:") {
+        return match n.parse::<u64>() {
+            Ok(n) if n >= 1 => Ok(Start::Last(n)),
+            _ => Err(format!("`last:N` needs N >= 1, got `{n}`")),
+        };
+    }
+    let (epoch, offset) = s
+        .split_once(':')
+        .ok_or("expected new, oldest, last:N or EPOCH:OFFSET")?;
+    let epoch = Epoch::parse(epoch).ok_or("an epoch is 16 hexadecimal digits")?;
+    let offset = offset
+        .parse::<u64>()
+        .map_err(|_| format!("bad offset `{offset}`"))?;
+    Ok(Start::After {
+        epoch,
+        offset: Offset(offset),
+    })
+}
+
 fn fail(e: ClientError) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::FAILURE
 }
 
-async fn sub(url: &str, channels: &[String], count: Option<u64>, auth: &AuthArgs) -> ExitCode {
+fn json_str(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+/// One line on stderr describing where a subscription starts (so a later run can resume).
+fn describe_subscription(channel: &str, ok: &ReplyOk) -> String {
+    let mut line = format!(
+        "{{\"subscribed\":{},\"epoch\":{},\"offset\":{},\"from\":{}",
+        json_str(channel),
+        json_str(ok.epoch.as_deref().unwrap_or("")),
+        ok.offset.unwrap_or(0),
+        ok.from.unwrap_or(0)
+    );
+    if let Some(r) = ok.recovered {
+        line.push_str(&format!(",\"recovered\":{r}"));
+    }
+    if let Some(lost) = &ok.lost {
+        line.push_str(&format!(
+            ",\"lost\":{{\"reason\":{}",
+            json_str(&lost.reason)
+        ));
+        if let (Some(f), Some(t)) = (lost.from, lost.to) {
+            line.push_str(&format!(",\"from\":{f},\"to\":{t}"));
+        }
+        line.push('}');
+    }
+    line.push('}');
+    line
+}
+
+async fn sub(
+    url: &str,
+    channels: &[String],
+    count: Option<u64>,
+    start: Start,
+    auth: &AuthArgs,
+) -> ExitCode {
     let mut client = match Client::connect_with(url, auth.options()).await {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
     for ch in channels {
-        if let Err(e) = client.subscribe(ch).await {
-            eprintln!("error: subscribe {ch}: {e}");
-            return ExitCode::FAILURE;
+        match client.subscribe_from(ch, start).await {
+            Ok(ok) => eprintln!("{}", describe_subscription(ch, &ok)),
+            Err(e) => {
+                eprintln!("error: subscribe {ch}: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     }
+    // Every event is printed: a gap or a closed channel is never skipped silently.
+    let mut open = channels
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
     let mut seen = 0u64;
     while count.is_none_or(|n| seen < n) {
-        match client.next_delivery().await {
-            Ok(d) => {
-                let channel = serde_json::Value::String(d.channel).to_string();
+        match client.next_event().await {
+            Ok(ServerMessage::Message {
+                channel,
+                offset,
+                data,
+            }) => {
                 println!(
-                    "{{\"channel\":{channel},\"offset\":{},\"data\":{}}}",
-                    d.offset, d.data
+                    "{{\"channel\":{},\"offset\":{offset},\"data\":{data}}}",
+                    json_str(&channel)
                 );
                 seen += 1;
             }
+            Ok(ServerMessage::Gap { channel, from, to }) => {
+                println!(
+                    "{{\"event\":\"gap\",\"channel\":{},\"from\":{from},\"to\":{to}}}",
+                    json_str(&channel)
+                );
+            }
+            Ok(ServerMessage::Closed { channel, reason }) => {
+                println!(
+                    "{{\"event\":\"closed\",\"channel\":{},\"reason\":{}}}",
+                    json_str(&channel),
+                    json_str(&reason)
+                );
+                open = open.saturating_sub(1);
+                if open == 0 {
+                    eprintln!("error: no subscription left (the last channel closed: {reason})");
+                    client.close().await;
+                    return ExitCode::FAILURE;
+                }
+            }
+            Ok(_) => {}
             Err(e) => return fail(e),
         }
     }
@@ -281,11 +414,98 @@ async fn sub(url: &str, channels: &[String], count: Option<u64>, auth: &AuthArgs
     ExitCode::SUCCESS
 }
 
+async fn history(
+    url: &str,
+    channel: &str,
+    start: Start,
+    limit: usize,
+    auth: &AuthArgs,
+) -> ExitCode {
+    let client = match Client::connect_with(url, auth.options()).await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let status = match client.history(channel, start, limit).await {
+        Ok(ok) => {
+            eprintln!("{}", describe_subscription(channel, &ok));
+            for m in ok.messages.unwrap_or_default() {
+                println!(
+                    "{{\"channel\":{},\"offset\":{},\"data\":{}}}",
+                    json_str(channel),
+                    m.offset,
+                    m.data
+                );
+            }
+            if ok.more == Some(true) {
+                eprintln!("more messages follow: raise --limit or start after the last offset");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    };
+    client.close().await;
+    status
+}
+
+async fn delete(url: &str, channel: &str, auth: &AuthArgs) -> ExitCode {
+    let client = match Client::connect_with(url, auth.options()).await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let status = match client.delete(channel).await {
+        Ok(_) => {
+            println!("deleted {channel}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    };
+    client.close().await;
+    status
+}
+
+async fn list_channels(url: &str, prefix: Option<&str>, auth: &AuthArgs) -> ExitCode {
+    let client = match Client::connect_with(url, auth.options()).await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let mut after: Option<String> = None;
+    let status = loop {
+        match client
+            .channels_page(prefix, after.as_deref(), Some(1000))
+            .await
+        {
+            Ok(ok) => {
+                let list = ok.channels.unwrap_or_default();
+                for c in &list {
+                    println!(
+                        "{{\"channel\":{},\"epoch\":{},\"offset\":{},\"subscribers\":{},\"backlog\":{{\"messages\":{},\"bytes\":{},\"first_offset\":{}}}}}",
+                        json_str(&c.channel),
+                        json_str(&c.epoch),
+                        c.offset,
+                        c.subscribers,
+                        c.backlog.messages,
+                        c.backlog.bytes,
+                        c.backlog.first_offset
+                    );
+                }
+                match (ok.more, list.last()) {
+                    (Some(true), Some(last)) => after = Some(last.channel.clone()),
+                    _ => break ExitCode::SUCCESS,
+                }
+            }
+            Err(e) => break fail(e),
+        }
+    };
+    client.close().await;
+    status
+}
+
 async fn publish(
     url: &str,
     channel: &str,
     data: Option<&str>,
     text: bool,
+    msg_id: Option<&str>,
     auth: &AuthArgs,
 ) -> ExitCode {
     let client = match Client::connect_with(url, auth.options()).await {
@@ -295,10 +515,17 @@ async fn publish(
     let one = |line: String| {
         let client = &client;
         async move {
-            if text {
-                client.publish_text(channel, &line).await
+            let json = if text {
+                serde_json::Value::String(line).to_string()
             } else {
-                client.publish_json(channel, &line).await
+                line
+            };
+            match msg_id {
+                Some(id) => client
+                    .publish_with_id(channel, &json, id)
+                    .await
+                    .map(|ok| ok.offset.unwrap_or(0)),
+                None => client.publish_json(channel, &json).await,
             }
         }
     };
@@ -472,20 +699,48 @@ async fn async_main(command: Option<Command>, serve_args: ServeArgs) -> ExitCode
             url,
             channels,
             count,
+            start,
             auth,
         }) => {
             init_logging("warn");
-            sub(&url, &channels, count, &auth).await
+            sub(&url, &channels, count, start, &auth).await
         }
         Some(Command::Pub {
             url,
             channel,
             data,
             text,
+            msg_id,
             auth,
         }) => {
             init_logging("warn");
-            publish(&url, &channel, data.as_deref(), text, &auth).await
+            publish(
+                &url,
+                &channel,
+                data.as_deref(),
+                text,
+                msg_id.as_deref(),
+                &auth,
+            )
+            .await
+        }
+        Some(Command::History {
+            url,
+            channel,
+            start,
+            limit,
+            auth,
+        }) => {
+            init_logging("warn");
+            history(&url, &channel, start, limit, &auth).await
+        }
+        Some(Command::Delete { url, channel, auth }) => {
+            init_logging("warn");
+            delete(&url, &channel, &auth).await
+        }
+        Some(Command::Channels { url, prefix, auth }) => {
+            init_logging("warn");
+            list_channels(&url, prefix.as_deref(), &auth).await
         }
         Some(Command::Create { url, channel, auth }) => {
             init_logging("warn");

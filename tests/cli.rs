@@ -422,6 +422,87 @@ async fn the_cli_creates_publishes_and_subscribes() {
 }
 
 #[tokio::test]
+async fn the_cli_resumes_reads_history_deduplicates_lists_and_deletes() {
+    let srv = TestServer::default().await;
+    let (public, private) = (srv.url("public"), srv.url("private"));
+    run_cli(&["create", &private, "feed"], None).await;
+    let (code, out, err) = run_cli(&["pub", &private, "feed"], Some("1\n2\n3\n")).await;
+    assert_eq!((code, out.as_str()), (0, "1\n2\n3\n"), "{err}");
+    // A message id published twice keeps its first offset.
+    let (_, out, _) = run_cli(&["pub", &private, "feed", "4", "--msg-id", "k"], None).await;
+    assert_eq!(out, "4\n");
+    let (_, out, _) = run_cli(&["pub", &private, "feed", "5", "--msg-id", "k"], None).await;
+    assert_eq!(out, "4\n");
+
+    // History prints the backlog; stderr says where it stands.
+    let (code, out, err) = run_cli(&["history", &public, "feed", "--start", "last:2"], None).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "{\"channel\":\"feed\",\"offset\":3,\"data\":3}\n{\"channel\":\"feed\",\"offset\":4,\"data\":4}\n"
+    );
+    let info: serde_json::Value = serde_json::from_str(err.lines().next().unwrap()).unwrap();
+    let epoch = info["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(epoch.len(), 16, "{err}");
+
+    // A subscriber resumes after offset 2 of that epoch.
+    let (code, out, err) = run_cli(
+        &[
+            "sub",
+            &public,
+            "feed",
+            "--start",
+            &format!("{epoch}:2"),
+            "-n",
+            "2",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("\"recovered\":true"), "{err}");
+    assert_eq!(
+        out,
+        "{\"channel\":\"feed\",\"offset\":3,\"data\":3}\n{\"channel\":\"feed\",\"offset\":4,\"data\":4}\n"
+    );
+    let (code, _, err) = run_cli(&["sub", &public, "feed", "--start", "zz:1"], None).await;
+    assert_eq!(code, 2, "a bad start is a usage error: {err}");
+
+    let (code, out, _) = run_cli(&["channels", &private, "--prefix", "fe"], None).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("{\"channel\":\"feed\""), "{out}");
+    assert!(out.contains("\"offset\":4,\"subscribers\":0"), "{out}");
+
+    // A subscriber is told when the channel is deleted.
+    let sub = Command::new(BIN)
+        .args(["sub", &public, "feed", "-n", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    srv.wait_for("cli subscriber", |s| s.hub.stats().subscriptions == 1)
+        .await;
+    assert_eq!(
+        run_cli(&["delete", &private, "feed"], None).await,
+        (0, "deleted feed\n".into(), String::new())
+    );
+    let (code, _, err) = run_cli(&["delete", &private, "feed"], None).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("not_found"), "{err}");
+    // With no subscription left it exits non-zero, saying why.
+    let out = tokio::time::timeout(T, sub.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"event\":\"closed\",\"channel\":\"feed\",\"reason\":\"deleted\"}\n"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no subscription left"));
+}
+
+#[tokio::test]
 async fn the_cli_reports_failures_with_a_nonzero_exit() {
     let srv = TestServer::default().await;
     let (public, private) = (srv.url("public"), srv.url("private"));
