@@ -129,6 +129,15 @@ pub(crate) fn publish(
     let opts = PublishOptions { msg_id, publisher };
     match ctx.hub.publish_with(channel, data, opts) {
         Err(HubError::NotFound(_)) if class.auto_create => {
+            // A message the new channel would refuse must not create it.
+            let max = class.settings.max_message_bytes;
+            if data.len() > max {
+                return Err(hub_error(HubError::TooLarge {
+                    channel: channel.clone(),
+                    len: data.len(),
+                    max,
+                }));
+            }
             let created = ctx.hub.create_with(channel, class.settings.clone());
             if created.created {
                 tracing::info!(listener = %ctx.cfg.name, channel = %channel, epoch = %created.epoch, via = "publish", "channel created");
