@@ -10,7 +10,7 @@ use tslm_protocol::{
     WsFrame, legacy, v1,
 };
 
-use crate::outbox::{Lane, Outbox, PushError};
+use crate::outbox::{Outbox, PushError};
 use crate::settings::{ChannelSettings, SlowPolicy};
 
 /// A connection's id, unique for the life of the process (never 0).
@@ -209,7 +209,6 @@ struct State {
 struct Sub {
     conn: ConnId,
     outbox: Arc<Outbox>,
-    lane: Lane,
 }
 
 struct Catching {
@@ -478,7 +477,6 @@ impl Hub {
         let sub = Sub {
             conn,
             outbox: Arc::clone(outbox),
-            lane: outbox.new_lane(),
         };
         let catching_up = from <= last;
         if catching_up {
@@ -554,11 +552,10 @@ impl Hub {
                 bytes += frame.len();
                 frames += 1;
                 let pushed = match c.dialect {
-                    Dialect::V1 => {
-                        c.sub
-                            .outbox
-                            .push_delivery(frame, c.sub.lane, Offset(c.next), name, policy)
-                    }
+                    Dialect::V1 => c
+                        .sub
+                        .outbox
+                        .push_delivery(frame, Offset(c.next), name, policy),
                     Dialect::Legacy => c.sub.outbox.push(frame),
                 };
                 failed = pushed.is_err();
@@ -1014,7 +1011,7 @@ fn fan_out(
     } else {
         subs.retain(|s| {
             s.outbox
-                .push_delivery(frame.clone(), s.lane, offset, name, policy)
+                .push_delivery(frame.clone(), offset, name, policy)
                 .is_ok()
         });
     }
@@ -1027,7 +1024,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{CloseReason, Entry, OutboxLimits};
+    use crate::{CloseReason, OutboxLimits};
 
     fn ch(s: &str) -> ChannelName {
         ChannelName::new(s).unwrap()
@@ -1042,11 +1039,10 @@ mod tests {
 
     /// The JSON texts of the queued frames.
     fn drain(ob: &Outbox) -> Vec<String> {
-        let mut q: VecDeque<Entry> = VecDeque::new();
+        let mut q: VecDeque<Bytes> = VecDeque::new();
         ob.take(&mut q);
         q.into_iter()
-            .map(|e| {
-                let b = e.frame();
+            .map(|b| {
                 assert_eq!(b[0], 0x81, "a final, unmasked text frame");
                 let header = match b[1] {
                     126 => 4,
@@ -1418,7 +1414,7 @@ mod tests {
         hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &slow, Start::New)
             .unwrap();
         publish_n(&hub, "c", 10);
-        // Each overflow leaves only the newest message of the lane queued.
+        // Each overflow leaves only the newest message of the subscription queued.
         assert_eq!(offsets(&slow), ["9", "10"]);
     }
 

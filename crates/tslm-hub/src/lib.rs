@@ -14,5 +14,5 @@ pub use hub::{
     CatchUp, ConnId, Created, History, Hub, HubError, HubLimits, HubStats, PublishOptions,
     Published, ReplyError, Subscribed,
 };
-pub use outbox::{CloseReason, Entry, Lane, Outbox, OutboxLimits, PushError};
+pub use outbox::{CloseReason, Outbox, OutboxLimits, PushError};
 pub use settings::{ChannelSettings, SlowPolicy};

@@ -37,32 +37,42 @@ pub enum PushError {
     Full,
 }
 
-/// A subscription's lane in its connection's outbox: lets a lossy slow-subscriber policy drop
-/// that subscription's queued frames and no other. Lane 0 is the shared lane of everything that
-/// is never dropped selectively.
-pub type Lane = u32;
-
-/// One queued frame.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    frame: Bytes,
-    lane: Lane,
-    kind: EntryKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EntryKind {
-    Other,
-    /// A delivery of this offset.
-    Message(u64),
-    /// A `gap` event for offsets `.0..=.1` (merged when more of the lane is dropped).
-    Gap(u64, u64),
-}
-
-impl Entry {
-    /// The complete WebSocket frame to write.
-    pub fn frame(&self) -> &Bytes {
-        &self.frame
+/// The offsets a queued v1 frame of `channel` covers: a delivery's offset, or a `gap` event's
+/// range; `None` for any other frame.
+///
+/// Queues hold many frames, so nothing is stored beside them: a subscription is identified by
+/// its channel (one per connection), and the offsets a lossy policy needs are read back from the
+/// frames, on the rare overflow path only.
+fn covered(frame: &[u8], channel: &ChannelName) -> Option<(u64, u64)> {
+    let header = match frame.get(1)? & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    let json = frame.get(header..)?;
+    let of_channel = |rest: &[u8]| {
+        rest.strip_prefix(b",\"channel\":\"")
+            .and_then(|r| r.strip_prefix(channel.as_bytes()))
+            .is_some_and(|r| r.first() == Some(&b'"'))
+    };
+    // Channel names contain no `"`, and `data` comes last: the first match is the field.
+    let number = |key: &[u8]| -> Option<u64> {
+        let at = json.windows(key.len()).position(|w| w == key)? + key.len();
+        let digits = json[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+        std::str::from_utf8(&json[at..at + digits])
+            .ok()?
+            .parse()
+            .ok()
+    };
+    if let Some(rest) = json.strip_prefix(b"{\"event\":\"message\"") {
+        of_channel(rest).then_some(())?;
+        let o = number(b"\"offset\":")?;
+        Some((o, o))
+    } else if let Some(rest) = json.strip_prefix(b"{\"event\":\"gap\"") {
+        of_channel(rest).then_some(())?;
+        Some((number(b"\"from\":")?, number(b"\"to\":")?))
+    } else {
+        None
     }
 }
 
@@ -85,10 +95,9 @@ pub struct Outbox {
 
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<Entry>,
+    queue: VecDeque<Bytes>,
     bytes: usize,
     closed: Option<CloseReason>,
-    next_lane: Lane,
 }
 
 impl Outbox {
@@ -107,13 +116,6 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A lane of its own for a new subscription (never 0).
-    pub fn new_lane(&self) -> Lane {
-        let mut st = self.lock();
-        st.next_lane = st.next_lane.wrapping_add(1).max(1);
-        st.next_lane
-    }
-
     fn over(&self, st: &State, len: usize) -> bool {
         !st.queue.is_empty()
             && (st.bytes + len > self.limits.max_bytes
@@ -129,10 +131,10 @@ impl Outbox {
         )
     }
 
-    fn append(&self, mut st: std::sync::MutexGuard<'_, State>, entry: Entry) {
+    fn append(&self, mut st: std::sync::MutexGuard<'_, State>, frame: Bytes) {
         let was_empty = st.queue.is_empty();
-        st.bytes += entry.frame.len();
-        st.queue.push_back(entry);
+        st.bytes += frame.len();
+        st.queue.push_back(frame);
         drop(st);
         if was_empty {
             self.ready.notify_one();
@@ -159,14 +161,7 @@ impl Outbox {
         if self.over(&st, frame.len()) {
             return Err(self.overflow(st));
         }
-        self.append(
-            st,
-            Entry {
-                frame,
-                lane: 0,
-                kind: EntryKind::Other,
-            },
-        );
+        self.append(st, frame);
         Ok(())
     }
 
@@ -181,30 +176,22 @@ impl Outbox {
         if self.over(&st, frame.len()) {
             return Err(PushError::Full);
         }
-        self.append(
-            st,
-            Entry {
-                frame,
-                lane: 0,
-                kind: EntryKind::Other,
-            },
-        );
+        self.append(st, frame);
         Ok(())
     }
 
-    /// Queues the delivery `frame` of message `offset` of `channel` for the subscription on
-    /// `lane`, applying `policy` when the queue is full:
+    /// Queues the v1 delivery `frame` of message `offset` of `channel` (this connection's
+    /// subscription to it), applying `policy` when the queue is full:
     /// - `Disconnect`: the outbox closes as a slow consumer;
-    /// - `DropOldest`: the lane's queued deliveries are dropped and replaced by one `gap` event
-    ///   naming the offsets dropped (merged with an earlier one still queued); the new delivery
-    ///   follows it if it now fits, else it joins the gap;
-    /// - `Latest`: the lane's queued deliveries are replaced by this one.
+    /// - `DropOldest`: the subscription's queued deliveries are dropped and replaced by one `gap`
+    ///   event naming the offsets dropped (merged with an earlier one still queued); the new
+    ///   delivery follows it if it now fits, else it joins the gap;
+    /// - `Latest`: the subscription's queued deliveries are replaced by this one.
     ///
-    /// The lossy policies may exceed the limits by one entry per lane, never more.
+    /// The lossy policies may exceed the limits by one frame per subscription, never more.
     pub fn push_delivery(
         &self,
         frame: Bytes,
-        lane: Lane,
         offset: Offset,
         channel: &ChannelName,
         policy: SlowPolicy,
@@ -213,38 +200,29 @@ impl Outbox {
         if st.closed.is_some() {
             return Err(PushError::Closed);
         }
-        let message = Entry {
-            frame,
-            lane,
-            kind: EntryKind::Message(offset.0),
-        };
-        if !self.over(&st, message.frame.len()) {
+        let message = frame;
+        if !self.over(&st, message.len()) {
             self.append(st, message);
             return Ok(());
         }
         if policy == SlowPolicy::Disconnect {
             return Err(self.overflow(st));
         }
-        // Take the lane's entries out, noting the range of offsets they covered.
+        // Take the subscription's frames out, noting the range of offsets they covered.
         let mut dropped: Option<(u64, u64)> = None;
         let mut freed = 0;
-        st.queue.retain(|e| {
-            if e.lane != lane {
+        st.queue.retain(|f| {
+            let Some((a, b)) = covered(f, channel) else {
                 return true;
-            }
-            let (a, b) = match e.kind {
-                EntryKind::Message(o) => (o, o),
-                EntryKind::Gap(a, b) => (a, b),
-                EntryKind::Other => return true,
             };
             dropped = Some(dropped.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
-            freed += e.frame.len();
+            freed += f.len();
             false
         });
         st.bytes -= freed;
         if policy == SlowPolicy::Latest {
             let was_empty = st.queue.is_empty();
-            st.bytes += message.frame.len();
+            st.bytes += message.len();
             st.queue.push_back(message);
             drop(st);
             if was_empty {
@@ -254,25 +232,25 @@ impl Outbox {
         }
         let Some((from, mut to)) = dropped else {
             // The queue is full of other subscriptions' frames: this message is the gap.
-            let gap = gap_entry(channel, lane, offset.0, offset.0);
-            st.bytes += gap.frame.len();
+            let gap = gap_frame(channel, offset.0, offset.0);
+            st.bytes += gap.len();
             st.queue.push_back(gap);
             return Ok(());
         };
         let fits = {
             let gap_len = 64 + channel.len();
             st.queue.is_empty()
-                || (st.bytes + gap_len + message.frame.len() <= self.limits.max_bytes
+                || (st.bytes + gap_len + message.len() <= self.limits.max_bytes
                     && st.queue.len() + 2 <= self.limits.max_messages)
         };
         if !fits {
             to = offset.0;
         }
-        let gap = gap_entry(channel, lane, from, to);
-        st.bytes += gap.frame.len();
+        let gap = gap_frame(channel, from, to);
+        st.bytes += gap.len();
         st.queue.push_back(gap);
         if fits {
-            st.bytes += message.frame.len();
+            st.bytes += message.len();
             st.queue.push_back(message);
         }
         Ok(())
@@ -280,7 +258,7 @@ impl Outbox {
 
     /// Moves every queued frame into `out` (which should be empty; its allocation is reused) and
     /// returns why the outbox is closed, if it is.
-    pub fn take(&self, out: &mut VecDeque<Entry>) -> Option<CloseReason> {
+    pub fn take(&self, out: &mut VecDeque<Bytes>) -> Option<CloseReason> {
         let mut st = self.lock();
         if !st.queue.is_empty() {
             std::mem::swap(&mut st.queue, out);
@@ -335,14 +313,10 @@ impl Outbox {
     }
 }
 
-/// A `gap` event entry for `from..=to` on `lane`.
-fn gap_entry(channel: &ChannelName, lane: Lane, from: u64, to: u64) -> Entry {
+/// The `gap` event frame for `from..=to` of `channel`.
+fn gap_frame(channel: &ChannelName, from: u64, to: u64) -> Bytes {
     let json = v1::encode_gap(channel, Offset(from), Offset(to));
-    Entry {
-        frame: WsFrame::text(&json).bytes().clone(),
-        lane,
-        kind: EntryKind::Gap(from, to),
-    }
+    WsFrame::text(&json).bytes().clone()
 }
 
 #[cfg(test)]
@@ -351,6 +325,28 @@ mod tests {
 
     fn frame(n: usize) -> Bytes {
         Bytes::from(vec![b'x'; n])
+    }
+
+    #[test]
+    fn offsets_are_read_back_from_queued_frames() {
+        use tslm_protocol::{Offset, Payload};
+        let ch = ChannelName::new("c.1").unwrap();
+        for len in [3, 200, 70_000] {
+            let data = Payload::text(&"o".repeat(len));
+            let json = v1::encode_delivery(&ch, Offset(987_654_321), &data);
+            let frame = WsFrame::text(&json).bytes().clone();
+            assert_eq!(covered(&frame, &ch), Some((987_654_321, 987_654_321)));
+            let other = ChannelName::new("c.10").unwrap();
+            assert_eq!(covered(&frame, &other), None, "another channel's frame");
+        }
+        let gap = WsFrame::text(&v1::encode_gap(&ch, Offset(5), Offset(90)))
+            .bytes()
+            .clone();
+        assert_eq!(covered(&gap, &ch), Some((5, 90)));
+        let closed = WsFrame::text(&v1::encode_closed(&ch, "deleted"))
+            .bytes()
+            .clone();
+        assert_eq!(covered(&closed, &ch), None);
     }
 
     #[test]
@@ -408,11 +404,7 @@ mod tests {
         waiter.await.unwrap();
         let mut out = VecDeque::new();
         assert_eq!(ob.take(&mut out), None);
-        let frames: Vec<&Bytes> = out.iter().map(Entry::frame).collect();
-        assert_eq!(
-            frames,
-            [&Bytes::from_static(b"1"), &Bytes::from_static(b"2")]
-        );
+        assert_eq!(out, [Bytes::from_static(b"1"), Bytes::from_static(b"2")]);
         ob.close();
         ob.ready().await;
         out.clear();

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use tslm_hub::{CatchUp, ChannelSettings, ConnId, Entry, Hub, Outbox, OutboxLimits};
+use tslm_hub::{CatchUp, ChannelSettings, ConnId, Hub, Outbox, OutboxLimits};
 use tslm_protocol::{ChannelName, Dialect, Lost, Offset, Payload, Recovery, Start};
 
 #[derive(Debug, Clone)]
@@ -60,10 +60,9 @@ struct Subscriber {
 }
 
 fn drain(ob: &Outbox, into: &mut Vec<Seen>) {
-    let mut q: VecDeque<Entry> = VecDeque::new();
+    let mut q: VecDeque<bytes::Bytes> = VecDeque::new();
     ob.take(&mut q);
-    for e in q {
-        let b = e.frame();
+    for b in q {
         let header = match b[1] {
             126 => 4,
             127 => 10,

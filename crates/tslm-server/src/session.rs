@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tracing::Instrument;
-use tslm_hub::{CatchUp, CloseReason, ConnId, Entry, Outbox};
+use tslm_hub::{CatchUp, CloseReason, ConnId, Outbox};
 use tslm_protocol::{ChannelName, Dialect, ErrorCode, ProtoError, Start, close, legacy, v1};
 
 use crate::config::ListenerConfig;
@@ -136,7 +136,7 @@ struct Session {
     catching: Vec<ChannelName>,
     /// Replies sent in the current second (limited per channel class).
     replies: PerSecond,
-    batch: VecDeque<Entry>,
+    batch: VecDeque<Bytes>,
     /// Rate-limited commands in the current second.
     rejections: PerSecond,
     /// Ping and pong frames received in the current second.
@@ -579,24 +579,21 @@ const MAX_IOVECS: usize = 512;
 
 /// Writes `frames` whole, in order, with vectored writes (one system call per up to
 /// `MAX_IOVECS` frames, however the kernel splits them).
-async fn write_frames(io: &mut TokioIo<Upgraded>, frames: &VecDeque<Entry>) -> std::io::Result<()> {
+async fn write_frames(io: &mut TokioIo<Upgraded>, frames: &VecDeque<Bytes>) -> std::io::Result<()> {
     let (mut first, mut offset) = (0, 0);
     while first < frames.len() {
         let slices: Vec<std::io::IoSlice<'_>> = frames
             .range(first..)
             .take(MAX_IOVECS)
             .enumerate()
-            .map(|(i, e)| {
-                let f = e.frame();
-                std::io::IoSlice::new(if i == 0 { &f[offset..] } else { &f[..] })
-            })
+            .map(|(i, f)| std::io::IoSlice::new(if i == 0 { &f[offset..] } else { &f[..] }))
             .collect();
         let mut n = io.write_vectored(&slices).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         while n > 0 {
-            let rest = frames[first].frame().len() - offset;
+            let rest = frames[first].len() - offset;
             if n >= rest {
                 n -= rest;
                 first += 1;
