@@ -1490,6 +1490,39 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_to_a_publisher_that_is_not_keeping_up_is_refused_without_closing_it() {
+        let hub = Hub::new();
+        hub.create_with(
+            &ch("rpc"),
+            ChannelSettings {
+                replies: true,
+                ..settings(10)
+            },
+        );
+        let publisher = outbox(2);
+        let pc = hub.next_conn_id();
+        let by = PublishOptions {
+            msg_id: None,
+            publisher: Some((pc, &publisher)),
+        };
+        hub.publish_with(&ch("rpc"), &Payload::text("q"), by)
+            .unwrap();
+        let body = Payload::text("a");
+        hub.reply(&ch("rpc"), Offset(1), ConnId(9), &body).unwrap();
+        hub.reply(&ch("rpc"), Offset(1), ConnId(9), &body).unwrap();
+        assert!(matches!(
+            hub.reply(&ch("rpc"), Offset(1), ConnId(9), &body),
+            Err(ReplyError::Busy { .. })
+        ));
+        assert!(
+            !publisher.is_closed(),
+            "replies never cost the publisher its connection"
+        );
+        assert_eq!(drain(&publisher).len(), 2);
+        hub.reply(&ch("rpc"), Offset(1), ConnId(9), &body).unwrap();
+    }
+
+    #[test]
     fn deletion_notifies_subscribers_and_a_new_channel_gets_a_new_epoch() {
         let hub = Hub::new();
         hub.create(&ch("c"));
