@@ -688,3 +688,38 @@ async fn original_protocol_subscribers_get_the_class_replay_and_nothing_else_cha
     );
     assert_silent(&mut old).await;
 }
+
+#[tokio::test]
+async fn a_replay_larger_than_the_outbound_queue_is_paced_not_punished() {
+    // 1000 messages of 2 KB replayed through a 1 MiB queue, and 200 of 500 bytes through a
+    // 1 KiB one: the replay waits for room instead of overflowing the queue.
+    for (queue, n, size) in [(1024 * 1024, 1000u64, 2000usize), (1024, 200, 500)] {
+        let srv = TestServer::start(&config(
+            &format!("outbound_queue_bytes = {queue}"),
+            "[channel.\"*\"]\nbacklog_messages = 10000\nslow_subscriber = \"disconnect\"",
+        ))
+        .await;
+        let mut publisher = v1(&srv.url("private")).await;
+        create(&mut publisher, "big").await;
+        let pad = "y".repeat(size);
+        for i in 1..=n {
+            let r = call(
+                &mut publisher,
+                &format!(r#"{{"op":"publish","channel":"big","data":{{"n":{i},"pad":"{pad}"}}}}"#),
+            )
+            .await;
+            assert_eq!(r["ok"], true, "{r}");
+        }
+        let mut sub = Sub::new(&srv.url("public")).await;
+        let r = sub
+            .call(r#"{"op":"subscribe","channel":"big","start":"oldest"}"#)
+            .await;
+        assert_eq!(r["from"], 1, "{r}");
+        assert_eq!(
+            offsets(&sub.until(n).await),
+            (1..=n).collect::<Vec<_>>(),
+            "queue {queue}"
+        );
+        assert_eq!(sub.call(r#"{"op":"ping"}"#).await["ok"], true);
+    }
+}

@@ -58,7 +58,9 @@ pub enum ReplyError {
         channel: ChannelName,
         offset: Offset,
     },
-    #[error("the publisher of offset {offset} of channel `{channel}` is no longer connected")]
+    #[error(
+        "the publisher of offset {offset} of channel `{channel}` has no connection to reply over (it disconnected, or published over HTTP or the original protocol)"
+    )]
     Gone {
         channel: ChannelName,
         offset: Offset,
@@ -522,44 +524,47 @@ impl Hub {
         };
         let first = Channel::first_kept(st);
         let last = st.last_offset;
-        let policy = ch.settings.slow_policy;
         let (mut frames, mut bytes) = (0usize, 0usize);
         let mut failed = false;
         {
             let c = &mut st.catching[i];
-            if c.next < first {
-                if c.dialect == Dialect::V1 {
-                    let gap =
-                        WsFrame::text(&v1::encode_gap(name, Offset(c.next), Offset(first - 1)))
-                            .bytes()
-                            .clone();
-                    failed = c.sub.outbox.push(gap).is_err();
-                    frames += 1;
+            // Replay frames only take room the outbox has: a replay never overflows it, so it
+            // never costs the subscriber its connection or its policy's drops; what does not
+            // fit waits for the next drain.
+            while c.next <= last && frames < max_frames && (frames == 0 || bytes < max_bytes) {
+                let (frame, next) = match Channel::stored(&st.backlog, c.next) {
+                    Some(m) => (
+                        match c.dialect {
+                            Dialect::V1 => m.frame.clone(),
+                            Dialect::Legacy => encode_legacy_frame(name, &m.payload),
+                        },
+                        c.next + 1,
+                    ),
+                    None => {
+                        // These messages left the backlog while the replay was under way.
+                        let resume = if c.next < first { first } else { last + 1 };
+                        if c.dialect == Dialect::Legacy {
+                            // The original protocol has no way to say so.
+                            c.next = resume;
+                            continue;
+                        }
+                        let gap = v1::encode_gap(name, Offset(c.next), Offset(resume - 1));
+                        (WsFrame::text(&gap).bytes().clone(), resume)
+                    }
+                };
+                let len = frame.len();
+                match c.sub.outbox.try_push(frame) {
+                    Ok(()) => {
+                        frames += 1;
+                        bytes += len;
+                        c.next = next;
+                    }
+                    Err(PushError::Full) => break,
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
                 }
-                c.next = first;
-            }
-            while !failed
-                && c.next <= last
-                && (frames == 0 || (frames < max_frames && bytes < max_bytes))
-            {
-                let Some(m) = Channel::stored(&st.backlog, c.next) else {
-                    break;
-                };
-                let frame = match c.dialect {
-                    Dialect::V1 => m.frame.clone(),
-                    Dialect::Legacy => encode_legacy_frame(name, &m.payload),
-                };
-                bytes += frame.len();
-                frames += 1;
-                let pushed = match c.dialect {
-                    Dialect::V1 => c
-                        .sub
-                        .outbox
-                        .push_delivery(frame, Offset(c.next), name, policy),
-                    Dialect::Legacy => c.sub.outbox.push(frame),
-                };
-                failed = pushed.is_err();
-                c.next += 1;
             }
         }
         if failed {

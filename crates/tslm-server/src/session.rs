@@ -403,7 +403,7 @@ impl Session {
                 data,
             } => {
                 let class = ops::admit(&ctx, "reply", &channel, Access::Read)?;
-                if !self.subscriptions.contains(&channel) {
+                if !self.ctx.hub.is_subscribed(&channel, self.id) {
                     return Err(ProtoError::new(
                         ErrorCode::Forbidden,
                         format!("subscribe to `{channel}` before replying to its messages"),
