@@ -47,6 +47,9 @@ pub struct ChannelClass {
     pub publish_from: Option<Vec<String>>,
     /// Replies one subscriber connection may send per second.
     pub replies_per_second: u32,
+    /// Subscribers must present a token from a configured issuer that grants the channel
+    /// (`subscribers = "authenticated"`); otherwise anyone the listener lets in may subscribe.
+    pub authenticated_subscribers: bool,
 }
 
 impl Default for ChannelClass {
@@ -59,6 +62,7 @@ impl Default for ChannelClass {
             subscribe_from: None,
             publish_from: None,
             replies_per_second: defaults::REPLIES_PER_SECOND,
+            authenticated_subscribers: false,
         }
     }
 }
@@ -232,15 +236,34 @@ impl ChannelClasses {
     }
 }
 
-/// A pattern with at least one `*`, split at its `*`s.
+/// A channel pattern split at its `*`s (each matches any run of characters, dots included); a
+/// pattern without `*` matches exactly one name. Used by channel classes and by the channel
+/// lists of publishers and tokens.
 #[derive(Debug, Clone)]
-struct Glob {
+pub struct Glob {
     /// The text before the first `*`, between `*`s, and after the last (at least two parts).
     parts: Vec<Box<str>>,
     literal_len: usize,
 }
 
 impl Glob {
+    /// Validates and compiles a pattern: 1..=255 characters from the channel alphabet plus `*`.
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        if pattern.is_empty() || pattern.len() > tslm_protocol::MAX_CHANNEL_NAME_BYTES {
+            return Err(format!(
+                "{pattern:?}: a channel pattern has 1 to {} characters",
+                tslm_protocol::MAX_CHANNEL_NAME_BYTES
+            ));
+        }
+        let ok = |b: u8| b.is_ascii_alphanumeric() || b"._:~-*".contains(&b);
+        if !pattern.bytes().all(ok) {
+            return Err(format!(
+                "{pattern:?}: a channel pattern may only contain A-Z a-z 0-9 . _ - : ~ and *"
+            ));
+        }
+        Ok(Self::new(pattern))
+    }
+
     fn new(pattern: &str) -> Self {
         Self {
             parts: pattern.split('*').map(Box::from).collect(),
@@ -248,7 +271,7 @@ impl Glob {
         }
     }
 
-    fn matches(&self, name: &str) -> bool {
+    pub fn matches(&self, name: &str) -> bool {
         if name.len() < self.literal_len {
             return false;
         }
@@ -313,6 +336,7 @@ pub(crate) struct RawChannelClass {
     max_subscribers: Option<u64>,
     slow_subscriber: Option<RawSlowPolicy>,
     auto_create: Option<bool>,
+    subscribers: Option<RawSubscribers>,
     subscribe_from: Option<Vec<String>>,
     publish_from: Option<Vec<String>>,
     replies: Option<bool>,
@@ -322,6 +346,13 @@ pub(crate) struct RawChannelClass {
     dedupe_seconds: Option<u64>,
     dedupe_max_ids: Option<u64>,
     legacy_replay: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawSubscribers {
+    Anonymous,
+    Authenticated,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -453,6 +484,9 @@ fn resolve(
     }
     if let Some(v) = range("replies_per_second", raw.replies_per_second, 1, u64::MAX)? {
         c.replies_per_second = u32::try_from(v).unwrap_or(u32::MAX);
+    }
+    if let Some(s) = raw.subscribers {
+        c.authenticated_subscribers = matches!(s, RawSubscribers::Authenticated);
     }
     if let Some(a) = raw.auto_create {
         c.auto_create = a;

@@ -84,6 +84,10 @@ pub struct Config {
     pub backlog_memory_bytes: usize,
     /// The channel classes (`[channel.PATTERN]` tables), resolved.
     pub channels: Arc<ChannelClasses>,
+    /// Whitelisted publishers (`[publisher.NAME]`).
+    pub publishers: Arc<Vec<crate::auth_config::Publisher>>,
+    /// Identity providers of subscribers' tokens (`[issuer.NAME]`).
+    pub issuers: Arc<Vec<crate::auth_config::Issuer>>,
 }
 
 /// Per-listener limits against abusive clients (docs/configuration.md, "Abuse limits").
@@ -123,6 +127,24 @@ pub struct ListenerConfig {
     /// Conformance testing only: echo every WebSocket message instead of running commands.
     pub echo: bool,
     pub abuse: AbuseLimits,
+    /// Every connection and HTTP request must authenticate as a configured publisher.
+    pub publisher_auth: bool,
+    /// How long a WebSocket connection may take to authenticate (`auth` op) where it must.
+    pub auth_timeout: Duration,
+    /// Browser origins allowed to open WebSocket connections (exact `scheme://host[:port]`);
+    /// empty: any origin (and requests without one).
+    pub allowed_origins: Vec<String>,
+    /// TLS on this listener.
+    pub tls: Option<TlsConfig>,
+}
+
+/// A listener's TLS settings (files are PEM; reloaded when they change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate issued by one of these CAs (mutual TLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +154,10 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     listener: BTreeMap<String, RawListener>,
+    #[serde(default)]
+    publisher: BTreeMap<String, crate::auth_config::RawPublisher>,
+    #[serde(default)]
+    issuer: BTreeMap<String, crate::auth_config::RawIssuer>,
     #[serde(default)]
     channel: BTreeMap<String, RawChannelClass>,
 }
@@ -169,6 +195,12 @@ struct RawListener {
     max_subscriptions_per_connection: Option<u64>,
     max_rejected_commands_per_second: Option<u64>,
     max_control_frames_per_second: Option<u64>,
+    publisher_auth: Option<bool>,
+    auth_timeout_seconds: Option<u64>,
+    allowed_origins: Option<Vec<String>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// Defaults, documented in docs/configuration.md.
@@ -193,6 +225,7 @@ pub mod defaults {
     pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: u64 = 1000;
     pub const MAX_REJECTED_COMMANDS_PER_SECOND: u64 = 10;
     pub const MAX_CONTROL_FRAMES_PER_SECOND: u64 = 10;
+    pub const AUTH_TIMEOUT_SECONDS: u64 = 10;
 }
 
 impl Config {
@@ -366,11 +399,33 @@ impl RawConfig {
         }
         let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
         let channels = ChannelClasses::from_raw(self.channel, &names)?;
+        let publishers = crate::auth_config::publishers(self.publisher)?;
+        let issuers = crate::auth_config::issuers(self.issuer)?;
+        if let Some(l) = listeners
+            .iter()
+            .find(|l| l.publisher_auth && publishers.is_empty())
+        {
+            return Err(format!(
+                "listener `{}`, key `publisher_auth`: no [publisher.NAME] is configured, so nobody could use this listener",
+                l.name
+            ));
+        }
+        if let Some(c) = channels
+            .iter()
+            .find(|c| c.authenticated_subscribers && issuers.is_empty())
+        {
+            return Err(format!(
+                "channel class {:?}, key `subscribers`: \"authenticated\" needs at least one [issuer.NAME] whose tokens subscribers present",
+                c.pattern
+            ));
+        }
         Ok(Config {
             listeners,
             shutdown_grace: Duration::from_secs(grace),
             backlog_memory_bytes: usize_of(backlog_memory),
             channels: Arc::new(channels),
+            publishers: Arc::new(publishers),
+            issuers: Arc::new(issuers),
         })
     }
 }
@@ -620,8 +675,83 @@ impl RawListener {
             write_buffer_bytes: usize_of(write_buffer),
             echo: self.echo.unwrap_or(false),
             abuse,
+            publisher_auth: self.publisher_auth.unwrap_or(false),
+            auth_timeout: secs(
+                n,
+                "auth_timeout_seconds",
+                self.auth_timeout_seconds,
+                defaults::AUTH_TIMEOUT_SECONDS,
+                1,
+                3600,
+            )?,
+            allowed_origins: self
+                .allowed_origins
+                .unwrap_or_default()
+                .iter()
+                .map(|o| {
+                    normalize_origin(o).ok_or_else(|| {
+                        format!(
+                            "listener `{n}`, key `allowed_origins`: {o:?} is not an origin like \"https://app.example.com\" or \"http://localhost:3000\" (scheme, host and optional port; no path)"
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            tls: match (self.tls_cert, self.tls_key, self.tls_client_ca) {
+                (None, None, None) => None,
+                (Some(cert), Some(key), client_ca) => Some(TlsConfig {
+                    cert,
+                    key,
+                    client_ca,
+                }),
+                (None, _, _) => {
+                    return Err(format!(
+                        "listener `{n}`, key `tls_cert`: TLS needs both `tls_cert` and `tls_key`"
+                    ));
+                }
+                (Some(_), None, _) => {
+                    return Err(format!(
+                        "listener `{n}`, key `tls_key`: TLS needs both `tls_cert` and `tls_key`"
+                    ));
+                }
+            },
         })
     }
+}
+
+/// The canonical form of a browser origin (`scheme://host[:port]`, lowercase, default port
+/// omitted, as browsers send it), or `None` when `o` is not one.
+pub fn normalize_origin(o: &str) -> Option<String> {
+    let (scheme, rest) = o.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => return None,
+    };
+    if rest.is_empty()
+        || rest.contains(['/', '?', '#', '@'])
+        || rest.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return None;
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        // An IPv6 literal without a port ends with `]`.
+        Some((h, p)) if !p.ends_with(']') => (h, Some(p)),
+        _ => (rest, None),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    if let Some(p) = port
+        && (p.is_empty() || p.parse::<u16>().is_err())
+    {
+        return None;
+    }
+    let host = host.to_ascii_lowercase();
+    Some(match port {
+        Some(p) if p != default_port => format!("{scheme}://{host}:{p}"),
+        _ => format!("{scheme}://{host}"),
+    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! [`Server::run`] serves until the shutdown future resolves, then closes every WebSocket session
 //! with 1001 and waits for connections to finish within the configured grace period.
 
+pub mod auth_config;
 pub mod classes;
 pub mod config;
 mod http;

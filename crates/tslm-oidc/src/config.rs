@@ -1,0 +1,74 @@
+//! The configuration of an identity provider (`[issuer.NAME]` in the gateway's TOML, validated by
+//! the server crate).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// JWT signature algorithms an issuer may be configured with (never taken from a token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum JwtAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+    HS256,
+    HS384,
+    HS512,
+}
+
+impl JwtAlgorithm {
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Self::HS256 | Self::HS384 | Self::HS512)
+    }
+}
+
+/// Where an issuer's verification keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// OpenID Connect discovery: `{issuer}/.well-known/openid-configuration`, then its
+    /// `jwks_uri`.
+    Discovery,
+    /// A JWKS document at this URL.
+    JwksUrl(String),
+    /// A shared secret (HMAC algorithms only).
+    Secret(Vec<u8>),
+}
+
+/// How token claims grant channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimMapping {
+    /// A claim holding a list of channel patterns (or one pattern as a string).
+    pub channels_claim: Option<String>,
+    /// Scopes (`scope` claim, space-separated) starting with this prefix grant the pattern that
+    /// follows it, e.g. `tslm:prices.*`.
+    pub scope_prefix: Option<String>,
+}
+
+/// An identity provider whose access tokens subscribers present.
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    pub name: String,
+    /// The exact `iss` tokens must carry.
+    pub issuer: String,
+    pub keys: KeySource,
+    /// `aud` must contain one of these.
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<JwtAlgorithm>,
+    pub leeway: Duration,
+    pub claims: ClaimMapping,
+    /// At most one key-set refresh per this long (an unknown `kid` triggers one).
+    pub refresh_cooldown: Duration,
+    /// Cached keys serve this long after the last successful fetch; then the gateway fails
+    /// closed until a fetch succeeds.
+    pub key_max_age: Duration,
+    pub fetch_timeout: Duration,
+    pub max_document_bytes: usize,
+    /// Largest token accepted, in bytes.
+    pub max_token_bytes: usize,
+}
