@@ -702,6 +702,7 @@ legacy_replay = 20
                 subscribe_from: Some(vec!["public".into()]),
                 publish_from: Some(vec!["private".into()]),
                 replies_per_second: 3,
+                authenticated_subscribers: false,
             }
         );
         let o = c.class_for(&ChannelName::new("orders.eu").unwrap());
