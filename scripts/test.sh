@@ -9,17 +9,24 @@ log() { printf '\n== %s ==\n' "$*"; }
 # --- install what is missing ------------------------------------------------------------------
 # Debian packages the suite needs, installed only when what they provide is missing:
 # python3 and pip (the Autobahn conformance suite installs itself with them), the Debian archive
-# keyring (it downloads Python 2.7 from Debian's archive), procps (`kill`, used by the signal tests).
+# keyring (it downloads Python 2.7 from Debian's archive), procps (`kill`, used by the signal tests),
+# nodejs and npm (the OpenID Connect provider the OIDC tests run, tests/oidc).
 missing=()
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 dpkg -s debian-archive-keyring >/dev/null 2>&1 || missing+=(debian-archive-keyring)
 [ -x /usr/bin/kill ] || [ -x /bin/kill ] || missing+=(procps)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+if [ ! -d tests/oidc/node_modules ]; then
+  log "installing the OIDC test provider (npm ci --prefix tests/oidc)"
+  npm ci --prefix tests/oidc --no-audit --no-fund
 fi
 for c in rustfmt clippy; do
   if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then

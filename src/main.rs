@@ -101,6 +101,20 @@ enum Command {
     },
     /// Run a fan-out benchmark against TSLM, nats-server or nginx+nchan (docs/performance.md).
     Bench(BenchArgs),
+    /// Make an Ed25519 key pair for a publisher: the secret to FILE, the public key line to
+    /// stdout (for `[publisher.NAME] keys`).
+    Keygen {
+        /// Where to write the secret key (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Make a random publisher token and print it with the line for the config
+    /// (`[publisher.NAME] token_hashes`), which holds only its SHA-256.
+    HashToken {
+        /// Hash the token read from stdin instead of making one.
+        #[arg(long)]
+        stdin: bool,
+    },
     /// Create a channel (succeeds when it already exists).
     Create {
         url: String,
@@ -170,17 +184,105 @@ struct ServeArgs {
 
 #[derive(Args, Clone)]
 struct AuthArgs {
-    /// A listener token (sent as `Authorization: Bearer`); also read from TSLM_TOKEN.
+    /// A token sent as `Authorization: Bearer`: a listener's shared token, a publisher's token
+    /// or a subscriber's access token; also read from TSLM_TOKEN.
     #[arg(long, env = "TSLM_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Authenticate as this publisher (with --key).
+    #[arg(long, env = "TSLM_PUBLISHER", requires = "key")]
+    publisher: Option<String>,
+    /// The publisher's secret key file, as written by `tslm keygen`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TSLM_KEY_FILE",
+        requires = "publisher"
+    )]
+    key: Option<PathBuf>,
 }
 
 impl AuthArgs {
-    fn options(&self) -> ConnectOptions {
-        ConnectOptions {
+    fn options(&self) -> Result<ConnectOptions, ExitCode> {
+        let key = match (&self.publisher, &self.key) {
+            (Some(p), Some(file)) => {
+                let text = std::fs::read_to_string(file).map_err(|e| {
+                    eprintln!("error: cannot read key file {}: {e}", file.display());
+                    ExitCode::FAILURE
+                })?;
+                let key = tslm_auth::keys::SecretKey::parse(&text).ok_or_else(|| {
+                    eprintln!(
+                        "error: {} is not a key file written by `tslm keygen`",
+                        file.display()
+                    );
+                    ExitCode::FAILURE
+                })?;
+                Some((p.clone(), key))
+            }
+            _ => None,
+        };
+        Ok(ConnectOptions {
             token: self.token.clone(),
-        }
+            key,
+        })
     }
+}
+
+/// `tslm keygen --out FILE`: a new Ed25519 key pair for a publisher. The secret goes to FILE
+/// (created, never overwritten, readable by its owner only); the public key is printed as the
+/// line for the gateway's config.
+fn keygen(out: &std::path::Path) -> ExitCode {
+    let key = tslm_auth::keys::SecretKey::generate();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let written = opts.open(out).and_then(|mut f| {
+        use std::io::Write;
+        writeln!(f, "{}", key.to_text())
+    });
+    if let Err(e) = written {
+        eprintln!("error: cannot create {}: {e}", out.display());
+        return ExitCode::FAILURE;
+    }
+    eprintln!(
+        "secret key written to {} (keep it on the publisher only)",
+        out.display()
+    );
+    eprintln!("add the public key to the publisher's entry in the gateway config:");
+    println!("keys = [\"{}\"]", key.public_text());
+    ExitCode::SUCCESS
+}
+
+/// `tslm hash-token`: a new random token (or the token read from stdin with --stdin) and the
+/// line for the gateway's config, which holds only its hash.
+fn hash_token(stdin: bool) -> ExitCode {
+    let token = if stdin {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().read_line(&mut line) {
+            eprintln!("error: reading stdin: {e}");
+            return ExitCode::FAILURE;
+        }
+        let t = line.trim().to_owned();
+        if t.is_empty() {
+            eprintln!("error: no token on stdin");
+            return ExitCode::FAILURE;
+        }
+        t
+    } else {
+        let t = tslm_auth::token::generate_token();
+        eprintln!("token (give it to the publisher; it is shown once and stored nowhere):");
+        println!("{t}");
+        t
+    };
+    eprintln!("add the hash to the publisher's entry in the gateway config:");
+    println!(
+        "token_hashes = [\"{}\"]",
+        tslm_auth::token::hash_line(&token)
+    );
+    ExitCode::SUCCESS
 }
 
 fn init_logging(default: &str) {
@@ -355,7 +457,15 @@ async fn sub(
     start: Start,
     auth: &AuthArgs,
 ) -> ExitCode {
-    let mut client = match Client::connect_with(url, auth.options()).await {
+    let mut client = match Client::connect_with(
+        url,
+        match auth.options() {
+            Ok(o) => o,
+            Err(c) => return c,
+        },
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -421,7 +531,15 @@ async fn history(
     limit: usize,
     auth: &AuthArgs,
 ) -> ExitCode {
-    let client = match Client::connect_with(url, auth.options()).await {
+    let client = match Client::connect_with(
+        url,
+        match auth.options() {
+            Ok(o) => o,
+            Err(c) => return c,
+        },
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -448,7 +566,15 @@ async fn history(
 }
 
 async fn delete(url: &str, channel: &str, auth: &AuthArgs) -> ExitCode {
-    let client = match Client::connect_with(url, auth.options()).await {
+    let client = match Client::connect_with(
+        url,
+        match auth.options() {
+            Ok(o) => o,
+            Err(c) => return c,
+        },
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -464,7 +590,15 @@ async fn delete(url: &str, channel: &str, auth: &AuthArgs) -> ExitCode {
 }
 
 async fn list_channels(url: &str, prefix: Option<&str>, auth: &AuthArgs) -> ExitCode {
-    let client = match Client::connect_with(url, auth.options()).await {
+    let client = match Client::connect_with(
+        url,
+        match auth.options() {
+            Ok(o) => o,
+            Err(c) => return c,
+        },
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -508,7 +642,15 @@ async fn publish(
     msg_id: Option<&str>,
     auth: &AuthArgs,
 ) -> ExitCode {
-    let client = match Client::connect_with(url, auth.options()).await {
+    let client = match Client::connect_with(
+        url,
+        match auth.options() {
+            Ok(o) => o,
+            Err(c) => return c,
+        },
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -563,7 +705,15 @@ async fn publish(
 }
 
 async fn create(url: &str, channel: &str, auth: &AuthArgs) -> ExitCode {
-    let client = match Client::connect_with(url, auth.options()).await {
+    let client = match Client::connect_with(
+        url,
+        match auth.options() {
+            Ok(o) => o,
+            Err(c) => return c,
+        },
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -692,6 +842,8 @@ fn run_bench(args: BenchArgs) -> ExitCode {
 async fn async_main(command: Option<Command>, serve_args: ServeArgs) -> ExitCode {
     match command {
         Some(Command::Bench(args)) => bench(args).await,
+        Some(Command::Keygen { out }) => keygen(&out),
+        Some(Command::HashToken { stdin }) => hash_token(stdin),
         None => serve(serve_args).await,
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::CheckConfig { file }) => check_config(&file),

@@ -67,8 +67,12 @@ pub struct Delivery {
 /// Connection options.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
-    /// A listener token, sent as `Authorization: Bearer`.
+    /// A token sent as `Authorization: Bearer`: a listener's shared token (`auth_tokens`), a
+    /// publisher's token, or a subscriber's access token.
     pub token: Option<String>,
+    /// Authenticate as this publisher with its Ed25519 key right after connecting (challenge,
+    /// then signature).
+    pub key: Option<(String, tslm_auth::keys::SecretKey)>,
 }
 
 type Pending = oneshot::Sender<Result<ReplyOk, ClientError>>;
@@ -163,13 +167,58 @@ impl Client {
         let (event_tx, event_rx) = mpsc::channel(1024);
         let (closed_tx, closed_rx) = oneshot::channel();
         tokio::spawn(drive(ws, cmd_rx, event_tx, closed_tx));
-        Ok(Self {
+        let client = Self {
             cmds: cmd_tx,
             events: event_rx,
             closed: closed_rx,
             close_info: None,
             next_id: AtomicU64::new(1),
-        })
+        };
+        if let Some((publisher, key)) = &opts.key {
+            client.auth_key(publisher, key).await?;
+        }
+        Ok(client)
+    }
+
+    /// Authenticates with a bearer token (`auth` op): a publisher's token or a subscriber's
+    /// access token.
+    pub async fn auth_token(&self, token: &str) -> Result<ReplyOk, ClientError> {
+        let id = self.next_id();
+        self.send(id, RequestText::new("auth", id).string("token", token))
+            .await
+    }
+
+    /// Authenticates as `publisher` by signing a fresh challenge with its key.
+    pub async fn auth_key(
+        &self,
+        publisher: &str,
+        key: &tslm_auth::keys::SecretKey,
+    ) -> Result<ReplyOk, ClientError> {
+        let challenge = self.request("challenge", None).await?.challenge;
+        let challenge = challenge
+            .as_deref()
+            .and_then(tslm_auth::keys::Challenge::from_base64)
+            .ok_or_else(|| ClientError::Protocol("challenge reply without a challenge".into()))?;
+        let message = tslm_auth::keys::challenge_message(publisher, &challenge);
+        let signature = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(key.sign(&message))
+        };
+        let id = self.next_id();
+        self.send(
+            id,
+            RequestText::new("auth", id)
+                .string("publisher", publisher)
+                .string("signature", &signature),
+        )
+        .await
+    }
+
+    /// Replaces this connection's access token with a fresh one (`refresh` op).
+    pub async fn refresh(&self, token: &str) -> Result<ReplyOk, ClientError> {
+        let id = self.next_id();
+        self.send(id, RequestText::new("refresh", id).string("token", token))
+            .await
     }
 
     fn next_id(&self) -> u64 {

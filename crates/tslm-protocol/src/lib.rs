@@ -64,4 +64,8 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4000;
     /// The peer did not answer the server's pings in time.
     pub const PING_TIMEOUT: u16 = 4001;
+    /// The connection did not authenticate within the listener's `auth_timeout_seconds`.
+    pub const AUTH_TIMEOUT: u16 = 4002;
+    /// The connection's access token expired and no fresh one came (`refresh`).
+    pub const TOKEN_EXPIRED: u16 = 4003;
 }

@@ -18,8 +18,9 @@ pub use encode::{
     encode_reply_event, push_error_object,
 };
 pub use request::{
-    DEFAULT_LIMIT, MAX_LIMIT, MAX_MSG_ID_BYTES, MAX_PREFIX_BYTES, Op, Request, RequestError,
-    decode_options, decode_request, options_json, start_json,
+    Credentials, DEFAULT_LIMIT, MAX_CREDENTIAL_BYTES, MAX_LIMIT, MAX_MSG_ID_BYTES,
+    MAX_PREFIX_BYTES, Op, Request, RequestError, decode_options, decode_request, options_json,
+    start_json,
 };
 pub use server_message::{
     BacklogWire, ChannelInfoWire, HistoryMessage, LostWire, Reply, ReplyOk, ServerMessage,

@@ -129,6 +129,9 @@ pub struct ListenerConfig {
     pub abuse: AbuseLimits,
     /// Every connection and HTTP request must authenticate as a configured publisher.
     pub publisher_auth: bool,
+    /// Every WebSocket connection must present a subscriber access token (within
+    /// `auth_timeout`), and every channel needs one, whatever its class says.
+    pub subscriber_auth: bool,
     /// How long a WebSocket connection may take to authenticate (`auth` op) where it must.
     pub auth_timeout: Duration,
     /// Browser origins allowed to open WebSocket connections (exact `scheme://host[:port]`);
@@ -196,6 +199,7 @@ struct RawListener {
     max_rejected_commands_per_second: Option<u64>,
     max_control_frames_per_second: Option<u64>,
     publisher_auth: Option<bool>,
+    subscriber_auth: Option<bool>,
     auth_timeout_seconds: Option<u64>,
     allowed_origins: Option<Vec<String>>,
     tls_cert: Option<PathBuf>,
@@ -407,6 +411,15 @@ impl RawConfig {
         {
             return Err(format!(
                 "listener `{}`, key `publisher_auth`: no [publisher.NAME] is configured, so nobody could use this listener",
+                l.name
+            ));
+        }
+        if let Some(l) = listeners
+            .iter()
+            .find(|l| l.subscriber_auth && issuers.is_empty())
+        {
+            return Err(format!(
+                "listener `{}`, key `subscriber_auth`: no [issuer.NAME] is configured, so no subscriber could authenticate",
                 l.name
             ));
         }
@@ -676,6 +689,7 @@ impl RawListener {
             echo: self.echo.unwrap_or(false),
             abuse,
             publisher_auth: self.publisher_auth.unwrap_or(false),
+            subscriber_auth: self.subscriber_auth.unwrap_or(false),
             auth_timeout: secs(
                 n,
                 "auth_timeout_seconds",

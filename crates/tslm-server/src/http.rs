@@ -16,6 +16,7 @@ use tslm_protocol::{
     ChannelName, ChannelOptions, Epoch, ErrorCode, Offset, Payload, ProtoError, Start, v1,
 };
 
+use crate::identity::{self, Identity};
 use crate::listener::{ConnSlot, ListenerCtx};
 use crate::ops::{self, Access};
 use crate::session;
@@ -111,6 +112,104 @@ fn admit_channel(
         .ok_or_else(|| ProtoError::bad_request("missing channel name"))
 }
 
+/// Who makes an HTTP request: a client certificate's publisher, a signed request
+/// (`TSLM-Publisher`, `TSLM-Timestamp`, `TSLM-Signature` over method, path, timestamp and the
+/// body's hash, within a short window and never twice), or a publisher's bearer token. On
+/// listeners with `auth_tokens` the bearer header carries the listener's shared token instead.
+fn http_identity(
+    ctx: &ListenerCtx,
+    conn: Option<&ConnSlot>,
+    head: &RequestHead,
+    body: &[u8],
+) -> Result<Identity, ProtoError> {
+    use tslm_auth::http_sig;
+    if let Some(i) =
+        conn.and_then(|c| identity::publisher_by_certificate(&ctx.publishers, &c.peer_cert_names))
+    {
+        return Ok(Identity::Publisher(i));
+    }
+    let get = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(name) = get(http_sig::PUBLISHER_HEADER) {
+        let refused = || identity::unauthorized("request signature refused");
+        let timestamp: i64 = get(http_sig::TIMESTAMP_HEADER)
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| {
+                identity::unauthorized(format!(
+                    "a signed request needs `{}` (Unix seconds) and `{}`",
+                    http_sig::TIMESTAMP_HEADER,
+                    http_sig::SIGNATURE_HEADER
+                ))
+            })?;
+        let signature = get(http_sig::SIGNATURE_HEADER)
+            .and_then(http_sig::parse_signature)
+            .ok_or_else(refused)?;
+        let (i, p) = ctx
+            .publishers
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.name == name)
+            .ok_or_else(refused)?;
+        let message =
+            http_sig::canonical_request(name, &head.method, &head.path_and_query, timestamp, body);
+        if !p
+            .keys
+            .iter()
+            .any(|k| tslm_auth::keys::verify(k, &message, &signature))
+        {
+            return Err(refused());
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let checked = ctx
+            .replay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(now, timestamp, &signature);
+        return match checked {
+            Ok(()) => Ok(Identity::Publisher(i)),
+            Err(http_sig::SigError::Busy) => Err(ProtoError::new(
+                ErrorCode::Unavailable,
+                "too many signed requests at once; try again",
+            )),
+            Err(e) => Err(identity::unauthorized(format!(
+                "request signature refused: {e}"
+            ))),
+        };
+    }
+    if ctx.cfg.auth_tokens.is_empty()
+        && let Some(token) = identity::bearer(&head.headers)
+    {
+        if let Some(i) = identity::publisher_by_token(&ctx.publishers, token) {
+            return Ok(Identity::Publisher(i));
+        }
+        if ctx.cfg.publisher_auth {
+            return Err(identity::unauthorized("token refused"));
+        }
+    }
+    Ok(Identity::Anonymous)
+}
+
+/// What identifying a request needs from it, kept before its body is read.
+struct RequestHead {
+    method: String,
+    path_and_query: String,
+    headers: axum::http::HeaderMap,
+}
+
+impl RequestHead {
+    fn of(req: &Request) -> Self {
+        Self {
+            method: req.method().as_str().to_owned(),
+            path_and_query: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned()),
+            headers: req.headers().clone(),
+        }
+    }
+}
+
 fn ok_response(status: StatusCode, s: v1::Success<'_>) -> Response {
     json_response(status, v1::encode_http_ok(s))
 }
@@ -123,13 +222,15 @@ async fn create_channel(
     let allowed = ctx.cfg.permissions.create;
     let result = async {
         let channel = admit_channel(&ctx, &req, allowed, "create", name)?;
+        let (head, conn) = (RequestHead::of(&req), slot(req.extensions()));
         let body = read_body(&ctx, req).await?;
+        let who = http_identity(&ctx, conn.as_deref(), &head, &body)?;
         let options = if body.iter().all(u8::is_ascii_whitespace) {
             ChannelOptions::default()
         } else {
             v1::decode_options(&body)?
         };
-        ops::create(&ctx, &channel, &options, "http")
+        ops::create(&ctx, &who, &channel, &options, "http")
     };
     match result.await {
         Err(e) => error_response(&e),
@@ -156,8 +257,15 @@ async fn delete_channel(
     req: Request,
 ) -> Response {
     let allowed = ctx.cfg.permissions.create;
-    let result = admit_channel(&ctx, &req, allowed, "delete", name)
-        .and_then(|channel| ops::delete(&ctx, &channel));
+    let result = admit_channel(&ctx, &req, allowed, "delete", name).and_then(|channel| {
+        let who = http_identity(
+            &ctx,
+            slot(req.extensions()).as_deref(),
+            &RequestHead::of(&req),
+            b"",
+        )?;
+        ops::delete(&ctx, &who, &channel)
+    });
     match result {
         Err(e) => error_response(&e),
         Ok(()) => ok_response(StatusCode::OK, v1::Success::Deleted),
@@ -189,8 +297,11 @@ async fn publish(
                 Some(v.to_owned())
             }
         };
-        let data = read_payload(&ctx, req).await?;
-        ops::publish(&ctx, &channel, &data, msg_id.as_deref(), None)
+        let (head, conn) = (RequestHead::of(&req), slot(req.extensions()));
+        let body = read_body(&ctx, req).await?;
+        let who = http_identity(&ctx, conn.as_deref(), &head, &body)?;
+        let data = payload_of(body)?;
+        ops::publish(&ctx, &who, &channel, &data, msg_id.as_deref(), None)
     };
     match result.await {
         Ok(p) => ok_response(StatusCode::OK, ops::published(p)),
@@ -262,7 +373,13 @@ async fn read_history(
                 ops::MAX_HISTORY
             )));
         }
-        ops::history(&ctx, &channel, q.start()?, limit, Access::Manage)
+        let who = http_identity(
+            &ctx,
+            slot(req.extensions()).as_deref(),
+            &RequestHead::of(&req),
+            b"",
+        )?;
+        ops::history(&ctx, &who, &channel, q.start()?, limit, Access::Operate)
     })();
     match result {
         Err(e) => error_response(&e),
@@ -311,7 +428,13 @@ async fn list_channels(
             .map(ChannelName::new)
             .transpose()
             .map_err(|e| ProtoError::bad_request(format!("`after`: {e}")))?;
-        ops::channels(&ctx, q.prefix.as_deref(), after.as_ref(), limit)
+        let who = http_identity(
+            &ctx,
+            slot(req.extensions()).as_deref(),
+            &RequestHead::of(&req),
+            b"",
+        )?;
+        ops::channels(&ctx, &who, q.prefix.as_deref(), after.as_ref(), limit)
     })();
     match result {
         Err(e) => error_response(&e),
@@ -325,8 +448,7 @@ async fn list_channels(
     }
 }
 
-async fn read_payload(ctx: &ListenerCtx, req: Request) -> Result<Payload, ProtoError> {
-    let bytes = read_body(ctx, req).await?;
+fn payload_of(bytes: Bytes) -> Result<Payload, ProtoError> {
     Payload::from_json_bytes(bytes)
         .map_err(|_| ProtoError::bad_request("the body is not one valid JSON value"))
 }

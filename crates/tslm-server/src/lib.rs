@@ -8,17 +8,20 @@ pub mod auth_config;
 pub mod classes;
 pub mod config;
 mod http;
+mod identity;
 mod iplimit;
 mod listener;
 mod ops;
 mod ratelimit;
 mod session;
 mod stats;
+mod tls;
 mod upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,6 +29,7 @@ use tslm_hub::{Hub, HubLimits};
 
 pub use config::{Config, ConfigError, ListenerConfig, Permission, Permissions};
 pub use stats::ServerStats;
+pub use tls::{RELOAD_INTERVAL as TLS_RELOAD_INTERVAL, TlsError};
 
 /// Startup failures.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +40,10 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// A listener's TLS certificate, key or client CA file does not load; the message names
+    /// the listener, the configuration key and the file.
+    #[error("listener `{listener}`: {source}")]
+    Tls { listener: String, source: TlsError },
 }
 
 /// A bound, not yet serving, gateway.
@@ -43,7 +51,11 @@ pub struct Server {
     config: Config,
     listeners: Vec<listener::Bound>,
     hub: Hub,
+    verifier: Option<tslm_oidc::Verifier>,
     stats: Arc<stats::Stats>,
+    /// One per TLS listener, whatever its number of addresses: what the reloaders watch.
+    tls: Vec<Arc<tls::TlsState>>,
+    tls_reload_interval: Duration,
 }
 
 /// Where one listener address ended up bound (port 0 resolved).
@@ -54,12 +66,27 @@ pub struct BoundAddr {
 }
 
 impl Server {
-    /// Binds every address of every listener. Fails on the first address that cannot be bound;
-    /// sockets bound so far are closed again, so a failed start leaves nothing listening.
+    /// Loads every listener's TLS files and binds every address of every listener. Fails on the
+    /// first TLS file that does not load or address that cannot be bound; sockets bound so far
+    /// are closed again, so a failed start leaves nothing listening.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
         let mut listeners = Vec::new();
+        let mut tls_states = Vec::new();
         for l in &config.listeners {
             let cfg = Arc::new(l.clone());
+            let tls = match &l.tls {
+                None => None,
+                Some(files) => {
+                    let state =
+                        tls::TlsState::load(&l.name, files).map_err(|source| ServerError::Tls {
+                            listener: l.name.clone(),
+                            source,
+                        })?;
+                    let state = Arc::new(state);
+                    tls_states.push(Arc::clone(&state));
+                    Some(state)
+                }
+            };
             for addr in &l.bind {
                 let tcp = listener::bind(*addr).map_err(|source| ServerError::Bind {
                     listener: l.name.clone(),
@@ -69,18 +96,30 @@ impl Server {
                 listeners.push(listener::Bound {
                     cfg: Arc::clone(&cfg),
                     tcp,
+                    tls: tls.clone(),
                 });
             }
         }
         let hub = Hub::with_limits(HubLimits {
             backlog_memory_bytes: config.backlog_memory_bytes,
         });
+        let verifier = (!config.issuers.is_empty())
+            .then(|| tslm_oidc::Verifier::new(config.issuers.as_ref().clone()));
         Ok(Self {
+            verifier,
             config,
             listeners,
             hub,
             stats: Arc::default(),
+            tls: tls_states,
+            tls_reload_interval: TLS_RELOAD_INTERVAL,
         })
+    }
+
+    /// How often TLS listeners check their files for changes (default [`TLS_RELOAD_INTERVAL`],
+    /// 2 s). For tests and embedders; takes effect when [`Server::run`] starts.
+    pub fn set_tls_reload_interval(&mut self, every: Duration) {
+        self.tls_reload_interval = every.max(Duration::from_millis(1));
     }
 
     /// The bound addresses, ordered by listener name, then by the listener's own address order.
@@ -110,6 +149,17 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
+        if let Some(v) = &self.verifier {
+            // The identity providers' keys, fetched before the first token needs them (a
+            // failure is logged and retried on demand: it does not stop the gateway).
+            let (v, token) = (v.clone(), token.clone());
+            tracker.spawn(async move {
+                tokio::select! {
+                    _ = token.cancelled() => {}
+                    _ = v.prefetch() => {}
+                }
+            });
+        }
         for b in self.listeners {
             let addr = b.tcp.local_addr().ok();
             tracing::info!(
@@ -117,21 +167,35 @@ impl Server {
                 addr = %addr.map_or_else(|| "?".to_string(), |a| a.to_string()),
                 permissions = %b.cfg.permissions,
                 auth = if b.cfg.auth_tokens.is_empty() { "none" } else { "tokens" },
+                tls = match &b.tls {
+                    None => "none",
+                    Some(t) if t.requires_client_cert() => "mutual",
+                    Some(_) => "server",
+                },
                 max_connections = b.cfg.max_connections,
                 "listening"
             );
             if b.cfg.echo {
                 tracing::warn!(listener = %b.cfg.name, "echo mode: messages are echoed, not run (conformance testing only)");
             }
-            let ctx = Arc::new(listener::ListenerCtx::new(
+            let ctx = listener::ListenerCtx::new(
                 b.cfg,
-                Arc::clone(&self.config.channels),
+                listener::Policy {
+                    channels: Arc::clone(&self.config.channels),
+                    publishers: Arc::clone(&self.config.publishers),
+                    verifier: self.verifier.clone(),
+                },
                 self.hub.clone(),
                 token.clone(),
                 tracker.clone(),
                 Arc::clone(&self.stats),
-            ));
-            tracker.spawn(listener::accept_loop(ctx, b.tcp));
+            )
+            .with_tls(b.tls);
+            tracker.spawn(listener::accept_loop(Arc::new(ctx), b.tcp));
+        }
+        // Certificates are reloaded when their files change, until shutdown.
+        for t in &self.tls {
+            tracker.spawn(Arc::clone(t).watch(self.tls_reload_interval, token.clone()));
         }
         // Age limits hold for idle channels too: expired backlog entries are swept every second.
         let sweeper = {

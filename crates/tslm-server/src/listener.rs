@@ -1,4 +1,9 @@
-//! Accept loops and per-connection HTTP serving.
+//! Accept loops and per-connection HTTP serving, over plain TCP or TLS.
+//!
+//! Each accepted connection gets its own task: the TLS handshake (on TLS listeners) runs there,
+//! under `handshake_timeout`, so a slow client never holds up the accept loop. HTTP serving is
+//! generic over the stream, so plain connections are served on the `TcpStream` itself, with no
+//! wrapper or indirection.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,8 +15,10 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -22,6 +29,7 @@ use crate::config::ListenerConfig;
 use crate::iplimit::{IpGuard, IpLimits, Refusal};
 use crate::ratelimit::TokenBucket;
 use crate::stats::{Gauge, Stats};
+use crate::tls::TlsState;
 
 /// How often addresses that went quiet are forgotten by the per-address limits.
 const IP_TABLE_SWEEP: Duration = Duration::from_secs(10);
@@ -33,6 +41,8 @@ const MAX_HTTP_HEAD_BYTES: usize = 16 * 1024;
 pub(crate) struct Bound {
     pub cfg: Arc<ListenerConfig>,
     pub tcp: TcpListener,
+    /// The listener's TLS (shared by all its addresses); `None` for plain TCP.
+    pub tls: Option<Arc<TlsState>>,
 }
 
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -50,18 +60,33 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub(crate) struct ListenerCtx {
     pub cfg: Arc<ListenerConfig>,
     pub channels: Arc<crate::classes::ChannelClasses>,
+    pub publishers: Arc<Vec<crate::auth_config::Publisher>>,
+    /// Validates subscribers' access tokens (`None` without `[issuer.NAME]`).
+    pub verifier: Option<tslm_oidc::Verifier>,
+    /// Signatures of HTTP requests seen recently (never accepted twice).
+    pub replay: std::sync::Mutex<tslm_auth::http_sig::ReplayGuard>,
     pub hub: Hub,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub stats: Arc<Stats>,
+    /// `None`: plain TCP.
+    tls: Option<Arc<TlsState>>,
     conn_limit: Arc<Semaphore>,
     ip_limits: Arc<IpLimits>,
+}
+
+/// What every listener shares about channels and identities.
+#[derive(Clone)]
+pub(crate) struct Policy {
+    pub channels: Arc<crate::classes::ChannelClasses>,
+    pub publishers: Arc<Vec<crate::auth_config::Publisher>>,
+    pub verifier: Option<tslm_oidc::Verifier>,
 }
 
 impl ListenerCtx {
     pub(crate) fn new(
         cfg: Arc<ListenerConfig>,
-        channels: Arc<crate::classes::ChannelClasses>,
+        policy: Policy,
         hub: Hub,
         shutdown: CancellationToken,
         tracker: TaskTracker,
@@ -72,13 +97,26 @@ impl ListenerCtx {
         Self {
             ip_limits,
             cfg,
-            channels,
+            channels: policy.channels,
+            publishers: policy.publishers,
+            verifier: policy.verifier,
+            replay: std::sync::Mutex::new(tslm_auth::http_sig::ReplayGuard::new(
+                crate::identity::SIGNATURE_WINDOW,
+                crate::identity::REPLAY_CAPACITY,
+            )),
             hub,
             shutdown,
             tracker,
             stats,
+            tls: None,
             conn_limit,
         }
+    }
+
+    /// Serves this listener over TLS (`None`: plain TCP, the default).
+    pub(crate) fn with_tls(mut self, tls: Option<Arc<TlsState>>) -> Self {
+        self.tls = tls;
+        self
     }
 }
 
@@ -87,6 +125,10 @@ impl ListenerCtx {
 /// freed when both are gone.
 pub(crate) struct ConnSlot {
     pub peer: SocketAddr,
+    /// On a mutual-TLS listener, the names the client's verified certificate vouches for: its
+    /// subject common name, then its DNS subject alternative names, without duplicates (see
+    /// `tls::cert_names`), for mapping the connection to a publisher. Empty otherwise.
+    pub peer_cert_names: Vec<String>,
     pub bucket: Mutex<Option<TokenBucket>>,
     _permit: OwnedSemaphorePermit,
     _ip: IpGuard,
@@ -167,6 +209,7 @@ async fn serve_connection(
             return refuse(
                 &ctx,
                 stream,
+                peer,
                 ProtoError::new(ErrorCode::RateLimited, message),
             )
             .await;
@@ -179,21 +222,91 @@ async fn serve_connection(
             ErrorCode::Unavailable,
             "this listener is at its connection limit; retry later",
         );
-        return refuse(&ctx, stream, e).await;
+        return refuse(&ctx, stream, peer, e).await;
     };
-    let slot = Arc::new(ConnSlot {
-        peer,
-        bucket: Mutex::new(ctx.cfg.rate_limit_per_second.map(TokenBucket::new)),
-        _permit: permit,
-        _ip: ip,
-        _gauge: gauge,
-    });
+    // The handshake runs holding the connection's slot, so handshakes in progress count
+    // against `max_connections` and the per-address limits.
+    let slot = |peer_cert_names| {
+        Arc::new(ConnSlot {
+            peer,
+            peer_cert_names,
+            bucket: Mutex::new(ctx.cfg.rate_limit_per_second.map(TokenBucket::new)),
+            _permit: permit,
+            _ip: ip,
+            _gauge: gauge,
+        })
+    };
+    match &ctx.tls {
+        None => serve_http(&ctx, router, stream, slot(Vec::new())).await,
+        // Boxed, so that the TLS session state (kilobytes) is no part of the task of every
+        // plain connection: the plain path stays as it was.
+        Some(tls) => Box::pin(serve_tls(&ctx, tls, router, stream, peer, slot)).await,
+    }
+}
+
+/// Serves a connection on a TLS listener: handshake, then HTTP over the TLS stream. `slot`
+/// makes the connection's slot from the client certificate's names.
+async fn serve_tls(
+    ctx: &ListenerCtx,
+    tls: &TlsState,
+    router: Router,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: impl FnOnce(Vec<String>) -> Arc<ConnSlot>,
+) {
+    let Some(stream) = tls_handshake(ctx, tls, stream, peer).await else {
+        return;
+    };
+    let slot = slot(crate::tls::peer_cert_names(stream.get_ref().1));
+    serve_http(ctx, router, stream, slot).await;
+}
+
+/// Runs the server side of the TLS handshake under `handshake_timeout`; `None` (logged at
+/// debug: peers cause these) when it fails, times out or the server shuts down first.
+async fn tls_handshake(
+    ctx: &ListenerCtx,
+    tls: &TlsState,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<TlsStream<TcpStream>> {
+    let accept = tls.acceptor().accept(stream);
+    let result = tokio::select! {
+        r = tokio::time::timeout(ctx.cfg.handshake_timeout, accept) => r,
+        _ = ctx.shutdown.cancelled() => return None,
+    };
+    match result {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(
+                listener = %ctx.cfg.name,
+                %peer,
+                mtls = tls.requires_client_cert(),
+                error = %e,
+                "tls handshake failed"
+            );
+            None
+        }
+        Err(_) => {
+            tracing::debug!(listener = %ctx.cfg.name, %peer, "tls handshake timed out");
+            None
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (and upgrades to WebSocket) on `io` until the client goes or the server
+/// shuts down. Generic so that plain TCP is served on the socket itself.
+async fn serve_http<I>(ctx: &ListenerCtx, router: Router, io: I, slot: Arc<ConnSlot>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = slot.peer;
     let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(Arc::clone(&slot));
         router.clone().oneshot(req)
     });
-    let conn = http_builder(&ctx)
-        .serve_connection(TokioIo::new(stream), svc)
+    // The header deadline starts now, after any TLS handshake.
+    let conn = http_builder(ctx)
+        .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
@@ -209,10 +322,29 @@ async fn serve_connection(
     }
 }
 
+/// Refuses a connection with `error` in HTTP, after the TLS handshake on a TLS listener (so a
+/// TLS client reads the answer, not a protocol error).
+async fn refuse(ctx: &ListenerCtx, stream: TcpStream, peer: SocketAddr, error: ProtoError) {
+    match &ctx.tls {
+        None => refuse_http(ctx, stream, error).await,
+        Some(tls) => {
+            Box::pin(async move {
+                if let Some(stream) = tls_handshake(ctx, tls, stream, peer).await {
+                    refuse_http(ctx, stream, error).await;
+                }
+            })
+            .await;
+        }
+    }
+}
+
 /// Answers every request on a refused connection with `error` (503 over `max_connections`, 429
 /// over a per-address limit), then closes it cleanly: the request is read first, so the client
 /// sees the response, not a reset.
-async fn refuse(ctx: &ListenerCtx, stream: TcpStream, error: ProtoError) {
+async fn refuse_http<I>(ctx: &ListenerCtx, io: I, error: ProtoError)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let svc = service_fn(move |_req: hyper::Request<Incoming>| {
         let mut resp = crate::http::error_response(&error);
         resp.headers_mut().insert(
@@ -227,6 +359,6 @@ async fn refuse(ctx: &ListenerCtx, stream: TcpStream, error: ProtoError) {
     });
     let mut b = http_builder(ctx);
     b.keep_alive(false);
-    let conn = b.serve_connection(TokioIo::new(stream), svc);
+    let conn = b.serve_connection(TokioIo::new(io), svc);
     let _ = tokio::time::timeout(ctx.cfg.handshake_timeout, conn).await;
 }

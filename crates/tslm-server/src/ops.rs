@@ -8,6 +8,7 @@ use tslm_hub::{ConnId, HubError, Outbox, PublishOptions, Published, ReplyError};
 use tslm_protocol::{ChannelName, ChannelOptions, ErrorCode, Payload, ProtoError, Start, v1};
 
 use crate::classes::ChannelClass;
+use crate::identity::{Identity, unauthorized};
 use crate::listener::ListenerCtx;
 
 pub(crate) fn forbidden_listener(op: &str) -> ProtoError {
@@ -43,20 +44,28 @@ pub(crate) fn hub_error(e: HubError) -> ProtoError {
     }
 }
 
-/// What a connection may do with a channel: the listener's permission and the class's
-/// listener list must both allow it.
+/// What a request does with a channel, for permission checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Access {
-    /// subscribe, unsubscribe, history, reply
+    /// subscribe, unsubscribe, history (op), reply: the listener's `Subscribe` permission, the
+    /// class's `subscribe_from`, and a token granting the channel where the class or listener
+    /// requires one.
     Read,
-    /// create, publish, delete
-    Write,
-    /// create and delete: also needs the listener's create permission
-    Manage,
+    /// publish: `NotifyChannel`, `publish_from`, and the publisher's `publish` operation and
+    /// channel patterns where it authenticated (required on `publisher_auth` listeners).
+    Publish,
+    /// create: `CreateChannel`, `publish_from`, the publisher's `create` operation.
+    Create,
+    /// delete: `CreateChannel`, `publish_from`, the publisher's `delete` operation.
+    Delete,
+    /// history over HTTP (operators): `CreateChannel`, `publish_from`, any publisher operation.
+    Operate,
 }
 
-/// Checks `access` to `channel` for a connection of `ctx`'s listener; returns the class.
+/// Checks `access` to `channel` by `who` on `ctx`'s listener; returns the channel's class.
 pub(crate) fn admit<'a>(
     ctx: &'a ListenerCtx,
+    who: &Identity,
     op: &str,
     channel: &ChannelName,
     access: Access,
@@ -65,30 +74,98 @@ pub(crate) fn admit<'a>(
     let class = ctx.channels.class_for(channel);
     let allowed = match access {
         Access::Read => perms.subscribe,
-        Access::Write => perms.publish,
-        Access::Manage => perms.create,
+        Access::Publish => perms.publish,
+        Access::Create | Access::Delete | Access::Operate => perms.create,
     };
     if !allowed {
         return Err(forbidden_listener(op));
     }
     let class_allows = match access {
         Access::Read => class.may_subscribe_from(&ctx.cfg.name),
-        Access::Write | Access::Manage => class.may_publish_from(&ctx.cfg.name),
+        _ => class.may_publish_from(&ctx.cfg.name),
     };
     if !class_allows {
         return Err(forbidden_class(op, class, channel));
     }
+    if access == Access::Read {
+        if class.authenticated_subscribers || ctx.cfg.subscriber_auth {
+            match who {
+                Identity::Subscriber(g) if g.expired() => {
+                    return Err(unauthorized(
+                        "the access token has expired: send `refresh` with a new one",
+                    ));
+                }
+                Identity::Subscriber(g) if g.allows(channel) => {}
+                Identity::Subscriber(_) => {
+                    return Err(ProtoError::new(
+                        ErrorCode::Forbidden,
+                        format!("the access token does not grant channel `{channel}`"),
+                    ));
+                }
+                _ => {
+                    return Err(unauthorized(format!(
+                        "channel `{channel}` needs an access token: send {{\"op\":\"auth\",\"token\":\"<access token>\"}} first"
+                    )));
+                }
+            }
+        }
+        return Ok(class);
+    }
+    publisher_may(ctx, who, op, Some(channel), access)?;
     Ok(class)
+}
+
+/// The publisher checks of a write or operator access: on `publisher_auth` listeners a publisher
+/// identity is required; a publisher (wherever it authenticated) is held to its operations and
+/// channel patterns.
+pub(crate) fn publisher_may(
+    ctx: &ListenerCtx,
+    who: &Identity,
+    op: &str,
+    channel: Option<&ChannelName>,
+    access: Access,
+) -> Result<(), ProtoError> {
+    let p = match who {
+        Identity::Publisher(i) => &ctx.publishers[*i],
+        _ if ctx.cfg.publisher_auth => {
+            return Err(unauthorized(
+                "this listener serves authenticated publishers only: authenticate first (a token, a key signature or a client certificate)",
+            ));
+        }
+        _ => return Ok(()),
+    };
+    let op_allowed = match access {
+        Access::Publish => p.ops.publish,
+        Access::Create => p.ops.create,
+        Access::Delete => p.ops.delete,
+        Access::Operate | Access::Read => true,
+    };
+    if !op_allowed {
+        return Err(ProtoError::new(
+            ErrorCode::Forbidden,
+            format!("publisher `{}` may not {op}", p.name),
+        ));
+    }
+    if let Some(c) = channel
+        && !p.may_use(c.as_str())
+    {
+        return Err(ProtoError::new(
+            ErrorCode::Forbidden,
+            format!("publisher `{}` may not {op} on channel `{c}`", p.name),
+        ));
+    }
+    Ok(())
 }
 
 /// Creates `channel` with `options` within its class.
 pub(crate) fn create(
     ctx: &ListenerCtx,
+    who: &Identity,
     channel: &ChannelName,
     options: &ChannelOptions,
     via: &'static str,
 ) -> Result<tslm_hub::Created, ProtoError> {
-    let class = admit(ctx, "create", channel, Access::Manage)?;
+    let class = admit(ctx, who, "create", channel, Access::Create)?;
     let settings = class
         .settings_with(options)
         .map_err(|m| ProtoError::new(ErrorCode::Forbidden, m))?;
@@ -99,8 +176,12 @@ pub(crate) fn create(
     Ok(created)
 }
 
-pub(crate) fn delete(ctx: &ListenerCtx, channel: &ChannelName) -> Result<(), ProtoError> {
-    admit(ctx, "delete", channel, Access::Manage)?;
+pub(crate) fn delete(
+    ctx: &ListenerCtx,
+    who: &Identity,
+    channel: &ChannelName,
+) -> Result<(), ProtoError> {
+    admit(ctx, who, "delete", channel, Access::Delete)?;
     ctx.hub.delete(channel).map_err(hub_error)?;
     tracing::info!(listener = %ctx.cfg.name, channel = %channel, "channel deleted");
     Ok(())
@@ -110,12 +191,13 @@ pub(crate) fn delete(ctx: &ListenerCtx, channel: &ChannelName) -> Result<(), Pro
 /// says so.
 pub(crate) fn publish(
     ctx: &ListenerCtx,
+    who: &Identity,
     channel: &ChannelName,
     data: &Payload,
     msg_id: Option<&str>,
     publisher: Option<(ConnId, &Arc<Outbox>)>,
 ) -> Result<Published, ProtoError> {
-    let class = admit(ctx, "publish", channel, Access::Write)?;
+    let class = admit(ctx, who, "publish", channel, Access::Publish)?;
     if data.len() > ctx.cfg.max_publish_bytes {
         return Err(ProtoError::new(
             ErrorCode::TooLarge,
@@ -153,12 +235,13 @@ pub(crate) const MAX_HISTORY: usize = 1000;
 
 pub(crate) fn history(
     ctx: &ListenerCtx,
+    who: &Identity,
     channel: &ChannelName,
     start: Start,
     limit: usize,
     access: Access,
 ) -> Result<tslm_hub::History, ProtoError> {
-    admit(ctx, "history", channel, access)?;
+    admit(ctx, who, "history", channel, access)?;
     ctx.hub
         .history(channel, start, limit.clamp(1, MAX_HISTORY))
         .map_err(hub_error)
@@ -178,6 +261,7 @@ pub(crate) fn reply_error(e: ReplyError) -> ProtoError {
 /// Lists channels (listeners that may create only: the operators' side).
 pub(crate) fn channels(
     ctx: &ListenerCtx,
+    who: &Identity,
     prefix: Option<&str>,
     after: Option<&ChannelName>,
     limit: usize,
@@ -185,6 +269,7 @@ pub(crate) fn channels(
     if !ctx.cfg.permissions.create {
         return Err(forbidden_listener("listing channels"));
     }
+    publisher_may(ctx, who, "list channels", None, Access::Operate)?;
     Ok(ctx.hub.list(prefix, after, limit.clamp(1, MAX_HISTORY)))
 }
 

@@ -20,8 +20,10 @@ use tslm_hub::{CatchUp, CloseReason, ConnId, Outbox};
 use tslm_protocol::{ChannelName, Dialect, ErrorCode, ProtoError, Start, close, legacy, v1};
 
 use crate::config::ListenerConfig;
+use crate::identity::{self, Identity, SubscriberGrant};
 use crate::listener::{ConnSlot, ListenerCtx};
 use crate::ops::{self, Access};
+use tslm_auth::keys::Challenge;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -81,6 +83,7 @@ pub(crate) async fn run(
     conn: Arc<ConnSlot>,
     on_upgrade: OnUpgrade,
     dialect: Dialect,
+    identity: Identity,
 ) {
     let upgraded = match tokio::time::timeout(ctx.cfg.handshake_timeout, on_upgrade).await {
         Ok(Ok(u)) => u,
@@ -105,7 +108,13 @@ pub(crate) async fn run(
             .await;
     let id = ctx.hub.next_conn_id();
     let span = tracing::debug_span!("session", listener = %cfg.name, conn = %id, peer = %conn.peer, ?dialect);
+    let needs_auth = cfg.publisher_auth || cfg.subscriber_auth;
+    let auth_deadline = (needs_auth && matches!(identity, Identity::Anonymous))
+        .then(|| Instant::now() + cfg.auth_timeout);
     let session = Session {
+        identity,
+        challenge: None,
+        auth_deadline,
         outbox: Arc::new(Outbox::new(cfg.outbox)),
         _gauge: ctx.stats.session(),
         ctx: Arc::clone(&ctx),
@@ -126,6 +135,12 @@ pub(crate) async fn run(
 }
 
 struct Session {
+    /// Who the connection has proved to be.
+    identity: Identity,
+    /// The last challenge handed out (`challenge` op); consumed by the next signature `auth`.
+    challenge: Option<Challenge>,
+    /// When an unauthenticated connection is closed (listeners that require authentication).
+    auth_deadline: Option<Instant>,
     ctx: Arc<ListenerCtx>,
     conn: Arc<ConnSlot>,
     id: ConnId,
@@ -194,6 +209,12 @@ impl Session {
         loop {
             let ping_at = next_ping;
             let dead_at = pong_deadline.unwrap_or_else(far);
+            // Authentication deadline, or the expiry of the subscriber's access token.
+            let auth_at = match (&self.auth_deadline, &self.identity) {
+                (Some(at), _) => *at,
+                (None, Identity::Subscriber(g)) => Instant::now() + g.remaining(),
+                _ => far(),
+            };
             let step = tokio::select! {
                 _ = self.ctx.shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "going away")),
                 msg = ws.next() => {
@@ -214,6 +235,11 @@ impl Session {
                     self.write_out(ws, Some(Message::Ping(Bytes::new()))).await
                 }
                 _ = sleep_until(dead_at) => Err(End::Close(close::PING_TIMEOUT, "ping timeout")),
+                _ = sleep_until(auth_at) => Err(if self.auth_deadline.is_some() {
+                    End::Close(close::AUTH_TIMEOUT, "authentication required")
+                } else {
+                    End::Close(close::TOKEN_EXPIRED, "token expired")
+                }),
             };
             if let Err(end) = step {
                 return end;
@@ -257,7 +283,7 @@ impl Session {
             return self.write_out(ws, Some(msg)).await;
         }
         let reply = match msg {
-            Message::Text(text) => self.on_text(Bytes::from(text)),
+            Message::Text(text) => self.on_text(Bytes::from(text)).await,
             Message::Binary(_) => {
                 // Refused frames take a token like any other, so they cannot flood replies.
                 let allowed = self.allow_command();
@@ -297,7 +323,7 @@ impl Session {
     }
 
     /// Runs one command; returns the reply.
-    fn on_text(&mut self, frame: Bytes) -> String {
+    async fn on_text(&mut self, frame: Bytes) -> String {
         match self.dialect {
             Dialect::V1 => {
                 // Every frame takes a token, malformed or not; the request is still decoded
@@ -309,11 +335,26 @@ impl Session {
                     }
                     Err(e) => v1::encode_error(e.id.as_ref(), &e.error),
                     Ok(req) => {
-                        let result = if allowed {
-                            self.run_v1(req.op, req.id.as_ref())
-                        } else {
-                            Err(rate_limited(&self.ctx.cfg))
+                        let result = match req.op {
+                            _ if !allowed => Err(rate_limited(&self.ctx.cfg)),
+                            v1::Op::Auth(credentials) => {
+                                // Boxed: token validation may fetch keys, and its future must
+                                // not weigh on every idle session's.
+                                Box::pin(self.authenticate(credentials, req.id.as_ref())).await
+                            }
+                            v1::Op::Refresh { token } => {
+                                Box::pin(self.refresh(&token, req.id.as_ref())).await
+                            }
+                            op => self.run_v1(op, req.id.as_ref()),
                         };
+                        if result
+                            .as_ref()
+                            .is_err_and(|e| e.code == ErrorCode::Unauthorized)
+                            && self.rejections.hit()
+                        {
+                            // Credential guessing costs a connection quickly.
+                            self.abusive = true;
+                        }
                         match result {
                             Ok(reply) => reply,
                             Err(e) => v1::encode_error(req.id.as_ref(), &e),
@@ -349,18 +390,29 @@ impl Session {
     /// Runs one v1 request; returns the encoded reply.
     fn run_v1(&mut self, op: v1::Op, id: Option<&v1::Id>) -> Result<String, ProtoError> {
         let ctx = Arc::clone(&self.ctx);
+        let who = self.identity.clone();
         let ok = |s: v1::Success<'_>| Ok(v1::encode_ok(id, s));
         match op {
             v1::Op::Ping => ok(v1::Success::Empty),
+            v1::Op::Challenge => {
+                let c = Challenge::random();
+                let text = c.to_base64();
+                self.challenge = Some(c);
+                ok(v1::Success::Challenge(&text))
+            }
+            // Answered by `authenticate` and `refresh` before this point.
+            v1::Op::Auth(_) | v1::Op::Refresh { .. } => {
+                Err(ProtoError::new(ErrorCode::Internal, "internal error"))
+            }
             v1::Op::Create { channel, options } => {
-                let c = ops::create(&ctx, &channel, &options, "websocket")?;
+                let c = ops::create(&ctx, &who, &channel, &options, "websocket")?;
                 ok(v1::Success::Created {
                     created: c.created,
                     epoch: c.epoch,
                 })
             }
             v1::Op::Delete { channel } => {
-                ops::delete(&ctx, &channel)?;
+                ops::delete(&ctx, &who, &channel)?;
                 ok(v1::Success::Deleted)
             }
             v1::Op::Publish {
@@ -369,16 +421,19 @@ impl Session {
                 msg_id,
             } => {
                 let publisher = Some((self.id, &self.outbox));
-                let p = ops::publish(&ctx, &channel, &data, msg_id.as_deref(), publisher)?;
+                let p = ops::publish(&ctx, &who, &channel, &data, msg_id.as_deref(), publisher)?;
                 ok(ops::published(p))
             }
             v1::Op::Subscribe { channel, start } => {
-                ops::admit(&ctx, "subscribe", &channel, Access::Read)?;
+                ops::admit(&ctx, &who, "subscribe", &channel, Access::Read)?;
                 let subscription = self.subscribe(channel, start)?;
                 ok(v1::Success::Subscribed(subscription))
             }
             v1::Op::Unsubscribe { channel } => {
-                ops::admit(&ctx, "unsubscribe", &channel, Access::Read)?;
+                // Always possible, even with an expired token.
+                if !ctx.cfg.permissions.subscribe {
+                    return Err(ops::forbidden_listener("unsubscribe"));
+                }
                 if self.subscriptions.remove(&channel) {
                     self.ctx.hub.unsubscribe(&channel, self.id);
                     self.catching.retain(|c| *c != channel);
@@ -390,7 +445,7 @@ impl Session {
                 start,
                 limit,
             } => {
-                let h = ops::history(&ctx, &channel, start, limit, Access::Read)?;
+                let h = ops::history(&ctx, &who, &channel, start, limit, Access::Read)?;
                 ok(v1::Success::History {
                     sub: h.subscription,
                     messages: &h.messages,
@@ -402,7 +457,7 @@ impl Session {
                 offset,
                 data,
             } => {
-                let class = ops::admit(&ctx, "reply", &channel, Access::Read)?;
+                let class = ops::admit(&ctx, &who, "reply", &channel, Access::Read)?;
                 if !self.ctx.hub.is_subscribed(&channel, self.id) {
                     return Err(ProtoError::new(
                         ErrorCode::Forbidden,
@@ -431,13 +486,125 @@ impl Session {
                 limit,
             } => {
                 let (channels, more) =
-                    ops::channels(&ctx, prefix.as_deref(), after.as_ref(), limit)?;
+                    ops::channels(&ctx, &who, prefix.as_deref(), after.as_ref(), limit)?;
                 ok(v1::Success::Channels {
                     channels: &channels,
                     more,
                 })
             }
         }
+    }
+
+    /// `auth`: a bearer token (a publisher's, else a subscriber's access token) or a publisher's
+    /// signature of this connection's challenge. A connection authenticates once.
+    async fn authenticate(
+        &mut self,
+        credentials: v1::Credentials,
+        id: Option<&v1::Id>,
+    ) -> Result<String, ProtoError> {
+        if !matches!(self.identity, Identity::Anonymous) {
+            return Err(ProtoError::bad_request(
+                "this connection is already authenticated; `refresh` replaces an access token",
+            ));
+        }
+        let ctx = Arc::clone(&self.ctx);
+        match credentials {
+            v1::Credentials::Signature {
+                publisher,
+                signature,
+            } => {
+                // A challenge serves one attempt, successful or not: it can never be replayed.
+                let Some(challenge) = self.challenge.take() else {
+                    return Err(ProtoError::bad_request(
+                        "ask for a `challenge` first, then sign it",
+                    ));
+                };
+                let i = identity::publisher_by_signature(
+                    &ctx.publishers,
+                    &publisher,
+                    &challenge,
+                    &signature,
+                )
+                .ok_or_else(|| identity::unauthorized("signature refused"))?;
+                Ok(self.became_publisher(i, id))
+            }
+            v1::Credentials::Token(token) => {
+                if let Some(i) = identity::publisher_by_token(&ctx.publishers, &token) {
+                    return Ok(self.became_publisher(i, id));
+                }
+                let Some(verifier) = &ctx.verifier else {
+                    return Err(identity::unauthorized("token refused"));
+                };
+                let grant = verifier
+                    .verify(&token)
+                    .await
+                    .map_err(|e| identity::token_refused(&e))?;
+                let grant = Arc::new(SubscriberGrant::from_grant(grant));
+                tracing::debug!(issuer = %grant.issuer, subject = ?grant.subject, "subscriber authenticated");
+                let reply = v1::encode_ok(
+                    id,
+                    v1::Success::Authenticated {
+                        publisher: None,
+                        subject: grant.subject.as_deref(),
+                        expires_at: Some(grant.expires_unix()),
+                    },
+                );
+                self.identity = Identity::Subscriber(grant);
+                self.auth_deadline = None;
+                Ok(reply)
+            }
+        }
+    }
+
+    fn became_publisher(&mut self, i: usize, id: Option<&v1::Id>) -> String {
+        let name = &self.ctx.publishers[i].name;
+        tracing::info!(listener = %self.ctx.cfg.name, conn = %self.id, peer = %self.conn.peer, publisher = %name, "publisher authenticated");
+        let reply = v1::encode_ok(
+            id,
+            v1::Success::Authenticated {
+                publisher: Some(name),
+                subject: None,
+                expires_at: None,
+            },
+        );
+        self.identity = Identity::Publisher(i);
+        self.auth_deadline = None;
+        reply
+    }
+
+    /// `refresh`: a new access token for the same subject from the same issuer, before (or
+    /// after) the current one expires; the connection's expiry moves to the new token's.
+    async fn refresh(&mut self, token: &str, id: Option<&v1::Id>) -> Result<String, ProtoError> {
+        let Identity::Subscriber(current) = &self.identity else {
+            return Err(ProtoError::bad_request(
+                "`refresh` replaces a subscriber's access token: authenticate with `auth` first",
+            ));
+        };
+        let current = Arc::clone(current);
+        let Some(verifier) = &self.ctx.verifier else {
+            return Err(identity::unauthorized("token refused"));
+        };
+        let grant = verifier
+            .verify(token)
+            .await
+            .map_err(|e| identity::token_refused(&e))?;
+        let grant = SubscriberGrant::from_grant(grant);
+        if grant.issuer != current.issuer || grant.subject != current.subject {
+            return Err(ProtoError::new(
+                ErrorCode::Forbidden,
+                "a refreshed token must name the same subject from the same issuer",
+            ));
+        }
+        let reply = v1::encode_ok(
+            id,
+            v1::Success::Authenticated {
+                publisher: None,
+                subject: grant.subject.as_deref(),
+                expires_at: Some(grant.expires_unix()),
+            },
+        );
+        self.identity = Identity::Subscriber(Arc::new(grant));
+        Ok(reply)
     }
 
     fn run_legacy(&mut self, req: legacy::Request) -> Result<String, legacy::Error> {
@@ -453,13 +620,14 @@ impl Session {
         match &req {
             legacy::Request::CreateChannel(c) => {
                 let created =
-                    ops::create(&ctx, c, &Default::default(), "websocket").map_err(denied)?;
+                    ops::create(&ctx, &self.identity, c, &Default::default(), "websocket")
+                        .map_err(denied)?;
                 if !created.created {
                     return Err(legacy::Error::AlreadyRegistered(c.clone()));
                 }
             }
             legacy::Request::Subscribe(c) => {
-                ops::admit(&ctx, "subscribe", c, Access::Read).map_err(denied)?;
+                ops::admit(&ctx, &self.identity, "subscribe", c, Access::Read).map_err(denied)?;
                 let replay = ctx.hub.settings(c).map_or(0, |s| s.legacy_replay);
                 let start = if replay > 0 {
                     Start::Last(replay as u64)
@@ -472,10 +640,12 @@ impl Session {
                 })?;
             }
             legacy::Request::NotifyChannel(c, data) => {
-                ops::publish(&ctx, c, data, None, None).map_err(|e| match e.code {
-                    ErrorCode::TooLarge => legacy::Error::TooLarge,
-                    ErrorCode::Forbidden => legacy::Error::PermissionDenied(command),
-                    _ => legacy::Error::ChannelNotFound(c.clone()),
+                ops::publish(&ctx, &self.identity, c, data, None, None).map_err(|e| {
+                    match e.code {
+                        ErrorCode::TooLarge => legacy::Error::TooLarge,
+                        ErrorCode::Forbidden => legacy::Error::PermissionDenied(command),
+                        _ => legacy::Error::ChannelNotFound(c.clone()),
+                    }
                 })?;
             }
         }

@@ -16,6 +16,7 @@ use tslm_protocol::{Dialect, ErrorCode, ProtoError, SUBPROTOCOL_V1};
 
 use crate::config::ListenerConfig;
 use crate::http::error_response;
+use crate::identity::{self, Identity};
 use crate::listener::{ConnSlot, ListenerCtx};
 
 /// Whether `name` lists `token` (comma-separated, case-insensitive), as `Connection: upgrade`.
@@ -47,10 +48,15 @@ fn offered_protocols(headers: &HeaderMap) -> Vec<&str> {
 
 fn token_matches(cfg: &ListenerConfig, presented: &str) -> bool {
     // Compare against every configured token, in constant time per comparison, without an
-    // early exit, so timing tells nothing about which token or prefix matched.
+    // early exit, so timing tells nothing about which token or prefix matched. An entry
+    // `sha256:<hex>` is compared by hash, so the config need not hold the token itself.
+    let hashed = tslm_auth::token::hash_token(presented);
     let mut ok = subtle::Choice::from(0);
     for t in &cfg.auth_tokens {
-        ok |= t.as_bytes().ct_eq(presented.as_bytes());
+        ok |= match crate::auth_config::parse_token_hash(t) {
+            Some(h) => h.ct_eq(&hashed),
+            None => t.as_bytes().ct_eq(presented.as_bytes()),
+        };
     }
     bool::from(ok)
 }
@@ -86,6 +92,68 @@ fn token_subprotocol<'h>(cfg: &ListenerConfig, headers: &'h HeaderMap) -> Option
     offered_protocols(headers)
         .into_iter()
         .find(|p| token_matches(cfg, p))
+}
+
+/// Browsers send `Origin` on every WebSocket handshake; where the listener has an allowlist,
+/// only those exact origins (scheme, host, port) may connect. Requests without `Origin` are not
+/// from browsers and pass. `null` and look-alike hosts are refused: the comparison is exact.
+pub(crate) fn origin_allowed(cfg: &ListenerConfig, headers: &HeaderMap) -> Result<(), ProtoError> {
+    if cfg.allowed_origins.is_empty() {
+        return Ok(());
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let allowed = origin
+        .to_str()
+        .ok()
+        .and_then(crate::config::normalize_origin)
+        .is_some_and(|o| cfg.allowed_origins.contains(&o));
+    if allowed {
+        Ok(())
+    } else {
+        Err(ProtoError::new(
+            ErrorCode::Forbidden,
+            "this origin may not connect to this listener",
+        ))
+    }
+}
+
+/// What the handshake proves: a client certificate or an `Authorization: Bearer` token (a
+/// publisher's token, or a subscriber's access token). A token that is presented must be
+/// valid: the handshake is refused (401) otherwise. On listeners with `auth_tokens` the header
+/// carries the listener's shared token instead, and identities come with the `auth` op.
+async fn initial_identity(
+    ctx: &ListenerCtx,
+    conn: &ConnSlot,
+    headers: &HeaderMap,
+) -> Result<Identity, ProtoError> {
+    if let Some(i) = identity::publisher_by_certificate(&ctx.publishers, &conn.peer_cert_names) {
+        return Ok(Identity::Publisher(i));
+    }
+    if !ctx.cfg.auth_tokens.is_empty() {
+        return Ok(Identity::Anonymous);
+    }
+    let Some(token) = identity::bearer(headers) else {
+        return Ok(Identity::Anonymous);
+    };
+    if let Some(i) = identity::publisher_by_token(&ctx.publishers, token) {
+        return Ok(Identity::Publisher(i));
+    }
+    if let Some(v) = &ctx.verifier {
+        let grant = v
+            .verify(token)
+            .await
+            .map_err(|e| identity::token_refused(&e))?;
+        return Ok(Identity::Subscriber(Arc::new(
+            identity::SubscriberGrant::from_grant(grant),
+        )));
+    }
+    if ctx.cfg.publisher_auth {
+        return Err(identity::unauthorized("token refused"));
+    }
+    // Nothing here validates tokens: the header is not for us.
+    Ok(Identity::Anonymous)
 }
 
 fn bad(message: &'static str) -> Response {
@@ -132,6 +200,9 @@ pub(crate) async fn websocket(ctx: Arc<ListenerCtx>, mut req: Request) -> Respon
             "this listener requires a token: send `Authorization: Bearer <token>` or offer it as a WebSocket subprotocol",
         ));
     }
+    if let Err(e) = origin_allowed(&ctx.cfg, headers) {
+        return error_response(&e);
+    }
     let token = token_subprotocol(&ctx.cfg, headers).map(str::to_owned);
     let dialect = if offered_protocols(headers).contains(&SUBPROTOCOL_V1) {
         Dialect::V1
@@ -141,12 +212,21 @@ pub(crate) async fn websocket(ctx: Arc<ListenerCtx>, mut req: Request) -> Respon
     let Some(conn) = req.extensions().get::<Arc<ConnSlot>>().cloned() else {
         return error_response(&ProtoError::new(ErrorCode::Internal, "internal error"));
     };
+    let identity = match Box::pin(initial_identity(&ctx, &conn, req.headers())).await {
+        Ok(i) => i,
+        Err(e) => return error_response(&e),
+    };
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return bad("this connection cannot be upgraded");
     };
     let session_ctx = Arc::clone(&ctx);
-    ctx.tracker
-        .spawn(crate::session::run(session_ctx, conn, on_upgrade, dialect));
+    ctx.tracker.spawn(crate::session::run(
+        session_ctx,
+        conn,
+        on_upgrade,
+        dialect,
+        identity,
+    ));
 
     let mut resp = (
         StatusCode::SWITCHING_PROTOCOLS,

@@ -44,6 +44,15 @@ pub enum Success<'a> {
     },
     /// The answer to `delete`: `"deleted":true`.
     Deleted,
+    /// The answer to `challenge`: `"challenge":"<base64>"`.
+    Challenge(&'a str),
+    /// The answer to `auth` and `refresh`: `"publisher":…` for a publisher, or
+    /// `"subject":…,"expires_at":…` (Unix seconds) for a subscriber's token.
+    Authenticated {
+        publisher: Option<&'a str>,
+        subject: Option<&'a str>,
+        expires_at: Option<u64>,
+    },
 }
 
 impl Success<'_> {
@@ -174,6 +183,27 @@ fn push_success(out: &mut String, ok: Success<'_>) {
             push_bool(out, "more", more);
         }
         Success::Deleted => push_bool(out, "deleted", true),
+        Success::Challenge(c) => {
+            out.push_str(",\"challenge\":");
+            push_json_str(out, c);
+        }
+        Success::Authenticated {
+            publisher,
+            subject,
+            expires_at,
+        } => {
+            if let Some(p) = publisher {
+                out.push_str(",\"publisher\":");
+                push_json_str(out, p);
+            }
+            if let Some(s) = subject {
+                out.push_str(",\"subject\":");
+                push_json_str(out, s);
+            }
+            if let Some(e) = expires_at {
+                push_num(out, "expires_at", e);
+            }
+        }
     }
     out.push('}');
 }
@@ -365,6 +395,32 @@ mod tests {
             r#"{"ok":true,"deleted":true}"#
         );
         assert_eq!(encode_http_ok(Success::Empty), r#"{"ok":true}"#);
+        assert_eq!(
+            encode_ok(Some(&id), Success::Challenge("q83v")),
+            r#"{"id":4,"ok":true,"challenge":"q83v"}"#
+        );
+        assert_eq!(
+            encode_ok(
+                None,
+                Success::Authenticated {
+                    publisher: Some("billing"),
+                    subject: None,
+                    expires_at: None
+                }
+            ),
+            r#"{"id":null,"ok":true,"publisher":"billing"}"#
+        );
+        assert_eq!(
+            encode_ok(
+                None,
+                Success::Authenticated {
+                    publisher: None,
+                    subject: Some("u\"1"),
+                    expires_at: Some(1_800_000_000)
+                }
+            ),
+            r#"{"id":null,"ok":true,"subject":"u\"1","expires_at":1800000000}"#
+        );
     }
 
     #[test]

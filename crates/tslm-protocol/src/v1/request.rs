@@ -89,7 +89,43 @@ pub enum Op {
         limit: usize,
     },
     Ping,
+    /// Ask for a fresh random challenge to sign (Ed25519 publisher keys).
+    Challenge,
+    /// Authenticate the connection: with a bearer `token` (a publisher's token, or a
+    /// subscriber's access token from an identity provider), or as `publisher` with a
+    /// `signature` of this connection's last challenge.
+    Auth(Credentials),
+    /// Replace the connection's subscriber access token with a fresh one before it expires.
+    Refresh {
+        token: Box<str>,
+    },
 }
+
+/// How an `auth` request proves an identity.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Token(Box<str>),
+    Signature {
+        publisher: Box<str>,
+        /// Standard base64 of the 64-byte Ed25519 signature.
+        signature: Box<str>,
+    },
+}
+
+impl std::fmt::Debug for Credentials {
+    /// Never prints a token or a signature.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Token(_) => f.write_str("Token(..)"),
+            Credentials::Signature { publisher, .. } => {
+                write!(f, "Signature {{ publisher: {publisher:?}, .. }}")
+            }
+        }
+    }
+}
+
+/// The longest token or signature field accepted, in bytes.
+pub const MAX_CREDENTIAL_BYTES: usize = 16 * 1024;
 
 impl Op {
     /// The op's wire name.
@@ -104,6 +140,9 @@ impl Op {
             Op::Reply { .. } => "reply",
             Op::Channels { .. } => "channels",
             Op::Ping => "ping",
+            Op::Challenge => "challenge",
+            Op::Auth(_) => "auth",
+            Op::Refresh { .. } => "refresh",
         }
     }
 }
@@ -169,11 +208,17 @@ struct RawRequest<'a> {
     prefix: Field<'a>,
     #[serde(borrow, default)]
     after: Field<'a>,
+    #[serde(borrow, default)]
+    token: Field<'a>,
+    #[serde(borrow, default)]
+    publisher: Field<'a>,
+    #[serde(borrow, default)]
+    signature: Field<'a>,
 }
 
 impl RawRequest<'_> {
     /// Every op-specific field and whether the request has it.
-    fn fields(&self) -> [(&'static str, bool); 9] {
+    fn fields(&self) -> [(&'static str, bool); 12] {
         [
             ("channel", self.channel.is_some()),
             ("data", self.data.is_present()),
@@ -184,6 +229,9 @@ impl RawRequest<'_> {
             ("offset", self.offset.value().is_some()),
             ("prefix", self.prefix.value().is_some()),
             ("after", self.after.value().is_some()),
+            ("token", self.token.value().is_some()),
+            ("publisher", self.publisher.value().is_some()),
+            ("signature", self.signature.value().is_some()),
         ]
     }
 }
@@ -206,6 +254,9 @@ enum Kind {
     Reply,
     Channels,
     Ping,
+    Challenge,
+    Auth,
+    Refresh,
 }
 
 impl Kind {
@@ -220,6 +271,9 @@ impl Kind {
             "reply" => Self::Reply,
             "channels" => Self::Channels,
             "ping" => Self::Ping,
+            "challenge" => Self::Challenge,
+            "auth" => Self::Auth,
+            "refresh" => Self::Refresh,
             _ => return None,
         })
     }
@@ -235,6 +289,9 @@ impl Kind {
             Self::Reply => "reply",
             Self::Channels => "channels",
             Self::Ping => "ping",
+            Self::Challenge => "challenge",
+            Self::Auth => "auth",
+            Self::Refresh => "refresh",
         }
     }
 
@@ -248,16 +305,20 @@ impl Kind {
             Self::History => &["channel", "start", "limit"],
             Self::Reply => &["channel", "offset", "data"],
             Self::Channels => &["prefix", "after", "limit"],
-            Self::Ping => &[],
+            Self::Ping | Self::Challenge => &[],
+            Self::Auth => &["token", "publisher", "signature"],
+            Self::Refresh => &["token"],
         }
     }
 }
 
 const SHAPE: &str = "a request is a JSON object with a string `op`, an optional `id` (number or \
 string) and the fields of its op (`channel`, `data`, `options`, `msg_id`, `start`, `limit`, \
-`offset`, `prefix`, `after`); no other fields";
+`offset`, `prefix`, `after`, `token`, `publisher`, `signature`); no other fields";
 const OPS: &str = "unknown op; expected one of create, delete, publish, subscribe, unsubscribe, \
-history, reply, channels, ping";
+history, reply, channels, ping, challenge, auth, refresh";
+const AUTH_FORMS: &str = "`auth` takes either `token` (a string), or `publisher` and \
+`signature` (strings: a publisher name and the base64 signature of this connection's challenge)";
 const START_FORMS: &str = "`start` must be \"new\", \"oldest\", {\"last\": N} with N >= 1, or \
 {\"epoch\": \"<16 hex digits>\", \"offset\": N}";
 const OPTIONS_FORM: &str = "`options` must be an object with any of `backlog_messages`, \
@@ -380,6 +441,44 @@ fn decode_op(frame: &Bytes, raw: &RawRequest<'_>) -> Result<Op, ProtoError> {
             limit: parse_limit(raw.limit.value())?,
         },
         Kind::Ping => Op::Ping,
+        Kind::Challenge => Op::Challenge,
+        Kind::Auth => {
+            let text = |f: Field<'_>, what: &str| -> Result<Option<Box<str>>, ProtoError> {
+                let Some(v) = f.value() else {
+                    return Ok(None);
+                };
+                match parse_string(v) {
+                    Some(s) if !s.is_empty() && s.len() <= MAX_CREDENTIAL_BYTES => {
+                        Ok(Some(s.into()))
+                    }
+                    _ => Err(ProtoError::bad_request(format!(
+                        "`{what}` must be a non-empty string of at most {MAX_CREDENTIAL_BYTES} bytes"
+                    ))),
+                }
+            };
+            match (
+                text(raw.token, "token")?,
+                text(raw.publisher, "publisher")?,
+                text(raw.signature, "signature")?,
+            ) {
+                (Some(token), None, None) => Op::Auth(Credentials::Token(token)),
+                (None, Some(publisher), Some(signature)) => Op::Auth(Credentials::Signature {
+                    publisher,
+                    signature,
+                }),
+                _ => return Err(ProtoError::bad_request(AUTH_FORMS)),
+            }
+        }
+        Kind::Refresh => match raw.token.value().and_then(parse_string) {
+            Some(t) if !t.is_empty() && t.len() <= MAX_CREDENTIAL_BYTES => {
+                Op::Refresh { token: t.into() }
+            }
+            _ => {
+                return Err(ProtoError::bad_request(format!(
+                    "`refresh` needs a `token`: a non-empty string of at most {MAX_CREDENTIAL_BYTES} bytes"
+                )));
+            }
+        },
     })
 }
 
@@ -1204,6 +1303,56 @@ mod tests {
     }
 
     #[test]
+    fn auth_challenge_and_refresh() {
+        assert_eq!(
+            dec(r#"{"op":"challenge","id":1}"#).unwrap().op,
+            Op::Challenge
+        );
+        assert_eq!(
+            dec(r#"{"op":"auth","token":"abc"}"#).unwrap().op,
+            Op::Auth(Credentials::Token("abc".into()))
+        );
+        assert_eq!(
+            dec(r#"{"op":"auth","publisher":"billing","signature":"c2ln"}"#)
+                .unwrap()
+                .op,
+            Op::Auth(Credentials::Signature {
+                publisher: "billing".into(),
+                signature: "c2ln".into()
+            })
+        );
+        assert_eq!(
+            dec(r#"{"op":"refresh","token":"t"}"#).unwrap().op,
+            Op::Refresh { token: "t".into() }
+        );
+        for bad in [
+            r#"{"op":"auth"}"#,
+            r#"{"op":"auth","token":""}"#,
+            r#"{"op":"auth","token":5}"#,
+            r#"{"op":"auth","token":"a","publisher":"p","signature":"s"}"#,
+            r#"{"op":"auth","publisher":"p"}"#,
+            r#"{"op":"auth","signature":"s"}"#,
+            r#"{"op":"refresh"}"#,
+            r#"{"op":"refresh","token":""}"#,
+            r#"{"op":"challenge","token":"x"}"#,
+            r#"{"op":"auth","token":"x","channel":"c"}"#,
+        ] {
+            assert_eq!(err(bad).error.code, ErrorCode::BadRequest, "{bad}");
+        }
+        let long = format!(
+            r#"{{"op":"auth","token":"{}"}}"#,
+            "t".repeat(MAX_CREDENTIAL_BYTES + 1)
+        );
+        assert_eq!(err(&long).error.code, ErrorCode::BadRequest);
+        // Credentials never show in debug output.
+        let shown = format!(
+            "{:?}",
+            dec(r#"{"op":"auth","token":"secret-xyz"}"#).unwrap()
+        );
+        assert!(!shown.contains("secret-xyz"), "{shown}");
+    }
+
+    #[test]
     fn unknown_op_lists_every_op() {
         let e = err(r#"{"op":"jump","id":8,"channel":"news","start":"bogus"}"#);
         assert_eq!(e.error.code, ErrorCode::UnknownOp);
@@ -1211,7 +1360,7 @@ mod tests {
         assert_eq!(
             e.error.message,
             "unknown op; expected one of create, delete, publish, subscribe, unsubscribe, \
-             history, reply, channels, ping"
+             history, reply, channels, ping, challenge, auth, refresh"
         );
     }
 

@@ -6,6 +6,9 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 /// A message from the server.
+// A client decodes one message at a time and never stores them in bulk: boxing the reply
+// would cost an allocation per message for no memory saved.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerMessage {
     /// The reply to a request.
@@ -75,6 +78,18 @@ pub struct ReplyOk {
     /// `delete`.
     #[serde(default)]
     pub deleted: Option<bool>,
+    /// `challenge`: the base64 challenge to sign.
+    #[serde(default)]
+    pub challenge: Option<String>,
+    /// `auth`: the publisher the connection authenticated as.
+    #[serde(default)]
+    pub publisher: Option<String>,
+    /// `auth`/`refresh` with an access token: its subject.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// `auth`/`refresh` with an access token: when it expires (Unix seconds).
+    #[serde(default)]
+    pub expires_at: Option<u64>,
 }
 
 /// The `lost` object of a resume that could not recover everything.
@@ -176,6 +191,14 @@ struct RawServerMessage {
     channels: Option<Vec<ChannelInfoWire>>,
     #[serde(default)]
     deleted: Option<bool>,
+    #[serde(default)]
+    challenge: Option<String>,
+    #[serde(default)]
+    publisher: Option<String>,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    expires_at: Option<u64>,
 }
 
 /// Decodes a server-to-client v1 message: a reply or an event.
@@ -243,6 +266,10 @@ pub fn decode_server_message(text: &str) -> Result<ServerMessage, serde_json::Er
                 more: raw.more,
                 channels: raw.channels,
                 deleted: raw.deleted,
+                challenge: raw.challenge,
+                publisher: raw.publisher,
+                subject: raw.subject,
+                expires_at: raw.expires_at,
             })
         }
         (Some(false), Some(e)) => Err(e),
