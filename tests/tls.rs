@@ -551,3 +551,47 @@ async fn files_that_do_not_load_fail_startup_naming_listener_and_file() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_client_certificate_maps_to_a_publisher_and_its_channels() {
+    let dir = TempDir::new("mtls-publisher");
+    let server_ca = Ca::new("server ca");
+    let clients_ca = Ca::new("clients ca");
+    let leaf = server_ca.leaf("gateway", &["localhost"], 1);
+    let cert = dir.write("cert.pem", &leaf.cert_pem);
+    let key = dir.write("key.pem", &leaf.key_pem);
+    let ca = dir.write("clients-ca.pem", &clients_ca.pem());
+    let toml = format!(
+        "{}publisher_auth = true\n\
+         [publisher.billing]\ncertificates = ['billing.intranet']\noperations = ['create', 'publish']\nchannels = ['bills.*']\n",
+        tls_listener("private", &cert, &key, Some(&ca))
+    );
+    let srv = TlsServer::start(&toml).await;
+    let addr = srv.addr("private");
+
+    // The certificate's DNS name is a whitelisted publisher: no token needed.
+    let billing = clients_ca.leaf("billing", &["billing.intranet"], 8);
+    let client = client_config(&server_ca.pem(), Some(&billing));
+    let mut tls = tls_connect(addr, &client).await.unwrap();
+    let (status, body) = https(&mut tls, "PUT", "/v1/channels/bills.march").await;
+    assert_eq!(status, 201, "{body}");
+    let mut tls = tls_connect(addr, &client).await.unwrap();
+    let (status, body) = https(&mut tls, "PUT", "/v1/channels/prices").await;
+    assert_eq!(status, 403, "outside its patterns: {body}");
+    let mut ws = wss(addr, &client).await;
+    let r = call(
+        &mut ws,
+        r#"{"op":"publish","channel":"bills.march","data":1}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+
+    // A certificate of the right CA that names no publisher authenticates nobody.
+    let other = clients_ca.leaf("someone", &["someone.intranet"], 9);
+    let client = client_config(&server_ca.pem(), Some(&other));
+    let mut tls = tls_connect(addr, &client).await.unwrap();
+    let (status, body) = https(&mut tls, "PUT", "/v1/channels/bills.april").await;
+    assert_eq!(status, 401, "{body}");
+    drop(ws);
+    srv.shutdown().await;
+}

@@ -1,0 +1,313 @@
+//! Subscribers with access tokens from a real OpenID Connect provider (the `oidc-provider` npm
+//! package, started on loopback by `tests/support/oidc.rs`): tokens map to channels, keys rotate
+//! at the provider, an outage is survived on cached keys and then fails closed, tokens expire and
+//! are refreshed, and nothing in a token, a channel name or a payload makes the gateway connect
+//! anywhere.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+#[path = "support/oidc.rs"]
+mod oidc;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use oidc::Provider;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+/// A gateway whose `secure.*` channels need a token from `issuer`, and `open.*` do not.
+fn gateway_config(issuer: &str, extra_issuer_keys: &str) -> String {
+    format!(
+        "{}\n[issuer.corp]\nissuer = '{issuer}'\naudiences = ['{aud}']\nchannels_claim = 'tslm_channels'\n\
+         refresh_cooldown_seconds = 1\nleeway_seconds = 0\n{extra_issuer_keys}\n\
+         [channel.\"secure.*\"]\nsubscribers = 'authenticated'\n",
+        two_listeners(""),
+        aud = oidc::AUDIENCE,
+    )
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+async fn create(srv: &TestServer, channels: &[&str]) {
+    let mut admin = v1(&srv.url("private")).await;
+    for c in channels {
+        let r = call(&mut admin, &format!(r#"{{"op":"create","channel":"{c}"}}"#)).await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+}
+
+async fn auth(ws: &mut Ws, token: &str) -> Value {
+    call(ws, &format!(r#"{{"op":"auth","token":"{token}"}}"#)).await
+}
+
+async fn subscribe(ws: &mut Ws, channel: &str) -> Value {
+    call(
+        ws,
+        &format!(r#"{{"op":"subscribe","channel":"{channel}"}}"#),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_real_providers_token_grants_exactly_its_channels() {
+    let provider = Provider::start(0, "k1").await;
+    let srv = TestServer::start(&gateway_config(&provider.issuer, "")).await;
+    create(&srv, &["secure.prices.eu", "secure.news", "open.x"]).await;
+    let token = provider.token_for_channels(&["secure.prices.*"]).await;
+
+    // Anonymous: open channels only.
+    let mut anon = v1(&srv.url("public")).await;
+    assert_eq!(subscribe(&mut anon, "open.x").await["ok"], true);
+    let r = subscribe(&mut anon, "secure.prices.eu").await;
+    assert_eq!(code(&r), "unauthorized", "{r}");
+
+    // With the token in the first message.
+    let mut sub = v1(&srv.url("public")).await;
+    let r = auth(&mut sub, &token).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["subject"], "tslm-test");
+    assert!(r["expires_at"].as_u64().unwrap() > 0);
+    assert_eq!(subscribe(&mut sub, "secure.prices.eu").await["ok"], true);
+    let r = subscribe(&mut sub, "secure.news").await;
+    assert_eq!(code(&r), "forbidden", "not granted: {r}");
+    // History follows the same rule.
+    let r = call(&mut sub, r#"{"op":"history","channel":"secure.news"}"#).await;
+    assert_eq!(code(&r), "forbidden");
+
+    // A message reaches it.
+    let mut publisher = v1(&srv.url("private")).await;
+    call(
+        &mut publisher,
+        r#"{"op":"publish","channel":"secure.prices.eu","data":7}"#,
+    )
+    .await;
+    assert_eq!(recv_json(&mut sub).await["data"], 7);
+
+    // The token in a header, for clients that can set one.
+    let mut req = srv.url("public").into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("tslm.v1"),
+    );
+    req.headers_mut().insert(
+        "Authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    let (mut with_header, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(
+        subscribe(&mut with_header, "secure.prices.eu").await["ok"],
+        true
+    );
+    // A bad token in a header is refused before the upgrade.
+    let mut req = srv.url("public").into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Authorization",
+        HeaderValue::from_str(&format!("Bearer {token}x")).unwrap(),
+    );
+    let e = tokio_tungstenite::connect_async(req).await.unwrap_err();
+    assert!(e.to_string().contains("401"), "{e}");
+    provider.stop().await;
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_and_say_why_without_echoing_them() {
+    let provider = Provider::start(0, "k1").await;
+    let srv = TestServer::start(&gateway_config(&provider.issuer, "max_token_bytes = 4096")).await;
+    let good = provider.token_for_channels(&["secure.*"]).await;
+    let (header, payload) = oidc::decode_jwt(&good);
+    let b64 = |v: &Value| b64url(v.to_string().as_bytes());
+    let parts: Vec<&str> = good.split('.').collect();
+
+    let mut none_header = header.clone();
+    none_header["alg"] = "none".into();
+    let mut other_iss = payload.clone();
+    other_iss["iss"] = "http://127.0.0.1:1".into();
+    let mut more_channels = payload.clone();
+    more_channels["tslm_channels"] = serde_json::json!(["*"]);
+    let cases = [
+        ("alg none", format!("{}.{}.", b64(&none_header), parts[1])),
+        (
+            "payload changed",
+            format!("{}.{}.{}", parts[0], b64(&more_channels), parts[2]),
+        ),
+        (
+            "other issuer",
+            format!("{}.{}.{}", parts[0], b64(&other_iss), parts[2]),
+        ),
+        (
+            "wrong audience",
+            provider
+                .token_for_audience("someone-else", &["tslm:secure.*"])
+                .await,
+        ),
+        ("oversized", format!("{good}{}", "A".repeat(5000))),
+        ("not a jwt", "hello".to_owned()),
+    ];
+    for (what, token) in cases {
+        let mut ws = v1(&srv.url("public")).await;
+        let r = auth(&mut ws, &token).await;
+        assert_eq!(code(&r), "unauthorized", "{what}: {r}");
+        let message = r["error"]["message"].as_str().unwrap();
+        assert!(
+            !message.contains(&token[..20.min(token.len())]),
+            "{what} echoed: {message}"
+        );
+        let r = subscribe(&mut ws, "secure.a").await;
+        assert_eq!(code(&r), "unauthorized", "{what}: still anonymous");
+    }
+    provider.stop().await;
+}
+
+#[tokio::test]
+async fn keys_rotated_at_the_provider_are_followed_and_an_outage_is_survived_then_fails_closed() {
+    let provider = Provider::start(0, "k1").await;
+    let srv = TestServer::start(&gateway_config(&provider.issuer, "key_max_age_seconds = 3")).await;
+    create(&srv, &["secure.a"]).await;
+    let t1 = provider.token_for_channels(&["secure.*"]).await;
+    let mut ws = v1(&srv.url("public")).await;
+    assert_eq!(auth(&mut ws, &t1).await["ok"], true);
+
+    // Rotation: the provider now signs with k2 only.
+    let provider = provider.rotate("k2", false).await;
+    let t2 = provider.token_for_channels(&["secure.*"]).await;
+    assert_eq!(oidc::decode_jwt(&t2).0["kid"], "k2");
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the refresh cooldown
+    let mut ws = v1(&srv.url("public")).await;
+    let r = auth(&mut ws, &t2).await;
+    assert_eq!(r["ok"], true, "the new kid triggers a refresh: {r}");
+
+    // Outage: the keys in cache still serve...
+    provider.stop().await;
+    let mut ws = v1(&srv.url("public")).await;
+    assert_eq!(auth(&mut ws, &t2).await["ok"], true, "cached keys serve");
+    // ...until their max age (3 s since the last fetch); then the gateway fails closed.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let mut ws = v1(&srv.url("public")).await;
+    let r = auth(&mut ws, &t2).await;
+    assert_eq!(code(&r), "unauthorized", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unavailable")
+            || r["error"]["message"].as_str().unwrap().contains("keys"),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn an_expiring_token_closes_the_connection_unless_refreshed() {
+    let provider = Provider::start_with_ttl(0, "k1", 3).await;
+    let srv = TestServer::start(&gateway_config(&provider.issuer, "")).await;
+    create(&srv, &["secure.a"]).await;
+
+    let mut lapsing = v1(&srv.url("public")).await;
+    let short = provider.token_for_channels(&["secure.*"]).await;
+    assert_eq!(auth(&mut lapsing, &short).await["ok"], true);
+    assert_eq!(subscribe(&mut lapsing, "secure.a").await["ok"], true);
+
+    let mut refreshed = v1(&srv.url("public")).await;
+    assert_eq!(auth(&mut refreshed, &short).await["ok"], true);
+    // A fresh token, 1.5 s later: it lasts 1.5 s longer than the first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let next = provider.token_for_channels(&["secure.*"]).await;
+    let r = call(
+        &mut refreshed,
+        &format!(r#"{{"op":"refresh","token":"{next}"}}"#),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(r["expires_at"].as_u64() > Some(0));
+
+    // The first closes at its token's expiry, with 4003.
+    assert_eq!(
+        recv_close(&mut lapsing).await,
+        Some((4003, "token expired".into()))
+    );
+    // The refreshed one is still open.
+    assert_eq!(call(&mut refreshed, r#"{"op":"ping"}"#).await["ok"], true);
+    // A refresh must name the same subject; and only a subscriber can refresh.
+    let mut anon = v1(&srv.url("public")).await;
+    let r = call(
+        &mut anon,
+        &format!(r#"{{"op":"refresh","token":"{next}"}}"#),
+    )
+    .await;
+    assert_eq!(code(&r), "bad_request");
+    provider.stop().await;
+}
+
+/// A TCP listener that counts the connections it receives.
+async fn counting_listener() -> (String, Arc<AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", l.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (url, count)
+}
+
+#[tokio::test]
+async fn nothing_in_a_token_a_channel_or_a_payload_makes_the_gateway_connect_anywhere() {
+    let provider = Provider::start(0, "k1").await;
+    let srv = TestServer::start(&gateway_config(&provider.issuer, "")).await;
+    let (trap, connections) = counting_listener().await;
+    let good = provider.token_for_channels(&["secure.*"]).await;
+    let (header, _) = oidc::decode_jwt(&good);
+    let parts: Vec<&str> = good.split('.').collect();
+    for field in ["jku", "x5u"] {
+        let mut h = header.clone();
+        h[field] = trap.clone().into();
+        h["kid"] = "not-in-the-key-set".into();
+        let forged = format!(
+            "{}.{}.{}",
+            b64url(h.to_string().as_bytes()),
+            parts[1],
+            parts[2]
+        );
+        let mut ws = v1(&srv.url("public")).await;
+        assert_eq!(code(&auth(&mut ws, &forged).await), "unauthorized");
+    }
+    // URLs in payloads and channel names are data, never fetched.
+    let mut admin = v1(&srv.url("private")).await;
+    let port = trap.trim_end_matches('/').rsplit(':').next().unwrap();
+    let channel = format!("open.127.0.0.1:{port}");
+    call(
+        &mut admin,
+        &format!(r#"{{"op":"create","channel":"{channel}"}}"#),
+    )
+    .await;
+    let mut sub = v1(&srv.url("public")).await;
+    subscribe(&mut sub, &channel).await;
+    call(
+        &mut admin,
+        &format!(
+            r#"{{"op":"publish","channel":"{channel}","data":{{"url":"{trap}","jku":"{trap}"}}}}"#
+        ),
+    )
+    .await;
+    assert_eq!(recv_json(&mut sub).await["data"]["url"], trap.as_str());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "the gateway dialled the trap"
+    );
+    provider.stop().await;
+}
