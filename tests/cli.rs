@@ -587,3 +587,93 @@ async fn the_benchmark_counts_every_delivery_against_a_real_server() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("subscribe refused"), "{err}");
 }
+
+#[tokio::test]
+async fn keygen_and_hash_token_make_credentials_the_cli_can_publish_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("billing.key");
+    let key_path = key_file.to_str().unwrap();
+    let (code, out, err) = run_cli(&["keygen", "--out", key_path], None).await;
+    assert_eq!(code, 0, "{err}");
+    let public = out
+        .trim()
+        .strip_prefix("keys = [\"")
+        .and_then(|s| s.strip_suffix("\"]"))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    assert!(public.starts_with("ed25519:"), "{public}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the secret is readable by its owner only");
+    }
+    let (code, _, err) = run_cli(&["keygen", "--out", key_path], None).await;
+    assert_eq!(code, 1, "never overwrites: {err}");
+
+    let (code, out, _) = run_cli(&["hash-token"], None).await;
+    assert_eq!(code, 0);
+    let mut lines = out.lines();
+    let token = lines.next().unwrap().to_owned();
+    let hash_line = lines.next().unwrap().to_owned();
+    assert!(token.starts_with("tslm_") && token.len() >= 40, "{token}");
+    assert_eq!(
+        hash_line,
+        format!(
+            "token_hashes = [\"{}\"]",
+            tslm_auth::token::hash_line(&token)
+        )
+    );
+    let (_, out, _) = run_cli(&["hash-token", "--stdin"], Some("my-token\n")).await;
+    assert_eq!(
+        out,
+        format!(
+            "token_hashes = [\"{}\"]\n",
+            tslm_auth::token::hash_line("my-token")
+        )
+    );
+
+    let cfg = format!(
+        "[listener.private]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['CreateChannel','NotifyChannel']\npublisher_auth=true\n\
+         [publisher.billing]\nkeys=['{public}']\n{hash_line}\noperations=['create','publish']\nchannels=['bills.*']\n"
+    );
+    let srv = TestServer::start(&cfg).await;
+    let url = srv.url("private");
+    let (code, out, err) = run_cli(
+        &[
+            "create",
+            &url,
+            "bills.q1",
+            "--publisher",
+            "billing",
+            "--key",
+            key_path,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "created bills.q1\n"), "{err}");
+    let (code, out, err) = run_cli(&["pub", &url, "bills.q1", "1", "--token", &token], None).await;
+    assert_eq!((code, out.as_str()), (0, "1\n"), "{err}");
+    let (code, _, err) = run_cli(&["pub", &url, "bills.q1", "2"], None).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("unauthorized"), "{err}");
+    let other = dir.path().join("other.key");
+    run_cli(&["keygen", "--out", other.to_str().unwrap()], None).await;
+    let (code, _, err) = run_cli(
+        &[
+            "pub",
+            &url,
+            "bills.q1",
+            "3",
+            "--publisher",
+            "billing",
+            "--key",
+            other.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("signature refused"), "{err}");
+}
