@@ -385,7 +385,7 @@ mod tests {
                 "publisher `p`: no credential",
             ),
             (
-                &format!("[publisher.p]\nkeys=['ed25519:AAAA']\nchannels=['a']\n"),
+                "[publisher.p]\nkeys=['ed25519:AAAA']\nchannels=['a']\n",
                 "publisher `p`, key `keys`",
             ),
             (
