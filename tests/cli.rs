@@ -23,10 +23,14 @@ struct Gateway {
 
 impl Gateway {
     fn spawn(args: &[&str], cwd: &std::path::Path) -> Self {
+        Self::spawn_logging(args, cwd, "info")
+    }
+
+    fn spawn_logging(args: &[&str], cwd: &std::path::Path, level: &str) -> Self {
         let mut child = Command::new(BIN)
             .args(args)
             .current_dir(cwd)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -676,4 +680,84 @@ async fn keygen_and_hash_token_make_credentials_the_cli_can_publish_with() {
     .await;
     assert_eq!(code, 1);
     assert!(err.contains("signature refused"), "{err}");
+}
+
+#[tokio::test]
+async fn credentials_never_reach_the_log_even_at_debug_level() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let key = tslm_auth::keys::SecretKey::generate();
+    let token = tslm_auth::token::generate_token();
+    let cfg = format!(
+        "[listener.private]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['CreateChannel','NotifyChannel']\npublisher_auth=true\n\
+         [publisher.billing]\nkeys=['{}']\ntoken_hashes=['{}']\noperations=['create','publish']\nchannels=['bills.*']\n",
+        key.public_text(),
+        tslm_auth::token::hash_line(&token)
+    );
+    let file = write_config(dir.path(), "tslm.toml", &cfg);
+    let mut gw = Gateway::spawn_logging(
+        &["serve", "--config", file.to_str().unwrap()],
+        dir.path(),
+        "debug",
+    );
+    let addr = gw.listening(1).await[0].1.clone();
+    let url = format!("ws://{addr}/");
+    let wrong = format!("{token}x");
+    // Right and wrong tokens, in the auth op and in a header; a key signature.
+    let (code, _, _) = run_cli(&["create", &url, "bills.a", "--token", &token], None).await;
+    assert_eq!(code, 0);
+    let (code, _, _) = run_cli(&["create", &url, "bills.b", "--token", &wrong], None).await;
+    assert_eq!(code, 1);
+    let key_file = dir.path().join("k");
+    std::fs::write(&key_file, key.to_text()).unwrap();
+    let (code, _, err) = run_cli(
+        &[
+            "pub",
+            &url,
+            "bills.a",
+            "1",
+            "--publisher",
+            "billing",
+            "--key",
+            key_file.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    // A signed HTTP request and a replay of it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let path = "/v1/channels/bills.a/messages";
+    let sig = tslm_auth::http_sig::sign_request(&key, "billing", "POST", path, now, b"2");
+    let ts = now.to_string();
+    let headers = [
+        ("TSLM-Publisher", "billing"),
+        ("TSLM-Timestamp", ts.as_str()),
+        ("TSLM-Signature", sig.as_str()),
+    ];
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    assert_eq!(http(addr, "POST", path, &headers, "2").await.0, 200);
+    assert_eq!(http(addr, "POST", path, &headers, "2").await.0, 401);
+    gw.signal("-TERM");
+    assert!(gw.wait().await.success());
+    let log = gw.text();
+    assert!(log.contains("publisher authenticated"), "{log}");
+    let secret = key.to_text();
+    let secret_b64 = secret.trim_start_matches("ed25519-secret:");
+    let sig_raw = base64::engine::general_purpose::STANDARD
+        .decode(&sig)
+        .unwrap();
+    for (what, needle) in [
+        ("token", token.as_str()),
+        ("token body", &token[5..]),
+        ("wrong token", wrong.as_str()),
+        ("request signature", sig.as_str()),
+        ("secret key", secret_b64),
+        ("signature bytes", &format!("{:?}", &sig_raw[..8])),
+    ] {
+        assert!(!log.contains(needle), "the log shows the {what}");
+    }
 }
