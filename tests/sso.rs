@@ -311,3 +311,38 @@ async fn nothing_in_a_token_a_channel_or_a_payload_makes_the_gateway_connect_any
     );
     provider.stop().await;
 }
+
+#[tokio::test]
+async fn several_issuers_at_once_each_with_its_own_keys() {
+    let corp = Provider::start(0, "corp-key").await;
+    let partner = Provider::start(0, "partner-key").await;
+    let cfg = format!(
+        "{}\n[issuer.partner]\nissuer = '{}'\naudiences = ['{}']\nscope_prefix = 'tslm:'\n",
+        gateway_config(&corp.issuer, ""),
+        partner.issuer,
+        oidc::AUDIENCE
+    );
+    let srv = TestServer::start(&cfg).await;
+    create(&srv, &["secure.a"]).await;
+    for (p, what) in [(&corp, "corp"), (&partner, "partner")] {
+        let token = p.token_for_channels(&["secure.a"]).await;
+        let mut ws = v1(&srv.url("public")).await;
+        let r = auth(&mut ws, &token).await;
+        assert_eq!(r["ok"], true, "{what}: {r}");
+        assert_eq!(subscribe(&mut ws, "secure.a").await["ok"], true, "{what}");
+    }
+    // A token signed by one provider's key but claiming the other's issuer is refused.
+    let token = partner.token_for_channels(&["secure.a"]).await;
+    let (header, mut payload) = oidc::decode_jwt(&token);
+    payload["iss"] = corp.issuer.clone().into();
+    let sig = token.rsplit('.').next().unwrap();
+    let forged = format!(
+        "{}.{}.{sig}",
+        b64url(header.to_string().as_bytes()),
+        b64url(payload.to_string().as_bytes())
+    );
+    let mut ws = v1(&srv.url("public")).await;
+    assert_eq!(code(&auth(&mut ws, &forged).await), "unauthorized");
+    corp.stop().await;
+    partner.stop().await;
+}
