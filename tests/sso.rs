@@ -346,3 +346,38 @@ async fn several_issuers_at_once_each_with_its_own_keys() {
     corp.stop().await;
     partner.stop().await;
 }
+
+#[tokio::test]
+async fn a_listener_that_requires_tokens_closes_connections_that_bring_none() {
+    let provider = Provider::start(0, "k1").await;
+    let cfg = format!(
+        "[listener.public]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Subscribe']\n\
+         subscriber_auth = true\nauth_timeout_seconds = 1\n\
+         [listener.private]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['CreateChannel','NotifyChannel']\n\
+         [issuer.corp]\nissuer = '{}'\naudiences = ['{}']\nchannels_claim = 'tslm_channels'\n",
+        provider.issuer,
+        oidc::AUDIENCE
+    );
+    let srv = TestServer::start(&cfg).await;
+    create(&srv, &["open.x", "open.y"]).await;
+    let mut anon = v1(&srv.url("public")).await;
+    let r = subscribe(&mut anon, "open.x").await;
+    assert_eq!(
+        code(&r),
+        "unauthorized",
+        "every channel needs a token here: {r}"
+    );
+    assert_eq!(
+        recv_close(&mut anon).await,
+        Some((4002, "authentication required".into()))
+    );
+    let mut ws = v1(&srv.url("public")).await;
+    let token = provider.token_for_channels(&["open.x"]).await;
+    assert_eq!(auth(&mut ws, &token).await["ok"], true);
+    assert_eq!(subscribe(&mut ws, "open.x").await["ok"], true);
+    assert_eq!(code(&subscribe(&mut ws, "open.y").await), "forbidden");
+    // Authenticated: the deadline no longer applies.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(call(&mut ws, r#"{"op":"ping"}"#).await["ok"], true);
+    provider.stop().await;
+}
