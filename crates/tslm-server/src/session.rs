@@ -134,11 +134,18 @@ pub(crate) async fn run(
     Box::pin(session.serve(ws).instrument(span)).await
 }
 
+/// An `auth` or `refresh` request, answered asynchronously.
+struct PendingAuth {
+    id: Option<v1::Id>,
+    op: v1::Op,
+}
+
 struct Session {
     /// Who the connection has proved to be.
     identity: Identity,
     /// The last challenge handed out (`challenge` op); consumed by the next signature `auth`.
-    challenge: Option<Challenge>,
+    /// Boxed: most connections never ask for one.
+    challenge: Option<Box<Challenge>>,
     /// When an unauthenticated connection is closed (listeners that require authentication).
     auth_deadline: Option<Instant>,
     ctx: Arc<ListenerCtx>,
@@ -234,8 +241,11 @@ impl Session {
                     }
                     self.write_out(ws, Some(Message::Ping(Bytes::new()))).await
                 }
-                _ = sleep_until(dead_at) => Err(End::Close(close::PING_TIMEOUT, "ping timeout")),
-                _ = sleep_until(auth_at) => Err(if self.auth_deadline.is_some() {
+                // One timer for both deadlines: every timer in this loop is part of every idle
+                // session's memory.
+                _ = sleep_until(dead_at.min(auth_at)) => Err(if dead_at <= auth_at {
+                    End::Close(close::PING_TIMEOUT, "ping timeout")
+                } else if self.auth_deadline.is_some() {
                     End::Close(close::AUTH_TIMEOUT, "authentication required")
                 } else {
                     End::Close(close::TOKEN_EXPIRED, "token expired")
@@ -283,7 +293,12 @@ impl Session {
             return self.write_out(ws, Some(msg)).await;
         }
         let reply = match msg {
-            Message::Text(text) => self.on_text(Bytes::from(text)).await,
+            Message::Text(text) => match self.on_text(Bytes::from(text)) {
+                Ok(reply) => reply,
+                // Boxed: token validation may fetch keys, and its future must not weigh on
+                // every idle session's.
+                Err(pending) => Box::pin(self.run_auth(pending)).await,
+            },
             Message::Binary(_) => {
                 // Refused frames take a token like any other, so they cannot flood replies.
                 let allowed = self.allow_command();
@@ -323,44 +338,33 @@ impl Session {
     }
 
     /// Runs one command; returns the reply.
-    async fn on_text(&mut self, frame: Bytes) -> String {
+    /// Runs one command; returns the reply, or the `auth`/`refresh` request that must wait.
+    fn on_text(&mut self, frame: Bytes) -> Result<String, PendingAuth> {
         match self.dialect {
             Dialect::V1 => {
                 // Every frame takes a token, malformed or not; the request is still decoded
                 // so that the rate_limited reply can carry its id.
                 let allowed = self.allow_command();
-                match v1::decode_request(&frame) {
+                Ok(match v1::decode_request(&frame) {
                     Err(e) if !allowed => {
                         v1::encode_error(e.id.as_ref(), &rate_limited(&self.ctx.cfg))
                     }
                     Err(e) => v1::encode_error(e.id.as_ref(), &e.error),
                     Ok(req) => {
-                        let result = match req.op {
-                            _ if !allowed => Err(rate_limited(&self.ctx.cfg)),
-                            v1::Op::Auth(credentials) => {
-                                // Boxed: token validation may fetch keys, and its future must
-                                // not weigh on every idle session's.
-                                Box::pin(self.authenticate(credentials, req.id.as_ref())).await
-                            }
-                            v1::Op::Refresh { token } => {
-                                Box::pin(self.refresh(&token, req.id.as_ref())).await
-                            }
-                            op => self.run_v1(op, req.id.as_ref()),
+                        if allowed && matches!(req.op, v1::Op::Auth(_) | v1::Op::Refresh { .. }) {
+                            return Err(PendingAuth {
+                                id: req.id,
+                                op: req.op,
+                            });
+                        }
+                        let result = if allowed {
+                            self.run_v1(req.op, req.id.as_ref())
+                        } else {
+                            Err(rate_limited(&self.ctx.cfg))
                         };
-                        if result
-                            .as_ref()
-                            .is_err_and(|e| e.code == ErrorCode::Unauthorized)
-                            && self.rejections.hit()
-                        {
-                            // Credential guessing costs a connection quickly.
-                            self.abusive = true;
-                        }
-                        match result {
-                            Ok(reply) => reply,
-                            Err(e) => v1::encode_error(req.id.as_ref(), &e),
-                        }
+                        self.finish_v1(req.id.as_ref(), result)
                     }
-                }
+                })
             }
             Dialect::Legacy => {
                 // As the original: the rate limit applies before parsing.
@@ -369,10 +373,10 @@ impl Session {
                 } else {
                     Err(legacy::Error::RateLimited)
                 };
-                match result {
+                Ok(match result {
                     Ok(s) => s,
                     Err(e) => legacy::encode_error(&e),
-                }
+                })
             }
         }
     }
@@ -397,7 +401,7 @@ impl Session {
             v1::Op::Challenge => {
                 let c = Challenge::random();
                 let text = c.to_base64();
-                self.challenge = Some(c);
+                self.challenge = Some(Box::new(c));
                 ok(v1::Success::Challenge(&text))
             }
             // Answered by `authenticate` and `refresh` before this point.
@@ -493,6 +497,33 @@ impl Session {
                 })
             }
         }
+    }
+
+    /// Encodes a v1 result; refused credentials count against the rejection budget, so guessing
+    /// costs a connection quickly (1008).
+    fn finish_v1(&mut self, id: Option<&v1::Id>, result: Result<String, ProtoError>) -> String {
+        if result
+            .as_ref()
+            .is_err_and(|e| e.code == ErrorCode::Unauthorized)
+            && self.rejections.hit()
+        {
+            self.abusive = true;
+        }
+        match result {
+            Ok(reply) => reply,
+            Err(e) => v1::encode_error(id, &e),
+        }
+    }
+
+    /// Runs an `auth` or `refresh` request.
+    async fn run_auth(&mut self, pending: PendingAuth) -> String {
+        let id = pending.id.as_ref();
+        let result = match pending.op {
+            v1::Op::Auth(credentials) => self.authenticate(credentials, id).await,
+            v1::Op::Refresh { token } => self.refresh(&token, id).await,
+            _ => Err(ProtoError::new(ErrorCode::Internal, "internal error")),
+        };
+        self.finish_v1(id, result)
     }
 
     /// `auth`: a bearer token (a publisher's, else a subscriber's access token) or a publisher's
