@@ -34,6 +34,13 @@ fn keys() -> Keys {
 
 fn config(k: &Keys) -> String {
     format!(
+        "{}[listener.private2]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['CreateChannel','NotifyChannel','Subscribe']\npublisher_auth = true\n",
+        base_config(k)
+    )
+}
+
+fn base_config(k: &Keys) -> String {
+    format!(
         "[listener.public]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Subscribe']\n\
          allowed_origins = ['https://app.example.com', 'http://localhost:3000']\n\
          [listener.private]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['CreateChannel','NotifyChannel']\n\
@@ -319,13 +326,74 @@ async fn http_publishing_authenticates_each_request() {
     )
     .await;
     assert_eq!((status, code(&body)), (403, "forbidden"));
+    // Another listener of the same gateway refuses the replay too.
+    let (status, _, _) = http(
+        srv.addr("private2"),
+        "POST",
+        path,
+        &h.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>(),
+        "{\"n\":1}",
+    )
+    .await;
+    assert_eq!(status, 401, "replayed on another listener");
+    // Identical requests in the same second differ by a nonce in the query.
+    for nonce in ["a", "b"] {
+        let p = format!("{path}?nonce={nonce}");
+        let sig = signed("POST", &p, now, "7");
+        let (status, _, body) = send(headers(&sig, &ts), p.clone(), "7").await;
+        assert_eq!(status, 200, "{nonce}: {body}");
+    }
     assert_eq!(
         srv.hub
             .last_offset(&tslm_protocol::ChannelName::new("orders.h").unwrap())
             .unwrap()
             .0,
-        1
+        3
     );
+}
+
+#[tokio::test]
+async fn a_publishers_listener_serves_nobody_else_and_lists_only_a_publishers_channels() {
+    let k = keys();
+    let srv = TestServer::start(&config(&k)).await;
+    // private2 also allows Subscribe: still nothing for anonymous connections.
+    let mut admin = v1(&srv.url("private2")).await;
+    sign_in(&mut admin, "orders", &k.orders).await;
+    for c in ["orders.a", "orders.b"] {
+        call(&mut admin, &format!(r#"{{"op":"create","channel":"{c}"}}"#)).await;
+    }
+    let mut prices = v1(&srv.url("private2")).await;
+    call(
+        &mut prices,
+        &format!(r#"{{"op":"auth","token":"{}"}}"#, k.prices_token),
+    )
+    .await;
+    call(
+        &mut prices,
+        r#"{"op":"publish","channel":"prices","data":1}"#,
+    )
+    .await;
+    let mut anon = v1(&srv.url("private2")).await;
+    let r = call(&mut anon, r#"{"op":"subscribe","channel":"orders.a"}"#).await;
+    assert_eq!(code(&r), "unauthorized", "{r}");
+    // Each publisher lists only what its patterns cover.
+    let names = |v: &Value| -> Vec<String> {
+        v["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["channel"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let r = call(&mut admin, r#"{"op":"channels"}"#).await;
+    assert_eq!(names(&r), ["orders.a", "orders.b"]);
+    let r = call(&mut prices, r#"{"op":"channels"}"#).await;
+    assert_eq!(names(&r), ["prices"]);
+    // Original-protocol clients without credentials get their protocol's refusal.
+    let mut old = legacy(&srv.url("private2")).await;
+    send(&mut old, r#"{"NotifyChannel":["orders.a",{"Text":"x"}]}"#).await;
+    let reply = recv(&mut old).await;
+    assert!(reply.contains("Permission denied"), "{reply}");
 }
 
 /// Offers `origin` on a WebSocket handshake to `url`; returns the HTTP status.

@@ -381,3 +381,77 @@ async fn a_listener_that_requires_tokens_closes_connections_that_bring_none() {
     assert_eq!(call(&mut ws, r#"{"op":"ping"}"#).await["ok"], true);
     provider.stop().await;
 }
+
+#[tokio::test]
+async fn a_refresh_that_grants_less_ends_the_subscriptions_it_no_longer_covers() {
+    let provider = Provider::start(0, "k1").await;
+    let srv = TestServer::start(&gateway_config(&provider.issuer, "")).await;
+    create(&srv, &["secure.a", "secure.b", "open.x"]).await;
+    let mut ws = v1(&srv.url("public")).await;
+    let both = provider.token_for_channels(&["secure.a", "secure.b"]).await;
+    auth(&mut ws, &both).await;
+    for c in ["secure.a", "secure.b", "open.x"] {
+        assert_eq!(subscribe(&mut ws, c).await["ok"], true, "{c}");
+    }
+    let only_b = provider.token_for_channels(&["secure.b"]).await;
+    send(
+        &mut ws,
+        &format!(r#"{{"op":"refresh","token":"{only_b}"}}"#),
+    )
+    .await;
+    // The `closed` event is queued as the refresh takes effect, so it comes first.
+    assert_eq!(
+        recv_json(&mut ws).await,
+        serde_json::json!({"event":"closed","channel":"secure.a","reason":"unauthorized"})
+    );
+    let r = recv_json(&mut ws).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let mut publisher = v1(&srv.url("private")).await;
+    for c in ["secure.a", "secure.b", "open.x"] {
+        call(
+            &mut publisher,
+            &format!(r#"{{"op":"publish","channel":"{c}","data":"{c}"}}"#),
+        )
+        .await;
+    }
+    assert_eq!(recv_json(&mut ws).await["channel"], "secure.b");
+    assert_eq!(recv_json(&mut ws).await["channel"], "open.x");
+    assert_silent(&mut ws).await;
+    provider.stop().await;
+}
+
+#[tokio::test]
+async fn a_publishers_listener_takes_no_access_token_and_says_nothing_of_the_provider() {
+    let provider = Provider::start(0, "k1").await;
+    let cfg = format!(
+        "{}[publisher.svc]\ntoken_hashes = ['{}']\nchannels = ['*']\n",
+        gateway_config(&provider.issuer, "").replace(
+            "default_endpoint_permissions=['CreateChannel','NotifyChannel']\n",
+            "default_endpoint_permissions=['CreateChannel','NotifyChannel']\npublisher_auth = true\nauth_timeout_seconds = 1\n",
+        ),
+        tslm_auth::token::hash_line("svc-token")
+    );
+    let srv = TestServer::start(&cfg).await;
+    let token = provider.token_for_channels(&["*"]).await;
+    let mut ws = v1(&srv.url("private")).await;
+    let r = auth(&mut ws, &token).await;
+    assert_eq!(code(&r), "unauthorized");
+    assert_eq!(
+        r["error"]["message"], "token refused",
+        "no hint of an identity provider"
+    );
+    // Nor does a header carrying one get past the handshake.
+    let mut req = srv.url("private").into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    let e = tokio_tungstenite::connect_async(req).await.unwrap_err();
+    assert!(e.to_string().contains("401"), "{e}");
+    // And the deadline still closes the first connection.
+    assert_eq!(
+        recv_close(&mut ws).await,
+        Some((4002, "authentication required".into()))
+    );
+    provider.stop().await;
+}

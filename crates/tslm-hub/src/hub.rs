@@ -838,6 +838,17 @@ impl Hub {
         after: Option<&ChannelName>,
         limit: usize,
     ) -> (Vec<ChannelInfo>, bool) {
+        self.list_where(prefix, after, limit, |_| true)
+    }
+
+    /// [`Hub::list`] of the channels whose name `visible` accepts (a caller's permissions).
+    pub fn list_where(
+        &self,
+        prefix: Option<&str>,
+        after: Option<&ChannelName>,
+        limit: usize,
+        visible: impl Fn(&ChannelName) -> bool,
+    ) -> (Vec<ChannelInfo>, bool) {
         let mut names: Vec<ChannelName> = self
             .inner
             .channels
@@ -845,6 +856,7 @@ impl Hub {
             .map(|e| e.key().clone())
             .filter(|n| prefix.is_none_or(|p| n.as_str().starts_with(p)))
             .filter(|n| after.is_none_or(|a| n > a))
+            .filter(|n| visible(n))
             .collect();
         names.sort_unstable();
         let more = names.len() > limit;

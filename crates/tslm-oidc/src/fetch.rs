@@ -32,6 +32,10 @@ pub(crate) enum FetchError {
     IssuerMismatch,
     #[error("discovery jwks_uri is not https while the issuer is")]
     InsecureJwksUri,
+    #[error(
+        "discovery jwks_uri is on another host than the issuer (configure `jwks_url` to name it)"
+    )]
+    ForeignJwksUri,
     #[error(transparent)]
     Jwks(#[from] JwksError),
     #[error("issuer has a shared secret, nothing to fetch")]
@@ -187,6 +191,21 @@ pub(crate) fn jwks_uri(document: &[u8], expected_issuer: &str) -> Result<String,
     {
         return Err(FetchError::InsecureJwksUri);
     }
+    // The gateway connects only where its config says: the issuer's own host. A key set
+    // elsewhere must be named in the config (`jwks_url`), never taken from a document.
+    let authority = |url: &str| {
+        url.split_once("://").map(|(_, rest)| {
+            rest.split(['/', '?', '#'])
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase()
+        })
+    };
+    if authority(expected_issuer).is_none()
+        || authority(expected_issuer) != authority(&doc.jwks_uri)
+    {
+        return Err(FetchError::ForeignJwksUri);
+    }
     Ok(doc.jwks_uri)
 }
 
@@ -265,11 +284,23 @@ mod tests {
 
     #[test]
     fn discovery_issuer_must_match_exactly() {
-        let doc = br#"{"issuer": "https://idp.example/", "jwks_uri": "https://keys.example/jwks"}"#;
+        let doc = br#"{"issuer": "https://idp.example/", "jwks_uri": "https://idp.example/keys"}"#;
         assert_eq!(
             jwks_uri(doc, "https://idp.example/").unwrap(),
-            "https://keys.example/jwks"
+            "https://idp.example/keys"
         );
+        let elsewhere =
+            br#"{"issuer": "https://idp.example/", "jwks_uri": "https://keys.example/jwks"}"#;
+        assert!(matches!(
+            jwks_uri(elsewhere, "https://idp.example/"),
+            Err(FetchError::ForeignJwksUri)
+        ));
+        let other_port =
+            br#"{"issuer": "https://idp.example/", "jwks_uri": "https://idp.example:8443/jwks"}"#;
+        assert!(matches!(
+            jwks_uri(other_port, "https://idp.example/"),
+            Err(FetchError::ForeignJwksUri)
+        ));
         assert!(matches!(
             jwks_uri(doc, "https://idp.example"),
             Err(FetchError::IssuerMismatch)

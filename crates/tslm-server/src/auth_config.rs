@@ -180,6 +180,27 @@ pub(crate) fn publishers(raw: BTreeMap<String, RawPublisher>) -> Result<Vec<Publ
             .iter()
             .map(|p| Glob::parse(p).map_err(|m| at("channels", m)))
             .collect::<Result<Vec<_>, _>>()?;
+        for other in &out {
+            let other: &Publisher = other;
+            if token_hashes.iter().any(|h| other.token_hashes.contains(h)) {
+                return Err(at(
+                    "token_hashes",
+                    format!(
+                        "a token hash is also publisher `{}`'s: each token names one publisher",
+                        other.name
+                    ),
+                ));
+            }
+            if certificates.iter().any(|c| other.certificates.contains(c)) {
+                return Err(at(
+                    "certificates",
+                    format!(
+                        "a certificate name is also publisher `{}`'s: each name maps to one publisher",
+                        other.name
+                    ),
+                ));
+            }
+        }
         out.push(Publisher {
             name,
             keys,
@@ -269,6 +290,21 @@ pub(crate) fn issuers(raw: BTreeMap<String, RawIssuer>) -> Result<Vec<Issuer>, S
                 "HMAC algorithms (HS*) go with `secret` only, and a `secret` allows HS* only",
             ));
         }
+        if r.channels_claim.as_deref() == Some("") {
+            return Err(at("channels_claim", "may not be empty"));
+        }
+        if r.scope_prefix.as_deref() == Some("") {
+            return Err(at(
+                "scope_prefix",
+                "may not be empty: every scope would grant a channel",
+            ));
+        }
+        if out.iter().any(|i: &Issuer| i.issuer == issuer) {
+            return Err(at(
+                "issuer",
+                "another [issuer] has the same `issuer`: tokens could not be told apart",
+            ));
+        }
         if r.channels_claim.is_none() && r.scope_prefix.is_none() {
             return Err(at(
                 "channels_claim",
@@ -323,7 +359,7 @@ pub(crate) fn issuers(raw: BTreeMap<String, RawIssuer>) -> Result<Vec<Issuer>, S
             r.max_token_bytes,
             defaults::MAX_TOKEN_BYTES,
             256,
-            64 * 1024,
+            tslm_protocol::v1::MAX_CREDENTIAL_BYTES as u64,
         )?;
         out.push(Issuer {
             name: name.clone(),
@@ -463,6 +499,31 @@ mod tests {
             let e = err(extra);
             assert!(e.contains(want), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn ambiguous_identities_are_refused() {
+        let e = err(&format!(
+            "[publisher.a]\ntoken_hashes=['{HASH}']\nchannels=['x']\n[publisher.b]\ntoken_hashes=['{HASH}']\nchannels=['y']\n"
+        ));
+        assert!(
+            e.contains("publisher `b`, key `token_hashes`") && e.contains("`a`"),
+            "{e}"
+        );
+        let e = err(
+            "[publisher.a]\ncertificates=['svc']\nchannels=['x']\n[publisher.b]\ncertificates=['svc']\nchannels=['y']\n",
+        );
+        assert!(e.contains("publisher `b`, key `certificates`"), "{e}");
+        let e = err(
+            "[issuer.a]\nissuer='https://x'\naudiences=['t']\nchannels_claim='c'\n[issuer.b]\nissuer='https://x'\naudiences=['t']\nchannels_claim='c'\n",
+        );
+        assert!(e.contains("issuer `b`, key `issuer`"), "{e}");
+        let e = err("[issuer.a]\nissuer='https://x'\naudiences=['t']\nscope_prefix=''\n");
+        assert!(e.contains("key `scope_prefix`"), "{e}");
+        let e = err(
+            "[issuer.a]\nissuer='https://x'\naudiences=['t']\nchannels_claim='c'\nmax_token_bytes=65536\n",
+        );
+        assert!(e.contains("key `max_token_bytes`"), "{e}");
     }
 
     #[test]

@@ -122,6 +122,26 @@ fn http_identity(
     head: &RequestHead,
     body: &[u8],
 ) -> Result<Identity, ProtoError> {
+    let who = identify_request(ctx, conn, head, body);
+    let peer = conn.map(|c| c.peer.to_string()).unwrap_or_default();
+    match &who {
+        Err(e) => {
+            tracing::info!(listener = %ctx.cfg.name, peer, method = %head.method, path = %head.path_and_query, reason = %e.message, "request authentication refused");
+        }
+        Ok(Identity::Publisher(i)) => {
+            tracing::debug!(listener = %ctx.cfg.name, peer, publisher = %ctx.publishers[*i].name, method = %head.method, path = %head.path_and_query, "publisher request");
+        }
+        Ok(_) => {}
+    }
+    who
+}
+
+fn identify_request(
+    ctx: &ListenerCtx,
+    conn: Option<&ConnSlot>,
+    head: &RequestHead,
+    body: &[u8],
+) -> Result<Identity, ProtoError> {
     use tslm_auth::http_sig;
     if let Some(i) =
         conn.and_then(|c| identity::publisher_by_certificate(&ctx.publishers, &c.peer_cert_names))
@@ -318,6 +338,9 @@ struct HistoryQuery {
     epoch: Option<String>,
     offset: Option<u64>,
     limit: Option<usize>,
+    /// Ignored: lets a signed request differ from an identical one in the same second.
+    #[allow(dead_code)]
+    nonce: Option<String>,
 }
 
 impl HistoryQuery {
@@ -401,6 +424,9 @@ struct ListQuery {
     prefix: Option<String>,
     after: Option<String>,
     limit: Option<usize>,
+    /// Ignored: lets a signed request differ from an identical one in the same second.
+    #[allow(dead_code)]
+    nonce: Option<String>,
 }
 
 async fn list_channels(

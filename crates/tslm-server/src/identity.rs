@@ -41,11 +41,17 @@ pub(crate) struct SubscriberGrant {
 }
 
 impl SubscriberGrant {
-    pub(crate) fn from_grant(g: tslm_oidc::Grant) -> Self {
+    /// A validated token's grant. It lasts until the token's `exp` plus its issuer's leeway:
+    /// the same instant validation stops accepting it.
+    pub(crate) fn from_grant(g: tslm_oidc::Grant, issuers: &[crate::auth_config::Issuer]) -> Self {
+        let leeway = issuers
+            .iter()
+            .find(|i| i.name == g.issuer)
+            .map_or(Duration::ZERO, |i| i.leeway);
         Self {
             issuer: g.issuer,
             subject: g.subject,
-            expires_at: g.expires_at,
+            expires_at: g.expires_at + leeway,
             // Patterns that are not channel patterns grant nothing.
             channels: g
                 .channels

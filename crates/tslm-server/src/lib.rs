@@ -160,6 +160,12 @@ impl Server {
                 }
             });
         }
+        let replay = Arc::new(std::sync::Mutex::new(
+            tslm_auth::http_sig::ReplayGuard::new(
+                identity::SIGNATURE_WINDOW,
+                identity::REPLAY_CAPACITY,
+            ),
+        ));
         for b in self.listeners {
             let addr = b.tcp.local_addr().ok();
             tracing::info!(
@@ -184,6 +190,8 @@ impl Server {
                     channels: Arc::clone(&self.config.channels),
                     publishers: Arc::clone(&self.config.publishers),
                     verifier: self.verifier.clone(),
+                    replay: Arc::clone(&replay),
+                    issuers: Arc::clone(&self.config.issuers),
                 },
                 self.hub.clone(),
                 token.clone(),

@@ -63,8 +63,11 @@ pub(crate) struct ListenerCtx {
     pub publishers: Arc<Vec<crate::auth_config::Publisher>>,
     /// Validates subscribers' access tokens (`None` without `[issuer.NAME]`).
     pub verifier: Option<tslm_oidc::Verifier>,
-    /// Signatures of HTTP requests seen recently (never accepted twice).
-    pub replay: std::sync::Mutex<tslm_auth::http_sig::ReplayGuard>,
+    /// Signatures of HTTP requests seen recently, shared by every listener of the server, so a
+    /// signed request is accepted once in all (never twice, on no address).
+    pub replay: Arc<std::sync::Mutex<tslm_auth::http_sig::ReplayGuard>>,
+    /// The identity providers' settings (leeway of token expiry).
+    pub issuers: Arc<Vec<crate::auth_config::Issuer>>,
     pub hub: Hub,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
@@ -81,6 +84,8 @@ pub(crate) struct Policy {
     pub channels: Arc<crate::classes::ChannelClasses>,
     pub publishers: Arc<Vec<crate::auth_config::Publisher>>,
     pub verifier: Option<tslm_oidc::Verifier>,
+    pub replay: Arc<std::sync::Mutex<tslm_auth::http_sig::ReplayGuard>>,
+    pub issuers: Arc<Vec<crate::auth_config::Issuer>>,
 }
 
 impl ListenerCtx {
@@ -100,10 +105,8 @@ impl ListenerCtx {
             channels: policy.channels,
             publishers: policy.publishers,
             verifier: policy.verifier,
-            replay: std::sync::Mutex::new(tslm_auth::http_sig::ReplayGuard::new(
-                crate::identity::SIGNATURE_WINDOW,
-                crate::identity::REPLAY_CAPACITY,
-            )),
+            replay: policy.replay,
+            issuers: policy.issuers,
             hub,
             shutdown,
             tracker,

@@ -87,6 +87,12 @@ pub(crate) fn admit<'a>(
     if !class_allows {
         return Err(forbidden_class(op, class, channel));
     }
+    if ctx.cfg.publisher_auth && !matches!(who, Identity::Publisher(_)) {
+        // Deny by default: nothing but the auth handshake for anyone else.
+        return Err(unauthorized(
+            "this listener serves authenticated publishers only: authenticate first (a token, a key signature or a client certificate)",
+        ));
+    }
     if access == Access::Read {
         if class.authenticated_subscribers || ctx.cfg.subscriber_auth {
             match who {
@@ -151,7 +157,7 @@ pub(crate) fn publisher_may(
     {
         return Err(ProtoError::new(
             ErrorCode::Forbidden,
-            format!("publisher `{}` may not {op} on channel `{c}`", p.name),
+            format!("publisher `{}` may not use channel `{c}` ({op})", p.name),
         ));
     }
     Ok(())
@@ -270,7 +276,16 @@ pub(crate) fn channels(
         return Err(forbidden_listener("listing channels"));
     }
     publisher_may(ctx, who, "list channels", None, Access::Operate)?;
-    Ok(ctx.hub.list(prefix, after, limit.clamp(1, MAX_HISTORY)))
+    let limit = limit.clamp(1, MAX_HISTORY);
+    Ok(match who {
+        // A publisher sees only the channels its patterns cover.
+        Identity::Publisher(i) => {
+            let p = &ctx.publishers[*i];
+            ctx.hub
+                .list_where(prefix, after, limit, |c| p.may_use(c.as_str()))
+        }
+        _ => ctx.hub.list(prefix, after, limit),
+    })
 }
 
 /// The success reply of a publish.

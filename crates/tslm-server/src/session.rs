@@ -127,7 +127,7 @@ pub(crate) async fn run(
         batch: VecDeque::new(),
         rejections: PerSecond::new(cfg.abuse.max_rejected_commands_per_second),
         control_frames: PerSecond::new(cfg.abuse.max_control_frames_per_second),
-        abusive: false,
+        abusive: None,
     };
     // Boxed so that this task's future is not as large as the upgrade wait plus the session
     // (measured: 12 KB per connection before, 2.3 KB after, with the close buffer on the heap).
@@ -164,7 +164,7 @@ struct Session {
     /// Ping and pong frames received in the current second.
     control_frames: PerSecond,
     /// Set when rejections went over their budget: the session closes after this reply.
-    abusive: bool,
+    abusive: Option<&'static str>,
     _gauge: crate::stats::Gauge,
 }
 
@@ -329,10 +329,10 @@ impl Session {
         };
         self.write_out(ws, Some(Message::Text(Utf8Bytes::from(reply))))
             .await?;
-        if self.abusive {
+        if let Some(reason) = self.abusive {
             // Rejections must not cost more output than the abuse: after its budget of
-            // rate-limited replies in one second, the connection is closed.
-            return Err(End::Close(close::POLICY_VIOLATION, "rate limit exceeded"));
+            // refused commands in one second, the connection is closed.
+            return Err(End::Close(close::POLICY_VIOLATION, reason));
         }
         Ok(())
     }
@@ -386,7 +386,7 @@ impl Session {
     fn allow_command(&mut self) -> bool {
         let allowed = self.conn.allow_command();
         if !allowed && self.rejections.hit() {
-            self.abusive = true;
+            self.abusive = Some("rate limit exceeded");
         }
         allowed
     }
@@ -502,12 +502,11 @@ impl Session {
     /// Encodes a v1 result; refused credentials count against the rejection budget, so guessing
     /// costs a connection quickly (1008).
     fn finish_v1(&mut self, id: Option<&v1::Id>, result: Result<String, ProtoError>) -> String {
-        if result
-            .as_ref()
-            .is_err_and(|e| e.code == ErrorCode::Unauthorized)
+        if let Err(e) = &result
+            && e.code == ErrorCode::Unauthorized
             && self.rejections.hit()
         {
-            self.abusive = true;
+            self.abusive = Some("too many failed authentications");
         }
         match result {
             Ok(reply) => reply,
@@ -523,6 +522,10 @@ impl Session {
             v1::Op::Refresh { token } => self.refresh(&token, id).await,
             _ => Err(ProtoError::new(ErrorCode::Internal, "internal error")),
         };
+        if let Err(e) = &result {
+            // Never the credentials: only what was refused and why, in our words.
+            tracing::info!(listener = %self.ctx.cfg.name, conn = %self.id, peer = %self.conn.peer, code = e.code.as_str(), reason = %e.message, "authentication refused");
+        }
         self.finish_v1(id, result)
     }
 
@@ -563,15 +566,18 @@ impl Session {
                 if let Some(i) = identity::publisher_by_token(&ctx.publishers, &token) {
                     return Ok(self.became_publisher(i, id));
                 }
-                let Some(verifier) = &ctx.verifier else {
-                    return Err(identity::unauthorized("token refused"));
+                // A publishers' listener takes publisher credentials only, and says nothing
+                // about whether an identity provider is configured.
+                let verifier = match &ctx.verifier {
+                    Some(v) if !ctx.cfg.publisher_auth => v,
+                    _ => return Err(identity::unauthorized("token refused")),
                 };
                 let grant = verifier
                     .verify(&token)
                     .await
                     .map_err(|e| identity::token_refused(&e))?;
-                let grant = Arc::new(SubscriberGrant::from_grant(grant));
-                tracing::debug!(issuer = %grant.issuer, subject = ?grant.subject, "subscriber authenticated");
+                let grant = Arc::new(SubscriberGrant::from_grant(grant, &self.ctx.issuers));
+                tracing::debug!(issuer = %grant.issuer, subject = grant.subject.as_deref().unwrap_or(""), "subscriber authenticated");
                 let reply = v1::encode_ok(
                     id,
                     v1::Success::Authenticated {
@@ -581,9 +587,24 @@ impl Session {
                     },
                 );
                 self.identity = Identity::Subscriber(grant);
-                self.auth_deadline = None;
+                self.deadline_met();
                 Ok(reply)
             }
+        }
+    }
+
+    /// Lifts the authentication deadline once the connection holds the kind of identity its
+    /// listener requires (a publisher on `publisher_auth` listeners, a subscriber token on
+    /// `subscriber_auth` ones).
+    fn deadline_met(&mut self) {
+        let cfg = &self.ctx.cfg;
+        let met = match self.identity {
+            Identity::Publisher(_) => cfg.publisher_auth || !cfg.subscriber_auth,
+            Identity::Subscriber(_) => cfg.subscriber_auth || !cfg.publisher_auth,
+            Identity::Anonymous => false,
+        };
+        if met {
+            self.auth_deadline = None;
         }
     }
 
@@ -599,7 +620,7 @@ impl Session {
             },
         );
         self.identity = Identity::Publisher(i);
-        self.auth_deadline = None;
+        self.deadline_met();
         reply
     }
 
@@ -619,7 +640,7 @@ impl Session {
             .verify(token)
             .await
             .map_err(|e| identity::token_refused(&e))?;
-        let grant = SubscriberGrant::from_grant(grant);
+        let grant = SubscriberGrant::from_grant(grant, &self.ctx.issuers);
         if grant.issuer != current.issuer || grant.subject != current.subject {
             return Err(ProtoError::new(
                 ErrorCode::Forbidden,
@@ -634,6 +655,26 @@ impl Session {
                 expires_at: Some(grant.expires_unix()),
             },
         );
+        // Subscriptions the new token no longer grants end here, with a `closed` event.
+        let needs_token = |c: &ChannelName| {
+            self.ctx.cfg.subscriber_auth || self.ctx.channels.class_for(c).authenticated_subscribers
+        };
+        let revoked: Vec<ChannelName> = self
+            .subscriptions
+            .iter()
+            .filter(|c| needs_token(c) && !grant.allows(c))
+            .cloned()
+            .collect();
+        for c in revoked {
+            self.subscriptions.remove(&c);
+            self.catching.retain(|x| *x != c);
+            if self.ctx.hub.unsubscribe(&c, self.id) {
+                let closed = v1::encode_closed(&c, "unauthorized");
+                let _ = self
+                    .outbox
+                    .push(tslm_protocol::WsFrame::text(&closed).bytes().clone());
+            }
+        }
         self.identity = Identity::Subscriber(Arc::new(grant));
         Ok(reply)
     }
@@ -641,7 +682,7 @@ impl Session {
     fn run_legacy(&mut self, req: legacy::Request) -> Result<String, legacy::Error> {
         let command = req.command();
         let denied = |e: ProtoError| {
-            if e.code == ErrorCode::Forbidden {
+            if matches!(e.code, ErrorCode::Forbidden | ErrorCode::Unauthorized) {
                 legacy::Error::PermissionDenied(command)
             } else {
                 legacy::Error::ChannelNotFound(req.channel().clone())
@@ -674,7 +715,9 @@ impl Session {
                 ops::publish(&ctx, &self.identity, c, data, None, None).map_err(|e| {
                     match e.code {
                         ErrorCode::TooLarge => legacy::Error::TooLarge,
-                        ErrorCode::Forbidden => legacy::Error::PermissionDenied(command),
+                        ErrorCode::Forbidden | ErrorCode::Unauthorized => {
+                            legacy::Error::PermissionDenied(command)
+                        }
                         _ => legacy::Error::ChannelNotFound(c.clone()),
                     }
                 })?;

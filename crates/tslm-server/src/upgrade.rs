@@ -140,13 +140,13 @@ async fn initial_identity(
     if let Some(i) = identity::publisher_by_token(&ctx.publishers, token) {
         return Ok(Identity::Publisher(i));
     }
-    if let Some(v) = &ctx.verifier {
+    if let Some(v) = ctx.verifier.as_ref().filter(|_| !ctx.cfg.publisher_auth) {
         let grant = v
             .verify(token)
             .await
             .map_err(|e| identity::token_refused(&e))?;
         return Ok(Identity::Subscriber(Arc::new(
-            identity::SubscriberGrant::from_grant(grant),
+            identity::SubscriberGrant::from_grant(grant, &ctx.issuers),
         )));
     }
     if ctx.cfg.publisher_auth {
@@ -214,8 +214,20 @@ pub(crate) async fn websocket(ctx: Arc<ListenerCtx>, mut req: Request) -> Respon
     };
     let identity = match Box::pin(initial_identity(&ctx, &conn, req.headers())).await {
         Ok(i) => i,
-        Err(e) => return error_response(&e),
+        Err(e) => {
+            tracing::info!(listener = %ctx.cfg.name, peer = %conn.peer, reason = %e.message, "authentication refused at the handshake");
+            return error_response(&e);
+        }
     };
+    match &identity {
+        Identity::Publisher(i) => {
+            tracing::info!(listener = %ctx.cfg.name, peer = %conn.peer, publisher = %ctx.publishers[*i].name, "publisher authenticated at the handshake");
+        }
+        Identity::Subscriber(g) => {
+            tracing::debug!(listener = %ctx.cfg.name, peer = %conn.peer, issuer = %g.issuer, subject = g.subject.as_deref().unwrap_or(""), "subscriber authenticated at the handshake");
+        }
+        Identity::Anonymous => {}
+    }
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return bad("this connection cannot be upgraded");
     };
