@@ -199,6 +199,25 @@ struct AuthArgs {
         requires = "publisher"
     )]
     key: Option<PathBuf>,
+    /// wss://: trust the CA certificates of this PEM file instead of the system's.
+    #[arg(long, value_name = "FILE", env = "TSLM_CA_FILE")]
+    ca: Option<PathBuf>,
+    /// wss://: present this client certificate chain (PEM) to a mutual-TLS listener.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TSLM_CERT_FILE",
+        requires = "cert_key"
+    )]
+    cert: Option<PathBuf>,
+    /// wss://: the private key (PEM) of --cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TSLM_CERT_KEY_FILE",
+        requires = "cert"
+    )]
+    cert_key: Option<PathBuf>,
 }
 
 impl AuthArgs {
@@ -220,9 +239,21 @@ impl AuthArgs {
             }
             _ => None,
         };
+        let tls = if self.ca.is_some() || self.cert.is_some() {
+            let client = self.cert.as_deref().zip(self.cert_key.as_deref());
+            Some(
+                tslm_client::tls_config(self.ca.as_deref(), client).map_err(|e| {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                })?,
+            )
+        } else {
+            None
+        };
         Ok(ConnectOptions {
             token: self.token.clone(),
             key,
+            tls,
         })
     }
 }

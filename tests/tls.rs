@@ -595,3 +595,76 @@ async fn a_client_certificate_maps_to_a_publisher_and_its_channels() {
     drop(ws);
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_cli_connects_over_wss_with_a_private_ca_and_a_client_certificate() {
+    let dir = TempDir::new("cli-wss");
+    let server_ca = Ca::new("server ca");
+    let clients_ca = Ca::new("clients ca");
+    let leaf = server_ca.leaf("gateway", &["localhost"], 1);
+    let cert = dir.write("cert.pem", &leaf.cert_pem);
+    let key = dir.write("key.pem", &leaf.key_pem);
+    let ca = dir.write("clients-ca.pem", &clients_ca.pem());
+    let trust = dir.write("server-ca.pem", &server_ca.pem());
+    let billing = clients_ca.leaf("billing", &["billing.intranet"], 8);
+    let client_cert = dir.write("billing.pem", &billing.cert_pem);
+    let client_key = dir.write("billing-key.pem", &billing.key_pem);
+    let toml = format!(
+        "{}publisher_auth = true\n\
+         [publisher.billing]\ncertificates = ['billing.intranet']\noperations = ['create', 'publish']\nchannels = ['bills.*']\n",
+        tls_listener("private", &cert, &key, Some(&ca))
+    );
+    let srv = TlsServer::start(&toml).await;
+    let url = format!("wss://localhost:{}/", srv.addr("private").port());
+    let run = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tslm"))
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let p = |p: &PathBuf| p.to_str().unwrap().to_owned();
+    let with_cert = vec![
+        "--ca".to_owned(),
+        p(&trust),
+        "--cert".to_owned(),
+        p(&client_cert),
+        "--cert-key".to_owned(),
+        p(&client_key),
+    ];
+    let mut args = vec!["create".to_owned(), url.clone(), "bills.q1".to_owned()];
+    args.extend(with_cert.clone());
+    let (code, out, err) = run(args).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "created bills.q1\n"),
+        "{err}"
+    );
+    let mut args = vec![
+        "pub".to_owned(),
+        url.clone(),
+        "bills.q1".to_owned(),
+        "5".to_owned(),
+    ];
+    args.extend(with_cert);
+    let (code, out, err) = run(args).await;
+    assert_eq!((code, out.as_str()), (Some(0), "1\n"), "{err}");
+    // Without the private CA the server is not trusted; without a certificate it refuses.
+    let (code, _, err) = run(vec!["create".into(), url.clone(), "bills.q2".into()]).await;
+    assert_eq!(code, Some(1), "{err}");
+    let (code, _, err) = run(vec![
+        "create".into(),
+        url.clone(),
+        "bills.q2".into(),
+        "--ca".into(),
+        p(&trust),
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{err}");
+    srv.shutdown().await;
+}

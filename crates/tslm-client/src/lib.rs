@@ -73,6 +73,60 @@ pub struct ConnectOptions {
     /// Authenticate as this publisher with its Ed25519 key right after connecting (challenge,
     /// then signature).
     pub key: Option<(String, tslm_auth::keys::SecretKey)>,
+    /// TLS settings for `wss://` URLs (see [`tls_config`]); `None`: the system's CA certificates
+    /// and no client certificate.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// A TLS client configuration for `wss://` URLs: trusting the CA certificates of the PEM file
+/// `ca` (or the system's when `None`), and presenting the client certificate chain and key of
+/// `client` (PEM files) to listeners that require mutual TLS.
+pub fn tls_config(
+    ca: Option<&std::path::Path>,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, ClientError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |what: &std::path::Path, e: &dyn std::fmt::Display| {
+        ClientError::Invalid(format!("{}: {e}", what.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| invalid(path, &e))? {
+                let cert = cert.map_err(|e| invalid(path, &e))?;
+                roots.add(cert).map_err(|e| invalid(path, &e))?;
+            }
+            if roots.is_empty() {
+                return Err(invalid(path, &"no CA certificate found"));
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ClientError::Invalid(e.to_string()))?
+    .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| invalid(cert, &e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid(cert, &e))?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| invalid(key, &e))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| invalid(cert, &e))?
+        }
+    };
+    Ok(std::sync::Arc::new(config))
 }
 
 type Pending = oneshot::Sender<Result<ReplyOk, ClientError>>;
@@ -154,9 +208,19 @@ impl Client {
                 .map_err(|_| ClientError::Invalid("token is not a valid header value".into()))?;
             req.headers_mut().insert("Authorization", v);
         }
-        let (ws, resp) = tokio_tungstenite::connect_async(req)
-            .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let connector = if req.uri().scheme_str() == Some("wss") {
+            let tls = match &opts.tls {
+                Some(t) => std::sync::Arc::clone(t),
+                None => tls_config(None, None)?,
+            };
+            Some(tokio_tungstenite::Connector::Rustls(tls))
+        } else {
+            None
+        };
+        let (ws, resp) =
+            tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector)
+                .await
+                .map_err(|e| ClientError::Connect(e.to_string()))?;
         let proto = resp.headers().get("Sec-WebSocket-Protocol");
         if proto.map(|p| p.as_bytes()) != Some(SUBPROTOCOL_V1.as_bytes()) {
             return Err(ClientError::Connect(format!(
