@@ -446,6 +446,12 @@ fn parse_start(s: &str) -> Result<Start, String> {
     })
 }
 
+/// Connects a client with the command's credentials and TLS options; on failure, says why.
+async fn connect(url: &str, auth: &AuthArgs) -> Result<Client, ExitCode> {
+    let opts = auth.options()?;
+    Client::connect_with(url, opts).await.map_err(fail)
+}
+
 fn fail(e: ClientError) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::FAILURE
@@ -488,17 +494,9 @@ async fn sub(
     start: Start,
     auth: &AuthArgs,
 ) -> ExitCode {
-    let mut client = match Client::connect_with(
-        url,
-        match auth.options() {
-            Ok(o) => o,
-            Err(c) => return c,
-        },
-    )
-    .await
-    {
+    let mut client = match connect(url, auth).await {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     for ch in channels {
         match client.subscribe_from(ch, start).await {
@@ -562,17 +560,9 @@ async fn history(
     limit: usize,
     auth: &AuthArgs,
 ) -> ExitCode {
-    let client = match Client::connect_with(
-        url,
-        match auth.options() {
-            Ok(o) => o,
-            Err(c) => return c,
-        },
-    )
-    .await
-    {
+    let client = match connect(url, auth).await {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     let status = match client.history(channel, start, limit).await {
         Ok(ok) => {
@@ -597,17 +587,9 @@ async fn history(
 }
 
 async fn delete(url: &str, channel: &str, auth: &AuthArgs) -> ExitCode {
-    let client = match Client::connect_with(
-        url,
-        match auth.options() {
-            Ok(o) => o,
-            Err(c) => return c,
-        },
-    )
-    .await
-    {
+    let client = match connect(url, auth).await {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     let status = match client.delete(channel).await {
         Ok(_) => {
@@ -621,17 +603,9 @@ async fn delete(url: &str, channel: &str, auth: &AuthArgs) -> ExitCode {
 }
 
 async fn list_channels(url: &str, prefix: Option<&str>, auth: &AuthArgs) -> ExitCode {
-    let client = match Client::connect_with(
-        url,
-        match auth.options() {
-            Ok(o) => o,
-            Err(c) => return c,
-        },
-    )
-    .await
-    {
+    let client = match connect(url, auth).await {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     let mut after: Option<String> = None;
     let status = loop {
@@ -673,17 +647,9 @@ async fn publish(
     msg_id: Option<&str>,
     auth: &AuthArgs,
 ) -> ExitCode {
-    let client = match Client::connect_with(
-        url,
-        match auth.options() {
-            Ok(o) => o,
-            Err(c) => return c,
-        },
-    )
-    .await
-    {
+    let client = match connect(url, auth).await {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     let one = |line: String| {
         let client = &client;
@@ -736,17 +702,9 @@ async fn publish(
 }
 
 async fn create(url: &str, channel: &str, auth: &AuthArgs) -> ExitCode {
-    let client = match Client::connect_with(
-        url,
-        match auth.options() {
-            Ok(o) => o,
-            Err(c) => return c,
-        },
-    )
-    .await
-    {
+    let client = match connect(url, auth).await {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     let status = match client.create(channel).await {
         Ok(true) => {

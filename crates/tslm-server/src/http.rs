@@ -371,6 +371,19 @@ fn query_error(_: QueryRejection) -> ProtoError {
     )
 }
 
+/// The `limit` of a page of history messages or channels: 1 to [`ops::MAX_HISTORY`].
+fn page_limit(limit: Option<usize>) -> Result<usize, ProtoError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if (1..=ops::MAX_HISTORY).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ProtoError::bad_request(format!(
+            "`limit` must be 1 to {}",
+            ops::MAX_HISTORY
+        )))
+    }
+}
+
 /// Default and largest page of history messages or channels over HTTP.
 const DEFAULT_PAGE: usize = 100;
 
@@ -389,13 +402,7 @@ async fn read_history(
     let result = (|| {
         let channel = admit_channel(&ctx, &req, allowed, "reading history", name)?;
         let Query(q) = query.map_err(query_error)?;
-        let limit = q.limit.unwrap_or(DEFAULT_PAGE);
-        if !(1..=ops::MAX_HISTORY).contains(&limit) {
-            return Err(ProtoError::bad_request(format!(
-                "`limit` must be 1 to {}",
-                ops::MAX_HISTORY
-            )));
-        }
+        let limit = page_limit(q.limit)?;
         let who = http_identity(
             &ctx,
             slot(req.extensions()).as_deref(),
@@ -441,13 +448,7 @@ async fn list_channels(
     let result = (|| {
         admit(&ctx, &req, allowed, "listing channels", None)?;
         let Query(q) = query.map_err(query_error)?;
-        let limit = q.limit.unwrap_or(DEFAULT_PAGE);
-        if !(1..=ops::MAX_HISTORY).contains(&limit) {
-            return Err(ProtoError::bad_request(format!(
-                "`limit` must be 1 to {}",
-                ops::MAX_HISTORY
-            )));
-        }
+        let limit = page_limit(q.limit)?;
         let after = q
             .after
             .as_deref()
