@@ -467,3 +467,23 @@ async fn listener_tokens_may_be_given_as_hashes() {
         assert_eq!(s, status, "{tok}");
     }
 }
+
+#[tokio::test]
+async fn guessing_credentials_costs_the_connection() {
+    let k = keys();
+    let cfg = config(&k).replace(
+        "publisher_auth = true\nauth_timeout_seconds = 1\n",
+        "publisher_auth = true\nauth_timeout_seconds = 10\nmax_rejected_commands_per_second = 2\n",
+    );
+    let srv = TestServer::start(&cfg).await;
+    let mut ws = v1(&srv.url("private")).await;
+    for i in 0..3 {
+        send(&mut ws, &format!(r#"{{"op":"auth","token":"guess-{i}"}}"#)).await;
+        let r = recv_json(&mut ws).await;
+        assert_eq!(code(&r), "unauthorized", "{r}");
+    }
+    assert_eq!(
+        recv_close(&mut ws).await,
+        Some((1008, "too many failed authentications".into()))
+    );
+}
