@@ -4,7 +4,7 @@
 # are read as a second corpus directory; crashes go to fuzz/artifacts/TARGET.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target=${1:?usage: fuzz/run.sh v1_request|legacy_request|http_body|config [seconds] [libFuzzer flags]}
+target=${1:?usage: fuzz/run.sh v1_request|legacy_request|http_body|config|channel_options|auth_inputs|access_token [seconds] [libFuzzer flags]}
 seconds=${2:-600}
 shift $(( $# >= 2 ? 2 : 1 ))
 case $target in
@@ -12,6 +12,9 @@ case $target in
   legacy_request) dict=legacy ;;
   http_body) dict=json ;;
   config) dict=config ;;
+  channel_options) dict=options ;;
+  auth_inputs) dict=auth ;;
+  access_token) dict=jwt ;;
   *) echo "unknown target $target" >&2; exit 2 ;;
 esac
 mkdir -p "fuzz/corpus/$target"

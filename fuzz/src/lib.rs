@@ -348,6 +348,116 @@ pub fn is_within(outer: &[u8], inner: &[u8]) -> bool {
     i >= o && i + inner.len() <= o + outer.len()
 }
 
+/// The issuers, secrets and HMAC oracle of the `access_token` target (here so that the seed test
+/// can use them too).
+pub mod jwt {
+    use std::time::Duration;
+
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use sha2::{Digest, Sha256, Sha384, Sha512};
+    use tslm_oidc::{ClaimMapping, Issuer, JwtAlgorithm, KeySource};
+
+    /// The first issuer: every HMAC algorithm, two audiences, both claim mappings.
+    pub const ISSUER_A: &str = "https://idp.example";
+    pub const NAME_A: &str = "main-idp";
+    pub const SECRET_A: &[u8] = b"fuzz-secret-A-0123456789abcdef-0123";
+    pub const AUDIENCES_A: [&str; 2] = ["tslm", "tslm-gw"];
+    pub const MAX_TOKEN_A: usize = 4096;
+    /// The second issuer: HS512 only, no leeway, scopes only, a small token limit.
+    pub const ISSUER_B: &str = "second";
+    pub const NAME_B: &str = "second-idp";
+    pub const SECRET_B: &[u8] = b"fuzz-secret-B-with-a-longer-key-0123456789abcdef-0123456789";
+    pub const AUDIENCES_B: [&str; 1] = ["gw"];
+    pub const MAX_TOKEN_B: usize = 600;
+    /// A secret no issuer has.
+    pub const WRONG_SECRET: &[u8] = b"fuzz-secret-W-0123456789abcdef-0123";
+
+    pub fn issuers() -> Vec<Issuer> {
+        let issuer = |name: &str, iss: &str, secret: &[u8]| Issuer {
+            name: name.into(),
+            issuer: iss.into(),
+            keys: KeySource::Secret(secret.to_vec()),
+            audiences: Vec::new(),
+            algorithms: Vec::new(),
+            leeway: Duration::ZERO,
+            claims: ClaimMapping {
+                channels_claim: None,
+                scope_prefix: None,
+            },
+            refresh_cooldown: Duration::from_secs(30),
+            key_max_age: Duration::from_secs(86_400),
+            fetch_timeout: Duration::from_secs(5),
+            max_document_bytes: 256 * 1024,
+            max_token_bytes: 0,
+        };
+        let mut a = issuer(NAME_A, ISSUER_A, SECRET_A);
+        a.audiences = AUDIENCES_A.map(String::from).to_vec();
+        a.algorithms = vec![
+            JwtAlgorithm::HS256,
+            JwtAlgorithm::HS384,
+            JwtAlgorithm::HS512,
+        ];
+        a.leeway = Duration::from_secs(30);
+        a.claims = ClaimMapping {
+            channels_claim: Some("tslm_channels".into()),
+            scope_prefix: Some("tslm:".into()),
+        };
+        a.max_token_bytes = MAX_TOKEN_A;
+        let mut b = issuer(NAME_B, ISSUER_B, SECRET_B);
+        b.audiences = AUDIENCES_B.map(String::from).to_vec();
+        b.algorithms = vec![JwtAlgorithm::HS512];
+        b.claims = ClaimMapping {
+            channels_claim: None,
+            scope_prefix: Some("ch/".into()),
+        };
+        b.max_token_bytes = MAX_TOKEN_B;
+        vec![a, b]
+    }
+
+    /// HMAC (RFC 2104) over a hash with a `block`-byte block, written here from the definition so
+    /// that it shares no code with the verifier's crypto backend.
+    fn hmac_with<D: Digest>(block: usize, key: &[u8], message: &[u8]) -> Vec<u8> {
+        let mut k = if key.len() > block {
+            D::digest(key).to_vec()
+        } else {
+            key.to_vec()
+        };
+        k.resize(block, 0);
+        let pad = |x: u8| k.iter().map(|b| b ^ x).collect::<Vec<u8>>();
+        let inner = D::new()
+            .chain_update(pad(0x36))
+            .chain_update(message)
+            .finalize();
+        D::new()
+            .chain_update(pad(0x5c))
+            .chain_update(inner)
+            .finalize()
+            .to_vec()
+    }
+
+    /// The HMAC of a JOSE HMAC algorithm (`HS256`, `HS384`, `HS512`); `None` for any other name.
+    pub fn hmac(alg: &str, key: &[u8], message: &[u8]) -> Option<Vec<u8>> {
+        Some(match alg {
+            "HS256" => hmac_with::<Sha256>(64, key, message),
+            "HS384" => hmac_with::<Sha384>(128, key, message),
+            "HS512" => hmac_with::<Sha512>(128, key, message),
+            _ => return None,
+        })
+    }
+
+    /// A compact JWS of these header and payload bytes, signed with `alg` (an HMAC) and `key`.
+    pub fn sign(header: &[u8], payload: &[u8], alg: &str, key: &[u8]) -> String {
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
+        let mac = hmac(alg, key, signing_input.as_bytes()).expect("an HMAC algorithm");
+        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(mac))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,5 +568,57 @@ mod tests {
             let r = tslm_server::Config::from_toml_str(&text, "seed");
             assert!(r.is_ok(), "{}: {r:?}", path.display());
         }
+        // Each seed is accepted by at least one of the functions under test.
+        for (path, data) in seeds("auth_inputs") {
+            let text = String::from_utf8(data).unwrap();
+            let accepted = tslm_auth::http_sig::parse_signature(&text).is_some()
+                || tslm_auth::keys::Challenge::from_base64(&text).is_some()
+                || tslm_auth::keys::SecretKey::parse(&text).is_some()
+                || tslm_server::auth_config::parse_public_key(&text).is_some()
+                || tslm_server::auth_config::parse_token_hash(&text).is_some()
+                || text == "abc";
+            assert!(accepted, "{}", path.display());
+        }
+        for (path, data) in seeds("channel_options") {
+            let r = tslm_protocol::v1::decode_options(&data);
+            assert!(r.is_ok(), "{}: {r:?}", path.display());
+        }
+        // Raw-token seeds (mode byte 0) are valid tokens, valid until 2100.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let verifier = tslm_oidc::Verifier::new(jwt::issuers());
+        let mut raw = 0;
+        for (path, data) in seeds("access_token") {
+            if data.first() == Some(&b'0') {
+                let token = std::str::from_utf8(&data[1..]).unwrap();
+                let r = runtime.block_on(verifier.verify(token));
+                assert!(r.is_ok(), "{}: {r:?}", path.display());
+                raw += 1;
+            }
+        }
+        assert!(raw >= 2);
+    }
+
+    /// RFC 4231 test cases 1 and 2.
+    #[test]
+    fn hmac_oracle_matches_rfc_4231() {
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let key = [0x0b; 20];
+        assert_eq!(
+            hex(&jwt::hmac("HS256", &key, b"Hi There").unwrap()),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
+        assert_eq!(
+            hex(&jwt::hmac("HS384", b"Jefe", b"what do ya want for nothing?").unwrap()),
+            "af45d2e376484031617f78d2b58a6b1b9c7ef464f5a01b47e42ec3736322445e\
+             8e2240ca5e69e2c78b3239ecfab21649"
+        );
+        assert_eq!(
+            hex(&jwt::hmac("HS512", b"Jefe", b"what do ya want for nothing?").unwrap()),
+            "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea250554\
+             9758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737"
+        );
+        assert_eq!(jwt::hmac("RS256", b"k", b"m"), None);
     }
 }

@@ -74,8 +74,8 @@ impl std::fmt::Display for JwtAlgorithm {
     }
 }
 
-/// Where an issuer's verification keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where an issuer's verification keys come from. `Debug` never shows a secret.
+#[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
     /// OpenID Connect discovery: `{issuer}/.well-known/openid-configuration`, then its
     /// `jwks_uri`.
@@ -84,6 +84,16 @@ pub enum KeySource {
     JwksUrl(String),
     /// A shared secret (HMAC algorithms only).
     Secret(Vec<u8>),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Discovery => f.write_str("Discovery"),
+            Self::JwksUrl(u) => f.debug_tuple("JwksUrl").field(u).finish(),
+            Self::Secret(s) => write!(f, "Secret({} bytes)", s.len()),
+        }
+    }
 }
 
 /// How token claims grant channels.

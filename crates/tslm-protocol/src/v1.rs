@@ -19,8 +19,8 @@ pub use encode::{
 };
 pub use request::{
     Credentials, DEFAULT_LIMIT, MAX_CREDENTIAL_BYTES, MAX_LIMIT, MAX_MSG_ID_BYTES,
-    MAX_PREFIX_BYTES, Op, Request, RequestError, decode_options, decode_request, options_json,
-    start_json,
+    MAX_PREFIX_BYTES, Op, Request, RequestError, Secret, decode_options, decode_request,
+    options_json, start_json,
 };
 pub use server_message::{
     BacklogWire, ChannelInfoWire, HistoryMessage, LostWire, Reply, ReplyOk, ServerMessage,

@@ -93,7 +93,8 @@ pub fn parse_public_key(s: &str) -> Option<[u8; 32]> {
 /// `sha256:<64 hex digits>`.
 pub fn parse_token_hash(s: &str) -> Option<[u8; 32]> {
     let hex = s.strip_prefix("sha256:")?;
-    if hex.len() != 64 {
+    // `from_str_radix` would also take a sign: only the 64 hex digits of the format pass.
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -499,6 +500,21 @@ mod tests {
             let e = err(extra);
             assert!(e.contains(want), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn token_hashes_are_exactly_64_hex_digits_and_secrets_never_print() {
+        assert!(super::parse_token_hash(HASH).is_some());
+        let plus = format!("sha256:+{}", &HASH[8..]);
+        assert_eq!(plus.len(), HASH.len());
+        assert_eq!(super::parse_token_hash(&plus), None);
+        let c = load(
+            "[issuer.h]\nissuer='corp'\naudiences=['t']\nchannels_claim='c'\nsecret='c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0NQ=='\n",
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(shown.contains("Secret(40 bytes)"), "{shown}");
+        assert!(!shown.contains("115, 101, 99"), "secret bytes in Debug");
     }
 
     #[test]

@@ -97,18 +97,53 @@ pub enum Op {
     Auth(Credentials),
     /// Replace the connection's subscriber access token with a fresh one before it expires.
     Refresh {
-        token: Box<str>,
+        token: Secret,
     },
+}
+
+/// A credential's text (a token, a signature): usable as a `&str`, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Box<str>);
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<Box<str>> for Secret {
+    fn from(s: Box<str>) -> Self {
+        Self(s)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// How an `auth` request proves an identity.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credentials {
-    Token(Box<str>),
+    Token(Secret),
     Signature {
         publisher: Box<str>,
         /// Standard base64 of the 64-byte Ed25519 signature.
-        signature: Box<str>,
+        signature: Secret,
     },
 }
 
@@ -461,10 +496,10 @@ fn decode_op(frame: &Bytes, raw: &RawRequest<'_>) -> Result<Op, ProtoError> {
                 text(raw.publisher, "publisher")?,
                 text(raw.signature, "signature")?,
             ) {
-                (Some(token), None, None) => Op::Auth(Credentials::Token(token)),
+                (Some(token), None, None) => Op::Auth(Credentials::Token(token.into())),
                 (None, Some(publisher), Some(signature)) => Op::Auth(Credentials::Signature {
                     publisher,
-                    signature,
+                    signature: signature.into(),
                 }),
                 _ => return Err(ProtoError::bad_request(AUTH_FORMS)),
             }
@@ -1345,11 +1380,14 @@ mod tests {
         );
         assert_eq!(err(&long).error.code, ErrorCode::BadRequest);
         // Credentials never show in debug output.
-        let shown = format!(
-            "{:?}",
-            dec(r#"{"op":"auth","token":"secret-xyz"}"#).unwrap()
-        );
-        assert!(!shown.contains("secret-xyz"), "{shown}");
+        for req in [
+            r#"{"op":"auth","token":"secret-xyz"}"#,
+            r#"{"op":"refresh","token":"secret-xyz"}"#,
+            r#"{"op":"auth","publisher":"p","signature":"secret-xyz"}"#,
+        ] {
+            let shown = format!("{:?}", dec(req).unwrap());
+            assert!(!shown.contains("secret-xyz"), "{shown}");
+        }
     }
 
     #[test]
