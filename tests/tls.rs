@@ -597,6 +597,57 @@ async fn a_client_certificate_maps_to_a_publisher_and_its_channels() {
 }
 
 #[tokio::test]
+async fn a_client_certificate_naming_two_publishers_authenticates_neither() {
+    let dir = TempDir::new("mtls-ambiguous");
+    let server_ca = Ca::new("server ca");
+    let clients_ca = Ca::new("clients ca");
+    let leaf = server_ca.leaf("gateway", &["localhost"], 1);
+    let cert = dir.write("cert.pem", &leaf.cert_pem);
+    let key = dir.write("key.pem", &leaf.key_pem);
+    let ca = dir.write("clients-ca.pem", &clients_ca.pem());
+    // `audit` sorts before `billing`: the old lookup picked it for a certificate naming both.
+    let toml = format!(
+        "{}publisher_auth = true\n\
+         [publisher.audit]\ncertificates = ['audit.intranet']\noperations = ['create', 'publish', 'delete']\nchannels = ['*']\n\
+         [publisher.billing]\ncertificates = ['billing.intranet']\noperations = ['create', 'publish']\nchannels = ['bills.*']\n",
+        tls_listener("private", &cert, &key, Some(&ca))
+    );
+    let srv = TlsServer::start(&toml).await;
+    let addr = srv.addr("private");
+
+    // CN names billing, a DNS SAN names audit: refused over HTTP and at the WebSocket handshake.
+    let both = clients_ca.leaf("billing.intranet", &["audit.intranet"], 10);
+    let client = client_config(&server_ca.pem(), Some(&both));
+    let mut tls = tls_connect(addr, &client).await.unwrap();
+    let (status, body) = https(&mut tls, "PUT", "/v1/channels/bills.march").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("several publishers"), "{body}");
+    let tls = tls_connect(addr, &client).await.unwrap();
+    let mut req = "wss://localhost/".into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("tslm.v1"),
+    );
+    match tokio::time::timeout(T, tokio_tungstenite::client_async(req, tls))
+        .await
+        .expect("an answer in time")
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 401)
+        }
+        other => panic!("the handshake must be refused with 401: {other:?}"),
+    }
+
+    // Each name alone still maps to its publisher.
+    let billing = clients_ca.leaf("billing", &["billing.intranet"], 11);
+    let client = client_config(&server_ca.pem(), Some(&billing));
+    let mut tls = tls_connect(addr, &client).await.unwrap();
+    let (status, body) = https(&mut tls, "PUT", "/v1/channels/bills.march").await;
+    assert_eq!(status, 201, "{body}");
+    srv.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_cli_connects_over_wss_with_a_private_ca_and_a_client_certificate() {
     let dir = TempDir::new("cli-wss");
     let server_ca = Ca::new("server ca");

@@ -143,8 +143,8 @@ fn identify_request(
     body: &[u8],
 ) -> Result<Identity, ProtoError> {
     use tslm_auth::http_sig;
-    if let Some(i) =
-        conn.and_then(|c| identity::publisher_by_certificate(&ctx.publishers, &c.peer_cert_names))
+    if let Some(c) = conn
+        && let Some(i) = identity::publisher_by_certificate(&ctx.publishers, &c.peer_cert_names)?
     {
         return Ok(Identity::Publisher(i));
     }

@@ -117,17 +117,35 @@ pub(crate) fn publisher_by_signature(
         .then_some(i)
 }
 
-/// The publisher one of whose `certificates` names is among the client certificate's names.
+/// The publisher a client certificate names: the one whose `certificates` list holds one of the
+/// certificate's `names` (its subject common name and DNS subject alternative names). A
+/// certificate whose names map to two or more publishers (say a CN naming one and a SAN naming
+/// another) is ambiguous and refused, as the config refuses two publishers claiming one name:
+/// picking one by order would hand the holder whichever identity sorts first.
 pub(crate) fn publisher_by_certificate(
     publishers: &[Publisher],
     names: &[String],
-) -> Option<usize> {
-    if names.is_empty() {
-        return None;
-    }
-    publishers
+) -> Result<Option<usize>, ProtoError> {
+    let mut matching = publishers
         .iter()
-        .position(|p| p.certificates.iter().any(|c| names.contains(c)))
+        .enumerate()
+        .filter(|(_, p)| p.certificates.iter().any(|c| names.contains(c)));
+    let Some((first, _)) = matching.next() else {
+        return Ok(None);
+    };
+    if matching.next().is_some() {
+        let all: Vec<&str> = publishers
+            .iter()
+            .filter(|p| p.certificates.iter().any(|c| names.contains(c)))
+            .map(|p| p.name.as_str())
+            .collect();
+        tracing::warn!(publishers = ?all, "client certificate names several publishers: refused");
+        return Err(unauthorized(format!(
+            "the client certificate names several publishers ({}); it authenticates none",
+            all.join(", ")
+        )));
+    }
+    Ok(Some(first))
 }
 
 /// The token of an `Authorization: Bearer` header.
@@ -148,4 +166,51 @@ pub(crate) fn unauthorized(message: impl Into<String>) -> ProtoError {
 /// The error for a token the verifier refused: its stable reason, never the token.
 pub(crate) fn token_refused(e: &tslm_oidc::TokenError) -> ProtoError {
     unauthorized(format!("access token refused: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth_config::PublisherOps;
+
+    fn publisher(name: &str, certificates: &[&str]) -> Publisher {
+        Publisher {
+            name: name.to_owned(),
+            keys: Vec::new(),
+            token_hashes: Vec::new(),
+            certificates: certificates.iter().map(|c| (*c).to_owned()).collect(),
+            ops: PublisherOps::default(),
+            channels: Vec::new(),
+        }
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_certificate_maps_to_at_most_one_publisher() {
+        let ps = [
+            publisher("audit", &["audit.intranet"]),
+            publisher("billing", &["billing.intranet", "billing-2.intranet"]),
+        ];
+        let one = |n: &[&str]| publisher_by_certificate(&ps, &names(n)).map_err(|e| e.code);
+        assert_eq!(one(&[]), Ok(None));
+        assert_eq!(one(&["someone.intranet"]), Ok(None));
+        assert_eq!(one(&["billing", "billing.intranet"]), Ok(Some(1)));
+        // Two names of the same publisher are not ambiguous.
+        assert_eq!(
+            one(&["billing.intranet", "billing-2.intranet"]),
+            Ok(Some(1))
+        );
+        // A CN naming one publisher and a SAN naming another: refused, whatever the order.
+        assert_eq!(
+            one(&["billing.intranet", "audit.intranet"]),
+            Err(ErrorCode::Unauthorized)
+        );
+        assert_eq!(
+            one(&["audit.intranet", "billing.intranet"]),
+            Err(ErrorCode::Unauthorized)
+        );
+    }
 }

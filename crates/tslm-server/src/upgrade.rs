@@ -128,7 +128,7 @@ async fn initial_identity(
     conn: &ConnSlot,
     headers: &HeaderMap,
 ) -> Result<Identity, ProtoError> {
-    if let Some(i) = identity::publisher_by_certificate(&ctx.publishers, &conn.peer_cert_names) {
+    if let Some(i) = identity::publisher_by_certificate(&ctx.publishers, &conn.peer_cert_names)? {
         return Ok(Identity::Publisher(i));
     }
     if !ctx.cfg.auth_tokens.is_empty() {
