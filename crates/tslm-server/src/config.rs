@@ -82,6 +82,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Bytes all channel backlogs may hold together.
     pub backlog_memory_bytes: usize,
+    /// Connections being refused (429, 503) at once, all listeners together; over it, new
+    /// connections are closed at once. Lowered at startup to fit the descriptor limit.
+    pub max_pending_connections: usize,
     /// The channel classes (`[channel.PATTERN]` tables), resolved.
     pub channels: Arc<ChannelClasses>,
     /// Whitelisted publishers (`[publisher.NAME]`).
@@ -114,6 +117,7 @@ pub struct ListenerConfig {
     /// When non-empty, every connection must present one of these tokens.
     pub auth_tokens: Vec<String>,
     pub max_message_bytes: usize,
+    /// The largest frame read: `max_frame_size`, but never more than `max_message_bytes`.
     pub max_frame_bytes: usize,
     pub max_publish_bytes: usize,
     pub max_connections: usize,
@@ -170,6 +174,7 @@ struct RawConfig {
 struct RawServer {
     shutdown_grace_seconds: Option<u64>,
     backlog_memory_bytes: Option<u64>,
+    max_pending_connections: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,6 +235,8 @@ pub mod defaults {
     pub const MAX_REJECTED_COMMANDS_PER_SECOND: u64 = 10;
     pub const MAX_CONTROL_FRAMES_PER_SECOND: u64 = 10;
     pub const AUTH_TIMEOUT_SECONDS: u64 = 10;
+    /// `[server] max_pending_connections`: refusals in progress, all listeners together.
+    pub const MAX_PENDING_CONNECTIONS: u64 = 1024;
 }
 
 impl Config {
@@ -385,6 +392,15 @@ impl RawConfig {
                     .into(),
             );
         }
+        let max_pending = self
+            .server
+            .max_pending_connections
+            .unwrap_or(defaults::MAX_PENDING_CONNECTIONS);
+        if !(1..=1_000_000).contains(&max_pending) {
+            return Err(format!(
+                "table [server], key `max_pending_connections`: {max_pending} is out of range 1..=1000000"
+            ));
+        }
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         for (name, raw) in self.listener {
             let l = raw.validate(&name)?;
@@ -436,6 +452,7 @@ impl RawConfig {
             listeners,
             shutdown_grace: Duration::from_secs(grace),
             backlog_memory_bytes: usize_of(backlog_memory),
+            max_pending_connections: usize_of(max_pending),
             channels: Arc::new(channels),
             publishers: Arc::new(publishers),
             issuers: Arc::new(issuers),
@@ -673,7 +690,10 @@ impl RawListener {
             permissions,
             auth_tokens,
             max_message_bytes: usize_of(max_message),
-            max_frame_bytes: usize_of(max_frame),
+            // A frame larger than a message can never be accepted: refusing it at its header
+            // (tungstenite checks a frame's announced length before reading its payload) means
+            // the gateway never buffers more than `max_message_size` of it.
+            max_frame_bytes: usize_of(max_frame.min(max_message)),
             max_publish_bytes: usize_of(max_publish),
             max_connections: usize_of(max_connections),
             rate_limit_per_second: rate,
