@@ -138,9 +138,12 @@ pub struct ListenerConfig {
     pub subscriber_auth: bool,
     /// How long a WebSocket connection may take to authenticate (`auth` op) where it must.
     pub auth_timeout: Duration,
-    /// Browser origins allowed to open WebSocket connections (exact `scheme://host[:port]`);
-    /// empty: any origin (and requests without one).
+    /// Browser origins whose requests (WebSocket handshakes and HTTP API calls) this listener
+    /// serves (exact `scheme://host[:port]`); empty: any origin on a subscribe-only listener, none
+    /// on a listener that may create or publish. Requests without `Origin` always pass.
     pub allowed_origins: Vec<String>,
+    /// Host names (`host` or `host:port`, lowercase) requests must name in `Host`; empty: any.
+    pub allowed_hosts: Vec<String>,
     /// TLS on this listener.
     pub tls: Option<TlsConfig>,
 }
@@ -207,6 +210,7 @@ struct RawListener {
     subscriber_auth: Option<bool>,
     auth_timeout_seconds: Option<u64>,
     allowed_origins: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
@@ -730,6 +734,18 @@ impl RawListener {
                     })
                 })
                 .collect::<Result<_, _>>()?,
+            allowed_hosts: self
+                .allowed_hosts
+                .unwrap_or_default()
+                .iter()
+                .map(|h| {
+                    normalize_host(h).ok_or_else(|| {
+                        format!(
+                            "listener `{n}`, key `allowed_hosts`: {h:?} is not a host like \"gateway.intranet\", \"10.0.0.5:8081\" or \"[::1]\" (a name or address and optional port; no scheme or path)"
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
             tls: match (self.tls_cert, self.tls_key, self.tls_client_ca) {
                 (None, None, None) => None,
                 (Some(cert), Some(key), client_ca) => Some(TlsConfig {
@@ -786,6 +802,36 @@ pub fn normalize_origin(o: &str) -> Option<String> {
         Some(p) if p != default_port => format!("{scheme}://{host}:{p}"),
         _ => format!("{scheme}://{host}"),
     })
+}
+
+/// `host[:port]` into its host and port (an IPv6 literal keeps its brackets).
+pub(crate) fn split_port(s: &str) -> (&str, Option<&str>) {
+    match s.rsplit_once(':') {
+        Some((h, p))
+            if !p.ends_with(']') && !h.is_empty() && (!h.contains(':') || h.ends_with(']')) =>
+        {
+            (h, Some(p))
+        }
+        _ => (s, None),
+    }
+}
+
+/// The canonical form of an `allowed_hosts` entry (a host name, an IPv4 address or a bracketed
+/// IPv6 address, with an optional port; lowercase), or `None` when `h` is not one.
+pub(crate) fn normalize_host(h: &str) -> Option<String> {
+    let h = h.trim().to_ascii_lowercase();
+    let h = h.strip_suffix('.').unwrap_or(&h).to_owned();
+    let (host, port) = split_port(&h);
+    if host.is_empty() || port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return None;
+    }
+    let valid = if let Some(v6) = host.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        host.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    };
+    valid.then_some(h)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod admission;
 pub mod auth_config;
 pub mod classes;
 pub mod config;
+mod cross_site;
 mod http;
 mod identity;
 mod iplimit;

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -363,9 +364,15 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = slot.peer;
+    let cfg = Arc::clone(&ctx.cfg);
     let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
+        // Cross-site checks, once for every route and every WebSocket handshake.
+        if let Err(e) = crate::cross_site::check(&cfg, req.headers(), req.uri()) {
+            tracing::debug!(listener = %cfg.name, %peer, origin = ?req.headers().get(hyper::header::ORIGIN), host = ?req.headers().get(hyper::header::HOST), "cross-site request refused");
+            return Either::Left(std::future::ready(Ok(crate::http::error_response(&e))));
+        }
         req.extensions_mut().insert(Arc::clone(&slot));
-        router.clone().oneshot(req)
+        Either::Right(router.clone().oneshot(req))
     });
     // The header deadline starts now, after any TLS handshake.
     let conn = http_builder(ctx)
