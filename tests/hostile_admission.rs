@@ -389,3 +389,154 @@ async fn a_listener_token_does_not_lift_a_subscriber_listeners_deadline() {
         assert_eq!(close, Some((4002, "authentication required".into())));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 12: cross-site requests from browsers to listeners that may create or publish.
+
+const EVIL: &str = "https://evil.example";
+
+fn upgrade_with(host: &str, origin: Option<&str>) -> String {
+    let origin = origin.map_or_else(String::new, |o| format!("Origin: {o}\r\n"));
+    format!(
+        "GET / HTTP/1.1\r\nHost: {host}\r\n{origin}Connection: Upgrade\r\nConnection: close\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn cross_site_upgrades_to_a_private_listener_are_refused_before_the_upgrade() {
+    let srv = TestServer::default().await;
+    let private = srv.addr("private");
+    let host = private.to_string();
+    for origin in [EVIL, "null", "http://127.0.0.1:8080"] {
+        let (status, _, body) = http_raw(private, &upgrade_with(&host, Some(origin))).await;
+        assert_eq!(status, 403, "{origin}: {body}");
+        assert!(body.contains("\"forbidden\""), "{body}");
+    }
+    let e = ws_from("127.0.0.1", private, &[("Origin", EVIL)])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("403"), "{e}");
+    // Services send no `Origin`: served as before.
+    let mut ws = ws_from("127.0.0.1", private, &[]).await.unwrap();
+    let r = call(&mut ws, r#"{"op":"create","channel":"c"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    // The subscribers' listener keeps serving every origin.
+    let mut sub = ws_from("127.0.0.1", srv.addr("public"), &[("Origin", EVIL)])
+        .await
+        .unwrap();
+    let r = call(&mut sub, r#"{"op":"subscribe","channel":"c"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+}
+
+#[tokio::test]
+async fn an_allowed_origin_may_use_a_private_listener() {
+    let srv = TestServer::start(&two_listeners(
+        "allowed_origins = ['https://ops.example', 'http://localhost:3000']",
+    ))
+    .await;
+    let private = srv.addr("private");
+    let mut ws = ws_from(
+        "127.0.0.1",
+        private,
+        &[("Origin", "https://OPS.example:443")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(call(&mut ws, r#"{"op":"ping","id":1}"#).await["ok"], true);
+    let (status, _, body) = http(
+        private,
+        "PUT",
+        "/v1/channels/c",
+        &[("Origin", "http://localhost:3000")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    for origin in [
+        EVIL,
+        "https://ops.example.evil.example",
+        "http://ops.example",
+    ] {
+        let e = ws_from("127.0.0.1", private, &[("Origin", origin)])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("403"), "{origin}: {e}");
+    }
+    // With a list, the subscribers' listener serves only those origins too.
+    let e = ws_from("127.0.0.1", srv.addr("public"), &[("Origin", EVIL)])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("403"), "{e}");
+}
+
+#[tokio::test]
+async fn cross_site_api_requests_to_a_private_listener_are_refused_on_every_route() {
+    let srv = TestServer::default().await;
+    let private = srv.addr("private");
+    let (status, _, body) = http(private, "PUT", "/v1/channels/c", &[], "").await;
+    assert_eq!(status, 201, "{body}");
+    let origin = [("Origin", EVIL), ("Content-Type", "text/plain")];
+    for (method, path, body) in [
+        ("POST", "/v1/channels/c/messages", "{\"x\":1}"),
+        ("PUT", "/v1/channels/d", ""),
+        ("DELETE", "/v1/channels/c", ""),
+        ("GET", "/v1/channels", ""),
+        ("GET", "/v1/channels/c/messages", ""),
+        ("OPTIONS", "/v1/channels/c/messages", ""),
+        ("GET", "/v1/nothing-here", ""),
+        ("POST", "/", ""),
+    ] {
+        let (status, _, v) = http(private, method, path, &origin, body).await;
+        assert_eq!(status, 403, "{method} {path}: {v}");
+        assert_eq!(v["error"]["code"], "forbidden", "{method} {path}: {v}");
+    }
+    // Nothing was published, created or deleted.
+    let (status, _, v) = http(private, "GET", "/v1/channels/c/messages", &[], "").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["messages"].as_array().map(Vec::len), Some(0), "{v}");
+    let (_, _, v) = http(private, "GET", "/v1/channels", &[], "").await;
+    assert_eq!(v["channels"].as_array().map(Vec::len), Some(1), "{v}");
+}
+
+#[tokio::test]
+async fn allowed_hosts_refuse_other_host_names() {
+    let srv = TestServer::start(&two_listeners(
+        "allowed_hosts = ['gateway.intranet', '127.0.0.1']",
+    ))
+    .await;
+    let private = srv.addr("private");
+    let port = private.port();
+    let get = |host: String| {
+        format!("GET /v1/channels HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    };
+    for host in [format!("127.0.0.1:{port}"), "Gateway.Intranet".to_owned()] {
+        let (status, _, body) = http_raw(private, &get(host.clone())).await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    for host in [
+        format!("rebound.evil.example:{port}"),
+        "gateway.intranet.evil.example".to_owned(),
+        format!("localhost:{port}"),
+    ] {
+        let (status, _, body) = http_raw(private, &get(host.clone())).await;
+        assert_eq!(status, 403, "{host}: {body}");
+        assert!(body.contains("\"forbidden\""), "{body}");
+    }
+    let (status, _, _) = http_raw(
+        private,
+        "GET /v1/channels HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status == 400 || status == 403, "no Host: {status}");
+    let e = ws_from(
+        "127.0.0.1",
+        srv.addr("public"),
+        &[("Host", "rebound.evil.example")],
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("403"), "{e}");
+    let mut ws = ws_from("127.0.0.1", srv.addr("public"), &[]).await.unwrap();
+    assert_eq!(call(&mut ws, r#"{"op":"ping","id":1}"#).await["ok"], true);
+}
