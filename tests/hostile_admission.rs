@@ -541,3 +541,36 @@ async fn allowed_hosts_refuse_other_host_names() {
     let mut ws = ws_from("127.0.0.1", srv.addr("public"), &[]).await.unwrap();
     assert_eq!(call(&mut ws, r#"{"op":"ping","id":1}"#).await["ok"], true);
 }
+
+/// On a TLS listener a refusal needs a TLS handshake (so the client can read the 503), but a
+/// client that never completes it holds the descriptor a second, not the handshake timeout.
+#[tokio::test]
+async fn a_refusal_on_a_tls_listener_is_cut_off_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let srv = TestServer::start(&format!(
+        "[listener.tls]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Subscribe']\n\
+         max_connections = 1\nhandshake_timeout_seconds = 30\ntls_cert = '{}'\ntls_key = '{}'\n",
+        cert.display(),
+        key.display()
+    ))
+    .await;
+    let to = srv.addr("tls");
+    let _held = tcp_from("127.0.0.1", to).await.unwrap();
+    srv.wait_for("the first admitted", |s| s.stats().connections == 1)
+        .await;
+    let started = Instant::now();
+    let mut refused = tcp_from("127.0.0.1", to).await.unwrap();
+    let mut buf = Vec::new();
+    timeout(Duration::from_secs(3), refused.read_to_end(&mut buf))
+        .await
+        .expect("closed long before the handshake timeout")
+        .ok();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    srv.wait_for("refusal gone", |s| s.stats().connections == 1)
+        .await;
+    assert_eq!(srv.stats().over_capacity_rejections, 1);
+}
