@@ -434,11 +434,12 @@ async fn browsers_connect_only_from_allowed_origins() {
     ] {
         assert_eq!(handshake_status(&url, origin).await, status, "{origin:?}");
     }
-    // The private listener has no allowlist.
+    // The private listener has no allowlist: it may publish, so it serves no browser origin.
     assert_eq!(
         handshake_status(&srv.url("private"), Some("https://evil.example.com")).await,
-        101
+        403
     );
+    assert_eq!(handshake_status(&srv.url("private"), None).await, 101);
 }
 
 #[tokio::test]

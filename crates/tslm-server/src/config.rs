@@ -82,6 +82,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Bytes all channel backlogs may hold together.
     pub backlog_memory_bytes: usize,
+    /// Connections being refused (429, 503) at once, all listeners together; over it, new
+    /// connections are closed at once. Lowered at startup to fit the descriptor limit.
+    pub max_pending_connections: usize,
     /// The channel classes (`[channel.PATTERN]` tables), resolved.
     pub channels: Arc<ChannelClasses>,
     /// Whitelisted publishers (`[publisher.NAME]`).
@@ -114,6 +117,7 @@ pub struct ListenerConfig {
     /// When non-empty, every connection must present one of these tokens.
     pub auth_tokens: Vec<String>,
     pub max_message_bytes: usize,
+    /// The largest frame read: `max_frame_size`, but never more than `max_message_bytes`.
     pub max_frame_bytes: usize,
     pub max_publish_bytes: usize,
     pub max_connections: usize,
@@ -134,9 +138,12 @@ pub struct ListenerConfig {
     pub subscriber_auth: bool,
     /// How long a WebSocket connection may take to authenticate (`auth` op) where it must.
     pub auth_timeout: Duration,
-    /// Browser origins allowed to open WebSocket connections (exact `scheme://host[:port]`);
-    /// empty: any origin (and requests without one).
+    /// Browser origins whose requests (WebSocket handshakes and HTTP API calls) this listener
+    /// serves (exact `scheme://host[:port]`); empty: any origin on a subscribe-only listener, none
+    /// on a listener that may create or publish. Requests without `Origin` always pass.
     pub allowed_origins: Vec<String>,
+    /// Host names (`host` or `host:port`, lowercase) requests must name in `Host`; empty: any.
+    pub allowed_hosts: Vec<String>,
     /// TLS on this listener.
     pub tls: Option<TlsConfig>,
 }
@@ -170,6 +177,7 @@ struct RawConfig {
 struct RawServer {
     shutdown_grace_seconds: Option<u64>,
     backlog_memory_bytes: Option<u64>,
+    max_pending_connections: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +210,7 @@ struct RawListener {
     subscriber_auth: Option<bool>,
     auth_timeout_seconds: Option<u64>,
     allowed_origins: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
@@ -230,6 +239,8 @@ pub mod defaults {
     pub const MAX_REJECTED_COMMANDS_PER_SECOND: u64 = 10;
     pub const MAX_CONTROL_FRAMES_PER_SECOND: u64 = 10;
     pub const AUTH_TIMEOUT_SECONDS: u64 = 10;
+    /// `[server] max_pending_connections`: refusals in progress, all listeners together.
+    pub const MAX_PENDING_CONNECTIONS: u64 = 1024;
 }
 
 impl Config {
@@ -385,6 +396,15 @@ impl RawConfig {
                     .into(),
             );
         }
+        let max_pending = self
+            .server
+            .max_pending_connections
+            .unwrap_or(defaults::MAX_PENDING_CONNECTIONS);
+        if !(1..=1_000_000).contains(&max_pending) {
+            return Err(format!(
+                "table [server], key `max_pending_connections`: {max_pending} is out of range 1..=1000000"
+            ));
+        }
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         for (name, raw) in self.listener {
             let l = raw.validate(&name)?;
@@ -436,6 +456,7 @@ impl RawConfig {
             listeners,
             shutdown_grace: Duration::from_secs(grace),
             backlog_memory_bytes: usize_of(backlog_memory),
+            max_pending_connections: usize_of(max_pending),
             channels: Arc::new(channels),
             publishers: Arc::new(publishers),
             issuers: Arc::new(issuers),
@@ -673,7 +694,10 @@ impl RawListener {
             permissions,
             auth_tokens,
             max_message_bytes: usize_of(max_message),
-            max_frame_bytes: usize_of(max_frame),
+            // A frame larger than a message can never be accepted: refusing it at its header
+            // (tungstenite checks a frame's announced length before reading its payload) means
+            // the gateway never buffers more than `max_message_size` of it.
+            max_frame_bytes: usize_of(max_frame.min(max_message)),
             max_publish_bytes: usize_of(max_publish),
             max_connections: usize_of(max_connections),
             rate_limit_per_second: rate,
@@ -706,6 +730,18 @@ impl RawListener {
                     normalize_origin(o).ok_or_else(|| {
                         format!(
                             "listener `{n}`, key `allowed_origins`: {o:?} is not an origin like \"https://app.example.com\" or \"http://localhost:3000\" (scheme, host and optional port; no path)"
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            allowed_hosts: self
+                .allowed_hosts
+                .unwrap_or_default()
+                .iter()
+                .map(|h| {
+                    normalize_host(h).ok_or_else(|| {
+                        format!(
+                            "listener `{n}`, key `allowed_hosts`: {h:?} is not a host like \"gateway.intranet\", \"10.0.0.5:8081\" or \"[::1]\" (a name or address and optional port; no scheme or path)"
                         )
                     })
                 })
@@ -766,6 +802,36 @@ pub fn normalize_origin(o: &str) -> Option<String> {
         Some(p) if p != default_port => format!("{scheme}://{host}:{p}"),
         _ => format!("{scheme}://{host}"),
     })
+}
+
+/// `host[:port]` into its host and port (an IPv6 literal keeps its brackets).
+pub(crate) fn split_port(s: &str) -> (&str, Option<&str>) {
+    match s.rsplit_once(':') {
+        Some((h, p))
+            if !p.ends_with(']') && !h.is_empty() && (!h.contains(':') || h.ends_with(']')) =>
+        {
+            (h, Some(p))
+        }
+        _ => (s, None),
+    }
+}
+
+/// The canonical form of an `allowed_hosts` entry (a host name, an IPv4 address or a bracketed
+/// IPv6 address, with an optional port; lowercase), or `None` when `h` is not one.
+pub(crate) fn normalize_host(h: &str) -> Option<String> {
+    let h = h.trim().to_ascii_lowercase();
+    let h = h.strip_suffix('.').unwrap_or(&h).to_owned();
+    let (host, port) = split_port(&h);
+    if host.is_empty() || port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return None;
+    }
+    let valid = if let Some(v6) = host.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        host.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    };
+    valid.then_some(h)
 }
 
 #[cfg(test)]

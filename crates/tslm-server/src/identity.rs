@@ -30,6 +30,21 @@ pub(crate) enum Identity {
     Subscriber(Arc<SubscriberGrant>),
 }
 
+impl Identity {
+    /// Whether this identity authenticates a connection for what `cfg` requires: a publisher on
+    /// a `publisher_auth` listener, a subscriber token on a `subscriber_auth` one, anything where
+    /// neither is set. This alone lifts the authentication deadline: a credential that is valid
+    /// but of the wrong kind for the listener (a publisher's token on a subscribers' listener)
+    /// authenticates nothing there, wherever it was presented (handshake header or `auth`).
+    pub(crate) fn meets(&self, cfg: &crate::config::ListenerConfig) -> bool {
+        match self {
+            Identity::Anonymous => !cfg.publisher_auth && !cfg.subscriber_auth,
+            Identity::Publisher(_) => cfg.publisher_auth || !cfg.subscriber_auth,
+            Identity::Subscriber(_) => cfg.subscriber_auth || !cfg.publisher_auth,
+        }
+    }
+}
+
 /// A validated access token: who it names and which channels it grants, until when.
 #[derive(Debug)]
 pub(crate) struct SubscriberGrant {

@@ -1,6 +1,11 @@
 //! Per-source-address limits: open connections and new connections per second. IPv6 addresses
 //! are counted per /64, the block one subscriber line usually gets, so an attacker cannot escape
 //! the limit by rotating addresses within it.
+//!
+//! Refusals are counted too: an address may have at most [`MAX_REFUSALS_PER_IP`] refusals (429
+//! or 503 being written) in progress; past that its connections are closed at once, so one
+//! address cannot take the server-wide budget of refusals (`max_pending_connections`) from all
+//! the others.
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
@@ -9,6 +14,11 @@ use dashmap::DashMap;
 
 use crate::config::AbuseLimits;
 use crate::ratelimit::TokenBucket;
+
+/// Refusals in progress from one address (IPv6: one /64) before its further connections are
+/// closed unanswered. A refusal takes at most a second, so this answers a few per second to an
+/// address that keeps retrying, and never more than this many at once.
+pub(crate) const MAX_REFUSALS_PER_IP: u32 = 8;
 
 /// Why an address was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +34,8 @@ pub(crate) struct IpLimits {
 
 struct Entry {
     conns: u32,
+    /// Refusals in progress.
+    refusals: u32,
     handshakes: TokenBucket,
 }
 
@@ -54,6 +66,7 @@ impl IpLimits {
         let k = key(ip);
         let mut e = self.table.entry(k).or_insert_with(|| Entry {
             conns: 0,
+            refusals: 0,
             handshakes: TokenBucket::new(self.limits.handshakes_per_ip_per_second),
         });
         if e.conns >= self.limits.max_connections_per_ip {
@@ -69,11 +82,30 @@ impl IpLimits {
         })
     }
 
+    /// A place to refuse one connection from `ip`, or `None` when the address already has
+    /// [`MAX_REFUSALS_PER_IP`] refusals in progress (close the connection at once).
+    pub(crate) fn refusing(self: &Arc<Self>, ip: IpAddr) -> Option<RefusalGuard> {
+        let k = key(ip);
+        let mut e = self.table.entry(k).or_insert_with(|| Entry {
+            conns: 0,
+            refusals: 0,
+            handshakes: TokenBucket::new(self.limits.handshakes_per_ip_per_second),
+        });
+        if e.refusals >= MAX_REFUSALS_PER_IP {
+            return None;
+        }
+        e.refusals += 1;
+        Some(RefusalGuard {
+            limits: Arc::clone(self),
+            key: k,
+        })
+    }
+
     /// Forgets addresses with no connection whose handshake budget has refilled, so the table
     /// holds only addresses that are connected or were recently active.
     pub(crate) fn sweep(&self) {
         self.table
-            .retain(|_, e| e.conns > 0 || !e.handshakes.is_full());
+            .retain(|_, e| e.conns > 0 || e.refusals > 0 || !e.handshakes.is_full());
     }
 
     #[cfg(test)]
@@ -92,6 +124,20 @@ impl Drop for IpGuard {
     fn drop(&mut self) {
         if let Some(mut e) = self.limits.table.get_mut(&self.key) {
             e.conns = e.conns.saturating_sub(1);
+        }
+    }
+}
+
+/// Holds one refusal in progress of an address.
+pub(crate) struct RefusalGuard {
+    limits: Arc<IpLimits>,
+    key: IpAddr,
+}
+
+impl Drop for RefusalGuard {
+    fn drop(&mut self) {
+        if let Some(mut e) = self.limits.table.get_mut(&self.key) {
+            e.refusals = e.refusals.saturating_sub(1);
         }
     }
 }
@@ -149,5 +195,25 @@ mod tests {
             0,
             "no connection left and budget refilled: forgotten"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_in_progress_are_capped_per_address() {
+        let l = limits(1, 100);
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        let held: Vec<_> = std::iter::from_fn(|| l.refusing(ip)).take(100).collect();
+        assert_eq!(held.len(), MAX_REFUSALS_PER_IP as usize);
+        assert!(
+            l.refusing("2001:db8::2".parse().unwrap()).is_none(),
+            "same /64"
+        );
+        assert!(
+            l.refusing("192.0.2.9".parse().unwrap()).is_some(),
+            "others unaffected"
+        );
+        l.sweep();
+        assert!(l.table.contains_key(&key(ip)), "kept while refusing");
+        drop(held);
+        assert!(l.refusing(ip).is_some());
     }
 }

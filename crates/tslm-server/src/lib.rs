@@ -4,9 +4,11 @@
 //! [`Server::run`] serves until the shutdown future resolves, then closes every WebSocket session
 //! with 1001 and waits for connections to finish within the configured grace period.
 
+mod admission;
 pub mod auth_config;
 pub mod classes;
 pub mod config;
+mod cross_site;
 mod http;
 mod identity;
 mod iplimit;
@@ -145,6 +147,37 @@ impl Server {
         StatsHandle(Arc::clone(&self.stats))
     }
 
+    /// Sizes the server-wide descriptor budgets for the process's descriptor limit, and says
+    /// when the listeners' `max_connections` promise more than it allows.
+    fn admission(&self) -> admission::Admission {
+        let budget = admission::Budget::new(
+            self.config.max_pending_connections,
+            admission::descriptor_limit(),
+        );
+        let promised: usize = self
+            .listeners
+            .iter()
+            .map(|b| b.cfg.max_connections)
+            .fold(0, usize::saturating_add);
+        tracing::info!(
+            descriptors = budget
+                .descriptors
+                .map_or_else(|| "unlimited".to_owned(), |d| d.to_string()),
+            connections = budget.open,
+            pending = budget.pending,
+            "descriptor budget"
+        );
+        if promised > budget.open {
+            tracing::warn!(
+                descriptors = budget.descriptors.unwrap_or(0),
+                connections = budget.open,
+                max_connections = promised,
+                "the descriptor limit allows fewer connections than the listeners' max_connections: past it, connections are answered 503; raise the limit (LimitNOFILE) to serve more"
+            );
+        }
+        admission::Admission::new(budget)
+    }
+
     /// Serves until `shutdown` resolves, then shuts down gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let token = CancellationToken::new();
@@ -166,6 +199,7 @@ impl Server {
                 identity::REPLAY_CAPACITY,
             ),
         ));
+        let admission = Arc::new(self.admission());
         for b in self.listeners {
             let addr = b.tcp.local_addr().ok();
             tracing::info!(
@@ -197,6 +231,7 @@ impl Server {
                 token.clone(),
                 tracker.clone(),
                 Arc::clone(&self.stats),
+                Arc::clone(&admission),
             )
             .with_tls(b.tls);
             tracker.spawn(listener::accept_loop(Arc::new(ctx), b.tcp));

@@ -5,17 +5,17 @@
 //! generic over the stream, so plain connections are served on the `TcpStream` itself, with no
 //! wrapper or indirection.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
@@ -25,8 +25,9 @@ use tower::ServiceExt;
 use tslm_hub::Hub;
 use tslm_protocol::{ErrorCode, ProtoError};
 
+use crate::admission::{Admission, Open, Pending, REFUSAL_DEADLINE};
 use crate::config::ListenerConfig;
-use crate::iplimit::{IpGuard, IpLimits, Refusal};
+use crate::iplimit::{IpGuard, IpLimits, Refusal, RefusalGuard};
 use crate::ratelimit::TokenBucket;
 use crate::stats::{Gauge, Stats};
 use crate::tls::TlsState;
@@ -76,6 +77,8 @@ pub(crate) struct ListenerCtx {
     tls: Option<Arc<TlsState>>,
     conn_limit: Arc<Semaphore>,
     ip_limits: Arc<IpLimits>,
+    /// The server-wide descriptor budgets (see [`crate::admission`]).
+    admission: Arc<Admission>,
 }
 
 /// What every listener shares about channels and identities.
@@ -96,6 +99,7 @@ impl ListenerCtx {
         shutdown: CancellationToken,
         tracker: TaskTracker,
         stats: Arc<Stats>,
+        admission: Arc<Admission>,
     ) -> Self {
         let conn_limit = Arc::new(Semaphore::new(cfg.max_connections));
         let ip_limits = Arc::new(IpLimits::new(cfg.abuse));
@@ -113,6 +117,7 @@ impl ListenerCtx {
             stats,
             tls: None,
             conn_limit,
+            admission,
         }
     }
 
@@ -135,6 +140,7 @@ pub(crate) struct ConnSlot {
     pub bucket: Mutex<Option<TokenBucket>>,
     _permit: OwnedSemaphorePermit,
     _ip: IpGuard,
+    _open: Open,
     _gauge: Gauge,
 }
 
@@ -163,12 +169,28 @@ pub(crate) async fn accept_loop(ctx: Arc<ListenerCtx>, tcp: TcpListener) {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
                 let _ = stream.set_nodelay(true);
-                ctx.tracker.spawn(serve_connection(
-                    Arc::clone(&ctx),
-                    router.clone(),
-                    stream,
-                    peer,
-                ));
+                // Decided here, synchronously, before anything is spawned: a flood of queued
+                // connections is sorted as fast as it is accepted.
+                match admit(&ctx, peer) {
+                    Ok(admitted) => {
+                        ctx.tracker.spawn(serve_connection(
+                            Arc::clone(&ctx),
+                            router.clone(),
+                            stream,
+                            peer,
+                            admitted,
+                        ));
+                    }
+                    Err(error) => match refusal_places(&ctx, peer) {
+                        Some(places) => {
+                            ctx.tracker
+                                .spawn(refuse(Arc::clone(&ctx), stream, error, places));
+                        }
+                        // A flood: closed at once, so refusals never take the descriptors
+                        // others need.
+                        None => drop(stream),
+                    },
+                }
             }
             Err(e) => {
                 // EMFILE/ENFILE and friends: keep the listener, back off, retry.
@@ -191,42 +213,80 @@ fn http_builder(ctx: &ListenerCtx) -> http1::Builder {
     b
 }
 
+/// What an admitted connection holds: its places under the per-address limits, its listener's
+/// `max_connections` and the server's descriptor budget.
+struct Admitted {
+    ip: IpGuard,
+    permit: OwnedSemaphorePermit,
+    open: Open,
+    gauge: Gauge,
+}
+
+/// Admits a connection from `peer`, or says with which error to refuse it (429 over a
+/// per-address limit, 503 over `max_connections` or the descriptor budget).
+fn admit(ctx: &ListenerCtx, peer: SocketAddr) -> Result<Admitted, ProtoError> {
+    let ip = ctx.ip_limits.admit(peer.ip()).map_err(|why| {
+        ctx.stats.count_ip_refusal();
+        tracing::debug!(listener = %ctx.cfg.name, %peer, ?why, "per-address limit: answering 429");
+        let message = match why {
+            Refusal::TooManyConnections => "too many connections from your address; retry later",
+            Refusal::TooFast => "too many new connections from your address; retry later",
+        };
+        ProtoError::new(ErrorCode::RateLimited, message)
+    })?;
+    let Ok(permit) = Arc::clone(&ctx.conn_limit).try_acquire_owned() else {
+        ctx.stats.count_over_capacity();
+        tracing::debug!(listener = %ctx.cfg.name, %peer, "over max_connections: answering 503");
+        return Err(ProtoError::new(
+            ErrorCode::Unavailable,
+            "this listener is at its connection limit; retry later",
+        ));
+    };
+    let Some(open) = ctx.admission.open() else {
+        ctx.stats.count_over_capacity();
+        tracing::debug!(listener = %ctx.cfg.name, %peer, "descriptor budget spent: answering 503");
+        return Err(ProtoError::new(
+            ErrorCode::Unavailable,
+            "the gateway is at its connection limit; retry later",
+        ));
+    };
+    Ok(Admitted {
+        ip,
+        permit,
+        open,
+        gauge: ctx.stats.connection(),
+    })
+}
+
+/// The places a refusal holds: one of its address's few (so one address cannot take them all)
+/// and one of the server's `max_pending_connections`. `None`: close the connection at once.
+fn refusal_places(ctx: &ListenerCtx, peer: SocketAddr) -> Option<(RefusalGuard, Pending)> {
+    let Some(of_address) = ctx.ip_limits.refusing(peer.ip()) else {
+        ctx.stats.count_overload_close();
+        tracing::debug!(listener = %ctx.cfg.name, %peer, "too many refusals in progress for this address: closed at once");
+        return None;
+    };
+    let Some(pending) = ctx.admission.pending() else {
+        ctx.stats.count_overload_close();
+        tracing::debug!(listener = %ctx.cfg.name, %peer, "too many connections being refused: closed at once");
+        return None;
+    };
+    Some((of_address, pending))
+}
+
 async fn serve_connection(
     ctx: Arc<ListenerCtx>,
     router: Router,
     stream: TcpStream,
     peer: SocketAddr,
+    admitted: Admitted,
 ) {
-    let gauge = ctx.stats.connection();
-    let ip = match ctx.ip_limits.admit(peer.ip()) {
-        Ok(g) => g,
-        Err(why) => {
-            ctx.stats.count_ip_refusal();
-            let message = match why {
-                Refusal::TooManyConnections => {
-                    "too many connections from your address; retry later"
-                }
-                Refusal::TooFast => "too many new connections from your address; retry later",
-            };
-            tracing::debug!(listener = %ctx.cfg.name, %peer, ?why, "per-address limit: answering 429");
-            return refuse(
-                &ctx,
-                stream,
-                peer,
-                ProtoError::new(ErrorCode::RateLimited, message),
-            )
-            .await;
-        }
-    };
-    let Ok(permit) = Arc::clone(&ctx.conn_limit).try_acquire_owned() else {
-        ctx.stats.count_over_capacity();
-        tracing::debug!(listener = %ctx.cfg.name, %peer, "over max_connections: answering 503");
-        let e = ProtoError::new(
-            ErrorCode::Unavailable,
-            "this listener is at its connection limit; retry later",
-        );
-        return refuse(&ctx, stream, peer, e).await;
-    };
+    let Admitted {
+        ip,
+        permit,
+        open,
+        gauge,
+    } = admitted;
     // The handshake runs holding the connection's slot, so handshakes in progress count
     // against `max_connections` and the per-address limits.
     let slot = |peer_cert_names| {
@@ -236,6 +296,7 @@ async fn serve_connection(
             bucket: Mutex::new(ctx.cfg.rate_limit_per_second.map(TokenBucket::new)),
             _permit: permit,
             _ip: ip,
+            _open: open,
             _gauge: gauge,
         })
     };
@@ -303,9 +364,15 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = slot.peer;
+    let cfg = Arc::clone(&ctx.cfg);
     let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
+        // Cross-site checks, once for every route and every WebSocket handshake.
+        if let Err(e) = crate::cross_site::check(&cfg, req.headers(), req.uri()) {
+            tracing::debug!(listener = %cfg.name, %peer, origin = ?req.headers().get(hyper::header::ORIGIN), host = ?req.headers().get(hyper::header::HOST), "cross-site request refused");
+            return Either::Left(std::future::ready(Ok(crate::http::error_response(&e))));
+        }
         req.extensions_mut().insert(Arc::clone(&slot));
-        router.clone().oneshot(req)
+        Either::Right(router.clone().oneshot(req))
     });
     // The header deadline starts now, after any TLS handshake.
     let conn = http_builder(ctx)
@@ -325,43 +392,60 @@ where
     }
 }
 
-/// Refuses a connection with `error` in HTTP, after the TLS handshake on a TLS listener (so a
-/// TLS client reads the answer, not a protocol error).
-async fn refuse(ctx: &ListenerCtx, stream: TcpStream, peer: SocketAddr, error: ProtoError) {
-    match &ctx.tls {
-        None => refuse_http(ctx, stream, error).await,
-        Some(tls) => {
-            Box::pin(async move {
-                if let Some(stream) = tls_handshake(ctx, tls, stream, peer).await {
-                    refuse_http(ctx, stream, error).await;
-                }
-            })
-            .await;
+/// Refuses a connection with `error` (503 over `max_connections` or the descriptor budget, 429
+/// over a per-address limit) at once, without waiting for its request: the answer is written as
+/// soon as the connection is accepted (after the TLS handshake on a TLS listener, so a TLS client
+/// reads it, not a protocol error), then the connection is half-closed and whatever the client
+/// sends is read and dropped until it closes, so its request does not turn our close into a reset
+/// that could destroy the answer before the client reads it. All of it within
+/// [`REFUSAL_DEADLINE`], holding its `_places` (see [`refusal_places`]): a refusal costs nothing
+/// lasting.
+async fn refuse(
+    ctx: Arc<ListenerCtx>,
+    stream: TcpStream,
+    error: ProtoError,
+    _places: (RefusalGuard, Pending),
+) {
+    let _gauge = ctx.stats.connection();
+    let answer = refusal_bytes(&error);
+    let refused = async {
+        match &ctx.tls {
+            None => answer_and_close(stream, &answer).await,
+            Some(tls) => {
+                let stream = tls.acceptor().accept(stream).await?;
+                answer_and_close(stream, &answer).await
+            }
         }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(REFUSAL_DEADLINE, Box::pin(refused)) => {}
+        _ = ctx.shutdown.cancelled() => {}
     }
 }
 
-/// Answers every request on a refused connection with `error` (503 over `max_connections`, 429
-/// over a per-address limit), then closes it cleanly: the request is read first, so the client
-/// sees the response, not a reset.
-async fn refuse_http<I>(ctx: &ListenerCtx, io: I, error: ProtoError)
+/// The complete HTTP response refusing a connection.
+fn refusal_bytes(error: &ProtoError) -> Vec<u8> {
+    let mut body = String::from("{\"ok\":false,\"error\":");
+    tslm_protocol::v1::push_error_object(&mut body, error);
+    body.push('}');
+    let status = hyper::StatusCode::from_u16(error.code.http_status())
+        .unwrap_or(hyper::StatusCode::SERVICE_UNAVAILABLE);
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+    )
+    .into_bytes()
+}
+
+async fn answer_and_close<I>(mut io: I, answer: &[u8]) -> std::io::Result<()>
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin,
 {
-    let svc = service_fn(move |_req: hyper::Request<Incoming>| {
-        let mut resp = crate::http::error_response(&error);
-        resp.headers_mut().insert(
-            hyper::header::CONNECTION,
-            hyper::header::HeaderValue::from_static("close"),
-        );
-        resp.headers_mut().insert(
-            hyper::header::RETRY_AFTER,
-            hyper::header::HeaderValue::from_static("1"),
-        );
-        std::future::ready(Ok::<_, Infallible>(resp))
-    });
-    let mut b = http_builder(ctx);
-    b.keep_alive(false);
-    let conn = b.serve_connection(TokioIo::new(io), svc);
-    let _ = tokio::time::timeout(ctx.cfg.handshake_timeout, conn).await;
+    io.write_all(answer).await?;
+    io.shutdown().await?;
+    let mut sink = [0u8; 1024];
+    while io.read(&mut sink).await? > 0 {}
+    Ok(())
 }

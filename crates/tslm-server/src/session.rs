@@ -108,9 +108,9 @@ pub(crate) async fn run(
             .await;
     let id = ctx.hub.next_conn_id();
     let span = tracing::debug_span!("session", listener = %cfg.name, conn = %id, peer = %conn.peer, ?dialect);
-    let needs_auth = cfg.publisher_auth || cfg.subscriber_auth;
-    let auth_deadline = (needs_auth && matches!(identity, Identity::Anonymous))
-        .then(|| Instant::now() + cfg.auth_timeout);
+    // Whatever the handshake presented, only an identity the listener requires lifts the
+    // deadline (a publisher's token on a subscribers' listener does not).
+    let auth_deadline = (!identity.meets(cfg)).then(|| Instant::now() + cfg.auth_timeout);
     let session = Session {
         identity,
         challenge: None,
@@ -597,13 +597,7 @@ impl Session {
     /// listener requires (a publisher on `publisher_auth` listeners, a subscriber token on
     /// `subscriber_auth` ones).
     fn deadline_met(&mut self) {
-        let cfg = &self.ctx.cfg;
-        let met = match self.identity {
-            Identity::Publisher(_) => cfg.publisher_auth || !cfg.subscriber_auth,
-            Identity::Subscriber(_) => cfg.subscriber_auth || !cfg.publisher_auth,
-            Identity::Anonymous => false,
-        };
-        if met {
+        if self.identity.meets(&self.ctx.cfg) {
             self.auth_deadline = None;
         }
     }

@@ -11,6 +11,7 @@ pub(crate) struct Stats {
     over_capacity_rejections: AtomicUsize,
     ip_refusals: AtomicUsize,
     policy_closes: AtomicUsize,
+    overload_closes: AtomicUsize,
 }
 
 /// A snapshot of the live counters.
@@ -33,6 +34,9 @@ pub struct ServerStats {
     pub ip_refusals: usize,
     /// Sessions closed with 1008 for sustained rate-limit abuse or a control-frame flood.
     pub policy_closes: usize,
+    /// Connections closed at once, unanswered, because `[server] max_pending_connections`
+    /// refusals were already in progress (since start).
+    pub overload_closes: usize,
 }
 
 impl Stats {
@@ -46,6 +50,7 @@ impl Stats {
             over_capacity_rejections: self.over_capacity_rejections.load(Ordering::Relaxed),
             ip_refusals: self.ip_refusals.load(Ordering::Relaxed),
             policy_closes: self.policy_closes.load(Ordering::Relaxed),
+            overload_closes: self.overload_closes.load(Ordering::Relaxed),
         }
     }
 
@@ -63,6 +68,10 @@ impl Stats {
 
     pub(crate) fn count_ip_refusal(&self) {
         self.ip_refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_overload_close(&self) {
+        self.overload_closes.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_over_capacity(&self) {

@@ -94,31 +94,6 @@ fn token_subprotocol<'h>(cfg: &ListenerConfig, headers: &'h HeaderMap) -> Option
         .find(|p| token_matches(cfg, p))
 }
 
-/// Browsers send `Origin` on every WebSocket handshake; where the listener has an allowlist,
-/// only those exact origins (scheme, host, port) may connect. Requests without `Origin` are not
-/// from browsers and pass. `null` and look-alike hosts are refused: the comparison is exact.
-pub(crate) fn origin_allowed(cfg: &ListenerConfig, headers: &HeaderMap) -> Result<(), ProtoError> {
-    if cfg.allowed_origins.is_empty() {
-        return Ok(());
-    }
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let allowed = origin
-        .to_str()
-        .ok()
-        .and_then(crate::config::normalize_origin)
-        .is_some_and(|o| cfg.allowed_origins.contains(&o));
-    if allowed {
-        Ok(())
-    } else {
-        Err(ProtoError::new(
-            ErrorCode::Forbidden,
-            "this origin may not connect to this listener",
-        ))
-    }
-}
-
 /// What the handshake proves: a client certificate or an `Authorization: Bearer` token (a
 /// publisher's token, or a subscriber's access token). A token that is presented must be
 /// valid: the handshake is refused (401) otherwise. On listeners with `auth_tokens` the header
@@ -200,9 +175,7 @@ pub(crate) async fn websocket(ctx: Arc<ListenerCtx>, mut req: Request) -> Respon
             "this listener requires a token: send `Authorization: Bearer <token>` or offer it as a WebSocket subprotocol",
         ));
     }
-    if let Err(e) = origin_allowed(&ctx.cfg, headers) {
-        return error_response(&e);
-    }
+    // `Origin` and `Host` were checked before routing (`cross_site`), as for every request.
     let token = token_subprotocol(&ctx.cfg, headers).map(str::to_owned);
     let dialect = if offered_protocols(headers).contains(&SUBPROTOCOL_V1) {
         Dialect::V1
