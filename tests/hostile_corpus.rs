@@ -8,6 +8,8 @@
 //! close with a documented close code), never a panic, a hang or a silent drop, and the gateway
 //! still serves other clients afterwards.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use std::collections::BTreeMap;
