@@ -180,6 +180,12 @@ struct ServeArgs {
     /// --config-dir, ./config/tslm.toml is used when it exists, else the embedded default.
     #[arg(long, short = 'c', value_name = "DIR")]
     config_dir: Option<PathBuf>,
+    /// Once every listener is bound, write their addresses to FILE as JSON
+    /// (`{"pid":N,"listeners":{"NAME":["IP:PORT",...]}}`), atomically (a temporary file renamed
+    /// into place), so scripts and tests wait for the file instead of reading log lines. Ports
+    /// given as 0 in the config appear as the ports the system chose.
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -383,13 +389,44 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     tracing::info!(config = %origin, version = env!("CARGO_PKG_VERSION"), "starting tslm");
-    match tslm_server::run(config, shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let server = match tslm_server::Server::bind(config).await {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(path) = &args.ready_file
+        && let Err(e) = write_ready_file(path, &server.local_addrs())
+    {
+        eprintln!("error: --ready-file {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    server.run(shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+/// The ready signal of `serve --ready-file`: every bound address by listener, written to a
+/// temporary file beside `path` and renamed over it, so a reader never sees half a file.
+fn write_ready_file(
+    path: &std::path::Path,
+    addrs: &[tslm_server::BoundAddr],
+) -> std::io::Result<()> {
+    let mut listeners = serde_json::Map::new();
+    for a in addrs {
+        let entry = listeners
+            .entry(a.listener.clone())
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let serde_json::Value::Array(v) = entry {
+            v.push(serde_json::Value::String(a.addr.to_string()));
         }
     }
+    let doc = serde_json::json!({ "pid": std::process::id(), "listeners": listeners });
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{doc}\n"))?;
+    std::fs::rename(&tmp, path)
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
