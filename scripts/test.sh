@@ -10,7 +10,8 @@ log() { printf '\n== %s ==\n' "$*"; }
 # Debian packages the suite needs, installed only when what they provide is missing:
 # python3 and pip (the Autobahn conformance suite installs itself with them), the Debian archive
 # keyring (it downloads Python 2.7 from Debian's archive), procps (`kill`, used by the signal tests),
-# nodejs and npm (the OpenID Connect provider the OIDC tests run, tests/oidc).
+# nodejs and npm (the OpenID Connect provider the OIDC tests run, tests/oidc), chromium (Debian's
+# Chromium, headless, driven by playwright-core from tests/browser for the browser tests).
 missing=()
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
@@ -18,6 +19,7 @@ dpkg -s debian-archive-keyring >/dev/null 2>&1 || missing+=(debian-archive-keyri
 [ -x /usr/bin/kill ] || [ -x /bin/kill ] || missing+=(procps)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -27,6 +29,10 @@ fi
 if [ ! -d tests/oidc/node_modules ]; then
   log "installing the OIDC test provider (npm ci --prefix tests/oidc)"
   npm ci --prefix tests/oidc --no-audit --no-fund
+fi
+if [ ! -d tests/browser/node_modules ]; then
+  log "installing the browser driver (npm ci --prefix tests/browser: playwright-core, no browser download)"
+  npm ci --prefix tests/browser --no-audit --no-fund
 fi
 for c in rustfmt clippy; do
   if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then

@@ -1,0 +1,144 @@
+//! `tslm bench`: the fan-out load generator's command line.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+#[derive(Args, Clone)]
+pub(crate) struct BenchArgs {
+    /// What to measure: tslm, nats (nats-server's WebSocket listener) or nchan (nginx).
+    #[arg(long, default_value = "tslm")]
+    pub(crate) target: tslm_bench::Target,
+    /// Where subscribers connect (TSLM: a listener that allows subscribing).
+    #[arg(long = "sub", default_value = "127.0.0.1:8080")]
+    pub(crate) sub_addr: std::net::SocketAddr,
+    /// Where the publisher connects (TSLM: a listener that allows creating and publishing).
+    #[arg(long = "pub", default_value = "127.0.0.1:8081")]
+    pub(crate) pub_addr: std::net::SocketAddr,
+    /// Number of subscribers.
+    #[arg(long, short = 's', default_value_t = 100)]
+    pub(crate) subscribers: usize,
+    /// Number of channels; subscriber i joins channel i mod C, messages go round-robin.
+    #[arg(long, short = 'c', default_value_t = 1)]
+    pub(crate) channels: usize,
+    /// Messages to publish in all (0: connect, measure idle memory, exit).
+    #[arg(long, short = 'm', default_value_t = 10_000)]
+    pub(crate) messages: u64,
+    /// Payload size in bytes.
+    #[arg(long, short = 'p', default_value_t = 100)]
+    pub(crate) size: usize,
+    /// Messages per second; without it, flat out.
+    #[arg(long, short = 'r')]
+    pub(crate) rate: Option<u64>,
+    /// Most messages the publisher may run ahead of the slowest subscriber.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) window: u64,
+    /// Spread subscribers over this many source addresses 127.0.0.1.. (default: one per 500
+    /// subscribers, so a server's per-address limits are not what is measured).
+    #[arg(long)]
+    pub(crate) sources: Option<u8>,
+    /// PID of the server, when local: its memory and CPU are reported.
+    #[arg(long)]
+    pub(crate) server_pid: Option<u32>,
+    /// Worker threads of the load generator.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) threads: usize,
+    /// Print the report as one JSON line (otherwise a table).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// No progress line.
+    #[arg(long)]
+    pub(crate) quiet: bool,
+}
+
+pub(crate) async fn bench(args: BenchArgs) -> ExitCode {
+    let sources = args.sources.unwrap_or_else(|| {
+        u8::try_from(args.subscribers.div_ceil(500).clamp(1, 250)).unwrap_or(250)
+    });
+    let cfg = tslm_bench::BenchConfig {
+        target: args.target,
+        sub_addr: args.sub_addr,
+        pub_addr: args.pub_addr,
+        subscribers: args.subscribers,
+        channels: args.channels,
+        messages: args.messages,
+        size: args.size,
+        rate: args.rate,
+        window: args.window.max(2 * args.channels as u64),
+        sources,
+        server_pid: args.server_pid,
+        progress: !args.quiet,
+        drain_timeout: std::time::Duration::from_secs(10),
+    };
+    match tslm_bench::run(cfg).await {
+        Ok(r) => {
+            if args.json {
+                println!("{}", r.to_json());
+            } else {
+                println!("target            {}", r.target);
+                println!(
+                    "subscribers       {} on {} channel(s)",
+                    r.subscribers, r.channels
+                );
+                println!(
+                    "messages          {} x {} bytes, {}",
+                    r.messages,
+                    r.size,
+                    r.rate.map_or("flat out".into(), |r| format!("{r}/s"))
+                );
+                println!(
+                    "deliveries        {} of {} ({:.0}/s)",
+                    r.deliveries, r.expected_deliveries, r.deliveries_per_second
+                );
+                println!("lost              {}", r.lost);
+                println!("dup/out of order  {}", r.duplicated_or_reordered);
+                println!(
+                    "latency ms        p50 {:.3}  p99 {:.3}  p999 {:.3}  max {:.3}",
+                    r.latency_p50_ms, r.latency_p99_ms, r.latency_p999_ms, r.latency_max_ms
+                );
+                if let Some(b) = r.server_idle_bytes_per_connection {
+                    println!("server idle       {b:.0} bytes per connection");
+                }
+                if let Some(p) = r.server_rss_peak_kib {
+                    println!("server peak RSS   {p} KiB");
+                }
+                if let Some(c) = r.server_cpu_seconds {
+                    println!("server CPU        {c:.2} s while publishing and delivering");
+                }
+                println!(
+                    "bench CPU         {:.2} s over the run (publishing took {:.2} s of wall time)",
+                    r.bench_cpu_seconds, r.publish_seconds
+                );
+            }
+            if r.lost > 0
+                || r.duplicated_or_reordered > 0
+                || r.publish_errors > 0
+                || r.subscriber_failures > 0
+            {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The load generator runs on a runtime of its own size (`--threads`), so that it takes no
+/// more of the machine than asked from the server it measures.
+pub(crate) fn run_bench(args: BenchArgs) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build();
+    match rt {
+        Ok(rt) => rt.block_on(bench(args)),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

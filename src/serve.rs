@@ -1,0 +1,146 @@
+//! `tslm serve` and `tslm check-config`: loading the configuration, the ready file, signals.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use tslm_server::Config;
+
+use crate::init_logging;
+
+#[derive(Args, Clone, Default)]
+pub(crate) struct ServeArgs {
+    /// A TOML config file.
+    #[arg(long, value_name = "FILE", conflicts_with = "config_dir")]
+    pub(crate) config: Option<PathBuf>,
+    /// A directory holding tslm.toml (the original TSLM's layout). Without --config or
+    /// --config-dir, ./config/tslm.toml is used when it exists, else the embedded default.
+    #[arg(long, short = 'c', value_name = "DIR")]
+    pub(crate) config_dir: Option<PathBuf>,
+    /// Once every listener is bound, write their addresses to FILE as JSON
+    /// (`{"pid":N,"listeners":{"NAME":["IP:PORT",...]}}`), atomically (a temporary file renamed
+    /// into place), so scripts and tests wait for the file instead of reading log lines. Ports
+    /// given as 0 in the config appear as the ports the system chose.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ready_file: Option<PathBuf>,
+}
+
+pub(crate) fn load_config(args: &ServeArgs) -> Result<(Config, String), tslm_server::ConfigError> {
+    if let Some(file) = &args.config {
+        return Ok((Config::from_file(file)?, file.display().to_string()));
+    }
+    if let Some(dir) = &args.config_dir {
+        let file = dir.join("tslm.toml");
+        return Ok((Config::from_file(&file)?, file.display().to_string()));
+    }
+    let legacy = PathBuf::from("config/tslm.toml");
+    if legacy.is_file() {
+        return Ok((Config::from_file(&legacy)?, legacy.display().to_string()));
+    }
+    // The original also read config/tslm.{yaml,json,...}; say so rather than ignore it.
+    for ext in ["yaml", "yml", "json", "ini", "ron", "json5"] {
+        let other = PathBuf::from(format!("config/tslm.{ext}"));
+        if other.is_file() {
+            return Err(tslm_server::ConfigError::Invalid {
+                origin: other.display().to_string(),
+                message: "only TOML configuration is supported: convert it to config/tslm.toml"
+                    .into(),
+            });
+        }
+    }
+    Ok((Config::embedded_default(), "embedded default".into()))
+}
+
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    };
+    tracing::info!(signal = name, "shutdown requested");
+}
+
+pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
+    init_logging("info");
+    let (config, origin) = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(config = %origin, version = env!("CARGO_PKG_VERSION"), "starting tslm");
+    let server = match tslm_server::Server::bind(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(path) = &args.ready_file
+        && let Err(e) = write_ready_file(path, &server.local_addrs())
+    {
+        eprintln!("error: --ready-file {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    server.run(shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+/// The ready signal of `serve --ready-file`: every bound address by listener, written to a
+/// temporary file beside `path` and renamed over it, so a reader never sees half a file.
+pub(crate) fn write_ready_file(
+    path: &std::path::Path,
+    addrs: &[tslm_server::BoundAddr],
+) -> std::io::Result<()> {
+    let mut listeners = serde_json::Map::new();
+    for a in addrs {
+        let entry = listeners
+            .entry(a.listener.clone())
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let serde_json::Value::Array(v) = entry {
+            v.push(serde_json::Value::String(a.addr.to_string()));
+        }
+    }
+    let doc = serde_json::json!({ "pid": std::process::id(), "listeners": listeners });
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{doc}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
+pub(crate) fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::from_file(file) {
+        Ok(c) => {
+            println!("{}: ok", file.display());
+            for l in &c.listeners {
+                if l.echo {
+                    println!(
+                        "  warning: listener {} has echo = true (conformance testing only: it runs no commands)",
+                        l.name
+                    );
+                }
+                let addrs: Vec<String> = l.bind.iter().map(ToString::to_string).collect();
+                println!(
+                    "  listener {}: {} permissions={}",
+                    l.name,
+                    addrs.join(","),
+                    l.permissions
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
