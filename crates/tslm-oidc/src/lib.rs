@@ -15,6 +15,10 @@
 //! key selection), `fetch` (HTTP: discovery and JWKS documents), `verifier` (caches, refresh,
 //! validation).
 
+// Everything here handles numbers from tokens or identity providers' documents: no arithmetic
+// may overflow (checked, saturating or explicit wrapping operations only).
+#![warn(clippy::arithmetic_side_effects)]
+
 mod config;
 mod error;
 mod fetch;
@@ -24,4 +28,5 @@ mod verifier;
 
 pub use config::{ClaimMapping, Issuer, JwtAlgorithm, KeySource};
 pub use error::TokenError;
+pub use token::MAX_EXPIRY_UNIX;
 pub use verifier::{Grant, Verifier};

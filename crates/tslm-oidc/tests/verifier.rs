@@ -786,3 +786,53 @@ async fn a_discovery_document_cannot_send_key_fetches_to_another_origin() {
     );
     canary_task.abort();
 }
+
+#[tokio::test]
+async fn extreme_exp_nbf_and_iat_are_answered_never_overflow() {
+    let key = TestKey::rsa_a();
+    let (_server, verifier, iss) = setup(&[&key], |i| {
+        i.leeway = Duration::from_secs(u64::MAX);
+    })
+    .await;
+    let with = |pairs: &[(&str, Value)]| {
+        let mut c = claims(&iss);
+        for (field, value) in pairs {
+            c[*field] = value.clone();
+        }
+        key.sign(&c)
+    };
+    let far = UNIX_EPOCH + Duration::from_secs(tslm_oidc::MAX_EXPIRY_UNIX);
+    for exp in [
+        json!(i64::MAX),
+        json!(i64::MAX - 1),
+        json!(u64::MAX),
+        json!(1e19),
+    ] {
+        let grant = verifier.verify(&with(&[("exp", exp.clone())])).await;
+        assert_eq!(grant.map(|g| g.expires_at), Ok(far), "exp {exp}");
+    }
+    for (nbf, expected) in [
+        (json!(i64::MAX), "not_yet_valid"),
+        (json!(u64::MAX), "not_yet_valid"),
+        (json!(-1), "invalid_claim"),
+        (json!(i64::MIN), "invalid_claim"),
+        (json!(1e300), "invalid_claim"),
+    ] {
+        assert_eq!(
+            code(verifier.verify(&with(&[("nbf", nbf.clone())])).await),
+            expected,
+            "nbf {nbf}"
+        );
+    }
+    for exp in [json!(-1), json!(i64::MIN), json!(1e300), json!(0)] {
+        let r = verifier.verify(&with(&[("exp", exp.clone())])).await;
+        assert!(matches!(code(r), "invalid_claim" | "expired"), "exp {exp}");
+    }
+    // `iat` is not checked: any value, even absurd, changes nothing.
+    for iat in [json!(i64::MAX), json!(u64::MAX), json!(-1), json!(i64::MIN)] {
+        verifier
+            .verify(&with(&[("iat", iat.clone()), ("exp", json!(i64::MAX))]))
+            .await
+            .unwrap_or_else(|e| panic!("iat {iat}: {e}"));
+    }
+}
