@@ -185,6 +185,12 @@ impl OutboundPolicy {
     }
 }
 
+/// Whether the gateway may fetch from `url` at all (absolute `http`/`https` with a host, no
+/// userinfo), by the parser every fetch uses: for validating configured URLs at startup.
+pub fn check_fetch_url(url: &str) -> Result<(), String> {
+    parse_fetchable(url).map(drop).map_err(|e| e.to_string())
+}
+
 /// `url` parsed, if it is an absolute `http`/`https` URL with a host and without userinfo.
 fn parse_fetchable(url: &str) -> Result<Url, FetchError> {
     let parsed = Url::parse(url).map_err(|_| FetchError::InvalidUrl)?;
@@ -489,6 +495,23 @@ mod tests {
             p.check("https://idp.example:8443/jwks"),
             Err(FetchError::ForeignOrigin)
         ));
+    }
+
+    #[test]
+    fn configured_urls_are_checked_by_the_same_parser() {
+        assert_eq!(check_fetch_url("https://idp.example/jwks"), Ok(()));
+        assert_eq!(
+            check_fetch_url("https://u:p@idp.example/jwks").unwrap_err(),
+            "url carries credentials (userinfo)"
+        );
+        assert_eq!(
+            check_fetch_url("ldap://idp.example").unwrap_err(),
+            "url scheme is not http or https"
+        );
+        assert_eq!(
+            check_fetch_url("https://[::1/").unwrap_err(),
+            "url is not a valid absolute url"
+        );
     }
 
     #[test]
