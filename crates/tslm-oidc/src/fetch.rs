@@ -99,13 +99,15 @@ impl Http {
             error,
         })?;
         let jwks_url = match &issuer.keys {
+            // `first` is the discovery document; its `jwks_uri` goes through the same policy.
             KeySource::Discovery => {
-                let url = discovery_url(&issuer.issuer);
-                let at = |error| FetchFailure::new("discovery document", &url, error);
-                let doc = get_json(client, &policy, &url, issuer).await.map_err(at)?;
+                let at = |error| FetchFailure::new("discovery document", &first, error);
+                let doc = get_json(client, &policy, &first, issuer)
+                    .await
+                    .map_err(at)?;
                 jwks_uri(&doc, &issuer.issuer).map_err(at)?
             }
-            // `for_issuer` refused `Secret`: nothing to fetch.
+            // `first` is `jwks_url` (`for_issuer` refused `Secret`: nothing to fetch).
             KeySource::JwksUrl(_) | KeySource::Secret(_) => first,
         };
         let at = |error| FetchFailure::new("key set", &jwks_url, error);
