@@ -455,3 +455,41 @@ async fn a_publishers_listener_takes_no_access_token_and_says_nothing_of_the_pro
     );
     provider.stop().await;
 }
+
+#[tokio::test]
+async fn a_real_providers_token_valid_for_ages_is_accepted_and_the_session_stays_up() {
+    // The largest lifetime the provider takes (2^53 - 1 s): `exp` is about 9e15, far past
+    // 9999-12-31, where the gateway clamps it.
+    let provider = Provider::start_with_ttl(0, "k1", 9_007_199_254_740_991).await;
+    let srv = TestServer::start(&gateway_config(&provider.issuer, "")).await;
+    create(&srv, &["secure.prices.eu"]).await;
+    let token = provider.token_for_channels(&["secure.*"]).await;
+    let (_, payload) = oidc::decode_jwt(&token);
+    assert!(
+        payload["exp"].as_u64().unwrap() > 253_402_300_799,
+        "{payload}"
+    );
+
+    let mut sub = v1(&srv.url("public")).await;
+    let r = auth(&mut sub, &token).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["expires_at"], 253_402_300_799_u64, "{r}");
+    assert_eq!(subscribe(&mut sub, "secure.prices.eu").await["ok"], true);
+    let r = call(
+        &mut sub,
+        &format!(r#"{{"op":"refresh","token":"{token}"}}"#),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let mut publisher = v1(&srv.url("private")).await;
+    call(
+        &mut publisher,
+        r#"{"op":"publish","channel":"secure.prices.eu","data":7}"#,
+    )
+    .await;
+    assert_eq!(recv_json(&mut sub).await["data"], 7);
+    // And a second connection afterwards.
+    let mut again = v1(&srv.url("public")).await;
+    assert_eq!(auth(&mut again, &token).await["ok"], true);
+    provider.stop().await;
+}

@@ -243,13 +243,15 @@ fn check_grant(s: &Setup, token: &str, grant: &Grant, before: u64, after: u64) {
         exp.round() + leeway >= before as f64,
         "accepted an expired token: exp {exp}, now {before}"
     );
+    // `exp`, or the documented latest expiry (9999-12-31T23:59:59Z) when it is later.
     let exp_value = &claims["exp"];
+    let latest = Duration::from_secs(tslm_oidc::MAX_EXPIRY_UNIX);
     let expires = match exp_value.as_u64() {
-        Some(n) => Some(Duration::from_secs(n)),
-        None => Duration::try_from_secs_f64(exp).ok(),
+        Some(n) => Duration::from_secs(n),
+        None => Duration::try_from_secs_f64(exp).unwrap_or(latest),
     };
     assert_eq!(
-        expires.and_then(|d| UNIX_EPOCH.checked_add(d)),
+        UNIX_EPOCH.checked_add(expires.min(latest)),
         Some(grant.expires_at),
         "the grant's expiry is not exp ({exp_value})"
     );

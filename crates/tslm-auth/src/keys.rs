@@ -66,8 +66,13 @@ impl Challenge {
 /// challenge to this attempt. The challenge has a fixed length at the end, so the encoding is
 /// unambiguous whatever the name holds.
 pub fn challenge_message(publisher: &str, challenge: &Challenge) -> Vec<u8> {
-    let mut message =
-        Vec::with_capacity(CHALLENGE_DOMAIN.len() + publisher.len() + 1 + CHALLENGE_BYTES);
+    let mut message = Vec::with_capacity(
+        CHALLENGE_DOMAIN
+            .len()
+            .saturating_add(publisher.len())
+            .saturating_add(CHALLENGE_BYTES)
+            .saturating_add(1),
+    );
     message.extend_from_slice(CHALLENGE_DOMAIN);
     message.extend_from_slice(publisher.as_bytes());
     message.push(0);
@@ -128,7 +133,7 @@ impl SecretKey {
     /// [`SecretKey::public_text`].
     pub fn to_text(&self) -> String {
         let seed = Zeroizing::new(self.0.to_bytes());
-        let mut text = String::with_capacity(SECRET_KEY_PREFIX.len() + 44);
+        let mut text = String::with_capacity(SECRET_KEY_PREFIX.len().saturating_add(44));
         text.push_str(SECRET_KEY_PREFIX);
         STANDARD.encode_string(seed.as_slice(), &mut text);
         text
@@ -175,8 +180,8 @@ mod tests {
 
     fn hex32(hex: &str) -> [u8; 32] {
         let mut out = [0u8; 32];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+        for (b, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+            *b = u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap();
         }
         out
     }

@@ -10,6 +10,10 @@
 //! Nothing here reads a socket, a file or the clock: callers pass `now` in. Nothing here logs, and
 //! no error message carries a token, a signature or key material.
 
+// Timestamps, windows and lengths here come from requests: no arithmetic may overflow
+// (checked, saturating or `abs_diff` only; CI runs clippy with `-D warnings`).
+#![warn(clippy::arithmetic_side_effects)]
+
 pub mod http_sig;
 pub mod keys;
 pub mod token;
@@ -17,7 +21,7 @@ pub mod token;
 /// Lowercase hexadecimal of `bytes`.
 pub(crate) fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
+    let mut out = String::with_capacity(bytes.len().saturating_mul(2));
     for &b in bytes {
         out.push(char::from(DIGITS[usize::from(b >> 4)]));
         out.push(char::from(DIGITS[usize::from(b & 0x0f)]));

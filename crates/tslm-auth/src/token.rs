@@ -31,7 +31,7 @@ pub fn hash_line(token: &str) -> String {
 /// characters in all.
 pub fn generate_token() -> String {
     let mut bytes: [u8; 32] = rand::random();
-    let mut token = String::with_capacity(TOKEN_PREFIX.len() + 43);
+    let mut token = String::with_capacity(TOKEN_PREFIX.len().saturating_add(43));
     token.push_str(TOKEN_PREFIX);
     URL_SAFE_NO_PAD.encode_string(bytes, &mut token);
     bytes.zeroize();
@@ -77,8 +77,8 @@ mod tests {
             return None;
         }
         let mut out = [0u8; 32];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        for (b, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+            *b = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
         }
         Some(out)
     }

@@ -124,12 +124,12 @@ impl KeySet {
             return Err(JwksError::NotAKeySet);
         };
         let mut keys = Vec::with_capacity(entries.len());
-        let mut skipped = 0;
+        let mut skipped: usize = 0;
         for entry in entries {
             match parse_jwk(entry) {
                 Ok(key) => keys.push(Arc::new(key)),
                 Err(reason) => {
-                    skipped += 1;
+                    skipped = skipped.saturating_add(1);
                     let kid = entry.get("kid").and_then(Value::as_str).unwrap_or("");
                     tracing::debug!(kid, reason, "key set entry skipped");
                 }
@@ -138,7 +138,7 @@ impl KeySet {
         if keys.len() > 1 {
             let before = keys.len();
             keys.retain(|k| k.kid.is_some());
-            skipped += before - keys.len();
+            skipped = skipped.saturating_add(before.saturating_sub(keys.len()));
         }
         if keys.is_empty() {
             return Err(JwksError::NoUsableKey { skipped });
@@ -227,7 +227,8 @@ fn parse_jwk(jwk: &Value) -> Result<VerifyKey, &'static str> {
             if x.len() != len || y.len() != len {
                 return Err("ec coordinates of the wrong length");
             }
-            let mut point = Vec::with_capacity(1 + 2 * len);
+            // `len` is 32 or 48: the uncompressed point is 0x04, x, y.
+            let mut point = Vec::with_capacity(len.saturating_mul(2).saturating_add(1));
             point.push(0x04);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);

@@ -1,5 +1,8 @@
 //! The pure parts of token handling: splitting a compact JWS, reading its header and (unverified)
 //! payload, and mapping verified claims to channel grants. No I/O, no keys.
+//!
+//! Numbers here come from tokens (attacker-chosen until the signature is checked, issuer-chosen
+//! after): no arithmetic on them may overflow (the crate lints `arithmetic_side_effects`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -74,18 +77,29 @@ pub(crate) fn parse(token: &str) -> Result<Unverified, TokenError> {
     })
 }
 
-/// `exp` as a time (a JSON number of seconds since the epoch, possibly fractional).
+/// The latest expiry a grant carries: 9999-12-31T23:59:59Z (the last second RFC 3339 can
+/// write). A token expiring later is no different in practice, and every time computed from a
+/// grant's expiry (plus leeway, minus now, as a timer deadline) stays far from any overflow.
+pub const MAX_EXPIRY_UNIX: u64 = 253_402_300_799;
+
+/// `exp` as a time (a JSON number of seconds since the epoch, possibly fractional), clamped to
+/// [`MAX_EXPIRY_UNIX`].
 pub(crate) fn expires_at(claims: &Map<String, Value>) -> Result<SystemTime, TokenError> {
     const INVALID: TokenError = TokenError::InvalidClaim { claim: "exp" };
+    const MAX: Duration = Duration::from_secs(MAX_EXPIRY_UNIX);
     let exp = claims.get("exp").ok_or(INVALID)?;
     let since_epoch = if let Some(secs) = exp.as_u64() {
         Duration::from_secs(secs)
     } else {
-        exp.as_f64()
-            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-            .ok_or(INVALID)?
+        // Finite and non-negative; any size (`try_from_secs_f64` refuses what a `Duration`
+        // cannot hold, which is past the clamp anyway).
+        let secs = exp
+            .as_f64()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .ok_or(INVALID)?;
+        Duration::try_from_secs_f64(secs).unwrap_or(MAX)
     };
-    UNIX_EPOCH.checked_add(since_epoch).ok_or(INVALID)
+    UNIX_EPOCH.checked_add(since_epoch.min(MAX)).ok_or(INVALID)
 }
 
 /// The channel patterns a (verified) token's claims grant, deduplicated, in claim order.
@@ -206,12 +220,40 @@ mod tests {
         assert_eq!(t, UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         let t = expires_at(&obj(json!({"exp": 10.5}))).unwrap();
         assert_eq!(t, UNIX_EPOCH + Duration::from_millis(10_500));
-        for bad in [json!({}), json!({"exp": "10"}), json!({"exp": -1})] {
+        for bad in [
+            json!({}),
+            json!({"exp": "10"}),
+            json!({"exp": -1}),
+            json!({"exp": -0.5}),
+            json!({"exp": i64::MIN}),
+        ] {
             assert_eq!(
                 expires_at(&obj(bad)).unwrap_err(),
                 TokenError::InvalidClaim { claim: "exp" }
             );
         }
+    }
+
+    #[test]
+    fn far_future_exp_is_clamped_never_overflows() {
+        let max = UNIX_EPOCH + Duration::from_secs(MAX_EXPIRY_UNIX);
+        for far in [
+            json!(MAX_EXPIRY_UNIX),
+            json!(MAX_EXPIRY_UNIX + 1),
+            json!(i64::MAX - 1),
+            json!(i64::MAX),
+            json!(u64::MAX),
+            json!(1e300),
+            json!(f64::MAX),
+            json!(9.3e18),
+        ] {
+            let t = expires_at(&obj(json!({ "exp": far }))).unwrap();
+            assert_eq!(t, max, "{far}");
+            // What the server does with it: add a leeway, count down to it.
+            assert!(t.checked_add(Duration::from_secs(300)).is_some());
+        }
+        let t = expires_at(&obj(json!({"exp": MAX_EXPIRY_UNIX - 1}))).unwrap();
+        assert!(t < max);
     }
 
     #[test]

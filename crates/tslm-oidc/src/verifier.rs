@@ -1,4 +1,9 @@
 //! The verifier: per-issuer key caches with on-demand refresh, and token validation.
+//!
+//! Token claims (`exp`, `nbf`, `iat`) and the configured durations meet here: no arithmetic may
+//! overflow (the crate lints `arithmetic_side_effects`). `jsonwebtoken` compares `exp`/`nbf` with
+//! the clock plus or minus the leeway, which [`MAX_LEEWAY`] keeps far from overflow; `iat` is
+//! never read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -24,7 +29,8 @@ pub struct Grant {
     pub issuer: String,
     /// `sub`, when present and a string.
     pub subject: Option<String>,
-    /// `exp` (without leeway).
+    /// `exp` (without leeway), clamped to [`MAX_EXPIRY_UNIX`](crate::MAX_EXPIRY_UNIX): adding a
+    /// leeway of up to a day to it, or counting down to it, never overflows.
     pub expires_at: SystemTime,
     /// Channel patterns as granted by the claims (deduplicated, not validated as patterns).
     pub channels: Vec<String>,
@@ -303,7 +309,7 @@ impl IssuerState {
             }
         } else if cache
             .age(Instant::now())
-            .is_some_and(|age| age >= max_age / 2)
+            .is_some_and(|age| age >= max_age.checked_div(2).unwrap_or(max_age))
         {
             // Refresh ahead of expiry so a short provider outage costs nothing; unless another
             // verify is already refreshing (then carry on with the current keys).
@@ -352,7 +358,8 @@ impl IssuerState {
                 let next = Arc::new(Cache {
                     keys,
                     fetched_at: Some(Instant::now()),
-                    generation: slot.generation + 1,
+                    // Only ever compared for equality: wrapping after 2^64 fetches is harmless.
+                    generation: slot.generation.wrapping_add(1),
                     is_static: false,
                 });
                 *slot = next.clone();

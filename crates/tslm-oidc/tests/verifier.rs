@@ -685,3 +685,154 @@ async fn errors_never_show_the_token() {
     }
     assert!(!shown.contains(&iss));
 }
+
+/// A listener that counts the connections it accepts: `(port, count, task)`.
+async fn canary() -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the canary");
+    let port = listener.local_addr().expect("canary address").port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (port, accepted, task)
+}
+
+#[tokio::test]
+async fn a_discovery_document_cannot_send_key_fetches_to_another_origin() {
+    let key = TestKey::rsa_a();
+    let (canary_port, accepted, canary_task) = canary().await;
+    let server = Server::start().await;
+    let iss = server.url("");
+    let own = iss.trim_start_matches("http://").to_owned();
+    let c = canary_port;
+    server.set_keys("/keys", &[&key]);
+    // Each names the canary (or another origin) in a way a text comparison of what follows the
+    // first `://` mistakes for the issuer's own host, or in a way a parser normalises.
+    let hostile = [
+        format!(r"http:\\127.0.0.1:{c}\x://{own}/keys"),
+        format!(r"https:\\127.0.0.1:{c}\x://{own}/keys"),
+        format!("http:/127.0.0.1:{c}/x://{own}/keys"),
+        format!("http:127.0.0.1:{c}/x://{own}/keys"),
+        format!("http:/\t/127.0.0.1:{c}/x://{own}/keys"),
+        format!(r"http:\\[::ffff:127.0.0.1]:{c}\x://{own}/keys"),
+        format!("http://[::ffff:127.0.0.1]:{c}/keys"),
+        format!("http://{own}@127.0.0.1:{c}/keys"),
+        format!("http://user:pw@{own}/keys"),
+        format!("http://127.0.0.1:{c}/keys"),
+        format!("https://127.0.0.1:{c}/keys"),
+        format!("https://{own}/keys"),
+        format!("ftp://{own}/keys"),
+        format!("http://%31%32%37.0.0.1:{c}/keys"),
+        format!("http:%2f%2f127.0.0.1:{c}/x://{own}/keys"),
+        format!("http://127.0.0.1%3a{c}/keys"),
+        format!("http://localhost:{c}/keys"),
+    ];
+    // Unknown kids, signed up front (RSA signing is slow in debug builds).
+    let unknown: Vec<String> = (0..3)
+        .map(|n| {
+            let mut header = Header::new(Algorithm::RS256);
+            header.kid = Some(format!("unknown-{n}"));
+            key.sign_with(header, &claims(&iss))
+        })
+        .collect();
+    let mut discoveries = 0;
+    for jwks_uri in &hostile {
+        server.set(
+            DISCOVERY,
+            Route::Json(json!({"issuer": iss, "jwks_uri": jwks_uri})),
+        );
+        let mut config = issuer("corp", &iss, KeySource::Discovery);
+        config.refresh_cooldown = Duration::ZERO;
+        let verifier = Verifier::new(vec![config]);
+        // Unknown kids, again and again: each one asks for a refresh.
+        for token in &unknown {
+            assert_eq!(
+                code(verifier.verify(token).await),
+                "keys_unavailable",
+                "{jwks_uri:?}"
+            );
+            discoveries += 1;
+            assert_eq!(server.hits(DISCOVERY), discoveries, "{jwks_uri:?}");
+        }
+    }
+    assert_eq!(server.hits("/keys"), 0);
+
+    // The same issuer with an honest document works (the fetch path above was live) ...
+    server.set(
+        DISCOVERY,
+        Route::Json(json!({"issuer": iss, "jwks_uri": server.url("/keys")})),
+    );
+    let verifier = Verifier::new(vec![issuer("corp", &iss, KeySource::Discovery)]);
+    verifier.verify(&key.sign(&claims(&iss))).await.unwrap();
+    assert_eq!(server.hits("/keys"), 1);
+    // ... and the canary counts what reaches it: one connection of ours, then the count.
+    tokio::net::TcpStream::connect(("127.0.0.1", canary_port))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while accepted.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "a key fetch reached another origin"
+    );
+    canary_task.abort();
+}
+
+#[tokio::test]
+async fn extreme_exp_nbf_and_iat_are_answered_never_overflow() {
+    let key = TestKey::rsa_a();
+    let (_server, verifier, iss) = setup(&[&key], |i| {
+        i.leeway = Duration::from_secs(u64::MAX);
+    })
+    .await;
+    let with = |pairs: &[(&str, Value)]| {
+        let mut c = claims(&iss);
+        for (field, value) in pairs {
+            c[*field] = value.clone();
+        }
+        key.sign(&c)
+    };
+    let far = UNIX_EPOCH + Duration::from_secs(tslm_oidc::MAX_EXPIRY_UNIX);
+    for exp in [
+        json!(i64::MAX),
+        json!(i64::MAX - 1),
+        json!(u64::MAX),
+        json!(1e19),
+    ] {
+        let grant = verifier.verify(&with(&[("exp", exp.clone())])).await;
+        assert_eq!(grant.map(|g| g.expires_at), Ok(far), "exp {exp}");
+    }
+    for (nbf, expected) in [
+        (json!(i64::MAX), "not_yet_valid"),
+        (json!(u64::MAX), "not_yet_valid"),
+        (json!(-1), "invalid_claim"),
+        (json!(i64::MIN), "invalid_claim"),
+        (json!(1e300), "invalid_claim"),
+    ] {
+        assert_eq!(
+            code(verifier.verify(&with(&[("nbf", nbf.clone())])).await),
+            expected,
+            "nbf {nbf}"
+        );
+    }
+    for exp in [json!(-1), json!(i64::MIN), json!(1e300), json!(0)] {
+        let r = verifier.verify(&with(&[("exp", exp.clone())])).await;
+        assert!(matches!(code(r), "invalid_claim" | "expired"), "exp {exp}");
+    }
+    // `iat` is not checked: any value, even absurd, changes nothing.
+    for iat in [json!(i64::MAX), json!(u64::MAX), json!(-1), json!(i64::MIN)] {
+        verifier
+            .verify(&with(&[("iat", iat.clone()), ("exp", json!(i64::MAX))]))
+            .await
+            .unwrap_or_else(|e| panic!("iat {iat}: {e}"));
+    }
+}

@@ -1,3 +1,7 @@
+// Numbers decoded from the wire (offsets, limits, `last`, epochs, lengths) meet arithmetic here:
+// none may overflow (checked or saturating operations only).
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::fmt;
 use std::sync::Arc;
 

@@ -1,6 +1,10 @@
 //! The original TSLM protocol: serde's externally tagged JSON commands and replies, kept for the
 //! clients that already speak it. See docs/protocol.md, "The original protocol".
 
+// Numbers decoded from the wire (offsets, limits, `last`, epochs, lengths) meet arithmetic here:
+// none may overflow (checked or saturating operations only).
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::borrow::Cow;
 
 use bytes::Bytes;
@@ -159,7 +163,10 @@ pub fn encode_delivery(channel: &ChannelName, data: &Payload) -> Bytes {
         PayloadKind::Json => b"\",{\"Json\":",
     };
     let json = data.json();
-    let mut out = Vec::with_capacity(A.len() + channel.len() + kind.len() + json.len() + 3);
+    let len = [A.len(), channel.len(), kind.len(), json.len(), 3]
+        .into_iter()
+        .fold(0usize, usize::saturating_add);
+    let mut out = Vec::with_capacity(len);
     out.extend_from_slice(A);
     out.extend_from_slice(channel.as_bytes());
     out.extend_from_slice(kind);

@@ -1,3 +1,7 @@
+// Numbers decoded from the wire (offsets, limits, `last`, epochs, lengths) meet arithmetic here:
+// none may overflow (checked or saturating operations only).
+#![warn(clippy::arithmetic_side_effects)]
+
 use bytes::Bytes;
 
 /// How the original protocol labels a payload; v1 publishes map a JSON string to `Text` and any
@@ -78,7 +82,7 @@ impl Payload {
 pub(crate) fn subslice_range(outer: &[u8], inner: &[u8]) -> std::ops::Range<usize> {
     let start = (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize);
     let start = start.min(outer.len());
-    let end = (start + inner.len()).min(outer.len());
+    let end = start.saturating_add(inner.len()).min(outer.len());
     start..end
 }
 

@@ -1,6 +1,10 @@
 //! Types shared by the codecs, the hub and the server for channel streams: epochs, start
 //! positions, recovery outcomes and channel descriptions. Pure data, no I/O.
 
+// Numbers decoded from the wire (offsets, limits, `last`, epochs, lengths) meet arithmetic here:
+// none may overflow (checked or saturating operations only).
+#![warn(clippy::arithmetic_side_effects)]
+
 use crate::{ChannelName, Offset};
 
 /// Identifies one history of a channel. A channel gets a fresh random epoch whenever its history

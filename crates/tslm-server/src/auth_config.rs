@@ -243,6 +243,8 @@ pub(crate) fn issuers(raw: BTreeMap<String, RawIssuer>) -> Result<Vec<Issuer>, S
                 if !valid_url(&u) {
                     return Err(at("jwks_url", "must be an http:// or https:// URL"));
                 }
+                // The check every key fetch makes, by the same URL parser.
+                tslm_oidc::check_fetch_url(&u).map_err(|e| at("jwks_url", &e))?;
                 KeySource::JwksUrl(u)
             }
             (None, Some(s)) => {
@@ -264,6 +266,7 @@ pub(crate) fn issuers(raw: BTreeMap<String, RawIssuer>) -> Result<Vec<Issuer>, S
                         "discovery needs the issuer to be an http:// or https:// URL (or give `jwks_url` or `secret`)",
                     ));
                 }
+                tslm_oidc::check_fetch_url(&issuer).map_err(|e| at("issuer", &e))?;
                 KeySource::Discovery
             }
         };
@@ -495,6 +498,18 @@ mod tests {
             (
                 "[issuer.c]\nissuer='https://x'\naudiences=['a']\nchannels_claim='c'\nleeway_seconds=3600\n",
                 "key `leeway_seconds`",
+            ),
+            (
+                "[issuer.c]\nissuer='https://u:p@x'\naudiences=['a']\nchannels_claim='c'\n",
+                "key `issuer`: url carries credentials (userinfo)",
+            ),
+            (
+                "[issuer.c]\nissuer='corp'\njwks_url='https://x@idp.example/jwks'\naudiences=['a']\nchannels_claim='c'\n",
+                "key `jwks_url`: url carries credentials (userinfo)",
+            ),
+            (
+                "[issuer.c]\nissuer='corp'\njwks_url='http://[::1/jwks'\naudiences=['a']\nchannels_claim='c'\n",
+                "key `jwks_url`: url is not a valid absolute url",
             ),
         ] {
             let e = err(extra);

@@ -66,7 +66,9 @@ impl SubscriberGrant {
         Self {
             issuer: g.issuer,
             subject: g.subject,
-            expires_at: g.expires_at + leeway,
+            // `expires_at` is at most year 9999 and `leeway` at most 300 s, so this never fails;
+            // if it did, the grant would end at `exp` itself (never later).
+            expires_at: g.expires_at.checked_add(leeway).unwrap_or(g.expires_at),
             // Patterns that are not channel patterns grant nothing.
             channels: g
                 .channels
@@ -91,11 +93,32 @@ impl SubscriberGrant {
             .unwrap_or(Duration::ZERO)
     }
 
+    /// When a session timer started at `now` should fire for this grant's expiry: at the expiry,
+    /// or [`EXPIRY_TIMER_HORIZON`] from now if the expiry is later (a token valid for centuries
+    /// is "not within any timer we wait for"; the session re-arms its timer every loop turn, at
+    /// least once per ping interval, long before the horizon).
+    pub(crate) fn expiry_deadline(&self, now: tokio::time::Instant) -> tokio::time::Instant {
+        expiry_deadline(now, self.remaining())
+    }
+
     pub(crate) fn expires_unix(&self) -> u64 {
         self.expires_at
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     }
+}
+
+/// The longest a session's expiry timer is armed for (a year; ping intervals are at most an hour).
+pub(crate) const EXPIRY_TIMER_HORIZON: Duration = Duration::from_secs(365 * 86_400);
+
+/// `now + remaining`, clamped to `now + EXPIRY_TIMER_HORIZON`; `now` itself (expire at once:
+/// fail closed) should even that not be representable.
+pub(crate) fn expiry_deadline(
+    now: tokio::time::Instant,
+    remaining: Duration,
+) -> tokio::time::Instant {
+    now.checked_add(remaining.min(EXPIRY_TIMER_HORIZON))
+        .unwrap_or(now)
 }
 
 /// The publisher whose token hash matches `token`. Every hash of every publisher is compared (in
@@ -185,6 +208,8 @@ pub(crate) fn token_refused(e: &tslm_oidc::TokenError) -> ProtoError {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
     use crate::auth_config::PublisherOps;
 
@@ -227,5 +252,71 @@ mod tests {
             one(&["audit.intranet", "billing.intranet"]),
             Err(ErrorCode::Unauthorized)
         );
+    }
+
+    fn issuer(leeway: Duration) -> crate::auth_config::Issuer {
+        tslm_oidc::Issuer {
+            name: "corp".to_owned(),
+            issuer: "corp".to_owned(),
+            keys: tslm_oidc::KeySource::Secret(vec![0; 32]),
+            audiences: vec!["a".to_owned()],
+            algorithms: vec![tslm_oidc::JwtAlgorithm::HS256],
+            leeway,
+            claims: tslm_oidc::ClaimMapping {
+                channels_claim: Some("c".to_owned()),
+                scope_prefix: None,
+            },
+            refresh_cooldown: Duration::from_secs(1),
+            key_max_age: Duration::from_secs(1),
+            fetch_timeout: Duration::from_secs(1),
+            max_document_bytes: 1024,
+            max_token_bytes: 1024,
+        }
+    }
+
+    fn grant(expires_at: SystemTime) -> tslm_oidc::Grant {
+        tslm_oidc::Grant {
+            issuer: "corp".to_owned(),
+            subject: None,
+            expires_at,
+            channels: vec!["x".to_owned()],
+        }
+    }
+
+    #[test]
+    fn an_expiry_at_the_end_of_time_never_overflows() {
+        // Later than any grant the verifier makes (it clamps to year 9999), as a `Grant` built by
+        // hand could be: the leeway is dropped rather than overflow.
+        let mut last = UNIX_EPOCH;
+        for secs in [i64::MAX as u64, u64::MAX / 2, tslm_oidc::MAX_EXPIRY_UNIX] {
+            if let Some(t) = UNIX_EPOCH.checked_add(Duration::from_secs(secs)) {
+                last = t;
+            }
+            let g = SubscriberGrant::from_grant(grant(last), &[issuer(Duration::from_secs(300))]);
+            assert!(g.expires_at >= last);
+            assert!(!g.expired());
+            assert!(g.expires_unix() >= tslm_oidc::MAX_EXPIRY_UNIX);
+            let now = tokio::time::Instant::now();
+            assert_eq!(g.expiry_deadline(now), now + EXPIRY_TIMER_HORIZON);
+        }
+    }
+
+    #[test]
+    fn expiry_deadlines_are_clamped_to_the_horizon() {
+        let now = tokio::time::Instant::now();
+        let d = Duration::from_secs(5);
+        assert_eq!(expiry_deadline(now, d), now + d);
+        assert_eq!(expiry_deadline(now, Duration::ZERO), now);
+        for far in [
+            EXPIRY_TIMER_HORIZON,
+            Duration::MAX,
+            Duration::from_secs(i64::MAX as u64),
+        ] {
+            assert_eq!(expiry_deadline(now, far), now + EXPIRY_TIMER_HORIZON);
+        }
+        // An expired grant's deadline is now.
+        let g = SubscriberGrant::from_grant(grant(UNIX_EPOCH), &[issuer(Duration::ZERO)]);
+        assert!(g.expired());
+        assert_eq!(g.expiry_deadline(now), now);
     }
 }

@@ -219,7 +219,7 @@ impl Session {
             // Authentication deadline, or the expiry of the subscriber's access token.
             let auth_at = match (&self.auth_deadline, &self.identity) {
                 (Some(at), _) => *at,
-                (None, Identity::Subscriber(g)) => Instant::now() + g.remaining(),
+                (None, Identity::Subscriber(g)) => g.expiry_deadline(Instant::now()),
                 _ => far(),
             };
             let step = tokio::select! {

@@ -5,6 +5,10 @@
 //! another op is refused by name. An optional field given as `null` counts as absent (as `id` and
 //! `channel` always have), except `data`, where `null` is the value published.
 
+// Numbers decoded from the wire (offsets, limits, `last`, epochs, lengths) meet arithmetic here:
+// none may overflow (checked or saturating operations only).
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::borrow::Cow;
 
 use bytes::Bytes;

@@ -2,6 +2,10 @@
 //! tests). Lenient where the server is strict: unknown fields are ignored, so a newer server's
 //! extra fields do not break an older client.
 
+// Numbers decoded from the wire (offsets, limits, `last`, epochs, lengths) meet arithmetic here:
+// none may overflow (checked or saturating operations only).
+#![warn(clippy::arithmetic_side_effects)]
+
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
