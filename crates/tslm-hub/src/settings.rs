@@ -68,6 +68,11 @@ pub mod defaults {
     pub const LEGACY_REPLAY: usize = 0;
     /// Total memory of all backlogs together.
     pub const BACKLOG_MEMORY_BYTES: usize = 256 * 1024 * 1024;
+    /// Channels at once (about 700 bytes each when idle: 70 MB).
+    pub const MAX_CHANNELS: usize = 100_000;
+    /// `msg_id`s remembered by all channels together (about 250 bytes each: 60 MB); room for
+    /// 2,000 publishes with a `msg_id` per second over the default 120-second window.
+    pub const MAX_MSG_IDS: usize = 250_000;
 }
 
 impl Default for ChannelSettings {

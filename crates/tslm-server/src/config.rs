@@ -82,6 +82,11 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Bytes all channel backlogs may hold together.
     pub backlog_memory_bytes: usize,
+    /// Channels the gateway holds at once (creates beyond are refused with `limit_exceeded`).
+    pub max_channels: usize,
+    /// `msg_id`s remembered by all channels together (publishes with a new one beyond are
+    /// refused with `limit_exceeded`).
+    pub max_msg_ids: usize,
     /// The channel classes (`[channel.PATTERN]` tables), resolved.
     pub channels: Arc<ChannelClasses>,
     /// Whitelisted publishers (`[publisher.NAME]`).
@@ -170,6 +175,8 @@ struct RawConfig {
 struct RawServer {
     shutdown_grace_seconds: Option<u64>,
     backlog_memory_bytes: Option<u64>,
+    max_channels: Option<u64>,
+    max_msg_ids: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -385,6 +392,26 @@ impl RawConfig {
                     .into(),
             );
         }
+        let server_limit = |key: &str, value: Option<u64>, default: usize| {
+            let v = value.unwrap_or(default as u64);
+            if (1..=1_000_000_000).contains(&v) {
+                Ok(usize_of(v))
+            } else {
+                Err(format!(
+                    "table [server], key `{key}`: {v} is out of range 1..=1000000000"
+                ))
+            }
+        };
+        let max_channels = server_limit(
+            "max_channels",
+            self.server.max_channels,
+            tslm_hub::settings::defaults::MAX_CHANNELS,
+        )?;
+        let max_msg_ids = server_limit(
+            "max_msg_ids",
+            self.server.max_msg_ids,
+            tslm_hub::settings::defaults::MAX_MSG_IDS,
+        )?;
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         for (name, raw) in self.listener {
             let l = raw.validate(&name)?;
@@ -436,6 +463,8 @@ impl RawConfig {
             listeners,
             shutdown_grace: Duration::from_secs(grace),
             backlog_memory_bytes: usize_of(backlog_memory),
+            max_channels,
+            max_msg_ids,
             channels: Arc::new(channels),
             publishers: Arc::new(publishers),
             issuers: Arc::new(issuers),
@@ -904,6 +933,26 @@ default_endpoint_permissions = ['CreateChannel', 'NotifyChannel']
         assert!(err("").contains("no listener"));
         let e = err("[listener.p]\nip='127.0.0.1'\nport=1\nauth_tokens=['']\n");
         assert!(e.contains("key `auth_tokens`"), "{e}");
+    }
+
+    #[test]
+    fn max_channels_and_msg_ids() {
+        let l = "[listener.p]\nip='127.0.0.1'\nport=1\n";
+        let c = Config::from_toml_str(l, "t").unwrap();
+        assert_eq!((c.max_channels, c.max_msg_ids), (100_000, 250_000));
+        let c = Config::from_toml_str(
+            &format!("[server]\nmax_channels = 5\nmax_msg_ids = 7\n{l}"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!((c.max_channels, c.max_msg_ids), (5, 7));
+        for key in ["max_channels", "max_msg_ids"] {
+            let e = err(&format!("[server]\n{key} = 0\n{l}"));
+            assert!(
+                e.contains(&format!("table [server], key `{key}`: 0 is out of range")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -102,6 +102,8 @@ impl Server {
         }
         let hub = Hub::with_limits(HubLimits {
             backlog_memory_bytes: config.backlog_memory_bytes,
+            max_channels: config.max_channels,
+            max_msg_ids: config.max_msg_ids,
         });
         let verifier = (!config.issuers.is_empty())
             .then(|| tslm_oidc::Verifier::new(config.issuers.as_ref().clone()));
