@@ -332,11 +332,14 @@ impl Session {
         // A large reply (a history page, a channel list: at most the outbound bound) goes out as
         // one frame of ours, like deliveries: tungstenite would copy it into its write buffer and
         // keep that buffer's capacity for the life of the connection.
+        let ctx = Arc::clone(&self.ctx);
+        let _pending = ctx.stats.pending_reply(reply.len());
         let reply = if reply.len() > self.ctx.cfg.write_buffer_bytes {
             Outgoing::Frame(WsFrame::text(reply.as_bytes()).bytes().clone())
         } else {
             Outgoing::Message(Message::Text(Utf8Bytes::from(reply)))
         };
+        // The session reads nothing while a reply is being written: one reply in flight at most.
         self.write_out(ws, Some(reply)).await?;
         if let Some(reason) = self.abusive {
             // Rejections must not cost more output than the abuse: after its budget of

@@ -11,6 +11,7 @@ pub(crate) struct Stats {
     over_capacity_rejections: AtomicUsize,
     ip_refusals: AtomicUsize,
     policy_closes: AtomicUsize,
+    pending_reply_bytes: AtomicUsize,
 }
 
 /// A snapshot of the live counters.
@@ -33,6 +34,9 @@ pub struct ServerStats {
     pub ip_refusals: usize,
     /// Sessions closed with 1008 for sustained rate-limit abuse or a control-frame flood.
     pub policy_closes: usize,
+    /// Bytes of replies built and not yet handed whole to their sockets (each session has at
+    /// most one, bounded by its listener's `outbound_queue_bytes` plus one message).
+    pub pending_reply_bytes: usize,
 }
 
 impl Stats {
@@ -46,6 +50,7 @@ impl Stats {
             over_capacity_rejections: self.over_capacity_rejections.load(Ordering::Relaxed),
             ip_refusals: self.ip_refusals.load(Ordering::Relaxed),
             policy_closes: self.policy_closes.load(Ordering::Relaxed),
+            pending_reply_bytes: self.pending_reply_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -68,6 +73,12 @@ impl Stats {
     pub(crate) fn count_over_capacity(&self) {
         self.over_capacity_rejections
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` of a reply being written until the guard drops.
+    pub(crate) fn pending_reply(&self, bytes: usize) -> PendingReply<'_> {
+        self.pending_reply_bytes.fetch_add(bytes, Ordering::Relaxed);
+        PendingReply { stats: self, bytes }
     }
 
     pub(crate) fn connection(self: &std::sync::Arc<Self>) -> Gauge {
@@ -113,5 +124,19 @@ impl Drop for Gauge {
         self.stats
             .counter(self.kind)
             .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A reply being written, counted in [`ServerStats::pending_reply_bytes`].
+pub(crate) struct PendingReply<'a> {
+    stats: &'a Stats,
+    bytes: usize,
+}
+
+impl Drop for PendingReply<'_> {
+    fn drop(&mut self) {
+        self.stats
+            .pending_reply_bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
