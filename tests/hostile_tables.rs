@@ -1,0 +1,136 @@
+//! Hostile input: the gateway's tables are bounded. A publisher on an auto-create class cannot
+//! grow the channel table past `[server] max_channels`, nor the `msg_id` tables of all channels
+//! past `[server] max_msg_ids`, over WebSocket (both dialects) or HTTP: what goes over is refused
+//! with `limit_exceeded` (HTTP 429) and nothing of it is kept.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use common::*;
+
+fn config(max_channels: usize, max_msg_ids: usize) -> String {
+    format!(
+        "[server]\nmax_channels = {max_channels}\nmax_msg_ids = {max_msg_ids}\n{}\n\
+         [channel.\"auto.*\"]\nauto_create = true\n",
+        two_listeners("")
+    )
+}
+
+fn code(v: &serde_json::Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_create_cannot_grow_the_channel_table_past_max_channels() {
+    let srv = TestServer::start(&config(50, 1000)).await;
+    let mut p = v1(&srv.url("private")).await;
+    // A publisher that creates a channel with every message.
+    let mut refused = 0;
+    for i in 0..200 {
+        let r = call(
+            &mut p,
+            &format!(r#"{{"op":"publish","channel":"auto.{i}","data":{i}}}"#),
+        )
+        .await;
+        if r["ok"] == false {
+            assert_eq!(code(&r), "limit_exceeded", "{r}");
+            assert_eq!(
+                r["error"]["message"],
+                "the gateway holds 50 channels, the most it allows"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 150);
+    assert_eq!(srv.hub.stats().channels, 50);
+    // Every way of creating is refused alike; existing channels still work.
+    let r = call(&mut p, r#"{"op":"create","channel":"x"}"#).await;
+    assert_eq!(code(&r), "limit_exceeded", "{r}");
+    let r = call(&mut p, r#"{"op":"create","channel":"auto.3"}"#).await;
+    assert_eq!(
+        (r["ok"].clone(), r["created"].clone()),
+        (true.into(), false.into())
+    );
+    let r = call(&mut p, r#"{"op":"publish","channel":"auto.3","data":1}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let (status, _, body) = http(srv.addr("private"), "PUT", "/v1/channels/y", &[], "").await;
+    assert_eq!((status, code(&body)), (429, "limit_exceeded"), "{body}");
+    let mut l = legacy(&srv.url("private")).await;
+    send(&mut l, r#"{"CreateChannel":"z"}"#).await;
+    assert_eq!(
+        recv(&mut l).await,
+        r#"{"Error":"Permission denied: CreateChannel"}"#
+    );
+    assert!(!srv.hub.exists(&"z".parse().unwrap()));
+    // A deleted channel makes room.
+    let r = call(&mut p, r#"{"op":"delete","channel":"auto.0"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = call(&mut p, r#"{"op":"create","channel":"x"}"#).await;
+    assert_eq!(r["created"], true, "{r}");
+    assert_eq!(srv.hub.stats().channels, 50);
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msg_ids_cannot_grow_past_max_msg_ids_across_channels() {
+    let srv = TestServer::start(&config(1000, 100)).await;
+    let mut p = v1(&srv.url("private")).await;
+    // Each channel remembers up to 1000 ids (its class's `dedupe_max_ids`), but the gateway only
+    // 100 in all: a publisher spreading new ids over many channels is refused past them.
+    let mut refused = 0;
+    for i in 0..300 {
+        let r = call(
+            &mut p,
+            &format!(
+                r#"{{"op":"publish","channel":"auto.{}","msg_id":"k{i}","data":{i}}}"#,
+                i % 30
+            ),
+        )
+        .await;
+        if r["ok"] == false {
+            assert_eq!(code(&r), "limit_exceeded", "{r}");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 200);
+    assert_eq!(srv.hub.stats().msg_ids, 100);
+    // A refused publish published nothing.
+    let r = call(&mut p, r#"{"op":"channels","prefix":"auto.0"}"#).await;
+    let offsets: u64 = r["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["offset"].as_u64().unwrap())
+        .sum();
+    assert_eq!(offsets, 4, "auto.0 got k0, k30, k60, k90 only: {r}");
+    // Repeats are still recognised, publishes without a msg_id still go through.
+    let r = call(
+        &mut p,
+        r#"{"op":"publish","channel":"auto.0","msg_id":"k30","data":0}"#,
+    )
+    .await;
+    assert_eq!(
+        (r["ok"].clone(), r["duplicate"].clone()),
+        (true.into(), true.into())
+    );
+    let r = call(&mut p, r#"{"op":"publish","channel":"auto.0","data":0}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let (status, _, body) = http(
+        srv.addr("private"),
+        "POST",
+        "/v1/channels/auto.0/messages",
+        &[
+            ("Idempotency-Key", "new"),
+            ("Content-Type", "application/json"),
+        ],
+        "1",
+    )
+    .await;
+    assert_eq!((status, code(&body)), (429, "limit_exceeded"), "{body}");
+    // Deleting a channel gives its ids back.
+    let r = call(&mut p, r#"{"op":"delete","channel":"auto.0"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(srv.hub.stats().msg_ids, 96);
+    srv.shutdown().await;
+}
