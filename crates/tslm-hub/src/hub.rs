@@ -246,6 +246,30 @@ struct State {
     dedupe: Dedupe,
 }
 
+impl State {
+    /// Gives back the spare capacity of tables that emptied (expired messages and `msg_id`s,
+    /// departed subscribers): each keeps at most a few times what it holds, so a channel that
+    /// was once full does not hold its peak for ever. The sweep calls it every second.
+    fn shrink(&mut self) {
+        macro_rules! shrink {
+            ($($t:expr),*) => {$(
+                if $t.capacity() > 16 && $t.capacity() / 4 > $t.len() {
+                    $t.shrink_to($t.len() * 2);
+                }
+            )*};
+        }
+        shrink!(
+            self.backlog,
+            self.routes,
+            self.dedupe.ids,
+            self.dedupe.order,
+            self.v1,
+            self.legacy,
+            self.catching
+        );
+    }
+}
+
 struct Sub {
     conn: ConnId,
     outbox: Arc<Outbox>,
@@ -1006,6 +1030,7 @@ impl Hub {
             let mut st = ch.lock();
             expire(&ch, &mut st, &self.inner, now);
             st.dedupe.expire(now, &ch.settings, &self.inner.msg_ids);
+            st.shrink();
         }
     }
 
@@ -1524,6 +1549,42 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         hub.sweep();
         assert_eq!(hub.stats().msg_ids, 0);
+    }
+
+    #[test]
+    fn the_sweep_gives_back_the_capacity_of_emptied_tables() {
+        let hub = Hub::new();
+        hub.create_with(
+            &ch("c"),
+            ChannelSettings {
+                dedupe_window: Duration::from_millis(30),
+                backlog_age: Duration::from_millis(30),
+                ..settings(1000)
+            },
+        )
+        .unwrap();
+        for i in 0..1000 {
+            let opts = PublishOptions {
+                msg_id: Some(&i.to_string()),
+                publisher: None,
+            };
+            hub.publish_with(&ch("c"), &Payload::text("x"), opts)
+                .unwrap();
+        }
+        let c = hub.channel(&ch("c")).unwrap();
+        assert!(c.lock().dedupe.ids.capacity() >= 1000);
+        assert!(c.lock().backlog.capacity() >= 1000);
+        std::thread::sleep(Duration::from_millis(50));
+        hub.sweep();
+        let st = c.lock();
+        assert_eq!((st.dedupe.ids.len(), st.backlog.len()), (0, 0));
+        assert!(
+            st.dedupe.ids.capacity() < 64,
+            "{}",
+            st.dedupe.ids.capacity()
+        );
+        assert!(st.dedupe.order.capacity() < 64);
+        assert!(st.backlog.capacity() < 64);
     }
 
     #[test]
