@@ -767,7 +767,9 @@ impl Hub {
             .then(|| encode_v1_frame(name, guess, data));
         let mut legacy_frame =
             (ch.legacy_subs.load(Ordering::Relaxed) > 0).then(|| encode_legacy_frame(name, data));
-        let dedupe = opts.msg_id.filter(|_| !settings.dedupe_window.is_zero());
+        let dedupe = opts
+            .msg_id
+            .filter(|_| !settings.dedupe_window.is_zero() && settings.dedupe_max_ids > 0);
         let now = (keeps || dedupe.is_some()).then(Instant::now);
 
         let mut guard = ch.lock();
