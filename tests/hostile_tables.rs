@@ -134,3 +134,40 @@ async fn msg_ids_cannot_grow_past_max_msg_ids_across_channels() {
     assert_eq!(srv.hub.stats().msg_ids, 96);
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_routes_cannot_grow_past_max_reply_routes_across_channels() {
+    let toml = format!(
+        "[server]\nmax_reply_routes = 100\n{}\n\
+         [channel.\"rpc.*\"]\nauto_create = true\nreplies = true\n",
+        two_listeners("")
+    );
+    let srv = TestServer::start(&toml).await;
+    let mut p = v1(&srv.url("private")).await;
+    // Each channel could keep 1024 routes (the default `reply_window`), 30 channels 30,720.
+    for i in 0..600 {
+        let r = call(
+            &mut p,
+            &format!(
+                r#"{{"op":"publish","channel":"rpc.{}","data":{i}}}"#,
+                i % 30
+            ),
+        )
+        .await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    assert_eq!(srv.hub.stats().reply_routes, 100);
+    // The newest message of a channel can still be replied to.
+    let mut s = v1(&srv.url("public")).await;
+    let r = call(&mut s, r#"{"op":"subscribe","channel":"rpc.29"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = call(
+        &mut s,
+        r#"{"op":"reply","channel":"rpc.29","offset":20,"data":1}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let event = recv_json(&mut p).await;
+    assert_eq!(event["event"], "reply", "{event}");
+    srv.shutdown().await;
+}

@@ -153,6 +153,8 @@ pub struct HubStats {
     pub backlog_bytes: usize,
     /// `msg_id`s remembered by all channels together (bounded by [`HubLimits::max_msg_ids`]).
     pub msg_ids: usize,
+    /// Reply routes kept by all channels together (bounded by [`HubLimits::max_reply_routes`]).
+    pub reply_routes: usize,
 }
 
 /// Hub-wide limits: every table the hub keeps is bounded, per channel by its settings and
@@ -166,6 +168,10 @@ pub struct HubLimits {
     /// `msg_id`s remembered by all channels together; a publish with a new one beyond is
     /// refused (de-duplication is never silently shortened).
     pub max_msg_ids: usize,
+    /// Reply routes (the publisher of each recent message, on channels with replies) kept by
+    /// all channels together; beyond, a channel gives up its own oldest route for a new one, and
+    /// a message of a channel that has none cannot be replied to.
+    pub max_reply_routes: usize,
 }
 
 impl Default for HubLimits {
@@ -175,6 +181,7 @@ impl Default for HubLimits {
             backlog_memory_bytes: defaults::BACKLOG_MEMORY_BYTES,
             max_channels: defaults::MAX_CHANNELS,
             max_msg_ids: defaults::MAX_MSG_IDS,
+            max_reply_routes: defaults::MAX_REPLY_ROUTES,
         }
     }
 }
@@ -211,6 +218,8 @@ struct Inner {
     channel_count: AtomicUsize,
     /// `msg_id`s in every channel's `Dedupe`, against `limits.max_msg_ids`.
     msg_ids: AtomicUsize,
+    /// Entries of every channel's `routes`, against `limits.max_reply_routes`.
+    routes: AtomicUsize,
     subscriptions: AtomicUsize,
     next_conn: AtomicU64,
     backlog_bytes: AtomicUsize,
@@ -508,7 +517,8 @@ impl Hub {
         let freed = st.backlog_bytes;
         st.backlog = VecDeque::new();
         st.backlog_bytes = 0;
-        st.routes = VecDeque::new();
+        let routes = std::mem::take(&mut st.routes).len();
+        self.inner.routes.fetch_sub(routes, Ordering::Relaxed);
         let ids = std::mem::take(&mut st.dedupe).order.len();
         self.inner.msg_ids.fetch_sub(ids, Ordering::Relaxed);
         let closed_v1 = WsFrame::text(&v1::encode_closed(name, "deleted"))
@@ -794,11 +804,13 @@ impl Hub {
         let offset = Offset(st.last_offset);
         ch.last_offset.store(offset.0, Ordering::Relaxed);
         if settings.replies {
-            st.routes
-                .push_back((offset.0, opts.publisher.map(|(c, _)| c)));
-            while st.routes.len() > settings.reply_window {
-                st.routes.pop_front();
-            }
+            keep_route(
+                st,
+                offset,
+                opts.publisher.map(|(c, _)| c),
+                settings,
+                &self.inner,
+            );
         }
         let mut dropped = 0;
         if !st.v1.is_empty() || keeps {
@@ -1060,8 +1072,35 @@ impl Hub {
             subscriptions: self.inner.subscriptions.load(Ordering::Relaxed),
             backlog_bytes: self.inner.backlog_bytes.load(Ordering::Relaxed),
             msg_ids: self.inner.msg_ids.load(Ordering::Relaxed),
+            reply_routes: self.inner.routes.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Keeps the publisher of `offset` for replies, within the channel's `reply_window` and the hub's
+/// `max_reply_routes`: at the hub's bound the channel gives up its own oldest route; one that has
+/// none keeps no route (a reply to that message is refused as not found). Routes stay a
+/// contiguous run of offsets ending at the newest, so a reply finds its route by subtraction.
+fn keep_route(
+    st: &mut State,
+    offset: Offset,
+    publisher: Option<ConnId>,
+    settings: &ChannelSettings,
+    inner: &Inner,
+) {
+    if settings.reply_window == 0 {
+        return;
+    }
+    // Room: the channel's own window gives up its oldest, else the hub's count takes one, else
+    // (the hub is full) the channel gives up its own oldest. A gap in the routes would misplace
+    // every later reply: with none to give up, the run restarts at the next message with room.
+    let room = (st.routes.len() >= settings.reply_window && st.routes.pop_front().is_some())
+        || take_one(&inner.routes, inner.limits.max_reply_routes)
+        || st.routes.pop_front().is_some();
+    if !room {
+        return;
+    }
+    st.routes.push_back((offset.0, publisher));
 }
 
 /// Drops messages older than the channel's age limit.
@@ -1528,6 +1567,63 @@ mod tests {
         assert_eq!(hub.stats().msg_ids, 2);
         hub.publish_with(&ch("b"), &p, with("b2")).unwrap();
         assert_eq!(hub.stats().msg_ids, 3);
+    }
+
+    #[test]
+    fn reply_routes_are_bounded_for_the_whole_hub() {
+        let hub = Hub::with_limits(HubLimits {
+            max_reply_routes: 4,
+            ..HubLimits::default()
+        });
+        let rpc = |window| ChannelSettings {
+            replies: true,
+            reply_window: window,
+            ..settings(0)
+        };
+        hub.create_with(&ch("a"), rpc(3)).unwrap();
+        hub.create_with(&ch("b"), rpc(10)).unwrap();
+        let publisher = outbox(100);
+        let pc = hub.next_conn_id();
+        let by = PublishOptions {
+            msg_id: None,
+            publisher: Some((pc, &publisher)),
+        };
+        let p = Payload::text("q");
+        for _ in 0..5 {
+            hub.publish_with(&ch("a"), &p, by).unwrap();
+        }
+        // `a` keeps its window of 3 (offsets 3..=5).
+        assert_eq!(hub.stats().reply_routes, 3);
+        hub.publish_with(&ch("b"), &p, by).unwrap();
+        assert_eq!(hub.stats().reply_routes, 4);
+        // The hub is full: `b` gives up its own oldest route for each new one.
+        for _ in 0..3 {
+            hub.publish_with(&ch("b"), &p, by).unwrap();
+        }
+        assert_eq!(hub.stats().reply_routes, 4);
+        let body = Payload::text("a");
+        assert!(matches!(
+            hub.reply(&ch("b"), Offset(3), ConnId(9), &body),
+            Err(ReplyError::NoSuchMessage { .. })
+        ));
+        hub.reply(&ch("b"), Offset(4), ConnId(9), &body).unwrap();
+        hub.reply(&ch("a"), Offset(5), ConnId(9), &body).unwrap();
+        hub.reply(&ch("a"), Offset(3), ConnId(9), &body).unwrap();
+        // A channel with no route to give up keeps none, and stays consistent.
+        hub.create_with(&ch("c"), rpc(10)).unwrap();
+        hub.publish_with(&ch("c"), &p, by).unwrap();
+        assert!(matches!(
+            hub.reply(&ch("c"), Offset(1), ConnId(9), &body),
+            Err(ReplyError::NoSuchMessage { .. })
+        ));
+        hub.delete(&ch("a")).unwrap();
+        assert_eq!(hub.stats().reply_routes, 1);
+        hub.publish_with(&ch("c"), &p, by).unwrap();
+        hub.reply(&ch("c"), Offset(2), ConnId(9), &body).unwrap();
+        assert!(matches!(
+            hub.reply(&ch("c"), Offset(1), ConnId(9), &body),
+            Err(ReplyError::NoSuchMessage { .. })
+        ));
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub mod defaults {
     /// `msg_id`s remembered by all channels together (about 250 bytes each: 60 MB); room for
     /// 2,000 publishes with a `msg_id` per second over the default 120-second window.
     pub const MAX_MSG_IDS: usize = 250_000;
+    /// Reply routes kept by all channels together (24 bytes each: 24 MB); the default
+    /// `reply_window` of 1024 on about 1,000 busy reply channels.
+    pub const MAX_REPLY_ROUTES: usize = 1_000_000;
 }
 
 impl Default for ChannelSettings {

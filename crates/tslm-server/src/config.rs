@@ -87,6 +87,8 @@ pub struct Config {
     /// `msg_id`s remembered by all channels together (publishes with a new one beyond are
     /// refused with `limit_exceeded`).
     pub max_msg_ids: usize,
+    /// Reply routes kept by all channels together (beyond, channels give up their oldest).
+    pub max_reply_routes: usize,
     /// The channel classes (`[channel.PATTERN]` tables), resolved.
     pub channels: Arc<ChannelClasses>,
     /// Whitelisted publishers (`[publisher.NAME]`).
@@ -177,6 +179,7 @@ struct RawServer {
     backlog_memory_bytes: Option<u64>,
     max_channels: Option<u64>,
     max_msg_ids: Option<u64>,
+    max_reply_routes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -412,6 +415,11 @@ impl RawConfig {
             self.server.max_msg_ids,
             tslm_hub::settings::defaults::MAX_MSG_IDS,
         )?;
+        let max_reply_routes = server_limit(
+            "max_reply_routes",
+            self.server.max_reply_routes,
+            tslm_hub::settings::defaults::MAX_REPLY_ROUTES,
+        )?;
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         for (name, raw) in self.listener {
             let l = raw.validate(&name)?;
@@ -465,6 +473,7 @@ impl RawConfig {
             backlog_memory_bytes: usize_of(backlog_memory),
             max_channels,
             max_msg_ids,
+            max_reply_routes,
             channels: Arc::new(channels),
             publishers: Arc::new(publishers),
             issuers: Arc::new(issuers),
@@ -940,13 +949,14 @@ default_endpoint_permissions = ['CreateChannel', 'NotifyChannel']
         let l = "[listener.p]\nip='127.0.0.1'\nport=1\n";
         let c = Config::from_toml_str(l, "t").unwrap();
         assert_eq!((c.max_channels, c.max_msg_ids), (100_000, 250_000));
+        assert_eq!(c.max_reply_routes, 1_000_000);
         let c = Config::from_toml_str(
             &format!("[server]\nmax_channels = 5\nmax_msg_ids = 7\n{l}"),
             "t",
         )
         .unwrap();
         assert_eq!((c.max_channels, c.max_msg_ids), (5, 7));
-        for key in ["max_channels", "max_msg_ids"] {
+        for key in ["max_channels", "max_msg_ids", "max_reply_routes"] {
             let e = err(&format!("[server]\n{key} = 0\n{l}"));
             assert!(
                 e.contains(&format!("table [server], key `{key}`: 0 is out of range")),

@@ -104,6 +104,7 @@ impl Server {
             backlog_memory_bytes: config.backlog_memory_bytes,
             max_channels: config.max_channels,
             max_msg_ids: config.max_msg_ids,
+            max_reply_routes: config.max_reply_routes,
         });
         let verifier = (!config.issuers.is_empty())
             .then(|| tslm_oidc::Verifier::new(config.issuers.as_ref().clone()));
