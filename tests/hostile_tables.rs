@@ -171,3 +171,40 @@ async fn reply_routes_cannot_grow_past_max_reply_routes_across_channels() {
     assert_eq!(event["event"], "reply", "{event}");
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_cannot_grow_past_max_subscriptions_across_connections() {
+    let toml = format!("[server]\nmax_subscriptions = 5\n{}", two_listeners(""));
+    let srv = TestServer::start(&toml).await;
+    for i in 0..4 {
+        assert!(srv.hub.create(&format!("c{i}").parse().unwrap()));
+    }
+    // Within its own `max_subscriptions_per_connection`, each connection is refused past the
+    // gateway's bound.
+    let (mut a, mut b) = (v1(&srv.url("public")).await, v1(&srv.url("public")).await);
+    let mut refused = 0;
+    for ws in [&mut a, &mut b] {
+        for i in 0..4 {
+            let r = call(ws, &format!(r#"{{"op":"subscribe","channel":"c{i}"}}"#)).await;
+            if r["ok"] == false {
+                assert_eq!(code(&r), "limit_exceeded", "{r}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 3);
+    assert_eq!(srv.hub.stats().subscriptions, 5);
+    let mut l = legacy(&srv.url("public")).await;
+    send(&mut l, r#"{"Subscribe":"c0"}"#).await;
+    assert_eq!(
+        recv(&mut l).await,
+        r#"{"Error":"Subscription limit exceeded"}"#
+    );
+    // A connection that ends gives its subscriptions back.
+    drop(a);
+    srv.wait_for("subscriptions freed", |s| s.hub.stats().subscriptions == 1)
+        .await;
+    let r = call(&mut b, r#"{"op":"subscribe","channel":"c3"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    srv.shutdown().await;
+}

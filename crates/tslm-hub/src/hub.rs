@@ -43,6 +43,8 @@ pub enum HubError {
         len: usize,
         max: usize,
     },
+    #[error("the gateway serves {max} subscriptions, the most it allows")]
+    TooManySubscriptions { max: usize },
     #[error("the gateway holds {max} channels, the most it allows")]
     TooManyChannels { max: usize },
     #[error(
@@ -172,6 +174,8 @@ pub struct HubLimits {
     /// all channels together; beyond, a channel gives up its own oldest route for a new one, and
     /// a message of a channel that has none cannot be replied to.
     pub max_reply_routes: usize,
+    /// Subscriptions of all connections to all channels together; a subscribe beyond is refused.
+    pub max_subscriptions: usize,
 }
 
 impl Default for HubLimits {
@@ -182,6 +186,7 @@ impl Default for HubLimits {
             max_channels: defaults::MAX_CHANNELS,
             max_msg_ids: defaults::MAX_MSG_IDS,
             max_reply_routes: defaults::MAX_REPLY_ROUTES,
+            max_subscriptions: defaults::MAX_SUBSCRIPTIONS,
         }
     }
 }
@@ -596,6 +601,10 @@ impl Hub {
             });
         }
         let (from, recovery) = ch.start_at(&st, start)?;
+        let max = self.inner.limits.max_subscriptions;
+        if !take_one(&self.inner.subscriptions, max) {
+            return Err(HubError::TooManySubscriptions { max });
+        }
         let sub = Sub {
             conn,
             outbox: Arc::clone(outbox),
@@ -615,7 +624,6 @@ impl Hub {
             ch.publish_counts(&st);
         }
         drop(st);
-        self.inner.subscriptions.fetch_add(1, Ordering::Relaxed);
         Ok(subscribed(from, recovery, catching_up, false))
     }
 
@@ -1624,6 +1632,37 @@ mod tests {
             hub.reply(&ch("c"), Offset(1), ConnId(9), &body),
             Err(ReplyError::NoSuchMessage { .. })
         ));
+    }
+
+    #[test]
+    fn subscriptions_are_bounded_for_the_whole_hub() {
+        let hub = Hub::with_limits(HubLimits {
+            max_subscriptions: 3,
+            ..HubLimits::default()
+        });
+        hub.create(&ch("a"));
+        hub.create(&ch("b"));
+        let ob = outbox(10);
+        let (c1, c2) = (hub.next_conn_id(), hub.next_conn_id());
+        for (c, conn) in [("a", c1), ("b", c1), ("a", c2)] {
+            hub.subscribe(&ch(c), conn, Dialect::V1, &ob, Start::New)
+                .unwrap();
+        }
+        assert_eq!(
+            hub.subscribe(&ch("b"), c2, Dialect::V1, &ob, Start::New),
+            Err(HubError::TooManySubscriptions { max: 3 })
+        );
+        // Subscribing again is not a new subscription.
+        assert!(
+            hub.subscribe(&ch("a"), c2, Dialect::V1, &ob, Start::New)
+                .unwrap()
+                .already
+        );
+        assert!(hub.unsubscribe(&ch("a"), c1));
+        hub.subscribe(&ch("b"), c2, Dialect::V1, &ob, Start::New)
+            .unwrap();
+        hub.delete(&ch("b")).unwrap();
+        assert_eq!(hub.stats().subscriptions, 1);
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub mod defaults {
     /// Reply routes kept by all channels together (24 bytes each: 24 MB); the default
     /// `reply_window` of 1024 on about 1,000 busy reply channels.
     pub const MAX_REPLY_ROUTES: usize = 1_000_000;
+    /// Subscriptions of all connections together (about 50 bytes each with the connection's own
+    /// record of it: 100 MB); 20 per connection for 100,000 connections.
+    pub const MAX_SUBSCRIPTIONS: usize = 2_000_000;
 }
 
 impl Default for ChannelSettings {

@@ -89,6 +89,8 @@ pub struct Config {
     pub max_msg_ids: usize,
     /// Reply routes kept by all channels together (beyond, channels give up their oldest).
     pub max_reply_routes: usize,
+    /// Subscriptions of all connections together (subscribes beyond are refused).
+    pub max_subscriptions: usize,
     /// The channel classes (`[channel.PATTERN]` tables), resolved.
     pub channels: Arc<ChannelClasses>,
     /// Whitelisted publishers (`[publisher.NAME]`).
@@ -180,6 +182,7 @@ struct RawServer {
     max_channels: Option<u64>,
     max_msg_ids: Option<u64>,
     max_reply_routes: Option<u64>,
+    max_subscriptions: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -420,6 +423,11 @@ impl RawConfig {
             self.server.max_reply_routes,
             tslm_hub::settings::defaults::MAX_REPLY_ROUTES,
         )?;
+        let max_subscriptions = server_limit(
+            "max_subscriptions",
+            self.server.max_subscriptions,
+            tslm_hub::settings::defaults::MAX_SUBSCRIPTIONS,
+        )?;
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         for (name, raw) in self.listener {
             let l = raw.validate(&name)?;
@@ -474,6 +482,7 @@ impl RawConfig {
             max_channels,
             max_msg_ids,
             max_reply_routes,
+            max_subscriptions,
             channels: Arc::new(channels),
             publishers: Arc::new(publishers),
             issuers: Arc::new(issuers),
@@ -949,14 +958,22 @@ default_endpoint_permissions = ['CreateChannel', 'NotifyChannel']
         let l = "[listener.p]\nip='127.0.0.1'\nport=1\n";
         let c = Config::from_toml_str(l, "t").unwrap();
         assert_eq!((c.max_channels, c.max_msg_ids), (100_000, 250_000));
-        assert_eq!(c.max_reply_routes, 1_000_000);
+        assert_eq!(
+            (c.max_reply_routes, c.max_subscriptions),
+            (1_000_000, 2_000_000)
+        );
         let c = Config::from_toml_str(
             &format!("[server]\nmax_channels = 5\nmax_msg_ids = 7\n{l}"),
             "t",
         )
         .unwrap();
         assert_eq!((c.max_channels, c.max_msg_ids), (5, 7));
-        for key in ["max_channels", "max_msg_ids", "max_reply_routes"] {
+        for key in [
+            "max_channels",
+            "max_msg_ids",
+            "max_reply_routes",
+            "max_subscriptions",
+        ] {
             let e = err(&format!("[server]\n{key} = 0\n{l}"));
             assert!(
                 e.contains(&format!("table [server], key `{key}`: 0 is out of range")),

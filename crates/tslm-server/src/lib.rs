@@ -105,6 +105,7 @@ impl Server {
             max_channels: config.max_channels,
             max_msg_ids: config.max_msg_ids,
             max_reply_routes: config.max_reply_routes,
+            max_subscriptions: config.max_subscriptions,
         });
         let verifier = (!config.issuers.is_empty())
             .then(|| tslm_oidc::Verifier::new(config.issuers.as_ref().clone()));

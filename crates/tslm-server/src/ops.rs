@@ -41,7 +41,9 @@ pub(crate) fn hub_error(e: HubError) -> ProtoError {
         e @ HubError::Full { .. } => ProtoError::new(ErrorCode::LimitExceeded, e.to_string()),
         e @ HubError::FutureOffset { .. } => ProtoError::bad_request(e.to_string()),
         e @ HubError::TooLarge { .. } => ProtoError::new(ErrorCode::TooLarge, e.to_string()),
-        e @ (HubError::TooManyChannels { .. } | HubError::TooManyMsgIds { .. }) => {
+        e @ (HubError::TooManyChannels { .. }
+        | HubError::TooManyMsgIds { .. }
+        | HubError::TooManySubscriptions { .. }) => {
             ProtoError::new(ErrorCode::LimitExceeded, e.to_string())
         }
     }
