@@ -213,7 +213,9 @@ impl Outbox {
     ///
     /// Replay frames are kept apart: they are written before the live frames queued beside them
     /// (a subscription turns live only once its replay is queued whole, so each channel's order
-    /// holds), and a live push is measured against the live frames alone. A replay therefore
+    /// holds; callers start each replay step on an emptied outbox, as the session does, so no
+    /// frame of an earlier subscription to the same channel waits behind them), and a live push
+    /// is measured against the live frames alone. A replay therefore
     /// never makes a live delivery overflow, so it never costs a client that reads its
     /// connection; while one is under way the outbox may hold up to one and a half times its
     /// limits.
