@@ -1,10 +1,11 @@
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use tslm_protocol::{
     ChannelInfo, ChannelName, Dialect, Epoch, Lost, Offset, Payload, Recovery, Start, Subscription,
     WsFrame, legacy, v1,
@@ -42,6 +43,14 @@ pub enum HubError {
         len: usize,
         max: usize,
     },
+    #[error("the gateway serves {max} subscriptions, the most it allows")]
+    TooManySubscriptions { max: usize },
+    #[error("the gateway holds {max} channels, the most it allows")]
+    TooManyChannels { max: usize },
+    #[error(
+        "the gateway remembers {max} msg_ids, the most it allows; publish without one, or retry once older ones expire"
+    )]
+    TooManyMsgIds { max: usize },
 }
 
 /// Why a reply could not be handed over.
@@ -144,21 +153,58 @@ pub struct HubStats {
     pub subscriptions: usize,
     /// Bytes held by all backlogs together (bounded by the hub's backlog memory limit).
     pub backlog_bytes: usize,
+    /// `msg_id`s remembered by all channels together (bounded by [`HubLimits::max_msg_ids`]).
+    pub msg_ids: usize,
+    /// Reply routes kept by all channels together (bounded by [`HubLimits::max_reply_routes`]).
+    pub reply_routes: usize,
 }
 
-/// Hub-wide limits.
+/// Hub-wide limits: every table the hub keeps is bounded, per channel by its settings and
+/// together by these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HubLimits {
     /// Bytes all backlogs may hold together.
     pub backlog_memory_bytes: usize,
+    /// Channels at once; a create (or auto-create) beyond is refused.
+    pub max_channels: usize,
+    /// `msg_id`s remembered by all channels together; a publish with a new one beyond is
+    /// refused (de-duplication is never silently shortened).
+    pub max_msg_ids: usize,
+    /// Reply routes (the publisher of each recent message, on channels with replies) kept by
+    /// all channels together; beyond, a channel gives up its own oldest route for a new one, and
+    /// a message of a channel that has none cannot be replied to.
+    pub max_reply_routes: usize,
+    /// Subscriptions of all connections to all channels together; a subscribe beyond is refused.
+    pub max_subscriptions: usize,
 }
 
 impl Default for HubLimits {
     fn default() -> Self {
+        use crate::settings::defaults;
         Self {
-            backlog_memory_bytes: crate::settings::defaults::BACKLOG_MEMORY_BYTES,
+            backlog_memory_bytes: defaults::BACKLOG_MEMORY_BYTES,
+            max_channels: defaults::MAX_CHANNELS,
+            max_msg_ids: defaults::MAX_MSG_IDS,
+            max_reply_routes: defaults::MAX_REPLY_ROUTES,
+            max_subscriptions: defaults::MAX_SUBSCRIPTIONS,
         }
     }
+}
+
+/// Bytes counted per message of a history read beyond its `data`: `{"offset":N,"data":}` and a
+/// comma, with the longest offset.
+pub const HISTORY_ENTRY_BYTES: usize = 40;
+
+/// Bytes counted per channel of a listing beyond its name: the longest description.
+pub const CHANNEL_INFO_BYTES: usize = 240;
+
+/// Takes one from `counter` unless it is at `max`.
+fn take_one(counter: &AtomicUsize, max: usize) -> bool {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
 }
 
 /// Bytes counted per backlog entry beyond its frame (the entry itself and its queue slot).
@@ -173,6 +219,12 @@ pub struct Hub {
 #[derive(Default)]
 struct Inner {
     channels: DashMap<ChannelName, Arc<Channel>>,
+    /// Channels in `channels`, counted against `limits.max_channels` as they are inserted.
+    channel_count: AtomicUsize,
+    /// `msg_id`s in every channel's `Dedupe`, against `limits.max_msg_ids`.
+    msg_ids: AtomicUsize,
+    /// Entries of every channel's `routes`, against `limits.max_reply_routes`.
+    routes: AtomicUsize,
     subscriptions: AtomicUsize,
     next_conn: AtomicU64,
     backlog_bytes: AtomicUsize,
@@ -208,6 +260,30 @@ struct State {
     dedupe: Dedupe,
 }
 
+impl State {
+    /// Gives back the spare capacity of tables that emptied (expired messages and `msg_id`s,
+    /// departed subscribers): each keeps at most a few times what it holds, so a channel that
+    /// was once full does not hold its peak for ever. The sweep calls it every second.
+    fn shrink(&mut self) {
+        macro_rules! shrink {
+            ($($t:expr),*) => {$(
+                if $t.capacity() > 16 && $t.capacity() / 4 > $t.len() {
+                    $t.shrink_to($t.len() * 2);
+                }
+            )*};
+        }
+        shrink!(
+            self.backlog,
+            self.routes,
+            self.dedupe.ids,
+            self.dedupe.order,
+            self.v1,
+            self.legacy,
+            self.catching
+        );
+    }
+}
+
 struct Sub {
     conn: ConnId,
     outbox: Arc<Outbox>,
@@ -241,7 +317,9 @@ struct Dedupe {
 }
 
 impl Dedupe {
-    fn expire(&mut self, now: Instant, settings: &ChannelSettings) {
+    /// Forgets ids past the channel's window or count, and gives them back to the hub's count.
+    fn expire(&mut self, now: Instant, settings: &ChannelSettings, global: &AtomicUsize) {
+        let mut forgotten = 0;
         while let Some((at, id)) = self.order.front() {
             let old = now.duration_since(*at) >= settings.dedupe_window;
             if !old && self.order.len() <= settings.dedupe_max_ids {
@@ -249,7 +327,39 @@ impl Dedupe {
             }
             self.ids.remove(id);
             self.order.pop_front();
+            forgotten += 1;
         }
+        if forgotten > 0 {
+            global.fetch_sub(forgotten, Ordering::Relaxed);
+        }
+    }
+
+    /// Remembers a new `id` for `offset` within the channel's count and the hub's: a channel at
+    /// its own count forgets its oldest id first (its documented window); at the hub's count the
+    /// id is refused.
+    fn remember(
+        &mut self,
+        id: &str,
+        offset: u64,
+        now: Instant,
+        settings: &ChannelSettings,
+        inner: &Inner,
+    ) -> Result<(), HubError> {
+        if self.order.len() >= settings.dedupe_max_ids
+            && let Some((_, oldest)) = self.order.pop_front()
+        {
+            self.ids.remove(&oldest);
+            inner.msg_ids.fetch_sub(1, Ordering::Relaxed);
+        }
+        let max = inner.limits.max_msg_ids;
+        if !take_one(&inner.msg_ids, max) {
+            return Err(HubError::TooManyMsgIds { max });
+        }
+        let id: Arc<str> = Arc::from(id);
+        self.ids.insert(Arc::clone(&id), offset);
+        self.order.push_back((now, id));
+        self.expire(now, settings, &inner.msg_ids);
+        Ok(())
     }
 }
 
@@ -351,28 +461,40 @@ impl Hub {
             .ok_or_else(|| HubError::NotFound(name.clone()))
     }
 
-    /// Creates `name` with the default settings; returns `false` when it already existed.
+    /// Creates `name` with the default settings; returns `false` when it already existed, or
+    /// when the hub holds [`HubLimits::max_channels`] (for tests and embedders; see
+    /// [`Hub::create_with`]).
     pub fn create(&self, name: &ChannelName) -> bool {
-        self.create_with(name, ChannelSettings::default()).created
+        self.create_with(name, ChannelSettings::default())
+            .is_ok_and(|c| c.created)
     }
 
     /// Creates `name` with `settings` (creation is idempotent: an existing channel keeps its
-    /// settings and epoch).
-    pub fn create_with(&self, name: &ChannelName, settings: ChannelSettings) -> Created {
-        let mut created = false;
-        let ch = self
-            .inner
-            .channels
-            .entry(name.clone())
-            .or_insert_with(|| {
-                created = true;
-                Arc::new(Channel::new(name.clone(), settings))
-            })
-            .value()
-            .clone();
-        Created {
-            created,
-            epoch: ch.epoch,
+    /// settings and epoch). Refused with [`HubError::TooManyChannels`] when the hub already holds
+    /// [`HubLimits::max_channels`].
+    pub fn create_with(
+        &self,
+        name: &ChannelName,
+        settings: ChannelSettings,
+    ) -> Result<Created, HubError> {
+        match self.inner.channels.entry(name.clone()) {
+            Entry::Occupied(e) => Ok(Created {
+                created: false,
+                epoch: e.get().epoch,
+            }),
+            Entry::Vacant(e) => {
+                let max = self.inner.limits.max_channels;
+                if !take_one(&self.inner.channel_count, max) {
+                    return Err(HubError::TooManyChannels { max });
+                }
+                let ch = Arc::new(Channel::new(name.clone(), settings));
+                let epoch = ch.epoch;
+                e.insert(ch);
+                Ok(Created {
+                    created: true,
+                    epoch,
+                })
+            }
         }
     }
 
@@ -394,13 +516,16 @@ impl Hub {
             .channels
             .remove(name)
             .ok_or_else(|| HubError::NotFound(name.clone()))?;
+        self.inner.channel_count.fetch_sub(1, Ordering::Relaxed);
         let mut st = ch.lock();
         st.deleted = true;
         let freed = st.backlog_bytes;
         st.backlog = VecDeque::new();
         st.backlog_bytes = 0;
-        st.routes = VecDeque::new();
-        st.dedupe = Dedupe::default();
+        let routes = std::mem::take(&mut st.routes).len();
+        self.inner.routes.fetch_sub(routes, Ordering::Relaxed);
+        let ids = std::mem::take(&mut st.dedupe).order.len();
+        self.inner.msg_ids.fetch_sub(ids, Ordering::Relaxed);
         let closed_v1 = WsFrame::text(&v1::encode_closed(name, "deleted"))
             .bytes()
             .clone();
@@ -476,6 +601,10 @@ impl Hub {
             });
         }
         let (from, recovery) = ch.start_at(&st, start)?;
+        let max = self.inner.limits.max_subscriptions;
+        if !take_one(&self.inner.subscriptions, max) {
+            return Err(HubError::TooManySubscriptions { max });
+        }
         let sub = Sub {
             conn,
             outbox: Arc::clone(outbox),
@@ -495,7 +624,6 @@ impl Hub {
             ch.publish_counts(&st);
         }
         drop(st);
-        self.inner.subscriptions.fetch_add(1, Ordering::Relaxed);
         Ok(subscribed(from, recovery, catching_up, false))
     }
 
@@ -528,9 +656,10 @@ impl Hub {
         let mut failed = false;
         {
             let c = &mut st.catching[i];
-            // Replay frames only take room the outbox has: a replay never overflows it, so it
-            // never costs the subscriber its connection or its policy's drops; what does not
-            // fit waits for the next drain.
+            // Replay frames only take the room the outbox leaves replays (half of it), and never
+            // count against live pushes: a replay never overflows the outbox nor makes a live
+            // delivery overflow it, so it never costs a subscriber that reads its connection or
+            // its policy's drops; what does not fit waits for the next drain.
             while c.next <= last && frames < max_frames && (frames == 0 || bytes < max_bytes) {
                 let (frame, next) = match Channel::stored(&st.backlog, c.next) {
                     Some(m) => (
@@ -553,7 +682,7 @@ impl Hub {
                     }
                 };
                 let len = frame.len();
-                match c.sub.outbox.try_push(frame) {
+                match c.sub.outbox.push_replay(frame) {
                     Ok(()) => {
                         frames += 1;
                         bytes += len;
@@ -656,7 +785,9 @@ impl Hub {
             .then(|| encode_v1_frame(name, guess, data));
         let mut legacy_frame =
             (ch.legacy_subs.load(Ordering::Relaxed) > 0).then(|| encode_legacy_frame(name, data));
-        let dedupe = opts.msg_id.filter(|_| !settings.dedupe_window.is_zero());
+        let dedupe = opts
+            .msg_id
+            .filter(|_| !settings.dedupe_window.is_zero() && settings.dedupe_max_ids > 0);
         let now = (keeps || dedupe.is_some()).then(Instant::now);
 
         let mut guard = ch.lock();
@@ -665,7 +796,7 @@ impl Hub {
             return Err(HubError::NotFound(name.clone()));
         }
         if let (Some(id), Some(now)) = (dedupe, now) {
-            st.dedupe.expire(now, settings);
+            st.dedupe.expire(now, settings, &self.inner.msg_ids);
             if let Some(&offset) = st.dedupe.ids.get(id) {
                 return Ok(Published {
                     epoch: ch.epoch,
@@ -673,22 +804,21 @@ impl Hub {
                     duplicate: true,
                 });
             }
+            // Remembered before the offset is taken: a refused id publishes nothing.
+            st.dedupe
+                .remember(id, st.last_offset + 1, now, settings, &self.inner)?;
         }
         st.last_offset += 1;
         let offset = Offset(st.last_offset);
         ch.last_offset.store(offset.0, Ordering::Relaxed);
-        if let (Some(id), Some(now)) = (dedupe, now) {
-            let id: Arc<str> = Arc::from(id);
-            st.dedupe.ids.insert(Arc::clone(&id), offset.0);
-            st.dedupe.order.push_back((now, id));
-            st.dedupe.expire(now, settings);
-        }
         if settings.replies {
-            st.routes
-                .push_back((offset.0, opts.publisher.map(|(c, _)| c)));
-            while st.routes.len() > settings.reply_window {
-                st.routes.pop_front();
-            }
+            keep_route(
+                st,
+                offset,
+                opts.publisher.map(|(c, _)| c),
+                settings,
+                &self.inner,
+            );
         }
         let mut dropped = 0;
         if !st.v1.is_empty() || keeps {
@@ -728,12 +858,17 @@ impl Hub {
         })
     }
 
-    /// Reads the backlog of `name` from `start`, at most `limit` messages.
+    /// Reads the backlog of `name` from `start`: at most `limit` messages, and no more than
+    /// `max_bytes` of them (each counted as its `data` plus [`HISTORY_ENTRY_BYTES`]), but always
+    /// at least one when one follows `start`, so that a reader can page through any backlog;
+    /// `more` says what was left out. A reply is bounded like a delivery: a small request cannot
+    /// make the gateway build a large one.
     pub fn history(
         &self,
         name: &ChannelName,
         start: Start,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<History, HubError> {
         let ch = self.channel(name)?;
         let mut st = ch.lock();
@@ -745,11 +880,16 @@ impl Hub {
         let last = st.last_offset;
         let mut messages = Vec::new();
         let mut next = from;
+        let mut bytes = 0usize;
         while next <= last && messages.len() < limit {
-            match Channel::stored(&st.backlog, next) {
-                Some(m) => messages.push((Offset(m.offset), m.payload.clone())),
-                None => break,
+            let Some(m) = Channel::stored(&st.backlog, next) else {
+                break;
+            };
+            bytes += m.payload.len() + HISTORY_ENTRY_BYTES;
+            if bytes > max_bytes && !messages.is_empty() {
+                break;
             }
+            messages.push((Offset(m.offset), m.payload.clone()));
             next += 1;
         }
         Ok(History {
@@ -831,52 +971,70 @@ impl Hub {
     }
 
     /// Lists channels in name order: those starting with `prefix`, after the name `after`, at
-    /// most `limit`; the flag says whether more follow.
+    /// most `limit`, and no more than `max_bytes` of descriptions (each counted as its name plus
+    /// [`CHANNEL_INFO_BYTES`]; at least one); the flag says whether more follow.
     pub fn list(
         &self,
         prefix: Option<&str>,
         after: Option<&ChannelName>,
         limit: usize,
+        max_bytes: usize,
     ) -> (Vec<ChannelInfo>, bool) {
-        self.list_where(prefix, after, limit, |_| true)
+        self.list_where(prefix, after, limit, max_bytes, |_| true)
     }
 
     /// [`Hub::list`] of the channels whose name `visible` accepts (a caller's permissions).
+    /// Memory is proportional to `limit`, not to the number of channels: the first names are
+    /// selected with a bounded heap.
     pub fn list_where(
         &self,
         prefix: Option<&str>,
         after: Option<&ChannelName>,
         limit: usize,
+        max_bytes: usize,
         visible: impl Fn(&ChannelName) -> bool,
     ) -> (Vec<ChannelInfo>, bool) {
-        let mut names: Vec<ChannelName> = self
-            .inner
-            .channels
-            .iter()
-            .map(|e| e.key().clone())
-            .filter(|n| prefix.is_none_or(|p| n.as_str().starts_with(p)))
-            .filter(|n| after.is_none_or(|a| n > a))
-            .filter(|n| visible(n))
-            .collect();
-        names.sort_unstable();
-        let more = names.len() > limit;
-        names.truncate(limit);
-        let infos = names
-            .into_iter()
-            .filter_map(|n| {
-                let ch = self.channel(&n).ok()?;
-                let st = ch.lock();
-                Some(ChannelInfo {
-                    channel: n,
-                    epoch: ch.epoch,
-                    offset: Offset(st.last_offset),
-                    subscribers: Channel::subscriber_count(&st),
-                    backlog_messages: st.backlog.len(),
-                    backlog_bytes: st.backlog_bytes,
-                    first_offset: Offset(Channel::first_kept(&st)),
-                })
-            })
-            .collect();
+        let limit = limit.max(1);
+        // The `limit + 1` smallest names: one more than a page says whether more follow.
+        let mut first: BinaryHeap<ChannelName> = BinaryHeap::with_capacity(limit + 2);
+        for e in self.inner.channels.iter() {
+            let n = e.key();
+            if prefix.is_some_and(|p| !n.as_str().starts_with(p))
+                || after.is_some_and(|a| n <= a)
+                || first.len() > limit && first.peek().is_some_and(|max| n >= max)
+                || !visible(n)
+            {
+                continue;
+            }
+            first.push(n.clone());
+            if first.len() > limit + 1 {
+                first.pop();
+            }
+        }
+        let names = first.into_sorted_vec();
+        let mut more = names.len() > limit;
+        let mut infos = Vec::new();
+        let mut bytes = 0usize;
+        for n in names.into_iter().take(limit) {
+            bytes += n.len() + CHANNEL_INFO_BYTES;
+            if bytes > max_bytes && !infos.is_empty() {
+                more = true;
+                break;
+            }
+            let Ok(ch) = self.channel(&n) else {
+                continue;
+            };
+            let st = ch.lock();
+            infos.push(ChannelInfo {
+                channel: n,
+                epoch: ch.epoch,
+                offset: Offset(st.last_offset),
+                subscribers: Channel::subscriber_count(&st),
+                backlog_messages: st.backlog.len(),
+                backlog_bytes: st.backlog_bytes,
+                first_offset: Offset(Channel::first_kept(&st)),
+            });
+        }
         (infos, more)
     }
 
@@ -893,7 +1051,8 @@ impl Hub {
         for ch in channels {
             let mut st = ch.lock();
             expire(&ch, &mut st, &self.inner, now);
-            st.dedupe.expire(now, &ch.settings);
+            st.dedupe.expire(now, &ch.settings, &self.inner.msg_ids);
+            st.shrink();
         }
     }
 
@@ -917,11 +1076,39 @@ impl Hub {
 
     pub fn stats(&self) -> HubStats {
         HubStats {
-            channels: self.inner.channels.len(),
+            channels: self.inner.channel_count.load(Ordering::Relaxed),
             subscriptions: self.inner.subscriptions.load(Ordering::Relaxed),
             backlog_bytes: self.inner.backlog_bytes.load(Ordering::Relaxed),
+            msg_ids: self.inner.msg_ids.load(Ordering::Relaxed),
+            reply_routes: self.inner.routes.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Keeps the publisher of `offset` for replies, within the channel's `reply_window` and the hub's
+/// `max_reply_routes`: at the hub's bound the channel gives up its own oldest route; one that has
+/// none keeps no route (a reply to that message is refused as not found). Routes stay a
+/// contiguous run of offsets ending at the newest, so a reply finds its route by subtraction.
+fn keep_route(
+    st: &mut State,
+    offset: Offset,
+    publisher: Option<ConnId>,
+    settings: &ChannelSettings,
+    inner: &Inner,
+) {
+    if settings.reply_window == 0 {
+        return;
+    }
+    // Room: the channel's own window gives up its oldest, else the hub's count takes one, else
+    // (the hub is full) the channel gives up its own oldest. A gap in the routes would misplace
+    // every later reply: with none to give up, the run restarts at the next message with room.
+    let room = (st.routes.len() >= settings.reply_window && st.routes.pop_front().is_some())
+        || take_one(&inner.routes, inner.limits.max_reply_routes)
+        || st.routes.pop_front().is_some();
+    if !room {
+        return;
+    }
+    st.routes.push_back((offset.0, publisher));
 }
 
 /// Drops messages older than the channel's age limit.
@@ -1215,7 +1402,7 @@ mod tests {
     #[test]
     fn resume_inside_the_window_replays_then_joins_live_without_gap_or_duplicate() {
         let hub = Hub::new();
-        hub.create_with(&ch("c"), settings(50));
+        hub.create_with(&ch("c"), settings(50)).unwrap();
         publish_n(&hub, "c", 20);
         let epoch = hub.epoch(&ch("c")).unwrap();
         let ob = outbox(1000);
@@ -1254,9 +1441,353 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_never_makes_a_live_delivery_overflow_a_subscriber_that_reads() {
+        // The churn soak's failure: a 64-frame queue filled to its limit by a replay, then one
+        // live message of another `disconnect` channel arrived before the writer took the queue,
+        // and the client was closed as a slow consumer although it read everything.
+        let hub = Hub::new();
+        hub.create_with(&ch("backlog"), settings(1000)).unwrap();
+        hub.create(&ch("live"));
+        publish_n(&hub, "backlog", 1000);
+        let ob = outbox(64);
+        let conn = hub.next_conn_id();
+        hub.subscribe(&ch("live"), conn, Dialect::V1, &ob, Start::New)
+            .unwrap();
+        let s = hub
+            .subscribe(&ch("backlog"), conn, Dialect::V1, &ob, Start::Oldest)
+            .unwrap();
+        assert!(s.catching_up);
+        let (mut replayed, mut live) = (Vec::new(), Vec::new());
+        let mut steps = 0;
+        loop {
+            // The session's pump: as much as the outbox leaves replays.
+            let (frames, bytes) = ob.replay_room();
+            let progress = hub.catch_up(&ch("backlog"), conn, frames, bytes);
+            // Then, before the writer wakes, as many live messages as the queue holds: a client
+            // that reads keeps up with this much without any replay.
+            publish_n(&hub, "live", 64);
+            assert!(!ob.is_closed(), "closed by its own replay at step {steps}");
+            for t in drain(&ob) {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                let o = v["offset"].as_u64().unwrap();
+                match v["channel"].as_str().unwrap() {
+                    "backlog" => replayed.push(o),
+                    _ => live.push(o),
+                }
+            }
+            steps += 1;
+            if progress == CatchUp::Done {
+                break;
+            }
+            assert!(steps < 1000, "the replay makes progress");
+        }
+        assert_eq!(replayed, (1..=1000).collect::<Vec<_>>());
+        assert_eq!(live, (1..=64 * steps).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn replay_frames_go_first_and_fill_half_the_queue() {
+        let hub = Hub::new();
+        hub.create_with(&ch("r"), settings(100)).unwrap();
+        publish_n(&hub, "r", 100);
+        let ob = outbox(10);
+        let conn = hub.next_conn_id();
+        hub.subscribe(&ch("r"), conn, Dialect::V1, &ob, Start::Oldest)
+            .unwrap();
+        assert_eq!(ob.replay_room().0, 5);
+        assert_eq!(hub.catch_up(&ch("r"), conn, 100, 1 << 30), CatchUp::More);
+        assert_eq!(ob.queued_frames(), 5, "a replay fills half of the queue");
+        assert_eq!(ob.replay_room().0, 0);
+        // A live frame queued meanwhile is written after the replayed ones.
+        ob.push(Bytes::from_static(b"\x81\x02{}")).unwrap();
+        let got = drain(&ob);
+        assert_eq!(got.len(), 6);
+        assert_eq!(got[5], "{}");
+    }
+
+    #[test]
+    fn the_channel_table_is_bounded() {
+        let hub = Hub::with_limits(HubLimits {
+            max_channels: 3,
+            ..HubLimits::default()
+        });
+        for c in ["a", "b", "c"] {
+            assert!(hub.create_with(&ch(c), settings(1)).unwrap().created);
+        }
+        assert_eq!(
+            hub.create_with(&ch("d"), settings(1)),
+            Err(HubError::TooManyChannels { max: 3 })
+        );
+        assert!(!hub.exists(&ch("d")));
+        // An existing channel is still "created" idempotently at the limit.
+        assert!(!hub.create_with(&ch("a"), settings(1)).unwrap().created);
+        assert_eq!(hub.stats().channels, 3);
+        hub.delete(&ch("b")).unwrap();
+        assert!(hub.create_with(&ch("d"), settings(1)).unwrap().created);
+        assert_eq!(hub.stats().channels, 3);
+    }
+
+    #[test]
+    fn the_msg_id_table_is_bounded_for_the_whole_hub() {
+        let hub = Hub::with_limits(HubLimits {
+            max_msg_ids: 5,
+            ..HubLimits::default()
+        });
+        hub.create(&ch("a"));
+        hub.create(&ch("b"));
+        hub.create_with(
+            &ch("small"),
+            ChannelSettings {
+                dedupe_max_ids: 1,
+                ..settings(0)
+            },
+        )
+        .unwrap();
+        let p = Payload::text("x");
+        let with = |id| PublishOptions {
+            msg_id: Some(id),
+            publisher: None,
+        };
+        for id in ["a1", "a2", "a3"] {
+            hub.publish_with(&ch("a"), &p, with(id)).unwrap();
+        }
+        hub.publish_with(&ch("b"), &p, with("b1")).unwrap();
+        hub.publish_with(&ch("small"), &p, with("s1")).unwrap();
+        assert_eq!(hub.stats().msg_ids, 5);
+        // Full: a new id is refused and publishes nothing.
+        assert_eq!(
+            hub.publish_with(&ch("a"), &p, with("a4")),
+            Err(HubError::TooManyMsgIds { max: 5 })
+        );
+        assert_eq!(hub.last_offset(&ch("a")), Ok(Offset(3)));
+        // Repeats are still recognised, and publishes without an id go through.
+        assert!(
+            hub.publish_with(&ch("a"), &p, with("a2"))
+                .unwrap()
+                .duplicate
+        );
+        assert_eq!(hub.publish(&ch("a"), &p), Ok(Offset(4)));
+        // A channel at its own count forgets its own oldest id, as documented: no growth.
+        hub.publish_with(&ch("small"), &p, with("s2")).unwrap();
+        assert_eq!(hub.stats().msg_ids, 5);
+        // Deleting a channel gives its ids back.
+        hub.delete(&ch("a")).unwrap();
+        assert_eq!(hub.stats().msg_ids, 2);
+        hub.publish_with(&ch("b"), &p, with("b2")).unwrap();
+        assert_eq!(hub.stats().msg_ids, 3);
+    }
+
+    #[test]
+    fn reply_routes_are_bounded_for_the_whole_hub() {
+        let hub = Hub::with_limits(HubLimits {
+            max_reply_routes: 4,
+            ..HubLimits::default()
+        });
+        let rpc = |window| ChannelSettings {
+            replies: true,
+            reply_window: window,
+            ..settings(0)
+        };
+        hub.create_with(&ch("a"), rpc(3)).unwrap();
+        hub.create_with(&ch("b"), rpc(10)).unwrap();
+        let publisher = outbox(100);
+        let pc = hub.next_conn_id();
+        let by = PublishOptions {
+            msg_id: None,
+            publisher: Some((pc, &publisher)),
+        };
+        let p = Payload::text("q");
+        for _ in 0..5 {
+            hub.publish_with(&ch("a"), &p, by).unwrap();
+        }
+        // `a` keeps its window of 3 (offsets 3..=5).
+        assert_eq!(hub.stats().reply_routes, 3);
+        hub.publish_with(&ch("b"), &p, by).unwrap();
+        assert_eq!(hub.stats().reply_routes, 4);
+        // The hub is full: `b` gives up its own oldest route for each new one.
+        for _ in 0..3 {
+            hub.publish_with(&ch("b"), &p, by).unwrap();
+        }
+        assert_eq!(hub.stats().reply_routes, 4);
+        let body = Payload::text("a");
+        assert!(matches!(
+            hub.reply(&ch("b"), Offset(3), ConnId(9), &body),
+            Err(ReplyError::NoSuchMessage { .. })
+        ));
+        hub.reply(&ch("b"), Offset(4), ConnId(9), &body).unwrap();
+        hub.reply(&ch("a"), Offset(5), ConnId(9), &body).unwrap();
+        hub.reply(&ch("a"), Offset(3), ConnId(9), &body).unwrap();
+        // A channel with no route to give up keeps none, and stays consistent.
+        hub.create_with(&ch("c"), rpc(10)).unwrap();
+        hub.publish_with(&ch("c"), &p, by).unwrap();
+        assert!(matches!(
+            hub.reply(&ch("c"), Offset(1), ConnId(9), &body),
+            Err(ReplyError::NoSuchMessage { .. })
+        ));
+        hub.delete(&ch("a")).unwrap();
+        assert_eq!(hub.stats().reply_routes, 1);
+        hub.publish_with(&ch("c"), &p, by).unwrap();
+        hub.reply(&ch("c"), Offset(2), ConnId(9), &body).unwrap();
+        assert!(matches!(
+            hub.reply(&ch("c"), Offset(1), ConnId(9), &body),
+            Err(ReplyError::NoSuchMessage { .. })
+        ));
+    }
+
+    #[test]
+    fn subscriptions_are_bounded_for_the_whole_hub() {
+        let hub = Hub::with_limits(HubLimits {
+            max_subscriptions: 3,
+            ..HubLimits::default()
+        });
+        hub.create(&ch("a"));
+        hub.create(&ch("b"));
+        let ob = outbox(10);
+        let (c1, c2) = (hub.next_conn_id(), hub.next_conn_id());
+        for (c, conn) in [("a", c1), ("b", c1), ("a", c2)] {
+            hub.subscribe(&ch(c), conn, Dialect::V1, &ob, Start::New)
+                .unwrap();
+        }
+        assert_eq!(
+            hub.subscribe(&ch("b"), c2, Dialect::V1, &ob, Start::New),
+            Err(HubError::TooManySubscriptions { max: 3 })
+        );
+        // Subscribing again is not a new subscription.
+        assert!(
+            hub.subscribe(&ch("a"), c2, Dialect::V1, &ob, Start::New)
+                .unwrap()
+                .already
+        );
+        assert!(hub.unsubscribe(&ch("a"), c1));
+        hub.subscribe(&ch("b"), c2, Dialect::V1, &ob, Start::New)
+            .unwrap();
+        hub.delete(&ch("b")).unwrap();
+        assert_eq!(hub.stats().subscriptions, 1);
+    }
+
+    #[test]
+    fn expired_msg_ids_leave_the_hub_count() {
+        let hub = Hub::new();
+        hub.create_with(
+            &ch("c"),
+            ChannelSettings {
+                dedupe_window: Duration::from_millis(30),
+                ..settings(0)
+            },
+        )
+        .unwrap();
+        let opts = PublishOptions {
+            msg_id: Some("k"),
+            publisher: None,
+        };
+        hub.publish_with(&ch("c"), &Payload::text("x"), opts)
+            .unwrap();
+        assert_eq!(hub.stats().msg_ids, 1);
+        std::thread::sleep(Duration::from_millis(50));
+        hub.sweep();
+        assert_eq!(hub.stats().msg_ids, 0);
+    }
+
+    #[test]
+    fn the_sweep_gives_back_the_capacity_of_emptied_tables() {
+        let hub = Hub::new();
+        hub.create_with(
+            &ch("c"),
+            ChannelSettings {
+                dedupe_window: Duration::from_millis(30),
+                backlog_age: Duration::from_millis(30),
+                ..settings(1000)
+            },
+        )
+        .unwrap();
+        for i in 0..1000 {
+            let opts = PublishOptions {
+                msg_id: Some(&i.to_string()),
+                publisher: None,
+            };
+            hub.publish_with(&ch("c"), &Payload::text("x"), opts)
+                .unwrap();
+        }
+        let c = hub.channel(&ch("c")).unwrap();
+        assert!(c.lock().dedupe.ids.capacity() >= 1000);
+        assert!(c.lock().backlog.capacity() >= 1000);
+        std::thread::sleep(Duration::from_millis(50));
+        hub.sweep();
+        let st = c.lock();
+        assert_eq!((st.dedupe.ids.len(), st.backlog.len()), (0, 0));
+        assert!(
+            st.dedupe.ids.capacity() < 64,
+            "{}",
+            st.dedupe.ids.capacity()
+        );
+        assert!(st.dedupe.order.capacity() < 64);
+        assert!(st.backlog.capacity() < 64);
+    }
+
+    #[test]
+    fn history_replies_are_bounded_in_bytes_and_page_through_anything() {
+        let hub = Hub::new();
+        hub.create_with(&ch("c"), settings(100)).unwrap();
+        let data = Payload::text(&"x".repeat(100)); // 102 bytes of JSON
+        for _ in 0..10 {
+            hub.publish(&ch("c"), &data).unwrap();
+        }
+        let entry = 102 + HISTORY_ENTRY_BYTES;
+        let h = hub
+            .history(&ch("c"), Start::Oldest, 1000, 3 * entry)
+            .unwrap();
+        assert_eq!(h.messages.len(), 3);
+        assert!(h.more);
+        let h = hub
+            .history(&ch("c"), Start::Oldest, 1000, 3 * entry - 1)
+            .unwrap();
+        assert_eq!(h.messages.len(), 2);
+        // Even a budget smaller than one message returns one, so a reader can page on.
+        let mut next = Start::Oldest;
+        let epoch = hub.epoch(&ch("c")).unwrap();
+        let mut read = Vec::new();
+        for _ in 0..20 {
+            let h = hub.history(&ch("c"), next, 1000, 1).unwrap();
+            assert_eq!(h.messages.len(), 1);
+            let last = h.messages[0].0;
+            read.push(last.0);
+            if !h.more {
+                break;
+            }
+            next = Start::After {
+                epoch,
+                offset: last,
+            };
+        }
+        assert_eq!(read, (1..=10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn channel_lists_are_bounded_in_bytes() {
+        let hub = Hub::new();
+        for i in 0..50 {
+            hub.create(&ch(&format!("c{i:02}")));
+        }
+        let (page, more) = hub.list(None, None, 1000, 10 * (3 + CHANNEL_INFO_BYTES));
+        assert_eq!(page.len(), 10);
+        assert!(more);
+        assert_eq!(page[9].channel, ch("c09"));
+        let (page, more) = hub.list(None, Some(&ch("c45")), 1000, 0);
+        assert_eq!(page.len(), 1, "at least one");
+        assert_eq!(page[0].channel, ch("c46"));
+        assert!(more);
+        let (page, more) = hub.list(None, Some(&ch("c45")), 4, usize::MAX);
+        assert_eq!(page.len(), 4);
+        assert!(!more);
+        let (page, more) = hub.list(None, Some(&ch("c45")), 3, usize::MAX);
+        assert_eq!(page.len(), 3);
+        assert!(more);
+    }
+
+    #[test]
     fn resume_past_the_window_or_across_epochs_says_what_was_lost() {
         let hub = Hub::new();
-        hub.create_with(&ch("c"), settings(5));
+        hub.create_with(&ch("c"), settings(5)).unwrap();
         publish_n(&hub, "c", 20);
         let epoch = hub.epoch(&ch("c")).unwrap();
         let conn = hub.next_conn_id();
@@ -1313,7 +1844,7 @@ mod tests {
     #[test]
     fn last_n_and_oldest() {
         let hub = Hub::new();
-        hub.create_with(&ch("c"), settings(10));
+        hub.create_with(&ch("c"), settings(10)).unwrap();
         publish_n(&hub, "c", 25);
         let ob = outbox(1000);
         let conn = hub.next_conn_id();
@@ -1329,14 +1860,14 @@ mod tests {
             .unwrap();
         assert_eq!(s.subscription.from, Offset(16));
         hub.unsubscribe(&ch("c"), conn);
-        let h = hub.history(&ch("c"), Start::Oldest, 4).unwrap();
+        let h = hub.history(&ch("c"), Start::Oldest, 4, usize::MAX).unwrap();
         assert_eq!(
             h.messages.iter().map(|m| m.0.0).collect::<Vec<_>>(),
             [16, 17, 18, 19]
         );
         assert!(h.more);
         assert_eq!(&h.messages[0].1.json()[..], b"\"15\"");
-        let h = hub.history(&ch("c"), Start::New, 4).unwrap();
+        let h = hub.history(&ch("c"), Start::New, 4, usize::MAX).unwrap();
         assert!(h.messages.is_empty() && !h.more);
         assert_eq!(h.subscription.from, Offset(26));
     }
@@ -1346,9 +1877,10 @@ mod tests {
         let limit = 20_000;
         let hub = Hub::with_limits(HubLimits {
             backlog_memory_bytes: limit,
+            ..HubLimits::default()
         });
         for c in ["a", "b", "c"] {
-            hub.create_with(&ch(c), settings(100_000));
+            hub.create_with(&ch(c), settings(100_000)).unwrap();
         }
         let data = Payload::text(&"x".repeat(200));
         for _ in 0..2000 {
@@ -1357,12 +1889,14 @@ mod tests {
                 assert!(hub.stats().backlog_bytes <= limit);
             }
         }
-        let h = hub.history(&ch("c"), Start::Oldest, 1000).unwrap();
+        let h = hub
+            .history(&ch("c"), Start::Oldest, 1000, usize::MAX)
+            .unwrap();
         assert!(!h.messages.is_empty());
         let last = h.messages.last().unwrap().0;
         assert_eq!(last, Offset(2000), "the newest message is kept");
         let total: usize = hub
-            .list(None, None, 10)
+            .list(None, None, 10, usize::MAX)
             .0
             .iter()
             .map(|i| i.backlog_bytes)
@@ -1383,12 +1917,15 @@ mod tests {
                 backlog_age: Duration::from_millis(50),
                 ..settings(10)
             },
-        );
+        )
+        .unwrap();
         publish_n(&hub, "c", 3);
         std::thread::sleep(Duration::from_millis(80));
         hub.sweep();
         assert_eq!(hub.stats().backlog_bytes, 0);
-        let h = hub.history(&ch("c"), Start::Oldest, 10).unwrap();
+        let h = hub
+            .history(&ch("c"), Start::Oldest, 10, usize::MAX)
+            .unwrap();
         assert!(h.messages.is_empty());
         assert_eq!(h.subscription.from, Offset(4));
     }
@@ -1402,7 +1939,8 @@ mod tests {
                 slow_policy: SlowPolicy::DropOldest,
                 ..settings(100)
             },
-        );
+        )
+        .unwrap();
         let (slow, fast) = (outbox(4), outbox(1000));
         hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &slow, Start::New)
             .unwrap();
@@ -1426,7 +1964,8 @@ mod tests {
                 slow_policy: SlowPolicy::Latest,
                 ..settings(0)
             },
-        );
+        )
+        .unwrap();
         let slow = outbox(2);
         hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &slow, Start::New)
             .unwrap();
@@ -1465,7 +2004,8 @@ mod tests {
                 replies: true,
                 ..settings(10)
             },
-        );
+        )
+        .unwrap();
         hub.create(&ch("plain"));
         let (publisher, other) = (outbox(100), outbox(100));
         let (pc, oc) = (hub.next_conn_id(), hub.next_conn_id());
@@ -1515,7 +2055,8 @@ mod tests {
                 replies: true,
                 ..settings(10)
             },
-        );
+        )
+        .unwrap();
         let publisher = outbox(2);
         let pc = hub.next_conn_id();
         let by = PublishOptions {
@@ -1575,7 +2116,7 @@ mod tests {
             hub.create(&ch(c));
         }
         publish_n(&hub, "a.2", 3);
-        let (all, more) = hub.list(None, None, 10);
+        let (all, more) = hub.list(None, None, 10, usize::MAX);
         assert!(!more);
         assert_eq!(
             all.iter().map(|i| i.channel.as_str()).collect::<Vec<_>>(),
@@ -1584,10 +2125,10 @@ mod tests {
         assert_eq!(all[1].offset, Offset(3));
         assert_eq!(all[1].backlog_messages, 3);
         assert_eq!(all[1].first_offset, Offset(1));
-        let (page, more) = hub.list(Some("a."), None, 1);
+        let (page, more) = hub.list(Some("a."), None, 1, usize::MAX);
         assert!(more);
         assert_eq!(page[0].channel, ch("a.1"));
-        let (page, more) = hub.list(Some("a."), Some(&ch("a.1")), 1);
+        let (page, more) = hub.list(Some("a."), Some(&ch("a.1")), 1, usize::MAX);
         assert!(!more);
         assert_eq!(page[0].channel, ch("a.2"));
     }
@@ -1601,7 +2142,8 @@ mod tests {
                 max_subscribers: Some(1),
                 ..ChannelSettings::default()
             },
-        );
+        )
+        .unwrap();
         let ob = outbox(10);
         hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &ob, Start::New)
             .unwrap();
@@ -1614,7 +2156,7 @@ mod tests {
     #[test]
     fn legacy_subscribers_get_the_configured_replay() {
         let hub = Hub::new();
-        hub.create_with(&ch("c"), settings(10));
+        hub.create_with(&ch("c"), settings(10)).unwrap();
         publish_n(&hub, "c", 5);
         let ob = outbox(100);
         let conn = hub.next_conn_id();

@@ -95,9 +95,28 @@ pub struct Outbox {
 
 #[derive(Debug, Default)]
 struct State {
+    /// Live frames (deliveries, events, replies): what the limits and the overflow policies
+    /// measure.
     queue: VecDeque<Bytes>,
     bytes: usize,
+    /// Frames of backlog replays ([`Outbox::push_replay`]): written before `queue`, and never
+    /// counted against a live push, so a replay cannot make a live delivery overflow.
+    replay: VecDeque<Bytes>,
+    replay_bytes: usize,
     closed: Option<CloseReason>,
+}
+
+impl State {
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.replay.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.queue = VecDeque::new();
+        self.bytes = 0;
+        self.replay = VecDeque::new();
+        self.replay_bytes = 0;
+    }
 }
 
 impl Outbox {
@@ -122,17 +141,27 @@ impl Outbox {
                 || st.queue.len() >= self.limits.max_messages)
     }
 
-    /// Room left before the limits: (frames, bytes).
-    pub fn room(&self) -> (usize, usize) {
-        let st = self.lock();
+    /// What replays may fill: half of each limit ([`Outbox::push_replay`]).
+    fn replay_limits(&self) -> (usize, usize) {
         (
-            self.limits.max_messages.saturating_sub(st.queue.len()),
-            self.limits.max_bytes.saturating_sub(st.bytes),
+            (self.limits.max_messages / 2).max(1),
+            self.limits.max_bytes / 2,
+        )
+    }
+
+    /// Room left for replay frames: (frames, bytes). Replays fill at most half of each limit,
+    /// counting every queued frame, live or replayed.
+    pub fn replay_room(&self) -> (usize, usize) {
+        let st = self.lock();
+        let (frames, bytes) = self.replay_limits();
+        (
+            frames.saturating_sub(st.queue.len() + st.replay.len()),
+            bytes.saturating_sub(st.bytes + st.replay_bytes),
         )
     }
 
     fn append(&self, mut st: std::sync::MutexGuard<'_, State>, frame: Bytes) {
-        let was_empty = st.queue.is_empty();
+        let was_empty = st.is_empty();
         st.bytes += frame.len();
         st.queue.push_back(frame);
         drop(st);
@@ -143,8 +172,7 @@ impl Outbox {
 
     fn overflow(&self, mut st: std::sync::MutexGuard<'_, State>) -> PushError {
         st.closed = Some(CloseReason::SlowConsumer);
-        st.queue = VecDeque::new();
-        st.bytes = 0;
+        st.clear();
         drop(st);
         self.ready.notify_one();
         self.closed.notify_waiters();
@@ -177,6 +205,39 @@ impl Outbox {
             return Err(PushError::Full);
         }
         self.append(st, frame);
+        Ok(())
+    }
+
+    /// Queues `frame` of a backlog replay, unless replays already fill half of the limits
+    /// ([`PushError::Full`], nothing changes; a frame always fits when no replay frame is queued).
+    ///
+    /// Replay frames are kept apart: they are written before the live frames queued beside them
+    /// (a subscription turns live only once its replay is queued whole, so each channel's order
+    /// holds; callers start each replay step on an emptied outbox, as the session does, so no
+    /// frame of an earlier subscription to the same channel waits behind them), and a live push
+    /// is measured against the live frames alone. A replay therefore
+    /// never makes a live delivery overflow, so it never costs a client that reads its
+    /// connection; while one is under way the outbox may hold up to one and a half times its
+    /// limits.
+    pub fn push_replay(&self, frame: Bytes) -> Result<(), PushError> {
+        let mut st = self.lock();
+        if st.closed.is_some() {
+            return Err(PushError::Closed);
+        }
+        let (max_frames, max_bytes) = self.replay_limits();
+        if !st.replay.is_empty()
+            && (st.bytes + st.replay_bytes + frame.len() > max_bytes
+                || st.queue.len() + st.replay.len() >= max_frames)
+        {
+            return Err(PushError::Full);
+        }
+        let was_empty = st.is_empty();
+        st.replay_bytes += frame.len();
+        st.replay.push_back(frame);
+        drop(st);
+        if was_empty {
+            self.ready.notify_one();
+        }
         Ok(())
     }
 
@@ -221,7 +282,7 @@ impl Outbox {
         });
         st.bytes -= freed;
         if policy == SlowPolicy::Latest {
-            let was_empty = st.queue.is_empty();
+            let was_empty = st.is_empty();
             st.bytes += message.len();
             st.queue.push_back(message);
             drop(st);
@@ -256,11 +317,16 @@ impl Outbox {
         Ok(())
     }
 
-    /// Moves every queued frame into `out` (which should be empty; its allocation is reused) and
-    /// returns why the outbox is closed, if it is.
+    /// Moves every queued frame into `out` (which should be empty; its allocation is reused),
+    /// replayed frames first, and returns why the outbox is closed, if it is.
     pub fn take(&self, out: &mut VecDeque<Bytes>) -> Option<CloseReason> {
         let mut st = self.lock();
-        if !st.queue.is_empty() {
+        if !st.replay.is_empty() {
+            std::mem::swap(&mut st.replay, out);
+            st.replay_bytes = 0;
+            out.extend(st.queue.drain(..));
+            st.bytes = 0;
+        } else if !st.queue.is_empty() {
             std::mem::swap(&mut st.queue, out);
             st.bytes = 0;
         }
@@ -273,8 +339,7 @@ impl Outbox {
         if st.closed.is_none() {
             st.closed = Some(CloseReason::Closed);
         }
-        st.queue = VecDeque::new();
-        st.bytes = 0;
+        st.clear();
         drop(st);
         self.ready.notify_one();
         self.closed.notify_waiters();
@@ -284,9 +349,10 @@ impl Outbox {
         self.lock().closed.is_some()
     }
 
-    /// Bytes currently queued.
+    /// Bytes currently queued (live and replayed).
     pub fn queued_bytes(&self) -> usize {
-        self.lock().bytes
+        let st = self.lock();
+        st.bytes + st.replay_bytes
     }
 
     /// Resolves once the outbox is closed (overflowed or closed). Does not consume the wake-up
@@ -302,9 +368,10 @@ impl Outbox {
         }
     }
 
-    /// Frames currently queued.
+    /// Frames currently queued (live and replayed).
     pub fn queued_frames(&self) -> usize {
-        self.lock().queue.len()
+        let st = self.lock();
+        st.queue.len() + st.replay.len()
     }
 
     /// Resolves when frames were queued or the outbox closed since the last `take`. Cancel-safe.

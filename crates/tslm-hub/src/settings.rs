@@ -68,6 +68,17 @@ pub mod defaults {
     pub const LEGACY_REPLAY: usize = 0;
     /// Total memory of all backlogs together.
     pub const BACKLOG_MEMORY_BYTES: usize = 256 * 1024 * 1024;
+    /// Channels at once (about 700 bytes each when idle: 70 MB).
+    pub const MAX_CHANNELS: usize = 100_000;
+    /// `msg_id`s remembered by all channels together (about 250 bytes each: 60 MB); room for
+    /// 2,000 publishes with a `msg_id` per second over the default 120-second window.
+    pub const MAX_MSG_IDS: usize = 250_000;
+    /// Reply routes kept by all channels together (24 bytes each: 24 MB); the default
+    /// `reply_window` of 1024 on about 1,000 busy reply channels.
+    pub const MAX_REPLY_ROUTES: usize = 1_000_000;
+    /// Subscriptions of all connections together (about 50 bytes each with the connection's own
+    /// record of it: 100 MB); 20 per connection for 100,000 connections.
+    pub const MAX_SUBSCRIPTIONS: usize = 2_000_000;
 }
 
 impl Default for ChannelSettings {

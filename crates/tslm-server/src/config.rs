@@ -85,6 +85,15 @@ pub struct Config {
     /// Connections being refused (429, 503) at once, all listeners together; over it, new
     /// connections are closed at once. Lowered at startup to fit the descriptor limit.
     pub max_pending_connections: usize,
+    /// Channels the gateway holds at once (creates beyond are refused with `limit_exceeded`).
+    pub max_channels: usize,
+    /// `msg_id`s remembered by all channels together (publishes with a new one beyond are
+    /// refused with `limit_exceeded`).
+    pub max_msg_ids: usize,
+    /// Reply routes kept by all channels together (beyond, channels give up their oldest).
+    pub max_reply_routes: usize,
+    /// Subscriptions of all connections together (subscribes beyond are refused).
+    pub max_subscriptions: usize,
     /// The channel classes (`[channel.PATTERN]` tables), resolved.
     pub channels: Arc<ChannelClasses>,
     /// Whitelisted publishers (`[publisher.NAME]`).
@@ -178,6 +187,10 @@ struct RawServer {
     shutdown_grace_seconds: Option<u64>,
     backlog_memory_bytes: Option<u64>,
     max_pending_connections: Option<u64>,
+    max_channels: Option<u64>,
+    max_msg_ids: Option<u64>,
+    max_reply_routes: Option<u64>,
+    max_subscriptions: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -405,6 +418,36 @@ impl RawConfig {
                 "table [server], key `max_pending_connections`: {max_pending} is out of range 1..=1000000"
             ));
         }
+        let server_limit = |key: &str, value: Option<u64>, default: usize| {
+            let v = value.unwrap_or(default as u64);
+            if (1..=1_000_000_000).contains(&v) {
+                Ok(usize_of(v))
+            } else {
+                Err(format!(
+                    "table [server], key `{key}`: {v} is out of range 1..=1000000000"
+                ))
+            }
+        };
+        let max_channels = server_limit(
+            "max_channels",
+            self.server.max_channels,
+            tslm_hub::settings::defaults::MAX_CHANNELS,
+        )?;
+        let max_msg_ids = server_limit(
+            "max_msg_ids",
+            self.server.max_msg_ids,
+            tslm_hub::settings::defaults::MAX_MSG_IDS,
+        )?;
+        let max_reply_routes = server_limit(
+            "max_reply_routes",
+            self.server.max_reply_routes,
+            tslm_hub::settings::defaults::MAX_REPLY_ROUTES,
+        )?;
+        let max_subscriptions = server_limit(
+            "max_subscriptions",
+            self.server.max_subscriptions,
+            tslm_hub::settings::defaults::MAX_SUBSCRIPTIONS,
+        )?;
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         for (name, raw) in self.listener {
             let l = raw.validate(&name)?;
@@ -457,6 +500,10 @@ impl RawConfig {
             shutdown_grace: Duration::from_secs(grace),
             backlog_memory_bytes: usize_of(backlog_memory),
             max_pending_connections: usize_of(max_pending),
+            max_channels,
+            max_msg_ids,
+            max_reply_routes,
+            max_subscriptions,
             channels: Arc::new(channels),
             publishers: Arc::new(publishers),
             issuers: Arc::new(issuers),
@@ -970,6 +1017,35 @@ default_endpoint_permissions = ['CreateChannel', 'NotifyChannel']
         assert!(err("").contains("no listener"));
         let e = err("[listener.p]\nip='127.0.0.1'\nport=1\nauth_tokens=['']\n");
         assert!(e.contains("key `auth_tokens`"), "{e}");
+    }
+
+    #[test]
+    fn max_channels_and_msg_ids() {
+        let l = "[listener.p]\nip='127.0.0.1'\nport=1\n";
+        let c = Config::from_toml_str(l, "t").unwrap();
+        assert_eq!((c.max_channels, c.max_msg_ids), (100_000, 250_000));
+        assert_eq!(
+            (c.max_reply_routes, c.max_subscriptions),
+            (1_000_000, 2_000_000)
+        );
+        let c = Config::from_toml_str(
+            &format!("[server]\nmax_channels = 5\nmax_msg_ids = 7\n{l}"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!((c.max_channels, c.max_msg_ids), (5, 7));
+        for key in [
+            "max_channels",
+            "max_msg_ids",
+            "max_reply_routes",
+            "max_subscriptions",
+        ] {
+            let e = err(&format!("[server]\n{key} = 0\n{l}"));
+            assert!(
+                e.contains(&format!("table [server], key `{key}`: 0 is out of range")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

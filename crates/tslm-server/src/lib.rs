@@ -104,6 +104,10 @@ impl Server {
         }
         let hub = Hub::with_limits(HubLimits {
             backlog_memory_bytes: config.backlog_memory_bytes,
+            max_channels: config.max_channels,
+            max_msg_ids: config.max_msg_ids,
+            max_reply_routes: config.max_reply_routes,
+            max_subscriptions: config.max_subscriptions,
         });
         let verifier = (!config.issuers.is_empty())
             .then(|| tslm_oidc::Verifier::new(config.issuers.as_ref().clone()));

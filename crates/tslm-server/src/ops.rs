@@ -41,6 +41,11 @@ pub(crate) fn hub_error(e: HubError) -> ProtoError {
         e @ HubError::Full { .. } => ProtoError::new(ErrorCode::LimitExceeded, e.to_string()),
         e @ HubError::FutureOffset { .. } => ProtoError::bad_request(e.to_string()),
         e @ HubError::TooLarge { .. } => ProtoError::new(ErrorCode::TooLarge, e.to_string()),
+        e @ (HubError::TooManyChannels { .. }
+        | HubError::TooManyMsgIds { .. }
+        | HubError::TooManySubscriptions { .. }) => {
+            ProtoError::new(ErrorCode::LimitExceeded, e.to_string())
+        }
     }
 }
 
@@ -175,7 +180,7 @@ pub(crate) fn create(
     let settings = class
         .settings_with(options)
         .map_err(|m| ProtoError::new(ErrorCode::Forbidden, m))?;
-    let created = ctx.hub.create_with(channel, settings);
+    let created = ctx.hub.create_with(channel, settings).map_err(hub_error)?;
     if created.created {
         tracing::info!(listener = %ctx.cfg.name, channel = %channel, epoch = %created.epoch, via, "channel created");
     }
@@ -226,7 +231,10 @@ pub(crate) fn publish(
                     max,
                 }));
             }
-            let created = ctx.hub.create_with(channel, class.settings.clone());
+            let created = ctx
+                .hub
+                .create_with(channel, class.settings.clone())
+                .map_err(hub_error)?;
             if created.created {
                 tracing::info!(listener = %ctx.cfg.name, channel = %channel, epoch = %created.epoch, via = "publish", "channel created");
             }
@@ -239,6 +247,13 @@ pub(crate) fn publish(
 /// The most messages one history read returns.
 pub(crate) const MAX_HISTORY: usize = 1000;
 
+/// Bytes of messages (or channel descriptions) one history or channel-list reply may carry: the
+/// connection's outbound bound, so that a reply is bounded like a delivery (at least one entry
+/// always fits; `more` says what was left out). The same bound holds over HTTP.
+fn reply_budget(ctx: &ListenerCtx) -> usize {
+    ctx.cfg.outbox.max_bytes
+}
+
 pub(crate) fn history(
     ctx: &ListenerCtx,
     who: &Identity,
@@ -249,7 +264,12 @@ pub(crate) fn history(
 ) -> Result<tslm_hub::History, ProtoError> {
     admit(ctx, who, "history", channel, access)?;
     ctx.hub
-        .history(channel, start, limit.clamp(1, MAX_HISTORY))
+        .history(
+            channel,
+            start,
+            limit.clamp(1, MAX_HISTORY),
+            reply_budget(ctx),
+        )
         .map_err(hub_error)
 }
 
@@ -277,14 +297,15 @@ pub(crate) fn channels(
     }
     publisher_may(ctx, who, "list channels", None, Access::Operate)?;
     let limit = limit.clamp(1, MAX_HISTORY);
+    let budget = reply_budget(ctx);
     Ok(match who {
         // A publisher sees only the channels its patterns cover.
         Identity::Publisher(i) => {
             let p = &ctx.publishers[*i];
             ctx.hub
-                .list_where(prefix, after, limit, |c| p.may_use(c.as_str()))
+                .list_where(prefix, after, limit, budget, |c| p.may_use(c.as_str()))
         }
-        _ => ctx.hub.list(prefix, after, limit),
+        _ => ctx.hub.list(prefix, after, limit, budget),
     })
 }
 

@@ -17,7 +17,9 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tracing::Instrument;
 use tslm_hub::{CatchUp, CloseReason, ConnId, Outbox};
-use tslm_protocol::{ChannelName, Dialect, ErrorCode, ProtoError, Start, close, legacy, v1};
+use tslm_protocol::{
+    ChannelName, Dialect, ErrorCode, ProtoError, Start, WsFrame, close, legacy, v1,
+};
 
 use crate::config::ListenerConfig;
 use crate::identity::{self, Identity, SubscriberGrant};
@@ -239,7 +241,7 @@ impl Session {
                     if pong_deadline.is_none() {
                         pong_deadline = Some(Instant::now() + self.ctx.cfg.pong_timeout);
                     }
-                    self.write_out(ws, Some(Message::Ping(Bytes::new()))).await
+                    self.write_out(ws, Some(Message::Ping(Bytes::new()).into())).await
                 }
                 // One timer for both deadlines: every timer in this loop is part of every idle
                 // session's memory.
@@ -267,7 +269,7 @@ impl Session {
     fn pump_replays(&mut self) {
         let mut i = 0;
         while i < self.catching.len() {
-            let (frames, bytes) = self.outbox.room();
+            let (frames, bytes) = self.outbox.replay_room();
             if frames == 0 {
                 return;
             }
@@ -290,7 +292,7 @@ impl Session {
 
     async fn on_message(&mut self, ws: &mut Ws, msg: Message) -> Result<(), End> {
         if self.ctx.cfg.echo && matches!(msg, Message::Text(_) | Message::Binary(_)) {
-            return self.write_out(ws, Some(msg)).await;
+            return self.write_out(ws, Some(msg.into())).await;
         }
         let reply = match msg {
             Message::Text(text) => match self.on_text(Bytes::from(text)) {
@@ -327,8 +329,18 @@ impl Session {
             }
             Message::Close(_) | Message::Frame(_) => return Ok(()),
         };
-        self.write_out(ws, Some(Message::Text(Utf8Bytes::from(reply))))
-            .await?;
+        // A large reply (a history page, a channel list: at most the outbound bound) goes out as
+        // one frame of ours, like deliveries: tungstenite would copy it into its write buffer and
+        // keep that buffer's capacity for the life of the connection.
+        let ctx = Arc::clone(&self.ctx);
+        let _pending = ctx.stats.pending_reply(reply.len());
+        let reply = if reply.len() > self.ctx.cfg.write_buffer_bytes {
+            Outgoing::Frame(WsFrame::text(reply.as_bytes()).bytes().clone())
+        } else {
+            Outgoing::Message(Message::Text(Utf8Bytes::from(reply)))
+        };
+        // The session reads nothing while a reply is being written: one reply in flight at most.
+        self.write_out(ws, Some(reply)).await?;
         if let Some(reason) = self.abusive {
             // Rejections must not cost more output than the abuse: after its budget of
             // refused commands in one second, the connection is closed.
@@ -676,7 +688,12 @@ impl Session {
     fn run_legacy(&mut self, req: legacy::Request) -> Result<String, legacy::Error> {
         let command = req.command();
         let denied = |e: ProtoError| {
-            if matches!(e.code, ErrorCode::Forbidden | ErrorCode::Unauthorized) {
+            // The original protocol has no word for a limit: a create over `max_channels` is
+            // refused like one the listener does not allow.
+            if matches!(
+                e.code,
+                ErrorCode::Forbidden | ErrorCode::Unauthorized | ErrorCode::LimitExceeded
+            ) {
                 legacy::Error::PermissionDenied(command)
             } else {
                 legacy::Error::ChannelNotFound(req.channel().clone())
@@ -760,14 +777,22 @@ impl Session {
     /// deliveries go first so that, as in the original, a publisher subscribed to its own channel
     /// sees the message before the publish's reply. Gives up when the outbox overflows meanwhile
     /// (the peer stopped reading) or the server shuts down.
-    async fn write_out(&mut self, ws: &mut Ws, extra: Option<Message>) -> Result<(), End> {
+    async fn write_out(&mut self, ws: &mut Ws, extra: Option<Outgoing>) -> Result<(), End> {
         let outbox = Arc::clone(&self.outbox);
         let batch = &mut self.batch;
         let io = async {
-            let mut extra = extra;
+            let (mut extra, mut extra_frame) = match extra {
+                Some(Outgoing::Message(m)) => (Some(m), None),
+                Some(Outgoing::Frame(f)) => (None, Some(f)),
+                None => (None, None),
+            };
             for _ in 0..MAX_BATCHES_PER_WAKE {
                 if outbox.take(batch) == Some(CloseReason::SlowConsumer) {
                     return Err(End::Close(close::SLOW_CONSUMER, "slow consumer"));
+                }
+                // After the deliveries taken with it, as a reply sent through tungstenite.
+                if let Some(f) = extra_frame.take() {
+                    batch.push_back(f);
                 }
                 if batch.is_empty() && extra.is_none() {
                     break;
@@ -809,6 +834,20 @@ impl Session {
             }
             _ = self.ctx.shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "going away")),
         }
+    }
+}
+
+/// What [`Session::write_out`] writes after the queued deliveries.
+enum Outgoing {
+    /// Through tungstenite (pings, small replies, echoes).
+    Message(Message),
+    /// A complete text frame of ours, written as it is (large replies).
+    Frame(Bytes),
+}
+
+impl From<Message> for Outgoing {
+    fn from(m: Message) -> Self {
+        Outgoing::Message(m)
     }
 }
 

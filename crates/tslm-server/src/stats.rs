@@ -12,6 +12,7 @@ pub(crate) struct Stats {
     ip_refusals: AtomicUsize,
     policy_closes: AtomicUsize,
     overload_closes: AtomicUsize,
+    pending_reply_bytes: AtomicUsize,
 }
 
 /// A snapshot of the live counters.
@@ -37,6 +38,9 @@ pub struct ServerStats {
     /// Connections closed at once, unanswered, because `[server] max_pending_connections`
     /// refusals were already in progress (since start).
     pub overload_closes: usize,
+    /// Bytes of replies built and not yet handed whole to their sockets (each session has at
+    /// most one, bounded by its listener's `outbound_queue_bytes` plus one message).
+    pub pending_reply_bytes: usize,
 }
 
 impl Stats {
@@ -51,6 +55,7 @@ impl Stats {
             ip_refusals: self.ip_refusals.load(Ordering::Relaxed),
             policy_closes: self.policy_closes.load(Ordering::Relaxed),
             overload_closes: self.overload_closes.load(Ordering::Relaxed),
+            pending_reply_bytes: self.pending_reply_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -77,6 +82,12 @@ impl Stats {
     pub(crate) fn count_over_capacity(&self) {
         self.over_capacity_rejections
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` of a reply being written until the guard drops.
+    pub(crate) fn pending_reply(&self, bytes: usize) -> PendingReply<'_> {
+        self.pending_reply_bytes.fetch_add(bytes, Ordering::Relaxed);
+        PendingReply { stats: self, bytes }
     }
 
     pub(crate) fn connection(self: &std::sync::Arc<Self>) -> Gauge {
@@ -122,5 +133,19 @@ impl Drop for Gauge {
         self.stats
             .counter(self.kind)
             .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A reply being written, counted in [`ServerStats::pending_reply_bytes`].
+pub(crate) struct PendingReply<'a> {
+    stats: &'a Stats,
+    bytes: usize,
+}
+
+impl Drop for PendingReply<'_> {
+    fn drop(&mut self) {
+        self.stats
+            .pending_reply_bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
