@@ -82,6 +82,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Bytes all channel backlogs may hold together.
     pub backlog_memory_bytes: usize,
+    /// Signed HTTP requests remembered at once against replays, whole process; each publisher
+    /// with keys has an equal share.
+    pub max_remembered_signatures: usize,
     /// The channel classes (`[channel.PATTERN]` tables), resolved.
     pub channels: Arc<ChannelClasses>,
     /// Whitelisted publishers (`[publisher.NAME]`).
@@ -103,6 +106,9 @@ pub struct AbuseLimits {
     pub max_rejected_commands_per_second: u32,
     /// Ping and pong frames a client may send per second before it is closed (1008).
     pub max_control_frames_per_second: u32,
+    /// Failed authentications per minute from one source address (burst of the same size);
+    /// over it, the address's HTTP requests are answered 429 until the budget refills.
+    pub failed_auths_per_ip_per_minute: NonZeroU32,
 }
 
 /// One validated listener.
@@ -170,6 +176,7 @@ struct RawConfig {
 struct RawServer {
     shutdown_grace_seconds: Option<u64>,
     backlog_memory_bytes: Option<u64>,
+    max_remembered_signatures: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,6 +205,7 @@ struct RawListener {
     max_subscriptions_per_connection: Option<u64>,
     max_rejected_commands_per_second: Option<u64>,
     max_control_frames_per_second: Option<u64>,
+    failed_auths_per_ip_per_minute: Option<u64>,
     publisher_auth: Option<bool>,
     subscriber_auth: Option<bool>,
     auth_timeout_seconds: Option<u64>,
@@ -210,6 +218,8 @@ struct RawListener {
 /// Defaults, documented in docs/configuration.md.
 pub mod defaults {
     pub const SHUTDOWN_GRACE_SECONDS: u64 = 10;
+    /// Signed HTTP requests remembered at once (each for up to 60 s), the whole process.
+    pub const MAX_REMEMBERED_SIGNATURES: u64 = 100_000;
     pub const MAX_MESSAGE_SIZE: u64 = 64 * 1024;
     pub const MAX_FRAME_SIZE: u64 = 16 * 1024 * 1024;
     pub const MAX_PUBLISH_BYTES: u64 = 1024 * 1024;
@@ -229,6 +239,7 @@ pub mod defaults {
     pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: u64 = 1000;
     pub const MAX_REJECTED_COMMANDS_PER_SECOND: u64 = 10;
     pub const MAX_CONTROL_FRAMES_PER_SECOND: u64 = 10;
+    pub const FAILED_AUTHS_PER_IP_PER_MINUTE: u64 = 30;
     pub const AUTH_TIMEOUT_SECONDS: u64 = 10;
 }
 
@@ -385,6 +396,15 @@ impl RawConfig {
                     .into(),
             );
         }
+        let signatures = self
+            .server
+            .max_remembered_signatures
+            .unwrap_or(defaults::MAX_REMEMBERED_SIGNATURES);
+        if !(1..=10_000_000).contains(&signatures) {
+            return Err(format!(
+                "table [server], key `max_remembered_signatures`: {signatures} is out of range 1..=10000000"
+            ));
+        }
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         for (name, raw) in self.listener {
             let l = raw.validate(&name)?;
@@ -436,6 +456,7 @@ impl RawConfig {
             listeners,
             shutdown_grace: Duration::from_secs(grace),
             backlog_memory_bytes: usize_of(backlog_memory),
+            max_remembered_signatures: usize_of(signatures),
             channels: Arc::new(channels),
             publishers: Arc::new(publishers),
             issuers: Arc::new(issuers),
@@ -666,6 +687,15 @@ impl RawListener {
                 1,
                 1_000_000,
             )?),
+            failed_auths_per_ip_per_minute: NonZeroU32::new(u32_of(ranged(
+                n,
+                "failed_auths_per_ip_per_minute",
+                self.failed_auths_per_ip_per_minute,
+                defaults::FAILED_AUTHS_PER_IP_PER_MINUTE,
+                1,
+                1_000_000,
+            )?))
+            .unwrap_or(NonZeroU32::MIN),
         };
         Ok(ListenerConfig {
             name: name.to_owned(),

@@ -133,8 +133,9 @@ pub(crate) struct ConnSlot {
     /// `tls::cert_names`), for mapping the connection to a publisher. Empty otherwise.
     pub peer_cert_names: Vec<String>,
     pub bucket: Mutex<Option<TokenBucket>>,
+    /// The address's slot, and the budgets of failed authentications (connection, address).
+    pub ip: IpGuard,
     _permit: OwnedSemaphorePermit,
-    _ip: IpGuard,
     _gauge: Gauge,
 }
 
@@ -235,7 +236,7 @@ async fn serve_connection(
             peer_cert_names,
             bucket: Mutex::new(ctx.cfg.rate_limit_per_second.map(TokenBucket::new)),
             _permit: permit,
-            _ip: ip,
+            ip,
             _gauge: gauge,
         })
     };
