@@ -369,9 +369,14 @@ async fn publish(
         let msg_id = match req.headers().get("idempotency-key") {
             None => None,
             Some(v) => {
-                let v = v.to_str().map_err(|_| {
-                    ProtoError::bad_request("`Idempotency-Key` must be visible ASCII")
-                })?;
+                // Printable ASCII and spaces only (`to_str` would also let tabs through); HTTP
+                // itself strips spaces around a header value.
+                let v = std::str::from_utf8(v.as_bytes())
+                    .ok()
+                    .filter(|v| v.bytes().all(|b| (0x20..=0x7e).contains(&b)))
+                    .ok_or_else(|| {
+                        ProtoError::bad_request("`Idempotency-Key` must be visible ASCII")
+                    })?;
                 if v.is_empty() || v.len() > MAX_MSG_ID_BYTES {
                     return Err(ProtoError::bad_request(format!(
                         "`Idempotency-Key` must be 1 to {MAX_MSG_ID_BYTES} bytes"
