@@ -46,7 +46,11 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-"$VENV/bin/schemathesis" --config-file scripts/contract/schemathesis.toml run docs/openapi.yaml \
+# Run from the scratch folder: Schemathesis keeps a cache of failures in `.schemathesis/` there.
+ROOT=$PWD
+cd "$WORK"
+"$VENV/bin/schemathesis" --config-file "$ROOT/scripts/contract/schemathesis.toml" \
+  run "$ROOT/docs/openapi.yaml" \
   --url "http://127.0.0.1:$PORT" \
   --checks all \
   --max-examples "$EXAMPLES" \
