@@ -63,6 +63,12 @@ const CHANNELS: [&str; 5] = ["open.x", "secure.x", "inner.x", "prices.eu", "orde
 /// A server with every channel of [`CHANNELS`] created, each holding one message.
 async fn server(prices_token: &str) -> TestServer {
     let srv = TestServer::start(&config(prices_token)).await;
+    fill(&srv);
+    srv
+}
+
+/// Creates every channel of [`CHANNELS`] with one message.
+fn fill(srv: &TestServer) {
     for c in CHANNELS {
         let name = c.parse().unwrap();
         assert!(srv.hub.create(&name));
@@ -73,7 +79,6 @@ async fn server(prices_token: &str) -> TestServer {
             )
             .unwrap();
     }
-    srv
 }
 
 async fn history_http(addr: SocketAddr, channel: &str, bearer: Option<&str>) -> (u16, Value) {
@@ -295,4 +300,69 @@ async fn subscribers_need_a_granting_token_and_a_listed_listener() {
     send(&mut old, r#"{"Subscribe": "secure.x"}"#).await;
     let refused = recv_json(&mut old).await;
     assert!(refused.get("Error").is_some(), "{refused}");
+}
+
+/// Listeners that require identities: on a `publisher_auth` listener only publishers read, each
+/// within its patterns; on a `subscriber_auth` listener a publisher's identity counts as
+/// authenticated for its own channels, and a subscriber reads what its token grants.
+#[tokio::test]
+async fn listeners_that_require_identities_apply_the_same_rule() {
+    let prices = token::generate_token();
+    let toml = format!(
+        "{}[listener.pubonly]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['CreateChannel','Subscribe']\npublisher_auth = true\n\
+         [listener.members]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Subscribe']\nsubscriber_auth = true\n",
+        config(&prices)
+    );
+    let srv = TestServer::start(&toml).await;
+    fill(&srv);
+
+    // publisher_auth: nobody but publishers, over WebSocket and HTTP.
+    let mut anon = v1(&srv.url("pubonly")).await;
+    let r = call(&mut anon, r#"{"op":"subscribe","channel":"open.x"}"#).await;
+    assert_eq!(code(&r), "unauthorized", "{r}");
+    let (status, body) = history_http(srv.addr("pubonly"), "open.x", None).await;
+    assert_eq!((status, code(&body)), (401, "unauthorized"), "{body}");
+    let mut publisher = v1(&srv.url("pubonly")).await;
+    let r = call(
+        &mut publisher,
+        &format!(r#"{{"op":"auth","token":"{prices}"}}"#),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let (sub, hist) = read_ws(&mut publisher, "prices.eu").await;
+    assert_eq!(
+        (sub["ok"].clone(), hist["ok"].clone()),
+        (json!(true), json!(true))
+    );
+    let (sub, _) = read_ws(&mut publisher, "open.x").await;
+    assert_eq!(code(&sub), "forbidden", "{sub}");
+    let (status, body) = history_http(srv.addr("pubonly"), "orders.x", Some(&prices)).await;
+    assert_eq!((status, code(&body)), (403, "forbidden"), "{body}");
+
+    // subscriber_auth: every channel needs an identity that covers it.
+    let mut publisher = v1(&srv.url("members")).await;
+    let r = call(
+        &mut publisher,
+        &format!(r#"{{"op":"auth","token":"{prices}"}}"#),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let (sub, _) = read_ws(&mut publisher, "prices.eu").await;
+    assert_eq!(sub["ok"], true, "{sub}");
+    let (sub, _) = read_ws(&mut publisher, "open.x").await;
+    assert_eq!(code(&sub), "forbidden", "{sub}");
+    let mut member = v1(&srv.url("members")).await;
+    let r = call(
+        &mut member,
+        &format!(r#"{{"op":"auth","token":"{}"}}"#, access_token(&["open.*"])),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let (sub, _) = read_ws(&mut member, "open.x").await;
+    assert_eq!(sub["ok"], true, "{sub}");
+    let (sub, _) = read_ws(&mut member, "orders.x").await;
+    assert_eq!(code(&sub), "forbidden", "{sub}");
+    let mut anon = v1(&srv.url("members")).await;
+    let r = call(&mut anon, r#"{"op":"subscribe","channel":"open.x"}"#).await;
+    assert_eq!(code(&r), "unauthorized", "{r}");
 }
