@@ -362,3 +362,39 @@ async fn one_busy_publisher_fills_only_its_share_of_the_process_wide_replay_memo
     let _ = stop.send(());
     done.await.unwrap();
 }
+
+/// Item 9, WebSocket side: refused `auth` credentials spend the same per-address budget, so
+/// reconnecting buys no more guesses: the session whose refusal finds the budget spent is
+/// closed with 1008, and the address's next handshake is answered 429.
+#[tokio::test]
+async fn websocket_guesses_spend_the_address_budget_too() {
+    let srv = TestServer::start(&format!(
+        "{}max_rejected_commands_per_second = 100\nfailed_auths_per_ip_per_minute = 3\n\
+         [publisher.p]\ntoken_hashes = ['{}']\nchannels = ['*']\n",
+        two_listeners(""),
+        token::hash_line(&token::generate_token())
+    ))
+    .await;
+    let mut ws = v1(&srv.url("private")).await;
+    for i in 0..3 {
+        let r = call(&mut ws, &format!(r#"{{"op":"auth","token":"guess-{i}"}}"#)).await;
+        assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    }
+    let r = call(&mut ws, r#"{"op":"auth","token":"guess-3"}"#).await;
+    assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    assert_eq!(
+        recv_close(&mut ws).await,
+        Some((1008, "too many failed authentications".to_owned()))
+    );
+    let (status, _, body) = http_raw(
+        srv.addr("private"),
+        "GET / HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body.contains("too many failed authentications from your address"),
+        "{body}"
+    );
+}
