@@ -127,13 +127,25 @@ pub(crate) fn admit_read<'a>(
     Ok(class)
 }
 
-/// Steps 2 and 3 of [`admit_read`] for a channel listing: whether `who` may read `channel`.
+/// Steps 2 and 3 of [`admit_read`] for a channel listing: whether `who` may read `channel`
+/// (no error built: a listing asks this of every channel).
 fn may_read(ctx: &ListenerCtx, who: &Identity, channel: &ChannelName) -> bool {
     let class = ctx.channels.class_for(channel);
-    class.may_subscribe_from(&ctx.cfg.name) && reader_may(ctx, who, "list", channel, class).is_ok()
+    class.may_subscribe_from(&ctx.cfg.name) && read_refusal(ctx, who, channel, class).is_none()
 }
 
-/// Who may read a channel:
+/// Why a reader may not read a channel ([`read_refusal`]).
+enum ReadRefusal {
+    /// The publisher's patterns do not cover the channel.
+    PublisherChannel(usize),
+    /// A `publisher_auth` listener, and no publisher identity.
+    PublishersOnly,
+    TokenExpired,
+    NotGranted,
+    TokenNeeded,
+}
+
+/// Step 3 of [`admit_read`], who may read a channel:
 ///
 /// - a publisher (wherever it authenticated) only the channels its patterns cover: a
 ///   publisher held to `prices.*` reads nothing else, on no listener and through no entry
@@ -143,6 +155,26 @@ fn may_read(ctx: &ListenerCtx, who: &Identity, channel: &ChannelName) -> bool {
 /// - where the class has `subscribers = "authenticated"` or the listener `subscriber_auth`, a
 ///   subscriber whose unexpired access token grants the channel;
 /// - otherwise anyone.
+fn read_refusal(
+    ctx: &ListenerCtx,
+    who: &Identity,
+    channel: &ChannelName,
+    class: &ChannelClass,
+) -> Option<ReadRefusal> {
+    match who {
+        Identity::Publisher(i) => (!ctx.publishers[*i].may_use(channel.as_str()))
+            .then_some(ReadRefusal::PublisherChannel(*i)),
+        // Deny by default: nothing but the auth handshake for anyone else.
+        _ if ctx.cfg.publisher_auth => Some(ReadRefusal::PublishersOnly),
+        _ if !(class.authenticated_subscribers || ctx.cfg.subscriber_auth) => None,
+        Identity::Subscriber(g) if g.expired() => Some(ReadRefusal::TokenExpired),
+        Identity::Subscriber(g) if g.allows(channel) => None,
+        Identity::Subscriber(_) => Some(ReadRefusal::NotGranted),
+        Identity::Anonymous => Some(ReadRefusal::TokenNeeded),
+    }
+}
+
+/// [`read_refusal`] as the error the reader gets.
 fn reader_may(
     ctx: &ListenerCtx,
     who: &Identity,
@@ -150,41 +182,31 @@ fn reader_may(
     channel: &ChannelName,
     class: &ChannelClass,
 ) -> Result<(), ProtoError> {
-    if let Identity::Publisher(i) = who {
-        let p = &ctx.publishers[*i];
-        if !p.may_use(channel.as_str()) {
-            return Err(ProtoError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "publisher `{}` may not use channel `{channel}` ({op})",
-                    p.name
-                ),
-            ));
-        }
+    let Some(refusal) = read_refusal(ctx, who, channel, class) else {
         return Ok(());
-    }
-    if ctx.cfg.publisher_auth {
-        // Deny by default: nothing but the auth handshake for anyone else.
-        return Err(unauthorized(
+    };
+    Err(match refusal {
+        ReadRefusal::PublisherChannel(i) => ProtoError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "publisher `{}` may not use channel `{channel}` ({op})",
+                ctx.publishers[i].name
+            ),
+        ),
+        ReadRefusal::PublishersOnly => unauthorized(
             "this listener serves authenticated publishers only: authenticate first (a token, a key signature or a client certificate)",
-        ));
-    }
-    if !(class.authenticated_subscribers || ctx.cfg.subscriber_auth) {
-        return Ok(());
-    }
-    match who {
-        Identity::Subscriber(g) if g.expired() => Err(unauthorized(
-            "the access token has expired: send `refresh` with a new one",
-        )),
-        Identity::Subscriber(g) if g.allows(channel) => Ok(()),
-        Identity::Subscriber(_) => Err(ProtoError::new(
+        ),
+        ReadRefusal::TokenExpired => {
+            unauthorized("the access token has expired: send `refresh` with a new one")
+        }
+        ReadRefusal::NotGranted => ProtoError::new(
             ErrorCode::Forbidden,
             format!("the access token does not grant channel `{channel}`"),
-        )),
-        _ => Err(unauthorized(format!(
+        ),
+        ReadRefusal::TokenNeeded => unauthorized(format!(
             "channel `{channel}` needs an access token: send {{\"op\":\"auth\",\"token\":\"<access token>\"}} first"
-        ))),
-    }
+        )),
+    })
 }
 
 /// The publisher checks of a write or operator access: on `publisher_auth` listeners a publisher
