@@ -350,7 +350,7 @@ async fn one_busy_publisher_fills_only_its_share_of_the_process_wide_replay_memo
         assert_eq!((r.status, r.code()), (429, "rate_limited"), "{}", r.body);
         assert_eq!(
             r.body["error"]["message"],
-            "publisher `busy` has sent too many signed requests within 60 s; retry shortly"
+            "publisher `busy` has used its share of the memory of signed requests; retry shortly"
         );
     }
     // `calm` keeps its whole share, on every address.

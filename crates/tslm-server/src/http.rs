@@ -251,8 +251,7 @@ fn identify_request(
             Err(http_sig::SigError::PublisherBusy) => Err(ProtoError::new(
                 ErrorCode::RateLimited,
                 format!(
-                    "publisher `{name}` has sent too many signed requests within {} s; retry shortly",
-                    identity::SIGNATURE_WINDOW.as_secs() * 2
+                    "publisher `{name}` has used its share of the memory of signed requests; retry shortly"
                 ),
             )),
             Err(e) => Err(identity::unauthorized(format!(
