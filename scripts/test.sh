@@ -57,4 +57,17 @@ scripts/autobahn/run.sh
 log "autobahn websocket conformance, 16 MiB limits (pinned: scripts/autobahn/expected-large.json)"
 LIMITS=large scripts/autobahn/run.sh
 
+# --- HTTP API contract (scripts/contract/run.sh) ----------------------------------------------
+# Schemathesis (pinned in the script, installed into .tools/contract) against docs/openapi.yaml:
+# every operation, a fixed seed and number of examples, every check (response schemas included).
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  log "installing python3-venv"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv
+fi
+log "HTTP API contract: schemathesis against docs/openapi.yaml (scripts/contract/run.sh)"
+scripts/contract/run.sh
+# --- end of the HTTP API contract ------------------------------------------------------------
+
 log "all tests passed"

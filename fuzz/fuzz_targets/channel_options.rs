@@ -5,8 +5,9 @@
 //! Properties, beyond "does not panic":
 //! - a body is accepted only when it is one JSON object (UTF-8, RFC 8259; differential against
 //!   the recogniser in `tslm_fuzz`) whose members are the documented options with values of the
-//!   documented types (integers >= 0, `replies` a boolean, `null` meaning absent), read exactly as
-//!   `serde_json::Value` reads them;
+//!   documented types (integers >= 0 as JSON Schema counts them, `5` and `5.0` alike; `replies` a
+//!   boolean; never `null`), each number being exactly the integer decoded (checked by comparing
+//!   canonical decimal forms of the member's text and of the integer, a round trip);
 //! - a refusal is `bad_request` with one of three fixed messages, chosen by what is wrong: not
 //!   UTF-8, not one JSON value, not an options object;
 //! - the same text as the `options` of a v1 `create` request decodes to the same options, or is
@@ -18,12 +19,14 @@
 //!   within the backlog, and otherwise names an offending option.
 #![no_main]
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tslm_fuzz::{is_json_text, trim_json_ws, value_if_representable};
 use tslm_protocol::v1::{self, Op};
 use tslm_protocol::{ChannelOptions, ErrorCode};
@@ -70,6 +73,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(trimmed.first(), Some(&b'{'), "accepted a non-object");
             if let Some(v) = value_if_representable(data) {
                 check_against_value(options, &v);
+                let members: BTreeMap<String, &RawValue> =
+                    serde_json::from_slice(data).expect("an accepted body is an object");
+                check_numbers(options, &members);
             }
             let canonical = v1::options_json(options);
             assert!(is_json_text(canonical.as_bytes()), "{canonical}");
@@ -138,19 +144,74 @@ fn check_against_value(options: &ChannelOptions, v: &Value) {
             "accepted an unknown key {key:?}"
         );
     }
-    let number = |key: &str| match object.get(key) {
-        None | Some(Value::Null) => None,
-        Some(n) => Some(n.as_u64().expect("an accepted number is a u64")),
+    for (key, value) in object {
+        assert!(!value.is_null(), "accepted `null` for {key:?}");
+    }
+    let present = |key: &str| {
+        object.get(key).map(|n| {
+            assert!(n.is_number(), "accepted a non-number {key:?}: {n}");
+        })
     };
-    assert_eq!(options.backlog_messages, number("backlog_messages"));
-    assert_eq!(options.backlog_seconds, number("backlog_seconds"));
-    assert_eq!(options.max_message_bytes, number("max_message_bytes"));
-    assert_eq!(options.max_subscribers, number("max_subscribers"));
-    let replies = match object.get("replies") {
-        None | Some(Value::Null) => None,
-        Some(b) => Some(b.as_bool().expect("an accepted `replies` is a boolean")),
-    };
+    assert_eq!(
+        options.backlog_messages.map(|_| ()),
+        present("backlog_messages")
+    );
+    assert_eq!(
+        options.backlog_seconds.map(|_| ()),
+        present("backlog_seconds")
+    );
+    assert_eq!(
+        options.max_message_bytes.map(|_| ()),
+        present("max_message_bytes")
+    );
+    assert_eq!(
+        options.max_subscribers.map(|_| ()),
+        present("max_subscribers")
+    );
+    let replies = object
+        .get("replies")
+        .map(|b| b.as_bool().expect("an accepted `replies` is a boolean"));
     assert_eq!(options.replies, replies);
+}
+
+/// Each accepted number is exactly the integer decoded: the member's text and the integer's
+/// decimal digits have the same canonical form.
+fn check_numbers(options: &ChannelOptions, members: &BTreeMap<String, &RawValue>) {
+    for (key, got) in [
+        ("backlog_messages", options.backlog_messages),
+        ("backlog_seconds", options.backlog_seconds),
+        ("max_message_bytes", options.max_message_bytes),
+        ("max_subscribers", options.max_subscribers),
+    ] {
+        if let (Some(n), Some(text)) = (got, members.get(key)) {
+            assert_eq!(
+                canonical(text.get()),
+                canonical(&n.to_string()),
+                "{key}: {} read as {n}",
+                text.get()
+            );
+        }
+    }
+}
+
+/// A JSON number as (negative, significant digits without leading or trailing zeros, the power
+/// of ten of the last one); zero is (false, "", 0) whatever its sign and notation.
+fn canonical(text: &str) -> (bool, String, i128) {
+    let (mantissa, exp) = text.split_once(['e', 'E']).map_or((text, 0), |(m, e)| {
+        (m, e.parse::<i128>().unwrap_or(i128::MAX / 2))
+    });
+    let (negative, mantissa) = mantissa
+        .strip_prefix('-')
+        .map_or((false, mantissa), |m| (true, m));
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all = format!("{int}{frac}");
+    let significant = all.trim_start_matches('0').trim_end_matches('0');
+    if significant.is_empty() {
+        return (false, String::new(), 0);
+    }
+    let trailing = all.len() - all.trim_end_matches('0').len();
+    let power = exp - frac.len() as i128 + trailing as i128;
+    (negative, significant.to_owned(), power)
 }
 
 /// `settings_with` against an independent reading of "each option may only lower the class's

@@ -10,7 +10,7 @@
 //! 3. only then calls [`ReplayGuard::check`], so unauthenticated garbage never fills the guard.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -104,6 +104,10 @@ pub enum SigError {
     /// The guard already remembers as many signatures as it may; the caller answers 503.
     #[error("too many recent signed requests, try again later")]
     Busy,
+    /// The guard remembers as many of this publisher's signatures as its quota allows: only
+    /// this publisher is refused, the others keep their room.
+    #[error("too many recent signed requests from this publisher, try again later")]
+    PublisherBusy,
 }
 
 /// Refuses stale and replayed signed requests, with bounded memory.
@@ -114,6 +118,13 @@ pub enum SigError {
 /// it can be forgotten. At most `capacity` signatures are remembered: beyond that requests are
 /// refused as [`SigError::Busy`] rather than letting memory grow.
 ///
+/// One guard serves the whole process (every listener and address), so a request accepted on one
+/// address is a replay on every other. So that one busy publisher cannot take the room of all
+/// the others, each publisher (an index the caller chooses) may hold at most its quota
+/// ([`ReplayGuard::with_publisher_quota`]) of remembered signatures; beyond it only that
+/// publisher is refused, as [`SigError::PublisherBusy`]. With quotas that add up to no more than
+/// `capacity`, [`SigError::Busy`] never happens.
+///
 /// Call [`ReplayGuard::check`] only **after** the signature has been verified, so that only
 /// genuine requests from whitelisted keys take room in the guard. Time has a resolution of one
 /// second. The guard takes `now` from the caller and never reads the clock; if `now` goes
@@ -122,10 +133,14 @@ pub enum SigError {
 pub struct ReplayGuard {
     window_seconds: u64,
     capacity: usize,
+    /// Most signatures remembered per publisher.
+    quota: usize,
     /// Accepted signatures not yet expired.
     seen: HashSet<[u8; SIGNATURE_BYTES]>,
-    /// The same signatures, earliest expiry (`timestamp + window`) first.
-    expiries: BinaryHeap<Reverse<(i64, [u8; SIGNATURE_BYTES])>>,
+    /// The same signatures with their publisher, earliest expiry (`timestamp + window`) first.
+    expiries: BinaryHeap<Reverse<(i64, [u8; SIGNATURE_BYTES], usize)>>,
+    /// Signatures remembered per publisher (publishers with none are not kept).
+    per_publisher: HashMap<usize, usize>,
     /// The latest `now` seen: entries expiring before it have been (or may be) forgotten.
     high_water: i64,
 }
@@ -137,20 +152,31 @@ impl ReplayGuard {
         Self {
             window_seconds: window.as_secs(),
             capacity,
+            quota: capacity,
             seen: HashSet::new(),
             expiries: BinaryHeap::new(),
+            per_publisher: HashMap::new(),
             high_water: i64::MIN,
         }
     }
 
-    /// Accepts a verified request signed at `timestamp` (Unix seconds) when the gateway's clock
-    /// reads `now_unix`, and remembers its signature; or says why not:
+    /// Limits each publisher to `quota` remembered signatures (by default, the whole capacity).
+    /// `capacity / number of publishers` keeps every publisher's room its own.
+    pub fn with_publisher_quota(mut self, quota: usize) -> Self {
+        self.quota = quota;
+        self
+    }
+
+    /// Accepts a verified request of `publisher` signed at `timestamp` (Unix seconds) when the
+    /// gateway's clock reads `now_unix`, and remembers its signature; or says why not:
     /// [`SigError::Stale`] if `|now_unix - timestamp| > window`, [`SigError::Replayed`] if this
-    /// signature was accepted before, [`SigError::Busy`] if `capacity` signatures are remembered
-    /// after forgetting expired ones. Amortised O(log n).
+    /// signature was accepted before, [`SigError::PublisherBusy`] if the publisher's quota of
+    /// signatures is remembered, [`SigError::Busy`] if `capacity` signatures are, after
+    /// forgetting expired ones. Amortised O(log n).
     pub fn check(
         &mut self,
         now_unix: i64,
+        publisher: usize,
         timestamp: i64,
         signature: &[u8; SIGNATURE_BYTES],
     ) -> Result<(), SigError> {
@@ -166,9 +192,19 @@ impl ReplayGuard {
         if self.seen.len() >= self.capacity {
             return Err(SigError::Busy);
         }
+        let held = self.per_publisher.get(&publisher).copied().unwrap_or(0);
+        if held >= self.quota {
+            return Err(SigError::PublisherBusy);
+        }
         self.seen.insert(*signature);
-        self.expiries.push(Reverse((expiry, *signature)));
+        self.expiries.push(Reverse((expiry, *signature, publisher)));
+        self.per_publisher.insert(publisher, held.saturating_add(1));
         Ok(())
+    }
+
+    /// How many of `publisher`'s signatures are remembered.
+    pub fn len_of(&self, publisher: usize) -> usize {
+        self.per_publisher.get(&publisher).copied().unwrap_or(0)
     }
 
     /// How many signatures are remembered (expired ones are forgotten on the next `check`).
@@ -189,12 +225,18 @@ impl ReplayGuard {
 
     /// Forgets the signatures whose expiry is before the latest `now`.
     fn purge(&mut self) {
-        while let Some(Reverse((expiry, _))) = self.expiries.peek() {
+        while let Some(Reverse((expiry, _, _))) = self.expiries.peek() {
             if *expiry >= self.high_water {
                 break;
             }
-            if let Some(Reverse((_, signature))) = self.expiries.pop() {
+            if let Some(Reverse((_, signature, publisher))) = self.expiries.pop() {
                 self.seen.remove(&signature);
+                if let Some(n) = self.per_publisher.get_mut(&publisher) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.per_publisher.remove(&publisher);
+                    }
+                }
             }
         }
     }
@@ -205,6 +247,7 @@ impl fmt::Debug for ReplayGuard {
         f.debug_struct("ReplayGuard")
             .field("window_seconds", &self.window_seconds)
             .field("capacity", &self.capacity)
+            .field("quota", &self.quota)
             .field("remembered", &self.seen.len())
             .finish_non_exhaustive()
     }
@@ -349,38 +392,44 @@ mod tests {
     #[test]
     fn replay_guard_accepts_fresh_and_refuses_replay() {
         let mut guard = ReplayGuard::new(WINDOW, 10);
-        assert_eq!(guard.check(NOW, NOW, &sig(1)), Ok(()));
-        assert_eq!(guard.check(NOW, NOW, &sig(1)), Err(SigError::Replayed));
+        assert_eq!(guard.check(NOW, 0, NOW, &sig(1)), Ok(()));
+        assert_eq!(guard.check(NOW, 0, NOW, &sig(1)), Err(SigError::Replayed));
         assert_eq!(
-            guard.check(NOW + 100, NOW, &sig(1)),
+            guard.check(NOW + 100, 0, NOW, &sig(1)),
             Err(SigError::Replayed)
         );
-        assert_eq!(guard.check(NOW, NOW, &sig(2)), Ok(()));
+        assert_eq!(guard.check(NOW, 0, NOW, &sig(2)), Ok(()));
         assert_eq!(guard.len(), 2);
     }
 
     #[test]
     fn replay_guard_refuses_timestamps_beyond_the_window_both_ways() {
         let mut guard = ReplayGuard::new(WINDOW, 10);
-        assert_eq!(guard.check(NOW, NOW - 301, &sig(1)), Err(SigError::Stale));
-        assert_eq!(guard.check(NOW, NOW + 301, &sig(2)), Err(SigError::Stale));
-        assert_eq!(guard.check(NOW, i64::MIN, &sig(3)), Err(SigError::Stale));
-        assert_eq!(guard.check(NOW, i64::MAX, &sig(4)), Err(SigError::Stale));
+        assert_eq!(
+            guard.check(NOW, 0, NOW - 301, &sig(1)),
+            Err(SigError::Stale)
+        );
+        assert_eq!(
+            guard.check(NOW, 0, NOW + 301, &sig(2)),
+            Err(SigError::Stale)
+        );
+        assert_eq!(guard.check(NOW, 0, i64::MIN, &sig(3)), Err(SigError::Stale));
+        assert_eq!(guard.check(NOW, 0, i64::MAX, &sig(4)), Err(SigError::Stale));
         assert!(guard.is_empty(), "stale requests are not remembered");
-        assert_eq!(guard.check(NOW, NOW - 300, &sig(5)), Ok(()));
-        assert_eq!(guard.check(NOW, NOW + 300, &sig(6)), Ok(()));
+        assert_eq!(guard.check(NOW, 0, NOW - 300, &sig(5)), Ok(()));
+        assert_eq!(guard.check(NOW, 0, NOW + 300, &sig(6)), Ok(()));
     }
 
     #[test]
     fn replay_guard_is_busy_at_capacity() {
         let mut guard = ReplayGuard::new(WINDOW, 2);
-        assert_eq!(guard.check(NOW, NOW, &sig(1)), Ok(()));
-        assert_eq!(guard.check(NOW, NOW, &sig(2)), Ok(()));
-        assert_eq!(guard.check(NOW, NOW, &sig(3)), Err(SigError::Busy));
-        assert_eq!(guard.check(NOW, NOW, &sig(1)), Err(SigError::Replayed));
+        assert_eq!(guard.check(NOW, 0, NOW, &sig(1)), Ok(()));
+        assert_eq!(guard.check(NOW, 0, NOW, &sig(2)), Ok(()));
+        assert_eq!(guard.check(NOW, 0, NOW, &sig(3)), Err(SigError::Busy));
+        assert_eq!(guard.check(NOW, 0, NOW, &sig(1)), Err(SigError::Replayed));
         assert_eq!(guard.len(), 2);
         assert_eq!(
-            ReplayGuard::new(WINDOW, 0).check(NOW, NOW, &sig(1)),
+            ReplayGuard::new(WINDOW, 0).check(NOW, 0, NOW, &sig(1)),
             Err(SigError::Busy)
         );
     }
@@ -388,33 +437,33 @@ mod tests {
     #[test]
     fn replay_guard_forgets_expired_signatures_and_frees_capacity() {
         let mut guard = ReplayGuard::new(Duration::from_secs(10), 2);
-        assert_eq!(guard.check(100, 100, &sig(1)), Ok(())); // remembered until 110
-        assert_eq!(guard.check(105, 105, &sig(2)), Ok(())); // remembered until 115
-        assert_eq!(guard.check(106, 106, &sig(3)), Err(SigError::Busy));
+        assert_eq!(guard.check(100, 0, 100, &sig(1)), Ok(())); // remembered until 110
+        assert_eq!(guard.check(105, 0, 105, &sig(2)), Ok(())); // remembered until 115
+        assert_eq!(guard.check(106, 0, 106, &sig(3)), Err(SigError::Busy));
         // At 110 the first is still within its window: still full.
-        assert_eq!(guard.check(110, 106, &sig(3)), Err(SigError::Busy));
-        assert_eq!(guard.check(110, 100, &sig(1)), Err(SigError::Replayed));
+        assert_eq!(guard.check(110, 0, 106, &sig(3)), Err(SigError::Busy));
+        assert_eq!(guard.check(110, 0, 100, &sig(1)), Err(SigError::Replayed));
         // At 111 the first has expired: forgotten, room for one more.
-        assert_eq!(guard.check(111, 106, &sig(3)), Ok(()));
+        assert_eq!(guard.check(111, 0, 106, &sig(3)), Ok(()));
         assert_eq!(guard.len(), 2);
         // The forgotten signature is refused by its timestamp, no longer by memory.
-        assert_eq!(guard.check(111, 100, &sig(1)), Err(SigError::Stale));
-        assert_eq!(guard.check(111, 105, &sig(2)), Err(SigError::Replayed));
+        assert_eq!(guard.check(111, 0, 100, &sig(1)), Err(SigError::Stale));
+        assert_eq!(guard.check(111, 0, 105, &sig(2)), Err(SigError::Replayed));
         // Long after, everything expires.
-        assert_eq!(guard.check(1000, 1000, &sig(4)), Ok(()));
+        assert_eq!(guard.check(1000, 0, 1000, &sig(4)), Ok(()));
         assert_eq!(guard.len(), 1);
     }
 
     #[test]
     fn replay_guard_never_readmits_a_forgotten_signature_when_the_clock_goes_back() {
         let mut guard = ReplayGuard::new(Duration::from_secs(10), 10);
-        assert_eq!(guard.check(100, 100, &sig(1)), Ok(()));
-        assert_eq!(guard.check(111, 111, &sig(2)), Ok(())); // forgets sig(1)
+        assert_eq!(guard.check(100, 0, 100, &sig(1)), Ok(()));
+        assert_eq!(guard.check(111, 0, 111, &sig(2)), Ok(())); // forgets sig(1)
         assert_eq!(guard.len(), 1);
         // The clock steps back to 105, where timestamp 100 would look fresh.
-        assert_eq!(guard.check(105, 100, &sig(1)), Err(SigError::Stale));
+        assert_eq!(guard.check(105, 0, 100, &sig(1)), Err(SigError::Stale));
         // Timestamps still fresh at the latest clock reading are accepted.
-        assert_eq!(guard.check(105, 104, &sig(3)), Ok(()));
+        assert_eq!(guard.check(105, 0, 104, &sig(3)), Ok(()));
     }
 
     #[test]
@@ -424,17 +473,42 @@ mod tests {
             let mut s = [0u8; 64];
             s[..4].copy_from_slice(&i.to_le_bytes());
             let t = NOW + i64::from(i / 10_000);
-            assert_eq!(guard.check(t, t, &s), Ok(()));
+            assert_eq!(guard.check(t, 0, t, &s), Ok(()));
         }
         assert_eq!(guard.len(), 100_000);
-        assert_eq!(guard.check(NOW + 100, NOW + 100, &sig(255)), Ok(()));
+        assert_eq!(guard.check(NOW + 100, 0, NOW + 100, &sig(255)), Ok(()));
         assert_eq!(guard.len(), 1);
+    }
+
+    #[test]
+    fn replay_guard_keeps_each_publishers_room_its_own() {
+        // Capacity 4, two publishers with a quota of 2 each.
+        let mut guard = ReplayGuard::new(Duration::from_secs(10), 4).with_publisher_quota(2);
+        assert_eq!(guard.check(100, 0, 100, &sig(1)), Ok(()));
+        assert_eq!(guard.check(100, 0, 100, &sig(2)), Ok(()));
+        // Publisher 0 is at its quota: only it is refused.
+        assert_eq!(
+            guard.check(100, 0, 100, &sig(3)),
+            Err(SigError::PublisherBusy)
+        );
+        assert_eq!(guard.check(100, 1, 100, &sig(4)), Ok(()));
+        assert_eq!(guard.check(100, 1, 100, &sig(5)), Ok(()));
+        assert_eq!((guard.len_of(0), guard.len_of(1), guard.len()), (2, 2, 4));
+        // A replay is a replay whoever sends it, and is told so before any quota.
+        assert_eq!(guard.check(100, 1, 100, &sig(1)), Err(SigError::Replayed));
+        // Expiry gives the publisher its room back.
+        assert_eq!(guard.check(111, 0, 111, &sig(3)), Ok(()));
+        assert_eq!((guard.len_of(0), guard.len_of(1)), (1, 0));
+        assert_eq!(
+            format!("{guard:?}"),
+            "ReplayGuard { window_seconds: 10, capacity: 4, quota: 2, remembered: 1, .. }"
+        );
     }
 
     #[test]
     fn replay_guard_debug_shows_no_signature() {
         let mut guard = ReplayGuard::new(WINDOW, 10);
-        guard.check(NOW, NOW, &sig(0xab)).unwrap();
+        guard.check(NOW, 0, NOW, &sig(0xab)).unwrap();
         let debug = format!("{guard:?}");
         assert!(debug.contains("remembered: 1"), "{debug}");
         assert!(!debug.contains("171"), "{debug}");

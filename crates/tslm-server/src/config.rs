@@ -94,6 +94,9 @@ pub struct Config {
     pub max_reply_routes: usize,
     /// Subscriptions of all connections together (subscribes beyond are refused).
     pub max_subscriptions: usize,
+    /// Signed HTTP requests remembered at once against replays, whole process; each publisher
+    /// with keys has an equal share.
+    pub max_remembered_signatures: usize,
     /// The channel classes (`[channel.PATTERN]` tables), resolved.
     pub channels: Arc<ChannelClasses>,
     /// Whitelisted publishers (`[publisher.NAME]`).
@@ -115,6 +118,9 @@ pub struct AbuseLimits {
     pub max_rejected_commands_per_second: u32,
     /// Ping and pong frames a client may send per second before it is closed (1008).
     pub max_control_frames_per_second: u32,
+    /// Failed authentications per minute from one source address (burst of the same size);
+    /// over it, the address's HTTP requests are answered 429 until the budget refills.
+    pub failed_auths_per_ip_per_minute: NonZeroU32,
 }
 
 /// One validated listener.
@@ -191,6 +197,7 @@ struct RawServer {
     max_msg_ids: Option<u64>,
     max_reply_routes: Option<u64>,
     max_subscriptions: Option<u64>,
+    max_remembered_signatures: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +226,7 @@ struct RawListener {
     max_subscriptions_per_connection: Option<u64>,
     max_rejected_commands_per_second: Option<u64>,
     max_control_frames_per_second: Option<u64>,
+    failed_auths_per_ip_per_minute: Option<u64>,
     publisher_auth: Option<bool>,
     subscriber_auth: Option<bool>,
     auth_timeout_seconds: Option<u64>,
@@ -232,6 +240,8 @@ struct RawListener {
 /// Defaults, documented in docs/configuration.md.
 pub mod defaults {
     pub const SHUTDOWN_GRACE_SECONDS: u64 = 10;
+    /// Signed HTTP requests remembered at once (each for up to 60 s), the whole process.
+    pub const MAX_REMEMBERED_SIGNATURES: u64 = 100_000;
     pub const MAX_MESSAGE_SIZE: u64 = 64 * 1024;
     pub const MAX_FRAME_SIZE: u64 = 16 * 1024 * 1024;
     pub const MAX_PUBLISH_BYTES: u64 = 1024 * 1024;
@@ -251,6 +261,7 @@ pub mod defaults {
     pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: u64 = 1000;
     pub const MAX_REJECTED_COMMANDS_PER_SECOND: u64 = 10;
     pub const MAX_CONTROL_FRAMES_PER_SECOND: u64 = 10;
+    pub const FAILED_AUTHS_PER_IP_PER_MINUTE: u64 = 30;
     pub const AUTH_TIMEOUT_SECONDS: u64 = 10;
     /// `[server] max_pending_connections`: refusals in progress, all listeners together.
     pub const MAX_PENDING_CONNECTIONS: u64 = 1024;
@@ -448,6 +459,15 @@ impl RawConfig {
             self.server.max_subscriptions,
             tslm_hub::settings::defaults::MAX_SUBSCRIPTIONS,
         )?;
+        let signatures = self
+            .server
+            .max_remembered_signatures
+            .unwrap_or(defaults::MAX_REMEMBERED_SIGNATURES);
+        if !(1..=10_000_000).contains(&signatures) {
+            return Err(format!(
+                "table [server], key `max_remembered_signatures`: {signatures} is out of range 1..=10000000"
+            ));
+        }
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         for (name, raw) in self.listener {
             let l = raw.validate(&name)?;
@@ -504,6 +524,7 @@ impl RawConfig {
             max_msg_ids,
             max_reply_routes,
             max_subscriptions,
+            max_remembered_signatures: usize_of(signatures),
             channels: Arc::new(channels),
             publishers: Arc::new(publishers),
             issuers: Arc::new(issuers),
@@ -734,6 +755,15 @@ impl RawListener {
                 1,
                 1_000_000,
             )?),
+            failed_auths_per_ip_per_minute: NonZeroU32::new(u32_of(ranged(
+                n,
+                "failed_auths_per_ip_per_minute",
+                self.failed_auths_per_ip_per_minute,
+                defaults::FAILED_AUTHS_PER_IP_PER_MINUTE,
+                1,
+                1_000_000,
+            )?))
+            .unwrap_or(NonZeroU32::MIN),
         };
         Ok(ListenerConfig {
             name: name.to_owned(),

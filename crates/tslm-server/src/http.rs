@@ -17,8 +17,9 @@ use tslm_protocol::{
 };
 
 use crate::identity::{self, Identity};
+use crate::iplimit::Overspent;
 use crate::listener::{ConnSlot, ListenerCtx};
-use crate::ops::{self, Access};
+use crate::ops::{self, ReadVia};
 use crate::session;
 
 type Ctx = State<Arc<ListenerCtx>>;
@@ -36,7 +37,65 @@ pub(crate) fn router(ctx: Arc<ListenerCtx>) -> Router {
         )
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&ctx),
+            auth_budget,
+        ))
         .with_state(ctx)
+}
+
+/// Why a request was answered 401, for the log (the message we wrote, never a credential).
+#[derive(Clone)]
+struct Refusal(String);
+
+/// The budget of failed authentications, for every request of the listener (API calls and
+/// WebSocket handshakes alike): each 401 answer counts against the connection's budget (as a
+/// WebSocket session's, `max_rejected_commands_per_second` within one second) and its source
+/// address's (`failed_auths_per_ip_per_minute`). Over either, the answer is 429 `rate_limited`
+/// with `Retry-After` and `Connection: close`; while the address's budget is spent, every
+/// request from it gets that answer before its credentials are looked at. Failures are logged
+/// at most once per `AUTH_LOG_INTERVAL` per listener, with a count.
+async fn auth_budget(State(ctx): Ctx, req: Request, next: axum::middleware::Next) -> Response {
+    let Some(conn) = slot(req.extensions()) else {
+        return next.run(req).await;
+    };
+    if let Some(wait) = conn.ip.auth_blocked() {
+        tracing::debug!(listener = %ctx.cfg.name, peer = %conn.peer, "address over its failed-authentication budget: answering 429");
+        return over_budget(wait, ADDRESS_OVER_BUDGET);
+    }
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let resp = next.run(req).await;
+    if resp.status() != StatusCode::UNAUTHORIZED {
+        return resp;
+    }
+    let verdict = conn.ip.auth_failed();
+    if let Some(failures) = conn.ip.limits().log_failure() {
+        let reason = resp
+            .extensions()
+            .get::<Refusal>()
+            .map_or("", |r| r.0.as_str());
+        tracing::info!(listener = %ctx.cfg.name, peer = %conn.peer, %method, path, reason, failures, "request authentication refused (one line per 10 s at most: `failures` counts the refusals since the last line)");
+    }
+    match verdict {
+        Ok(()) => resp,
+        Err(Overspent::Connection) => over_budget(
+            std::time::Duration::from_secs(1),
+            "too many failed authentications on this connection",
+        ),
+        Err(Overspent::Address(wait)) => over_budget(wait, ADDRESS_OVER_BUDGET),
+    }
+}
+
+const ADDRESS_OVER_BUDGET: &str = "too many failed authentications from your address; retry later";
+
+/// 429 `rate_limited` with `Retry-After` (whole seconds, at least 1) and `Connection: close`.
+fn over_budget(wait: std::time::Duration, message: &'static str) -> Response {
+    let mut resp = error_response(&ProtoError::new(ErrorCode::RateLimited, message));
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let h = resp.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// `{"ok":false,"error":{"code":…,"message":…}}` with the code's HTTP status.
@@ -50,6 +109,7 @@ pub(crate) fn error_response(e: &ProtoError) -> Response {
     if e.code == ErrorCode::Unauthorized {
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        resp.extensions_mut().insert(Refusal(e.message.to_string()));
     }
     resp
 }
@@ -123,15 +183,10 @@ fn http_identity(
     body: &[u8],
 ) -> Result<Identity, ProtoError> {
     let who = identify_request(ctx, conn, head, body);
-    let peer = conn.map(|c| c.peer.to_string()).unwrap_or_default();
-    match &who {
-        Err(e) => {
-            tracing::info!(listener = %ctx.cfg.name, peer, method = %head.method, path = %head.path_and_query, reason = %e.message, "request authentication refused");
-        }
-        Ok(Identity::Publisher(i)) => {
-            tracing::debug!(listener = %ctx.cfg.name, peer, publisher = %ctx.publishers[*i].name, method = %head.method, path = %head.path_and_query, "publisher request");
-        }
-        Ok(_) => {}
+    // Refusals are logged by `auth_budget`, at a bounded rate.
+    if let Ok(Identity::Publisher(i)) = &who {
+        let peer = conn.map(|c| c.peer.to_string()).unwrap_or_default();
+        tracing::debug!(listener = %ctx.cfg.name, peer, publisher = %ctx.publishers[*i].name, method = %head.method, path = %head.path_and_query, "publisher request");
     }
     who
 }
@@ -185,12 +240,19 @@ fn identify_request(
             .replay
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .check(now, timestamp, &signature);
+            .check(now, i, timestamp, &signature);
         return match checked {
             Ok(()) => Ok(Identity::Publisher(i)),
             Err(http_sig::SigError::Busy) => Err(ProtoError::new(
                 ErrorCode::Unavailable,
                 "too many signed requests at once; try again",
+            )),
+            // Only this publisher is over its share of the replay memory.
+            Err(http_sig::SigError::PublisherBusy) => Err(ProtoError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "publisher `{name}` has used its share of the memory of signed requests; retry shortly"
+                ),
             )),
             Err(e) => Err(identity::unauthorized(format!(
                 "request signature refused: {e}"
@@ -306,9 +368,14 @@ async fn publish(
         let msg_id = match req.headers().get("idempotency-key") {
             None => None,
             Some(v) => {
-                let v = v.to_str().map_err(|_| {
-                    ProtoError::bad_request("`Idempotency-Key` must be visible ASCII")
-                })?;
+                // Printable ASCII and spaces only (`to_str` would also let tabs through); HTTP
+                // itself strips spaces around a header value.
+                let v = std::str::from_utf8(v.as_bytes())
+                    .ok()
+                    .filter(|v| v.bytes().all(|b| (0x20..=0x7e).contains(&b)))
+                    .ok_or_else(|| {
+                        ProtoError::bad_request("`Idempotency-Key` must be visible ASCII")
+                    })?;
                 if v.is_empty() || v.len() > MAX_MSG_ID_BYTES {
                     return Err(ProtoError::bad_request(format!(
                         "`Idempotency-Key` must be 1 to {MAX_MSG_ID_BYTES} bytes"
@@ -409,7 +476,7 @@ async fn read_history(
             &RequestHead::of(&req),
             b"",
         )?;
-        ops::history(&ctx, &who, &channel, q.start()?, limit, Access::Operate)
+        ops::history(&ctx, &who, &channel, q.start()?, limit, ReadVia::Operator)
     })();
     match result {
         Err(e) => error_response(&e),

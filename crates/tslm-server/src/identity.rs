@@ -17,8 +17,19 @@ use crate::classes::Glob;
 
 /// How far a signed HTTP request's timestamp may be from the gateway's clock, either way.
 pub(crate) const SIGNATURE_WINDOW: Duration = Duration::from_secs(30);
-/// Most request signatures remembered at once per listener (beyond it: 503, memory bounded).
-pub(crate) const REPLAY_CAPACITY: usize = 100_000;
+/// The process-wide guard against replayed signed requests (`[server]`
+/// `max_remembered_signatures` at once): a request accepted on one address is refused as a replay
+/// on every other. Each of the N publishers with keys may have `capacity / N` signatures
+/// remembered at once; beyond its share only that publisher is refused (429), so one busy
+/// publisher never makes the others' requests fail.
+pub(crate) fn replay_guard(
+    publishers: &[Publisher],
+    capacity: usize,
+) -> tslm_auth::http_sig::ReplayGuard {
+    let signers = publishers.iter().filter(|p| !p.keys.is_empty()).count();
+    tslm_auth::http_sig::ReplayGuard::new(SIGNATURE_WINDOW, capacity)
+        .with_publisher_quota((capacity / signers.max(1)).max(1))
+}
 
 /// What a connection (or one HTTP request) has proved.
 #[derive(Debug, Clone, Default)]

@@ -197,12 +197,10 @@ impl Server {
                 }
             });
         }
-        let replay = Arc::new(std::sync::Mutex::new(
-            tslm_auth::http_sig::ReplayGuard::new(
-                identity::SIGNATURE_WINDOW,
-                identity::REPLAY_CAPACITY,
-            ),
-        ));
+        let replay = Arc::new(std::sync::Mutex::new(identity::replay_guard(
+            &self.config.publishers,
+            self.config.max_remembered_signatures,
+        )));
         let admission = Arc::new(self.admission());
         for b in self.listeners {
             let addr = b.tcp.local_addr().ok();

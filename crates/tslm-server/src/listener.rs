@@ -102,7 +102,7 @@ impl ListenerCtx {
         admission: Arc<Admission>,
     ) -> Self {
         let conn_limit = Arc::new(Semaphore::new(cfg.max_connections));
-        let ip_limits = Arc::new(IpLimits::new(cfg.abuse));
+        let ip_limits = Arc::new(IpLimits::new(cfg.abuse, cfg.max_connections));
         Self {
             ip_limits,
             cfg,
@@ -138,8 +138,9 @@ pub(crate) struct ConnSlot {
     /// `tls::cert_names`), for mapping the connection to a publisher. Empty otherwise.
     pub peer_cert_names: Vec<String>,
     pub bucket: Mutex<Option<TokenBucket>>,
+    /// The address's slot, and the budgets of failed authentications (connection, address).
+    pub ip: IpGuard,
     _permit: OwnedSemaphorePermit,
-    _ip: IpGuard,
     _open: Open,
     _gauge: Gauge,
 }
@@ -231,6 +232,7 @@ fn admit(ctx: &ListenerCtx, peer: SocketAddr) -> Result<Admitted, ProtoError> {
         let message = match why {
             Refusal::TooManyConnections => "too many connections from your address; retry later",
             Refusal::TooFast => "too many new connections from your address; retry later",
+            Refusal::TableFull => "too many addresses are connected; retry later",
         };
         ProtoError::new(ErrorCode::RateLimited, message)
     })?;
@@ -295,7 +297,7 @@ async fn serve_connection(
             peer_cert_names,
             bucket: Mutex::new(ctx.cfg.rate_limit_per_second.map(TokenBucket::new)),
             _permit: permit,
-            _ip: ip,
+            ip,
             _open: open,
             _gauge: gauge,
         })

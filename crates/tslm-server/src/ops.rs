@@ -49,13 +49,10 @@ pub(crate) fn hub_error(e: HubError) -> ProtoError {
     }
 }
 
-/// What a request does with a channel, for permission checks.
+/// What a request does with a channel, for permission checks. Reads are not here: every read
+/// goes through [`admit_read`], whatever its entry point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Access {
-    /// subscribe, unsubscribe, history (op), reply: the listener's `Subscribe` permission, the
-    /// class's `subscribe_from`, and a token granting the channel where the class or listener
-    /// requires one.
-    Read,
     /// publish: `NotifyChannel`, `publish_from`, and the publisher's `publish` operation and
     /// channel patterns where it authenticated (required on `publisher_auth` listeners).
     Publish,
@@ -63,11 +60,24 @@ pub(crate) enum Access {
     Create,
     /// delete: `CreateChannel`, `publish_from`, the publisher's `delete` operation.
     Delete,
-    /// history over HTTP (operators): `CreateChannel`, `publish_from`, any publisher operation.
+    /// listing channels (operators): `CreateChannel`, any publisher operation.
     Operate,
 }
 
-/// Checks `access` to `channel` by `who` on `ctx`'s listener; returns the channel's class.
+/// Which entry point a read comes through: it decides only which listener permission serves
+/// it; what may be read is the same for all (see [`admit_read`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadVia {
+    /// WebSocket `subscribe`, `history` and `reply` (both dialects): listener permission
+    /// `Subscribe`.
+    Subscriber,
+    /// HTTP `GET /v1/channels/{name}/messages` and channel listings (operators): listener
+    /// permission `CreateChannel`.
+    Operator,
+}
+
+/// Checks `access` (a write) to `channel` by `who` on `ctx`'s listener; returns the channel's
+/// class.
 pub(crate) fn admit<'a>(
     ctx: &'a ListenerCtx,
     who: &Identity,
@@ -78,52 +88,130 @@ pub(crate) fn admit<'a>(
     let perms = ctx.cfg.permissions;
     let class = ctx.channels.class_for(channel);
     let allowed = match access {
-        Access::Read => perms.subscribe,
         Access::Publish => perms.publish,
         Access::Create | Access::Delete | Access::Operate => perms.create,
     };
     if !allowed {
         return Err(forbidden_listener(op));
     }
-    let class_allows = match access {
-        Access::Read => class.may_subscribe_from(&ctx.cfg.name),
-        _ => class.may_publish_from(&ctx.cfg.name),
-    };
-    if !class_allows {
+    if !class.may_publish_from(&ctx.cfg.name) {
         return Err(forbidden_class(op, class, channel));
-    }
-    if ctx.cfg.publisher_auth && !matches!(who, Identity::Publisher(_)) {
-        // Deny by default: nothing but the auth handshake for anyone else.
-        return Err(unauthorized(
-            "this listener serves authenticated publishers only: authenticate first (a token, a key signature or a client certificate)",
-        ));
-    }
-    if access == Access::Read {
-        if class.authenticated_subscribers || ctx.cfg.subscriber_auth {
-            match who {
-                Identity::Subscriber(g) if g.expired() => {
-                    return Err(unauthorized(
-                        "the access token has expired: send `refresh` with a new one",
-                    ));
-                }
-                Identity::Subscriber(g) if g.allows(channel) => {}
-                Identity::Subscriber(_) => {
-                    return Err(ProtoError::new(
-                        ErrorCode::Forbidden,
-                        format!("the access token does not grant channel `{channel}`"),
-                    ));
-                }
-                _ => {
-                    return Err(unauthorized(format!(
-                        "channel `{channel}` needs an access token: send {{\"op\":\"auth\",\"token\":\"<access token>\"}} first"
-                    )));
-                }
-            }
-        }
-        return Ok(class);
     }
     publisher_may(ctx, who, op, Some(channel), access)?;
     Ok(class)
+}
+
+/// The one rule for reading a channel (subscribe, history over WebSocket or HTTP, reply, and
+/// which channels a listing shows), whatever the entry point:
+///
+/// 1. the listener serves reads of this kind (`via`: `Subscribe` or `CreateChannel`);
+/// 2. the channel's class lists the listener in `subscribe_from` (when it has the list);
+/// 3. the reader's identity may read the channel ([`reader_may`]).
+///
+/// Returns the channel's class.
+pub(crate) fn admit_read<'a>(
+    ctx: &'a ListenerCtx,
+    who: &Identity,
+    op: &str,
+    channel: &ChannelName,
+    via: ReadVia,
+) -> Result<&'a ChannelClass, ProtoError> {
+    let perms = ctx.cfg.permissions;
+    let allowed = match via {
+        ReadVia::Subscriber => perms.subscribe,
+        ReadVia::Operator => perms.create,
+    };
+    if !allowed {
+        return Err(forbidden_listener(op));
+    }
+    let class = ctx.channels.class_for(channel);
+    if !class.may_subscribe_from(&ctx.cfg.name) {
+        return Err(forbidden_class(op, class, channel));
+    }
+    reader_may(ctx, who, op, channel, class)?;
+    Ok(class)
+}
+
+/// Steps 2 and 3 of [`admit_read`] for a channel listing: whether `who` may read `channel`
+/// (no error built: a listing asks this of every channel).
+fn may_read(ctx: &ListenerCtx, who: &Identity, channel: &ChannelName) -> bool {
+    let class = ctx.channels.class_for(channel);
+    class.may_subscribe_from(&ctx.cfg.name) && read_refusal(ctx, who, channel, class).is_none()
+}
+
+/// Why a reader may not read a channel ([`read_refusal`]).
+enum ReadRefusal {
+    /// The publisher's patterns do not cover the channel.
+    PublisherChannel(usize),
+    /// A `publisher_auth` listener, and no publisher identity.
+    PublishersOnly,
+    TokenExpired,
+    NotGranted,
+    TokenNeeded,
+}
+
+/// Step 3 of [`admit_read`], who may read a channel:
+///
+/// - a publisher (wherever it authenticated) only the channels its patterns cover: a
+///   publisher held to `prices.*` reads nothing else, on no listener and through no entry
+///   point. Its identity counts as authenticated where the class or the listener require
+///   authenticated subscribers;
+/// - on a `publisher_auth` listener, nobody else;
+/// - where the class has `subscribers = "authenticated"` or the listener `subscriber_auth`, a
+///   subscriber whose unexpired access token grants the channel;
+/// - otherwise anyone.
+fn read_refusal(
+    ctx: &ListenerCtx,
+    who: &Identity,
+    channel: &ChannelName,
+    class: &ChannelClass,
+) -> Option<ReadRefusal> {
+    match who {
+        Identity::Publisher(i) => (!ctx.publishers[*i].may_use(channel.as_str()))
+            .then_some(ReadRefusal::PublisherChannel(*i)),
+        // Deny by default: nothing but the auth handshake for anyone else.
+        _ if ctx.cfg.publisher_auth => Some(ReadRefusal::PublishersOnly),
+        _ if !(class.authenticated_subscribers || ctx.cfg.subscriber_auth) => None,
+        Identity::Subscriber(g) if g.expired() => Some(ReadRefusal::TokenExpired),
+        Identity::Subscriber(g) if g.allows(channel) => None,
+        Identity::Subscriber(_) => Some(ReadRefusal::NotGranted),
+        Identity::Anonymous => Some(ReadRefusal::TokenNeeded),
+    }
+}
+
+/// [`read_refusal`] as the error the reader gets.
+fn reader_may(
+    ctx: &ListenerCtx,
+    who: &Identity,
+    op: &str,
+    channel: &ChannelName,
+    class: &ChannelClass,
+) -> Result<(), ProtoError> {
+    let Some(refusal) = read_refusal(ctx, who, channel, class) else {
+        return Ok(());
+    };
+    Err(match refusal {
+        ReadRefusal::PublisherChannel(i) => ProtoError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "publisher `{}` may not use channel `{channel}` ({op})",
+                ctx.publishers[i].name
+            ),
+        ),
+        ReadRefusal::PublishersOnly => unauthorized(
+            "this listener serves authenticated publishers only: authenticate first (a token, a key signature or a client certificate)",
+        ),
+        ReadRefusal::TokenExpired => {
+            unauthorized("the access token has expired: send `refresh` with a new one")
+        }
+        ReadRefusal::NotGranted => ProtoError::new(
+            ErrorCode::Forbidden,
+            format!("the access token does not grant channel `{channel}`"),
+        ),
+        ReadRefusal::TokenNeeded => unauthorized(format!(
+            "channel `{channel}` needs an access token: send {{\"op\":\"auth\",\"token\":\"<access token>\"}} first"
+        )),
+    })
 }
 
 /// The publisher checks of a write or operator access: on `publisher_auth` listeners a publisher
@@ -149,7 +237,7 @@ pub(crate) fn publisher_may(
         Access::Publish => p.ops.publish,
         Access::Create => p.ops.create,
         Access::Delete => p.ops.delete,
-        Access::Operate | Access::Read => true,
+        Access::Operate => true,
     };
     if !op_allowed {
         return Err(ProtoError::new(
@@ -260,9 +348,9 @@ pub(crate) fn history(
     channel: &ChannelName,
     start: Start,
     limit: usize,
-    access: Access,
+    via: ReadVia,
 ) -> Result<tslm_hub::History, ProtoError> {
-    admit(ctx, who, "history", channel, access)?;
+    admit_read(ctx, who, "history", channel, via)?;
     ctx.hub
         .history(
             channel,
@@ -297,16 +385,12 @@ pub(crate) fn channels(
     }
     publisher_may(ctx, who, "list channels", None, Access::Operate)?;
     let limit = limit.clamp(1, MAX_HISTORY);
+    // Only the channels `who` may read (the rule of `admit_read`): a publisher sees those its
+    // patterns cover, an anonymous operator none of an authenticated class.
     let budget = reply_budget(ctx);
-    Ok(match who {
-        // A publisher sees only the channels its patterns cover.
-        Identity::Publisher(i) => {
-            let p = &ctx.publishers[*i];
-            ctx.hub
-                .list_where(prefix, after, limit, budget, |c| p.may_use(c.as_str()))
-        }
-        _ => ctx.hub.list(prefix, after, limit, budget),
-    })
+    Ok(ctx
+        .hub
+        .list_where(prefix, after, limit, budget, |c| may_read(ctx, who, c)))
 }
 
 /// The success reply of a publish.

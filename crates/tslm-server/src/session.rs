@@ -24,7 +24,7 @@ use tslm_protocol::{
 use crate::config::ListenerConfig;
 use crate::identity::{self, Identity, SubscriberGrant};
 use crate::listener::{ConnSlot, ListenerCtx};
-use crate::ops::{self, Access};
+use crate::ops::{self, ReadVia};
 use tslm_auth::keys::Challenge;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -441,7 +441,7 @@ impl Session {
                 ok(ops::published(p))
             }
             v1::Op::Subscribe { channel, start } => {
-                ops::admit(&ctx, &who, "subscribe", &channel, Access::Read)?;
+                ops::admit_read(&ctx, &who, "subscribe", &channel, ReadVia::Subscriber)?;
                 let subscription = self.subscribe(channel, start)?;
                 ok(v1::Success::Subscribed(subscription))
             }
@@ -461,7 +461,7 @@ impl Session {
                 start,
                 limit,
             } => {
-                let h = ops::history(&ctx, &who, &channel, start, limit, Access::Read)?;
+                let h = ops::history(&ctx, &who, &channel, start, limit, ReadVia::Subscriber)?;
                 ok(v1::Success::History {
                     sub: h.subscription,
                     messages: &h.messages,
@@ -473,7 +473,7 @@ impl Session {
                 offset,
                 data,
             } => {
-                let class = ops::admit(&ctx, &who, "reply", &channel, Access::Read)?;
+                let class = ops::admit_read(&ctx, &who, "reply", &channel, ReadVia::Subscriber)?;
                 if !self.ctx.hub.is_subscribed(&channel, self.id) {
                     return Err(ProtoError::new(
                         ErrorCode::Forbidden,
@@ -534,9 +534,24 @@ impl Session {
             v1::Op::Refresh { token } => self.refresh(&token, id).await,
             _ => Err(ProtoError::new(ErrorCode::Internal, "internal error")),
         };
-        if let Err(e) = &result {
-            // Never the credentials: only what was refused and why, in our words.
-            tracing::info!(listener = %self.ctx.cfg.name, conn = %self.id, peer = %self.conn.peer, code = e.code.as_str(), reason = %e.message, "authentication refused");
+        if let Err(e) = &result
+            && e.code == ErrorCode::Unauthorized
+            && matches!(
+                self.conn.ip.auth_failed(),
+                Err(crate::iplimit::Overspent::Address(_))
+            )
+        {
+            // Refused credentials spend the address's budget too
+            // (`failed_auths_per_ip_per_minute`): reconnecting buys no more guesses, and the
+            // address's next handshakes are answered 429 until it refills.
+            self.abusive = Some("too many failed authentications");
+        }
+        if let Err(e) = &result
+            && let Some(failures) = self.conn.ip.limits().log_failure()
+        {
+            // Never the credentials: only what was refused and why, in our words; at most one
+            // line per interval and listener, with the refusals since the last one.
+            tracing::info!(listener = %self.ctx.cfg.name, conn = %self.id, peer = %self.conn.peer, code = e.code.as_str(), reason = %e.message, failures, "authentication refused");
         }
         self.finish_v1(id, result)
     }
@@ -710,7 +725,8 @@ impl Session {
                 }
             }
             legacy::Request::Subscribe(c) => {
-                ops::admit(&ctx, &self.identity, "subscribe", c, Access::Read).map_err(denied)?;
+                ops::admit_read(&ctx, &self.identity, "subscribe", c, ReadVia::Subscriber)
+                    .map_err(denied)?;
                 let replay = ctx.hub.settings(c).map_or(0, |s| s.legacy_replay);
                 let start = if replay > 0 {
                     Start::Last(replay as u64)

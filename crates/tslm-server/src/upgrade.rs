@@ -188,7 +188,10 @@ pub(crate) async fn websocket(ctx: Arc<ListenerCtx>, mut req: Request) -> Respon
     let identity = match Box::pin(initial_identity(&ctx, &conn, req.headers())).await {
         Ok(i) => i,
         Err(e) => {
-            tracing::info!(listener = %ctx.cfg.name, peer = %conn.peer, reason = %e.message, "authentication refused at the handshake");
+            // 401s are counted and logged (at a bounded rate) by `http::auth_budget`.
+            if e.code != ErrorCode::Unauthorized {
+                tracing::info!(listener = %ctx.cfg.name, peer = %conn.peer, reason = %e.message, "authentication refused at the handshake");
+            }
             return error_response(&e);
         }
     };

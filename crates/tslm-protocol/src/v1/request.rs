@@ -582,17 +582,67 @@ fn parse_start(v: Option<&RawValue>, default: Start) -> Result<Start, ProtoError
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawOptions {
-    #[serde(default)]
-    backlog_messages: Option<u64>,
-    #[serde(default)]
-    backlog_seconds: Option<u64>,
-    #[serde(default)]
-    max_message_bytes: Option<u64>,
-    #[serde(default)]
-    max_subscribers: Option<u64>,
-    #[serde(default)]
-    replies: Option<bool>,
+struct RawOptions<'a> {
+    // Kept as their JSON text, so that a key given with `null` is seen (and refused, not read as
+    // "not given") and numbers are read exactly, never through a float.
+    #[serde(default, borrow, deserialize_with = "present")]
+    backlog_messages: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    backlog_seconds: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    max_message_bytes: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    max_subscribers: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    replies: Option<&'a RawValue>,
+}
+
+/// An option that is present, with its JSON text (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// The value of a JSON number that is a non-negative integer as JSON Schema counts them: an
+/// integral number in any notation (`5`, `5.0`, `5e0`, `50e-1`), at most `u64::MAX`. Read from
+/// the text exactly (a float would round `2111599191287955.0` off). `None` for anything else:
+/// fractions, negative numbers, numbers past `u64::MAX`, non-numbers.
+pub(crate) fn integral(text: &str) -> Option<u64> {
+    let (mantissa, exp) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e)),
+        None => (text, None),
+    };
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mantissa),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = format!("{int}{frac}");
+    let digits = digits.trim_start_matches('0');
+    if digits.is_empty() {
+        return Some(0); // zero, whatever its sign and exponent
+    }
+    if negative {
+        return None;
+    }
+    let exp: i64 = match exp {
+        None => 0,
+        Some(e) => e.strip_prefix('+').unwrap_or(e).parse().ok()?,
+    };
+    let significant = digits.trim_end_matches('0');
+    let zeros = i64::try_from(digits.len().saturating_sub(significant.len())).ok()?;
+    let frac_len = i64::try_from(frac.len()).ok()?;
+    let scale = exp.checked_add(zeros)?.checked_sub(frac_len)?;
+    if scale < 0 || i64::try_from(significant.len()).ok()?.checked_add(scale)? > 20 {
+        return None;
+    }
+    let mut n: u64 = significant.parse().ok()?;
+    for _ in 0..scale {
+        n = n.checked_mul(10)?;
+    }
+    Some(n)
 }
 
 /// Decodes channel options on their own (the JSON body of `PUT /v1/channels/{name}`).
@@ -613,12 +663,20 @@ fn parse_options(v: Option<&RawValue>) -> Result<ChannelOptions, ProtoError> {
     }
     let o: RawOptions =
         serde_json::from_str(v.get()).map_err(|_| ProtoError::bad_request(OPTIONS_FORM))?;
+    let bad = || ProtoError::bad_request(OPTIONS_FORM);
+    let n = |v: Option<&RawValue>| v.map(|v| integral(v.get()).ok_or_else(bad)).transpose();
+    let replies = match o.replies.map(RawValue::get) {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => return Err(bad()),
+    };
     Ok(ChannelOptions {
-        backlog_messages: o.backlog_messages,
-        backlog_seconds: o.backlog_seconds,
-        max_message_bytes: o.max_message_bytes,
-        max_subscribers: o.max_subscribers,
-        replies: o.replies,
+        backlog_messages: n(o.backlog_messages)?,
+        backlog_seconds: n(o.backlog_seconds)?,
+        max_message_bytes: n(o.max_message_bytes)?,
+        max_subscribers: n(o.max_subscribers)?,
+        replies,
     })
 }
 
@@ -920,6 +978,23 @@ mod tests {
                 }
             }
         );
+        // Integers as JSON Schema counts them: an integral number in any notation.
+        assert_eq!(
+            op(
+                r#"{"op":"create","channel":"c","options":{"max_subscribers":86961.0,
+                "backlog_messages":1e3,"backlog_seconds":-0.0,"max_message_bytes":9.007199254740992e15}}"#
+            ),
+            Op::Create {
+                channel: ch("c"),
+                options: ChannelOptions {
+                    max_subscribers: Some(86961),
+                    backlog_messages: Some(1000),
+                    backlog_seconds: Some(0),
+                    max_message_bytes: Some(9_007_199_254_740_992),
+                    replies: None,
+                }
+            }
+        );
         assert_eq!(
             op(r#"{"op":"create","channel":"c","options":{"replies":true}}"#),
             Op::Create {
@@ -933,13 +1008,53 @@ mod tests {
     }
 
     #[test]
+    fn integral_reads_json_schema_integers_exactly() {
+        for (text, want) in [
+            ("0", Some(0)),
+            ("-0", Some(0)),
+            ("-0.0e-5", Some(0)),
+            ("0e99999999999999999999", Some(0)),
+            ("5", Some(5)),
+            ("5.0", Some(5)),
+            ("5e0", Some(5)),
+            ("50e-1", Some(5)),
+            ("1E+3", Some(1000)),
+            ("1.5e1", Some(15)),
+            ("86961.0", Some(86961)),
+            ("2111599191287955.0", Some(2_111_599_191_287_955)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("18446744073709551615.000", Some(u64::MAX)),
+            ("1.8446744073709551615e19", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("1e20", None),
+            ("1e99999999999999999999", None),
+            ("5.5", None),
+            ("51e-1", None),
+            ("-1", None),
+            ("-1.0", None),
+            ("null", None),
+            ("true", None),
+            ("\"5\"", None),
+        ] {
+            assert_eq!(integral(text), want, "{text}");
+        }
+    }
+
+    #[test]
     fn create_refusals() {
         for options in [
             r#"{"backlog":1}"#,
             r#"{"backlog_messages":-1}"#,
             r#"{"backlog_messages":1.5}"#,
             r#"{"backlog_messages":"1"}"#,
+            r#"{"backlog_messages":1.8446744073709552e19}"#,
+            r#"{"backlog_messages":18446744073709551616}"#,
+            r#"{"backlog_messages":-1.0}"#,
             r#"{"replies":1}"#,
+            // A key given holds a value: `null` is not "not given".
+            r#"{"replies":null}"#,
+            r#"{"backlog_messages":null}"#,
+            r#"{"max_subscribers":null,"replies":false}"#,
             r#"{"replies":true,"replies":false}"#,
             r#"[1]"#,
             r#"[]"#,
