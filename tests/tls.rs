@@ -552,9 +552,9 @@ async fn files_that_do_not_load_fail_startup_naming_listener_and_file() {
     );
 }
 
-#[tokio::test]
-async fn a_client_certificate_maps_to_a_publisher_and_its_channels() {
-    let dir = TempDir::new("mtls-publisher");
+/// A gateway with one mutual-TLS listener `private` (`publisher_auth`) and `publishers` (TOML
+/// tables), its server CA and the CA of its clients' certificates.
+async fn mtls_gateway(dir: &TempDir, publishers: &str) -> (TlsServer, Ca, Ca) {
     let server_ca = Ca::new("server ca");
     let clients_ca = Ca::new("clients ca");
     let leaf = server_ca.leaf("gateway", &["localhost"], 1);
@@ -562,11 +562,20 @@ async fn a_client_certificate_maps_to_a_publisher_and_its_channels() {
     let key = dir.write("key.pem", &leaf.key_pem);
     let ca = dir.write("clients-ca.pem", &clients_ca.pem());
     let toml = format!(
-        "{}publisher_auth = true\n\
-         [publisher.billing]\ncertificates = ['billing.intranet']\noperations = ['create', 'publish']\nchannels = ['bills.*']\n",
+        "{}publisher_auth = true\n{publishers}",
         tls_listener("private", &cert, &key, Some(&ca))
     );
-    let srv = TlsServer::start(&toml).await;
+    (TlsServer::start(&toml).await, server_ca, clients_ca)
+}
+
+#[tokio::test]
+async fn a_client_certificate_maps_to_a_publisher_and_its_channels() {
+    let dir = TempDir::new("mtls-publisher");
+    let (srv, server_ca, clients_ca) = mtls_gateway(
+        &dir,
+        "[publisher.billing]\ncertificates = ['billing.intranet']\noperations = ['create', 'publish']\nchannels = ['bills.*']\n",
+    )
+    .await;
     let addr = srv.addr("private");
 
     // The certificate's DNS name is a whitelisted publisher: no token needed.
@@ -599,20 +608,13 @@ async fn a_client_certificate_maps_to_a_publisher_and_its_channels() {
 #[tokio::test]
 async fn a_client_certificate_naming_two_publishers_authenticates_neither() {
     let dir = TempDir::new("mtls-ambiguous");
-    let server_ca = Ca::new("server ca");
-    let clients_ca = Ca::new("clients ca");
-    let leaf = server_ca.leaf("gateway", &["localhost"], 1);
-    let cert = dir.write("cert.pem", &leaf.cert_pem);
-    let key = dir.write("key.pem", &leaf.key_pem);
-    let ca = dir.write("clients-ca.pem", &clients_ca.pem());
     // `audit` sorts before `billing`: the old lookup picked it for a certificate naming both.
-    let toml = format!(
-        "{}publisher_auth = true\n\
-         [publisher.audit]\ncertificates = ['audit.intranet']\noperations = ['create', 'publish', 'delete']\nchannels = ['*']\n\
+    let (srv, server_ca, clients_ca) = mtls_gateway(
+        &dir,
+        "[publisher.audit]\ncertificates = ['audit.intranet']\noperations = ['create', 'publish', 'delete']\nchannels = ['*']\n\
          [publisher.billing]\ncertificates = ['billing.intranet']\noperations = ['create', 'publish']\nchannels = ['bills.*']\n",
-        tls_listener("private", &cert, &key, Some(&ca))
-    );
-    let srv = TlsServer::start(&toml).await;
+    )
+    .await;
     let addr = srv.addr("private");
 
     // CN names billing, a DNS SAN names audit: refused over HTTP and at the WebSocket handshake.
