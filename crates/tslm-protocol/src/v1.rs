@@ -50,6 +50,13 @@ impl Id {
                 "`id` is longer than {MAX_ID_BYTES} bytes"
             )));
         }
+        // A number beyond a double's range (`1e400`) is valid JSON, but echoing it would make a
+        // reply that common JSON parsers refuse or read as infinity: no client could match it.
+        if is_number && !raw.parse::<f64>().is_ok_and(f64::is_finite) {
+            return Err(ProtoError::bad_request(
+                "`id` is a number beyond the range of a double",
+            ));
+        }
         Ok(Self(raw.into()))
     }
 
@@ -129,6 +136,26 @@ mod tests {
             let mut out = String::new();
             push_json_str(&mut out, s);
             assert_eq!(out, serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn numeric_ids_stay_within_a_doubles_range() {
+        for ok in [
+            "1",
+            "-3",
+            "1.50",
+            "1e308",
+            "-1.7976931348623157e308",
+            "0.1e-400",
+        ] {
+            assert_eq!(
+                Id::from_json(ok).map(|i| i.as_json().to_owned()),
+                Ok(ok.to_owned())
+            );
+        }
+        for bad in ["1e400", "-61e400", "1e309"] {
+            assert!(Id::from_json(bad).is_err(), "{bad}");
         }
     }
 
