@@ -21,9 +21,9 @@ use tslm_protocol::{
     ChannelName, Dialect, ErrorCode, ProtoError, Start, WsFrame, close, legacy, v1,
 };
 
-use crate::config::ListenerConfig;
+use crate::context::{ConnSlot, ListenerCtx};
+use crate::errors::rate_limited;
 use crate::identity::{self, Identity, SubscriberGrant};
-use crate::listener::{ConnSlot, ListenerCtx};
 use crate::ops::{self, ReadVia};
 use tslm_auth::keys::Challenge;
 
@@ -70,14 +70,6 @@ enum End {
     Gone,
     /// We close with this code and reason.
     Close(u16, &'static str),
-}
-
-pub(crate) fn rate_limited(cfg: &ListenerConfig) -> ProtoError {
-    let rate = cfg.rate_limit_per_second.map_or(0, |r| r.get());
-    ProtoError::new(
-        ErrorCode::RateLimited,
-        format!("rate limit exceeded: this listener allows {rate} commands per second"),
-    )
 }
 
 pub(crate) async fn run(

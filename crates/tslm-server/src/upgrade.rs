@@ -15,9 +15,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tslm_protocol::{Dialect, ErrorCode, ProtoError, SUBPROTOCOL_V1};
 
 use crate::config::ListenerConfig;
-use crate::http::error_response;
+use crate::context::{ConnSlot, ListenerCtx};
+use crate::errors::error_response;
 use crate::identity::{self, Identity};
-use crate::listener::{ConnSlot, ListenerCtx};
 
 /// Whether `name` lists `token` (comma-separated, case-insensitive), as `Connection: upgrade`.
 fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
