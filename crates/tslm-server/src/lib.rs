@@ -8,6 +8,7 @@ mod admission;
 pub mod auth_config;
 pub mod classes;
 pub mod config;
+mod connection;
 mod context;
 mod cross_site;
 mod errors;
