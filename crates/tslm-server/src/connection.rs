@@ -18,6 +18,7 @@ use crate::context::{ConnSlot, ListenerCtx};
 use crate::errors::rate_limited;
 use crate::identity::{self, Identity, SubscriberGrant};
 use crate::ops::{self, ReadVia};
+use crate::stats::AuthRefusalKind;
 
 /// Counts events in one-second windows; says when a window's count goes over `max`.
 #[derive(Debug)]
@@ -342,6 +343,11 @@ impl Connection {
         };
         if let Err(e) = &result
             && e.code == ErrorCode::Unauthorized
+        {
+            self.ctx.stats.count_auth_refusal(AuthRefusalKind::Command);
+        }
+        if let Err(e) = &result
+            && e.code == ErrorCode::Unauthorized
             && matches!(
                 self.conn.ip.auth_failed(),
                 Err(crate::iplimit::Overspent::Address(_))
@@ -595,3 +601,6 @@ impl Connection {
         Ok(s.subscription)
     }
 }
+
+#[cfg(test)]
+mod tests;

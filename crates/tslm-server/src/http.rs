@@ -23,6 +23,7 @@ use crate::errors::{
 use crate::identity::{self, Identity};
 use crate::iplimit::Overspent;
 use crate::ops::{self, ReadVia};
+use crate::stats::AuthRefusalKind;
 
 type Ctx = State<Arc<ListenerCtx>>;
 
@@ -59,13 +60,20 @@ async fn auth_budget(State(ctx): Ctx, req: Request, next: axum::middleware::Next
     };
     if let Some(wait) = conn.ip.auth_blocked() {
         tracing::debug!(listener = %ctx.cfg.name, peer = %conn.peer, "address over its failed-authentication budget: answering 429");
+        ctx.stats.count_auth_refusal(AuthRefusalKind::OverBudget);
         return over_budget(wait, ADDRESS_OVER_BUDGET);
     }
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let handshake = crate::upgrade::is_upgrade_request(req.headers());
     let resp = next.run(req).await;
     if resp.status() != StatusCode::UNAUTHORIZED {
         return resp;
     }
+    ctx.stats.count_auth_refusal(if handshake {
+        AuthRefusalKind::Handshake
+    } else {
+        AuthRefusalKind::Http
+    });
     let verdict = conn.ip.auth_failed();
     if let Some(failures) = conn.ip.limits().log_failure() {
         let reason = resp
@@ -76,11 +84,17 @@ async fn auth_budget(State(ctx): Ctx, req: Request, next: axum::middleware::Next
     }
     match verdict {
         Ok(()) => resp,
-        Err(Overspent::Connection) => over_budget(
-            std::time::Duration::from_secs(1),
-            "too many failed authentications on this connection",
-        ),
-        Err(Overspent::Address(wait)) => over_budget(wait, ADDRESS_OVER_BUDGET),
+        Err(Overspent::Connection) => {
+            ctx.stats.count_auth_refusal(AuthRefusalKind::OverBudget);
+            over_budget(
+                std::time::Duration::from_secs(1),
+                "too many failed authentications on this connection",
+            )
+        }
+        Err(Overspent::Address(wait)) => {
+            ctx.stats.count_auth_refusal(AuthRefusalKind::OverBudget);
+            over_budget(wait, ADDRESS_OVER_BUDGET)
+        }
     }
 }
 

@@ -72,13 +72,8 @@ pub(crate) fn authorized(
     if cfg.auth_tokens.is_empty() {
         return true;
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    if bearer.is_some_and(|t| token_matches(cfg, t)) {
+    // The one parse of `Authorization: Bearer` (listener tokens and identities alike).
+    if identity::bearer(headers).is_some_and(|t| token_matches(cfg, t)) {
         return true;
     }
     allow_subprotocol && token_subprotocol(cfg, headers).is_some()
