@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, put};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -16,11 +16,14 @@ use tslm_protocol::{
     ChannelName, ChannelOptions, Epoch, ErrorCode, Offset, Payload, ProtoError, Start, v1,
 };
 
+use crate::context::{ConnSlot, ListenerCtx};
+use crate::errors::{
+    ADDRESS_OVER_BUDGET, AuthRefusal, error_response, json_response, over_budget, rate_limited,
+};
 use crate::identity::{self, Identity};
 use crate::iplimit::Overspent;
-use crate::listener::{ConnSlot, ListenerCtx};
 use crate::ops::{self, ReadVia};
-use crate::session;
+use crate::stats::AuthRefusalKind;
 
 type Ctx = State<Arc<ListenerCtx>>;
 
@@ -44,10 +47,6 @@ pub(crate) fn router(ctx: Arc<ListenerCtx>) -> Router {
         .with_state(ctx)
 }
 
-/// Why a request was answered 401, for the log (the message we wrote, never a credential).
-#[derive(Clone)]
-struct Refusal(String);
-
 /// The budget of failed authentications, for every request of the listener (API calls and
 /// WebSocket handshakes alike): each 401 answer counts against the connection's budget (as a
 /// WebSocket session's, `max_rejected_commands_per_second` within one second) and its source
@@ -61,69 +60,42 @@ async fn auth_budget(State(ctx): Ctx, req: Request, next: axum::middleware::Next
     };
     if let Some(wait) = conn.ip.auth_blocked() {
         tracing::debug!(listener = %ctx.cfg.name, peer = %conn.peer, "address over its failed-authentication budget: answering 429");
+        ctx.stats.count_auth_refusal(AuthRefusalKind::OverBudget);
         return over_budget(wait, ADDRESS_OVER_BUDGET);
     }
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let handshake = crate::upgrade::is_upgrade_request(req.headers());
     let resp = next.run(req).await;
     if resp.status() != StatusCode::UNAUTHORIZED {
         return resp;
     }
+    ctx.stats.count_auth_refusal(if handshake {
+        AuthRefusalKind::Handshake
+    } else {
+        AuthRefusalKind::Http
+    });
     let verdict = conn.ip.auth_failed();
     if let Some(failures) = conn.ip.limits().log_failure() {
         let reason = resp
             .extensions()
-            .get::<Refusal>()
+            .get::<AuthRefusal>()
             .map_or("", |r| r.0.as_str());
         tracing::info!(listener = %ctx.cfg.name, peer = %conn.peer, %method, path, reason, failures, "request authentication refused (one line per 10 s at most: `failures` counts the refusals since the last line)");
     }
     match verdict {
         Ok(()) => resp,
-        Err(Overspent::Connection) => over_budget(
-            std::time::Duration::from_secs(1),
-            "too many failed authentications on this connection",
-        ),
-        Err(Overspent::Address(wait)) => over_budget(wait, ADDRESS_OVER_BUDGET),
+        Err(Overspent::Connection) => {
+            ctx.stats.count_auth_refusal(AuthRefusalKind::OverBudget);
+            over_budget(
+                std::time::Duration::from_secs(1),
+                "too many failed authentications on this connection",
+            )
+        }
+        Err(Overspent::Address(wait)) => {
+            ctx.stats.count_auth_refusal(AuthRefusalKind::OverBudget);
+            over_budget(wait, ADDRESS_OVER_BUDGET)
+        }
     }
-}
-
-const ADDRESS_OVER_BUDGET: &str = "too many failed authentications from your address; retry later";
-
-/// 429 `rate_limited` with `Retry-After` (whole seconds, at least 1) and `Connection: close`.
-fn over_budget(wait: std::time::Duration, message: &'static str) -> Response {
-    let mut resp = error_response(&ProtoError::new(ErrorCode::RateLimited, message));
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let h = resp.headers_mut();
-    h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    resp
-}
-
-/// `{"ok":false,"error":{"code":…,"message":…}}` with the code's HTTP status.
-pub(crate) fn error_response(e: &ProtoError) -> Response {
-    let mut body = String::from("{\"ok\":false,\"error\":");
-    v1::push_error_object(&mut body, e);
-    body.push('}');
-    let status =
-        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = json_response(status, body);
-    if e.code == ErrorCode::Unauthorized {
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        resp.extensions_mut().insert(Refusal(e.message.to_string()));
-    }
-    resp
-}
-
-fn json_response(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
 }
 
 fn slot(req_ext: &axum::http::Extensions) -> Option<Arc<ConnSlot>> {
@@ -149,7 +121,7 @@ fn admit(
         return Err(ops::forbidden_listener(what));
     }
     if conn.is_some_and(|c| !c.allow_command()) {
-        return Err(session::rate_limited(&ctx.cfg));
+        return Err(rate_limited(&ctx.cfg));
     }
     let Some(name) = name else {
         return Ok(None);

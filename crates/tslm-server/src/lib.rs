@@ -8,7 +8,10 @@ mod admission;
 pub mod auth_config;
 pub mod classes;
 pub mod config;
+mod connection;
+mod context;
 mod cross_site;
+mod errors;
 mod http;
 mod identity;
 mod iplimit;
@@ -220,9 +223,9 @@ impl Server {
             if b.cfg.echo {
                 tracing::warn!(listener = %b.cfg.name, "echo mode: messages are echoed, not run (conformance testing only)");
             }
-            let ctx = listener::ListenerCtx::new(
+            let ctx = context::ListenerCtx::new(
                 b.cfg,
-                listener::Policy {
+                context::Policy {
                     channels: Arc::clone(&self.config.channels),
                     publishers: Arc::clone(&self.config.publishers),
                     verifier: self.verifier.clone(),
@@ -236,7 +239,9 @@ impl Server {
                 Arc::clone(&admission),
             )
             .with_tls(b.tls);
-            tracker.spawn(listener::accept_loop(Arc::new(ctx), b.tcp));
+            let ctx = Arc::new(ctx);
+            let router = http::router(Arc::clone(&ctx));
+            tracker.spawn(listener::accept_loop(ctx, b.tcp, router));
         }
         // Certificates are reloaded when their files change, until shutdown.
         for t in &self.tls {

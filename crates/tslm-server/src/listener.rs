@@ -6,7 +6,7 @@
 //! wrapper or indirection.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -17,19 +17,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
-use tslm_hub::Hub;
-use tslm_protocol::{ErrorCode, ProtoError};
+use tslm_protocol::ProtoError;
 
-use crate::admission::{Admission, Open, Pending, REFUSAL_DEADLINE};
+use crate::admission::{Pending, REFUSAL_DEADLINE};
 use crate::config::ListenerConfig;
-use crate::iplimit::{IpGuard, IpLimits, Refusal, RefusalGuard};
-use crate::ratelimit::TokenBucket;
-use crate::stats::{Gauge, Stats};
+use crate::context::{Admitted, ConnSlot, ListenerCtx};
+use crate::errors;
+use crate::iplimit::RefusalGuard;
 use crate::tls::TlsState;
 
 /// How often addresses that went quiet are forgotten by the per-address limits.
@@ -57,104 +53,9 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// What every task of one listener shares.
-pub(crate) struct ListenerCtx {
-    pub cfg: Arc<ListenerConfig>,
-    pub channels: Arc<crate::classes::ChannelClasses>,
-    pub publishers: Arc<Vec<crate::auth_config::Publisher>>,
-    /// Validates subscribers' access tokens (`None` without `[issuer.NAME]`).
-    pub verifier: Option<tslm_oidc::Verifier>,
-    /// Signatures of HTTP requests seen recently, shared by every listener of the server, so a
-    /// signed request is accepted once in all (never twice, on no address).
-    pub replay: Arc<std::sync::Mutex<tslm_auth::http_sig::ReplayGuard>>,
-    /// The identity providers' settings (leeway of token expiry).
-    pub issuers: Arc<Vec<crate::auth_config::Issuer>>,
-    pub hub: Hub,
-    pub shutdown: CancellationToken,
-    pub tracker: TaskTracker,
-    pub stats: Arc<Stats>,
-    /// `None`: plain TCP.
-    tls: Option<Arc<TlsState>>,
-    conn_limit: Arc<Semaphore>,
-    ip_limits: Arc<IpLimits>,
-    /// The server-wide descriptor budgets (see [`crate::admission`]).
-    admission: Arc<Admission>,
-}
-
-/// What every listener shares about channels and identities.
-#[derive(Clone)]
-pub(crate) struct Policy {
-    pub channels: Arc<crate::classes::ChannelClasses>,
-    pub publishers: Arc<Vec<crate::auth_config::Publisher>>,
-    pub verifier: Option<tslm_oidc::Verifier>,
-    pub replay: Arc<std::sync::Mutex<tslm_auth::http_sig::ReplayGuard>>,
-    pub issuers: Arc<Vec<crate::auth_config::Issuer>>,
-}
-
-impl ListenerCtx {
-    pub(crate) fn new(
-        cfg: Arc<ListenerConfig>,
-        policy: Policy,
-        hub: Hub,
-        shutdown: CancellationToken,
-        tracker: TaskTracker,
-        stats: Arc<Stats>,
-        admission: Arc<Admission>,
-    ) -> Self {
-        let conn_limit = Arc::new(Semaphore::new(cfg.max_connections));
-        let ip_limits = Arc::new(IpLimits::new(cfg.abuse, cfg.max_connections));
-        Self {
-            ip_limits,
-            cfg,
-            channels: policy.channels,
-            publishers: policy.publishers,
-            verifier: policy.verifier,
-            replay: policy.replay,
-            issuers: policy.issuers,
-            hub,
-            shutdown,
-            tracker,
-            stats,
-            tls: None,
-            conn_limit,
-            admission,
-        }
-    }
-
-    /// Serves this listener over TLS (`None`: plain TCP, the default).
-    pub(crate) fn with_tls(mut self, tls: Option<Arc<TlsState>>) -> Self {
-        self.tls = tls;
-        self
-    }
-}
-
-/// One TCP connection: its slot under `max_connections`, its peer and its command-rate bucket.
-/// Shared by the HTTP connection task and, after an upgrade, the WebSocket session; the slot is
-/// freed when both are gone.
-pub(crate) struct ConnSlot {
-    pub peer: SocketAddr,
-    /// On a mutual-TLS listener, the names the client's verified certificate vouches for: its
-    /// subject common name, then its DNS subject alternative names, without duplicates (see
-    /// `tls::cert_names`), for mapping the connection to a publisher. Empty otherwise.
-    pub peer_cert_names: Vec<String>,
-    pub bucket: Mutex<Option<TokenBucket>>,
-    /// The address's slot, and the budgets of failed authentications (connection, address).
-    pub ip: IpGuard,
-    _permit: OwnedSemaphorePermit,
-    _open: Open,
-    _gauge: Gauge,
-}
-
-impl ConnSlot {
-    /// Takes a token from this connection's rate limit; `true` when the command may run.
-    pub(crate) fn allow_command(&self) -> bool {
-        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
-        b.as_mut().is_none_or(TokenBucket::try_take)
-    }
-}
-
-pub(crate) async fn accept_loop(ctx: Arc<ListenerCtx>, tcp: TcpListener) {
-    let router = crate::http::router(Arc::clone(&ctx));
+/// Accepts connections on `tcp` until shutdown, serving each admitted one with `router` (the
+/// HTTP side, [`crate::http::router`], handed in so that this loop depends on no transport).
+pub(crate) async fn accept_loop(ctx: Arc<ListenerCtx>, tcp: TcpListener, router: Router) {
     let mut backoff = Duration::from_millis(5);
     let mut sweep = tokio::time::interval(IP_TABLE_SWEEP);
     loop {
@@ -214,43 +115,23 @@ fn http_builder(ctx: &ListenerCtx) -> http1::Builder {
     b
 }
 
-/// What an admitted connection holds: its places under the per-address limits, its listener's
-/// `max_connections` and the server's descriptor budget.
-struct Admitted {
-    ip: IpGuard,
-    permit: OwnedSemaphorePermit,
-    open: Open,
-    gauge: Gauge,
-}
-
 /// Admits a connection from `peer`, or says with which error to refuse it (429 over a
 /// per-address limit, 503 over `max_connections` or the descriptor budget).
 fn admit(ctx: &ListenerCtx, peer: SocketAddr) -> Result<Admitted, ProtoError> {
     let ip = ctx.ip_limits.admit(peer.ip()).map_err(|why| {
         ctx.stats.count_ip_refusal();
         tracing::debug!(listener = %ctx.cfg.name, %peer, ?why, "per-address limit: answering 429");
-        let message = match why {
-            Refusal::TooManyConnections => "too many connections from your address; retry later",
-            Refusal::TooFast => "too many new connections from your address; retry later",
-            Refusal::TableFull => "too many addresses are connected; retry later",
-        };
-        ProtoError::new(ErrorCode::RateLimited, message)
+        errors::address_refused(why)
     })?;
     let Ok(permit) = Arc::clone(&ctx.conn_limit).try_acquire_owned() else {
         ctx.stats.count_over_capacity();
         tracing::debug!(listener = %ctx.cfg.name, %peer, "over max_connections: answering 503");
-        return Err(ProtoError::new(
-            ErrorCode::Unavailable,
-            "this listener is at its connection limit; retry later",
-        ));
+        return Err(errors::listener_full());
     };
     let Some(open) = ctx.admission.open() else {
         ctx.stats.count_over_capacity();
         tracing::debug!(listener = %ctx.cfg.name, %peer, "descriptor budget spent: answering 503");
-        return Err(ProtoError::new(
-            ErrorCode::Unavailable,
-            "the gateway is at its connection limit; retry later",
-        ));
+        return Err(errors::gateway_full());
     };
     Ok(Admitted {
         ip,
@@ -283,25 +164,9 @@ async fn serve_connection(
     peer: SocketAddr,
     admitted: Admitted,
 ) {
-    let Admitted {
-        ip,
-        permit,
-        open,
-        gauge,
-    } = admitted;
     // The handshake runs holding the connection's slot, so handshakes in progress count
     // against `max_connections` and the per-address limits.
-    let slot = |peer_cert_names| {
-        Arc::new(ConnSlot {
-            peer,
-            peer_cert_names,
-            bucket: Mutex::new(ctx.cfg.rate_limit_per_second.map(TokenBucket::new)),
-            _permit: permit,
-            ip,
-            _open: open,
-            _gauge: gauge,
-        })
-    };
+    let slot = |peer_cert_names| Arc::new(ConnSlot::new(&ctx.cfg, peer, peer_cert_names, admitted));
     match &ctx.tls {
         None => serve_http(&ctx, router, stream, slot(Vec::new())).await,
         // Boxed, so that the TLS session state (kilobytes) is no part of the task of every
@@ -371,7 +236,7 @@ where
         // Cross-site checks, once for every route and every WebSocket handshake.
         if let Err(e) = crate::cross_site::check(&cfg, req.headers(), req.uri()) {
             tracing::debug!(listener = %cfg.name, %peer, origin = ?req.headers().get(hyper::header::ORIGIN), host = ?req.headers().get(hyper::header::HOST), "cross-site request refused");
-            return Either::Left(std::future::ready(Ok(crate::http::error_response(&e))));
+            return Either::Left(std::future::ready(Ok(errors::error_response(&e))));
         }
         req.extensions_mut().insert(Arc::clone(&slot));
         Either::Right(router.clone().oneshot(req))
@@ -409,7 +274,7 @@ async fn refuse(
     _places: (RefusalGuard, Pending),
 ) {
     let _gauge = ctx.stats.connection();
-    let answer = refusal_bytes(&error);
+    let answer = errors::refusal_bytes(&error);
     let refused = async {
         match &ctx.tls {
             None => answer_and_close(stream, &answer).await,
@@ -423,22 +288,6 @@ async fn refuse(
         _ = tokio::time::timeout(REFUSAL_DEADLINE, Box::pin(refused)) => {}
         _ = ctx.shutdown.cancelled() => {}
     }
-}
-
-/// The complete HTTP response refusing a connection.
-fn refusal_bytes(error: &ProtoError) -> Vec<u8> {
-    let mut body = String::from("{\"ok\":false,\"error\":");
-    tslm_protocol::v1::push_error_object(&mut body, error);
-    body.push('}');
-    let status = hyper::StatusCode::from_u16(error.code.http_status())
-        .unwrap_or(hyper::StatusCode::SERVICE_UNAVAILABLE);
-    format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        body.len(),
-    )
-    .into_bytes()
 }
 
 async fn answer_and_close<I>(mut io: I, answer: &[u8]) -> std::io::Result<()>

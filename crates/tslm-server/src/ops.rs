@@ -8,8 +8,8 @@ use tslm_hub::{ConnId, HubError, Outbox, PublishOptions, Published, ReplyError};
 use tslm_protocol::{ChannelName, ChannelOptions, ErrorCode, Payload, ProtoError, Start, v1};
 
 use crate::classes::ChannelClass;
+use crate::context::ListenerCtx;
 use crate::identity::{Identity, unauthorized};
-use crate::listener::ListenerCtx;
 
 pub(crate) fn forbidden_listener(op: &str) -> ProtoError {
     ProtoError::new(

@@ -13,6 +13,29 @@ pub(crate) struct Stats {
     policy_closes: AtomicUsize,
     overload_closes: AtomicUsize,
     pending_reply_bytes: AtomicUsize,
+    going_away_closes: AtomicUsize,
+    protocol_error_closes: AtomicUsize,
+    invalid_payload_closes: AtomicUsize,
+    auth_timeout_closes: AtomicUsize,
+    token_expired_closes: AtomicUsize,
+    auth_refusals_http: AtomicUsize,
+    auth_refusals_handshake: AtomicUsize,
+    auth_refusals_command: AtomicUsize,
+    auth_budget_refusals: AtomicUsize,
+}
+
+/// Where an authentication was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthRefusalKind {
+    /// A 401 answered to an HTTP API request.
+    Http,
+    /// A 401 answered to a WebSocket handshake.
+    Handshake,
+    /// An `auth` or `refresh` command refused on a WebSocket session.
+    Command,
+    /// A 429 answered because the connection's or the address's budget of failed
+    /// authentications is spent.
+    OverBudget,
 }
 
 /// A snapshot of the live counters.
@@ -41,6 +64,25 @@ pub struct ServerStats {
     /// Bytes of replies built and not yet handed whole to their sockets (each session has at
     /// most one, bounded by its listener's `outbound_queue_bytes` plus one message).
     pub pending_reply_bytes: usize,
+    /// Sessions closed with 1001 because the server shut down (since start).
+    pub going_away_closes: usize,
+    /// Sessions closed with 1002 for a WebSocket protocol violation (since start).
+    pub protocol_error_closes: usize,
+    /// Sessions closed with 1007 for a text frame that is not UTF-8 (since start).
+    pub invalid_payload_closes: usize,
+    /// Sessions closed with 4002 because they did not authenticate in time (since start).
+    pub auth_timeout_closes: usize,
+    /// Sessions closed with 4003 because their access token expired (since start).
+    pub token_expired_closes: usize,
+    /// HTTP API requests answered 401 (since start).
+    pub auth_refusals_http: usize,
+    /// WebSocket handshakes answered 401 (since start).
+    pub auth_refusals_handshake: usize,
+    /// `auth` and `refresh` commands refused with `unauthorized` (since start).
+    pub auth_refusals_command: usize,
+    /// Requests and handshakes answered 429 because a failed-authentication budget (the
+    /// connection's or its address's) was spent (since start).
+    pub auth_budget_refusals: usize,
 }
 
 impl Stats {
@@ -56,17 +98,44 @@ impl Stats {
             policy_closes: self.policy_closes.load(Ordering::Relaxed),
             overload_closes: self.overload_closes.load(Ordering::Relaxed),
             pending_reply_bytes: self.pending_reply_bytes.load(Ordering::Relaxed),
+            going_away_closes: self.going_away_closes.load(Ordering::Relaxed),
+            protocol_error_closes: self.protocol_error_closes.load(Ordering::Relaxed),
+            invalid_payload_closes: self.invalid_payload_closes.load(Ordering::Relaxed),
+            auth_timeout_closes: self.auth_timeout_closes.load(Ordering::Relaxed),
+            token_expired_closes: self.token_expired_closes.load(Ordering::Relaxed),
+            auth_refusals_http: self.auth_refusals_http.load(Ordering::Relaxed),
+            auth_refusals_handshake: self.auth_refusals_handshake.load(Ordering::Relaxed),
+            auth_refusals_command: self.auth_refusals_command.load(Ordering::Relaxed),
+            auth_budget_refusals: self.auth_budget_refusals.load(Ordering::Relaxed),
         }
     }
 
-    /// Counts a session closed by the server with `code`.
+    /// Counts a session closed by the server with `code` (every code the server closes with
+    /// has its counter).
     pub(crate) fn count_close(&self, code: u16) {
+        use tslm_protocol::close;
         let counter = match code {
-            tslm_protocol::close::SLOW_CONSUMER => &self.slow_consumer_closes,
-            tslm_protocol::close::PING_TIMEOUT => &self.ping_timeout_closes,
-            tslm_protocol::close::MESSAGE_TOO_BIG => &self.too_big_closes,
-            tslm_protocol::close::POLICY_VIOLATION => &self.policy_closes,
+            close::SLOW_CONSUMER => &self.slow_consumer_closes,
+            close::PING_TIMEOUT => &self.ping_timeout_closes,
+            close::MESSAGE_TOO_BIG => &self.too_big_closes,
+            close::POLICY_VIOLATION => &self.policy_closes,
+            close::GOING_AWAY => &self.going_away_closes,
+            close::PROTOCOL_ERROR => &self.protocol_error_closes,
+            close::INVALID_PAYLOAD => &self.invalid_payload_closes,
+            close::AUTH_TIMEOUT => &self.auth_timeout_closes,
+            close::TOKEN_EXPIRED => &self.token_expired_closes,
             _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one refused authentication.
+    pub(crate) fn count_auth_refusal(&self, kind: AuthRefusalKind) {
+        let counter = match kind {
+            AuthRefusalKind::Http => &self.auth_refusals_http,
+            AuthRefusalKind::Handshake => &self.auth_refusals_handshake,
+            AuthRefusalKind::Command => &self.auth_refusals_command,
+            AuthRefusalKind::OverBudget => &self.auth_budget_refusals,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -147,5 +216,74 @@ impl Drop for PendingReply<'_> {
         self.stats
             .pending_reply_bytes
             .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tslm_protocol::close;
+
+    use super::*;
+
+    #[test]
+    fn every_close_code_the_server_sends_is_counted_under_its_own_name() {
+        let codes = [
+            close::SLOW_CONSUMER,
+            close::PING_TIMEOUT,
+            close::MESSAGE_TOO_BIG,
+            close::POLICY_VIOLATION,
+            close::GOING_AWAY,
+            close::PROTOCOL_ERROR,
+            close::INVALID_PAYLOAD,
+            close::AUTH_TIMEOUT,
+            close::TOKEN_EXPIRED,
+        ];
+        let stats = Stats::default();
+        for (i, code) in codes.iter().enumerate() {
+            // Code number i is counted i + 1 times, so a counter read under the wrong name shows.
+            for _ in 0..=i {
+                stats.count_close(*code);
+            }
+        }
+        stats.count_close(close::NORMAL);
+        let s = stats.snapshot();
+        let counted = [
+            s.slow_consumer_closes,
+            s.ping_timeout_closes,
+            s.too_big_closes,
+            s.policy_closes,
+            s.going_away_closes,
+            s.protocol_error_closes,
+            s.invalid_payload_closes,
+            s.auth_timeout_closes,
+            s.token_expired_closes,
+        ];
+        assert_eq!(counted, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn auth_refusals_are_counted_by_kind() {
+        let stats = Stats::default();
+        let kinds = [
+            AuthRefusalKind::Http,
+            AuthRefusalKind::Handshake,
+            AuthRefusalKind::Command,
+            AuthRefusalKind::OverBudget,
+        ];
+        for (i, kind) in kinds.iter().enumerate() {
+            for _ in 0..=i {
+                stats.count_auth_refusal(*kind);
+            }
+        }
+        let s = stats.snapshot();
+        assert_eq!(
+            [
+                s.auth_refusals_http,
+                s.auth_refusals_handshake,
+                s.auth_refusals_command,
+                s.auth_budget_refusals,
+            ],
+            [1, 2, 3, 4]
+        );
     }
 }

@@ -15,9 +15,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tslm_protocol::{Dialect, ErrorCode, ProtoError, SUBPROTOCOL_V1};
 
 use crate::config::ListenerConfig;
-use crate::http::error_response;
+use crate::context::{ConnSlot, ListenerCtx};
+use crate::errors::error_response;
 use crate::identity::{self, Identity};
-use crate::listener::{ConnSlot, ListenerCtx};
 
 /// Whether `name` lists `token` (comma-separated, case-insensitive), as `Connection: upgrade`.
 fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
@@ -72,13 +72,8 @@ pub(crate) fn authorized(
     if cfg.auth_tokens.is_empty() {
         return true;
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    if bearer.is_some_and(|t| token_matches(cfg, t)) {
+    // The one parse of `Authorization: Bearer` (listener tokens and identities alike).
+    if identity::bearer(headers).is_some_and(|t| token_matches(cfg, t)) {
         return true;
     }
     allow_subprotocol && token_subprotocol(cfg, headers).is_some()

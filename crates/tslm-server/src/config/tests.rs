@@ -1,0 +1,207 @@
+use super::*;
+
+fn err(text: &str) -> String {
+    Config::from_toml_str(text, "t.toml")
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn embedded_default_is_valid() {
+    let c = Config::embedded_default();
+    assert_eq!(c.listeners.len(), 2);
+    let public = c.listeners.iter().find(|l| l.name == "public").unwrap();
+    assert_eq!(public.bind, ["127.0.0.1:8080".parse().unwrap()]);
+    assert_eq!(
+        public.permissions,
+        Permissions {
+            subscribe: true,
+            create: false,
+            publish: false
+        }
+    );
+    let private = c.listeners.iter().find(|l| l.name == "private").unwrap();
+    assert_eq!(private.bind, ["127.0.0.1:8081".parse().unwrap()]);
+    assert_eq!(
+        private.permissions,
+        Permissions {
+            subscribe: false,
+            create: true,
+            publish: true
+        }
+    );
+}
+
+#[test]
+fn original_config_keeps_working() {
+    let c = Config::from_toml_str(
+        r#"
+# the original sample, unchanged
+[listener.public]
+ip = "0.0.0.0"
+port = 8080
+default_endpoint_permissions = ['Subscribe']
+max_message_size = 65536
+max_frame_size = 16777216
+max_connections = 1000
+rate_limit_per_second = 100
+channel_buffer_size = 100
+auth_tokens = ['public-token-1']
+
+[listener.private]
+ip = '127.0.0.1'
+port = 8081
+default_endpoint_permissions = ['CreateChannel', 'NotifyChannel']
+"#,
+        "t",
+    )
+    .unwrap();
+    let p = &c.listeners[1];
+    assert_eq!(p.name, "public");
+    assert_eq!(p.max_connections, 1000);
+    assert_eq!(p.rate_limit_per_second.map(|r| r.get()), Some(100));
+    assert_eq!(p.outbox.max_messages, 100);
+    assert_eq!(p.auth_tokens, ["public-token-1"]);
+}
+
+#[test]
+fn bind_lists_and_ipv6() {
+    let c = Config::from_toml_str(
+        "[listener.a]\nip='127.0.0.1'\nport=1\nbind=['[::1]:2','127.0.0.2:3']\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.listeners[0].bind.len(), 3);
+    assert!(c.listeners[0].bind[1].is_ipv6());
+}
+
+#[test]
+fn errors_name_the_listener_and_key() {
+    let e = err("[listener.public]\nip='127.0.0.1'\nport=1\nmax_conections = 1\n");
+    assert!(
+        e.contains("listener `public`") && e.contains("max_conections"),
+        "{e}"
+    );
+    let e = err("[listener.public]\nip='127.0.0.1'\nport=1\nmax_connections = 'x'\n");
+    assert!(
+        e.contains("listener `public`") && e.contains("key `max_connections`"),
+        "{e}"
+    );
+    let e = err(
+        "[listener.public]\nip='127.0.0.1'\nport=1\ndefault_endpoint_permissions=['Publish']\n",
+    );
+    assert!(
+        e.contains("default_endpoint_permissions") && e.contains("Publish"),
+        "{e}"
+    );
+    let e = err("[listener.p]\nip='127.0.0.1'\nport=1\nmax_connections = 0\n");
+    assert!(e.contains("listener `p`, key `max_connections`"), "{e}");
+    let e = err("[listener.p]\nip='127.0.0.1'\nport=1\nchannel_buffer_size = 0\n");
+    assert!(
+        e.contains("key `channel_buffer_size`") && e.contains("unbounded"),
+        "{e}"
+    );
+    let e = err("[listener.p]\nip='127.0.0.1'\nport=99999\n");
+    assert!(
+        e.contains("listener `p`") && e.contains("key `port`"),
+        "{e}"
+    );
+    let e = err("[listener.p]\nip='127.0.0.1'\n");
+    assert!(e.contains("listener `p`, key `port`"), "{e}");
+    let e = err("[listener.p]\nbind=['localhost:80']\n");
+    assert!(e.contains("listener `p`, key `bind`"), "{e}");
+    let e = err("[listener.p]\nip='127.0.0.1'\nport=1\n[listener.q]\nbind=['127.0.0.1:1']\n");
+    assert!(e.contains("overlaps 127.0.0.1:1 of listener `p`"), "{e}");
+    let e = err("[listener.p]\nip='0.0.0.0'\nport=1\n[listener.q]\nbind=['127.0.0.1:1']\n");
+    assert!(e.contains("overlaps 0.0.0.0:1"), "{e}");
+    let e = err("[listener.p]\nbind=['[::]:1', '127.0.0.1:1']\n");
+    assert!(e.contains("listener `p`, key `bind`"), "{e}");
+    assert!(
+        Config::from_toml_str(
+            "[listener.p]\nbind=['127.0.0.1:1','127.0.0.2:1','[::1]:1']\n",
+            "t"
+        )
+        .is_ok()
+    );
+    assert!(
+        Config::from_toml_str("[listener.p]\nbind=['127.0.0.1:0','127.0.0.1:0']\n", "t").is_ok()
+    );
+    let e = err("[listner.p]\nip='127.0.0.1'\nport=1\n");
+    assert!(e.contains("listner"), "{e}");
+    assert!(err("").contains("no listener"));
+    let e = err("[listener.p]\nip='127.0.0.1'\nport=1\nauth_tokens=['']\n");
+    assert!(e.contains("key `auth_tokens`"), "{e}");
+}
+
+#[test]
+fn max_channels_and_msg_ids() {
+    let l = "[listener.p]\nip='127.0.0.1'\nport=1\n";
+    let c = Config::from_toml_str(l, "t").unwrap();
+    assert_eq!((c.max_channels, c.max_msg_ids), (100_000, 250_000));
+    assert_eq!(
+        (c.max_reply_routes, c.max_subscriptions),
+        (1_000_000, 2_000_000)
+    );
+    let c = Config::from_toml_str(
+        &format!("[server]\nmax_channels = 5\nmax_msg_ids = 7\n{l}"),
+        "t",
+    )
+    .unwrap();
+    assert_eq!((c.max_channels, c.max_msg_ids), (5, 7));
+    for key in [
+        "max_channels",
+        "max_msg_ids",
+        "max_reply_routes",
+        "max_subscriptions",
+    ] {
+        let e = err(&format!("[server]\n{key} = 0\n{l}"));
+        assert!(
+            e.contains(&format!("table [server], key `{key}`: 0 is out of range")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn backlog_memory_bytes() {
+    let l = "[listener.p]\nbind=['127.0.0.1:0']\n";
+    let c = Config::from_toml_str(l, "t").unwrap();
+    assert_eq!(
+        c.backlog_memory_bytes,
+        tslm_hub::settings::defaults::BACKLOG_MEMORY_BYTES
+    );
+    assert_eq!(c.backlog_memory_bytes, 256 * 1024 * 1024);
+    let c =
+        Config::from_toml_str(&format!("[server]\nbacklog_memory_bytes = 1\n{l}"), "t").unwrap();
+    assert_eq!(c.backlog_memory_bytes, 1);
+    let c = Config::from_toml_str(
+        &format!("[server]\nbacklog_memory_bytes = 4_294_967_296\n{l}"),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.backlog_memory_bytes, 1 << 32);
+    let e = err(&format!("[server]\nbacklog_memory_bytes = 0\n{l}"));
+    assert!(
+        e.contains("table [server], key `backlog_memory_bytes`: 0 is not allowed"),
+        "{e}"
+    );
+    let e = err(&format!("[server]\nbacklog_memory_bytes = '1GiB'\n{l}"));
+    assert!(
+        e.contains("table [server], key `backlog_memory_bytes` (line 2)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn no_channel_tables_means_the_built_in_class() {
+    for c in [
+        Config::embedded_default(),
+        Config::from_toml_str("[listener.p]\nbind=['127.0.0.1:0']\n", "t").unwrap(),
+    ] {
+        assert_eq!(c.channels.iter().count(), 1);
+        assert_eq!(
+            c.channels.class_for_str("anything"),
+            &crate::classes::ChannelClass::default()
+        );
+    }
+}

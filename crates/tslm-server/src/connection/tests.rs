@@ -1,0 +1,118 @@
+//! A connection without a socket: requests in, replies out, state checked on the hub.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tslm_hub::Hub;
+
+use super::*;
+use crate::admission::{Admission, Budget};
+use crate::config::Config;
+use crate::context::{Admitted, ConnSlot, ListenerCtx, Policy};
+use crate::stats::Stats;
+
+fn listener(toml: &str) -> Arc<ListenerCtx> {
+    let config = Config::from_toml_str(toml, "test").expect("valid config");
+    let cfg = Arc::new(config.listeners[0].clone());
+    let policy = Policy {
+        channels: Arc::clone(&config.channels),
+        publishers: Arc::clone(&config.publishers),
+        verifier: None,
+        replay: Arc::new(Mutex::new(crate::identity::replay_guard(
+            &config.publishers,
+            100,
+        ))),
+        issuers: Arc::clone(&config.issuers),
+    };
+    Arc::new(ListenerCtx::new(
+        cfg,
+        policy,
+        Hub::new(),
+        CancellationToken::new(),
+        TaskTracker::new(),
+        Arc::new(Stats::default()),
+        Arc::new(Admission::new(Budget::new(16, None))),
+    ))
+}
+
+fn connection(ctx: &Arc<ListenerCtx>) -> Connection {
+    let peer: SocketAddr = "192.0.2.1:5000".parse().expect("address");
+    let admitted = Admitted {
+        ip: ctx.ip_limits.admit(peer.ip()).expect("admitted"),
+        permit: Arc::clone(&ctx.conn_limit)
+            .try_acquire_owned()
+            .expect("a permit"),
+        open: ctx.admission.open().expect("a descriptor"),
+        gauge: ctx.stats.connection(),
+    };
+    let slot = Arc::new(ConnSlot::new(&ctx.cfg, peer, Vec::new(), admitted));
+    Connection::new(Arc::clone(ctx), slot, Dialect::V1, Identity::Anonymous)
+}
+
+/// The reply to one v1 request, as JSON.
+fn run(c: &mut Connection, request: &str) -> serde_json::Value {
+    let reply = match c.on_text(Bytes::copy_from_slice(request.as_bytes())) {
+        Ok(reply) => reply,
+        Err(_) => panic!("`{request}` waits for authentication"),
+    };
+    serde_json::from_str(&reply).expect("a JSON reply")
+}
+
+const OPEN: &str = "[listener.open]\nip='127.0.0.1'\nport=0\n\
+    default_endpoint_permissions=['CreateChannel','NotifyChannel','Subscribe']\n";
+const SUBSCRIBERS: &str =
+    "[listener.subs]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Subscribe']\n";
+
+#[tokio::test]
+async fn requests_are_executed_into_replies() {
+    let ctx = listener(OPEN);
+    let mut c = connection(&ctx);
+    assert_eq!(run(&mut c, r#"{"op":"ping","id":1}"#)["ok"], true);
+    let r = run(&mut c, r#"{"op":"create","channel":"a","id":2}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    let r = run(&mut c, r#"{"op":"publish","channel":"a","data":1,"id":3}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    let r = run(&mut c, r#"{"op":"nonsense","id":4}"#);
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["id"], 4, "{r}");
+}
+
+#[tokio::test]
+async fn the_listener_decides_what_a_connection_may_do() {
+    let ctx = listener(SUBSCRIBERS);
+    let mut c = connection(&ctx);
+    let r = run(&mut c, r#"{"op":"create","channel":"a","id":1}"#);
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+    let r = run(&mut c, r#"{"op":"publish","channel":"a","data":1,"id":2}"#);
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+}
+
+#[tokio::test]
+async fn auth_requests_are_handed_back_to_run_asynchronously() {
+    let ctx = listener(OPEN);
+    let mut c = connection(&ctx);
+    let pending = c
+        .on_text(Bytes::from_static(br#"{"op":"auth","token":"x","id":1}"#))
+        .expect_err("an `auth` request waits for run_auth");
+    let r: serde_json::Value = serde_json::from_str(&c.run_auth(pending).await).expect("JSON");
+    assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    assert_eq!(ctx.stats.snapshot().auth_refusals_command, 1);
+}
+
+#[tokio::test]
+async fn a_dropped_connection_leaves_no_subscription() {
+    let ctx = listener(OPEN);
+    let mut c = connection(&ctx);
+    assert_eq!(
+        run(&mut c, r#"{"op":"create","channel":"a","id":1}"#)["ok"],
+        true
+    );
+    let r = run(&mut c, r#"{"op":"subscribe","channel":"a","id":2}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    let (channel, id) = (ChannelName::new("a").expect("a name"), c.id);
+    assert!(ctx.hub.is_subscribed(&channel, id));
+    drop(c);
+    assert!(!ctx.hub.is_subscribed(&channel, id));
+}
