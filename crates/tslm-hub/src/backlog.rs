@@ -5,14 +5,18 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tslm_protocol::{Offset, Payload};
+use tslm_protocol::{Delivery, Offset, Payload, Wire};
 
 use crate::budget::{Bound, shrink};
+
+/// The wire whose delivery a backlog keeps (the payload is a slice of it): a replay to a
+/// subscriber of this wire hands it these very bytes; other wires encode from the payload.
+pub(crate) const BACKLOG_WIRE: Wire = Wire::V1Ws;
 
 /// Bytes counted per backlog entry beyond its frame (the entry itself and its queue slot).
 const STORED_OVERHEAD: usize = 64;
 
-/// A kept message: its v1 delivery frame (the payload is a slice of it).
+/// A kept message: its delivery on [`BACKLOG_WIRE`] (the payload is a slice of it).
 pub(crate) struct Stored {
     pub(crate) offset: u64,
     at: Instant,
@@ -76,19 +80,18 @@ impl Backlog {
         &mut self,
         offset: Offset,
         now: Instant,
-        frame: Bytes,
+        delivery: Delivery,
         data: &Payload,
         max_messages: usize,
         budget: &Bound,
     ) {
-        // The payload is re-based onto the frame so that the backlog holds one allocation per
-        // message and nothing of the publisher's request buffer.
-        let end = frame.len() - 1;
-        let payload = data.rebased(frame.slice(end - data.len()..end));
+        // The payload is re-based onto the delivery (the encoder says where it lies) so that the
+        // backlog holds one allocation per message and nothing of the publisher's request buffer.
+        let payload = data.rebased(delivery.payload_bytes());
         let m = Stored {
             offset: offset.0,
             at: now,
-            frame,
+            frame: delivery.bytes,
             payload,
         };
         let cost = m.cost();
@@ -143,11 +146,14 @@ impl Backlog {
 mod tests {
     use super::*;
 
-    fn frame_of(data: &Payload) -> Bytes {
+    fn frame_of(data: &Payload) -> Delivery {
         let mut f = b"{\"data\":".to_vec();
         f.extend_from_slice(data.json());
         f.push(b'}');
-        Bytes::from(f)
+        Delivery {
+            payload: 8..f.len() - 1,
+            bytes: Bytes::from(f),
+        }
     }
 
     #[test]

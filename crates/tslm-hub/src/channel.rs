@@ -1,11 +1,11 @@
 //! One channel: its *log* (epoch, offsets, backlog, `msg_id`s, reply routes) and its *fan-out*
-//! on this node (subscribers per dialect, the catching list), both under one short std mutex so
+//! on this node (subscribers per wire, the catching list), both under one short std mutex so
 //! that a publish is one critical section.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use tslm_protocol::{ChannelName, Dialect, Epoch, Lost, Offset, Recovery, Start};
+use tslm_protocol::{ChannelName, Epoch, Lost, Offset, Recovery, Start, Wire};
 
 use crate::backlog::Backlog;
 use crate::dedupe::Dedupe;
@@ -14,15 +14,20 @@ use crate::replies::ReplyRoutes;
 use crate::settings::ChannelSettings;
 use crate::types::HubError;
 
+/// Keys of channels, unique for the life of the process (0 is never one): what a connection's
+/// outbox notes beside each queued delivery to find a subscription's frames.
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
 pub(crate) struct Channel {
     pub(crate) name: ChannelName,
+    pub(crate) key: u64,
     pub(crate) epoch: Epoch,
     pub(crate) settings: ChannelSettings,
     state: Mutex<State>,
     /// Mirrors of `State` read without the lock, to encode frames before taking it.
     last_offset: AtomicU64,
-    v1_subs: AtomicUsize,
-    legacy_subs: AtomicUsize,
+    /// Live subscribers by [`Wire::index`].
+    live: [AtomicUsize; Wire::COUNT],
 }
 
 /// What a channel has published: dense offsets from 1 and what it keeps of them.
@@ -63,12 +68,12 @@ impl Channel {
     pub(crate) fn new(name: ChannelName, settings: ChannelSettings) -> Self {
         Self {
             name,
+            key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             epoch: Epoch(rand::random()),
             settings,
             state: Mutex::new(State::default()),
             last_offset: AtomicU64::new(0),
-            v1_subs: AtomicUsize::new(0),
-            legacy_subs: AtomicUsize::new(0),
+            live: Default::default(),
         }
     }
 
@@ -83,23 +88,18 @@ impl Channel {
         self.last_offset.load(Ordering::Relaxed)
     }
 
-    /// Live subscribers of `dialect`, read without the lock.
-    pub(crate) fn live(&self, dialect: Dialect) -> usize {
-        match dialect {
-            Dialect::V1 => &self.v1_subs,
-            Dialect::Legacy => &self.legacy_subs,
-        }
-        .load(Ordering::Relaxed)
+    /// Live subscribers of `wire`, read without the lock.
+    pub(crate) fn live(&self, wire: Wire) -> usize {
+        self.live[wire.index()].load(Ordering::Relaxed)
     }
 
     /// Updates the mirrors read without the lock.
     pub(crate) fn mirror(&self, st: &State) {
         self.last_offset
             .store(st.log.last_offset, Ordering::Relaxed);
-        self.v1_subs
-            .store(st.fanout.live(Dialect::V1), Ordering::Relaxed);
-        self.legacy_subs
-            .store(st.fanout.live(Dialect::Legacy), Ordering::Relaxed);
+        for wire in Wire::ALL {
+            self.live[wire.index()].store(st.fanout.live(wire), Ordering::Relaxed);
+        }
     }
 
     /// Where a subscription or history read starting at `start` begins: the first offset to

@@ -1,13 +1,13 @@
-//! A channel's fan-out on this node: live subscribers per dialect, and the subscriptions still
+//! A channel's fan-out on this node: live subscribers per wire, and the subscriptions still
 //! replaying the backlog (the *catching* list, which live publishes skip).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tslm_protocol::{ChannelName, Dialect, Offset, Payload, WsFrame, legacy, v1};
+use tslm_protocol::{ChannelName, Offset, Wire};
 
 use crate::budget::shrink;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Tagged};
 use crate::settings::SlowPolicy;
 use crate::types::ConnId;
 
@@ -18,43 +18,33 @@ pub(crate) struct Sub {
 
 pub(crate) struct Catching {
     pub(crate) sub: Sub,
-    pub(crate) dialect: Dialect,
+    pub(crate) wire: Wire,
     /// The next offset to send.
     pub(crate) next: u64,
 }
 
 #[derive(Default)]
 pub(crate) struct Fanout {
-    v1: Vec<Sub>,
-    legacy: Vec<Sub>,
+    /// Live subscribers, by [`Wire::index`].
+    live: [Vec<Sub>; Wire::COUNT],
     /// Subscriptions still replaying the backlog: live publishes skip them (the backlog holds
     /// what they need); the replay moves them to the live lists once they reach the head.
     pub(crate) catching: Vec<Catching>,
 }
 
 impl Fanout {
-    fn live_mut(&mut self, dialect: Dialect) -> &mut Vec<Sub> {
-        match dialect {
-            Dialect::V1 => &mut self.v1,
-            Dialect::Legacy => &mut self.legacy,
-        }
-    }
-
-    /// Live subscribers of `dialect`.
-    pub(crate) fn live(&self, dialect: Dialect) -> usize {
-        match dialect {
-            Dialect::V1 => self.v1.len(),
-            Dialect::Legacy => self.legacy.len(),
-        }
+    /// Live subscribers of `wire`.
+    pub(crate) fn live(&self, wire: Wire) -> usize {
+        self.live[wire.index()].len()
     }
 
     /// Subscribers, live or replaying.
     pub(crate) fn count(&self) -> usize {
-        self.v1.len() + self.legacy.len() + self.catching.len()
+        self.live.iter().map(Vec::len).sum::<usize>() + self.catching.len()
     }
 
     pub(crate) fn is_live(&self, conn: ConnId) -> bool {
-        self.v1.iter().chain(&self.legacy).any(|s| s.conn == conn)
+        self.live.iter().flatten().any(|s| s.conn == conn)
     }
 
     pub(crate) fn contains(&self, conn: ConnId) -> bool {
@@ -62,20 +52,20 @@ impl Fanout {
     }
 
     /// Adds a live subscriber.
-    pub(crate) fn add_live(&mut self, sub: Sub, dialect: Dialect) {
-        self.live_mut(dialect).push(sub);
+    pub(crate) fn add_live(&mut self, sub: Sub, wire: Wire) {
+        self.live[wire.index()].push(sub);
     }
 
     /// Moves the replaying subscription `i` to the live list.
     pub(crate) fn go_live(&mut self, i: usize) {
         let c = self.catching.swap_remove(i);
-        self.add_live(c.sub, c.dialect);
+        self.add_live(c.sub, c.wire);
     }
 
     /// Removes `conn`'s subscription; returns whether there was one.
     pub(crate) fn remove(&mut self, conn: ConnId) -> bool {
         let mut removed = false;
-        for list in [&mut self.v1, &mut self.legacy] {
+        for list in &mut self.live {
             if let Some(i) = list.iter().position(|s| s.conn == conn) {
                 list.swap_remove(i);
                 removed = true;
@@ -88,64 +78,56 @@ impl Fanout {
         removed
     }
 
-    /// Pushes `frame` (message `offset`, encoded for `dialect`) to every live subscriber of that
-    /// dialect, removing those whose outbox closed; returns how many were removed.
+    /// Pushes `frame` (message `offset` of the channel `key`, encoded for `wire`) to every live
+    /// subscriber of that wire, removing those whose outbox closed; returns how many were
+    /// removed. A wire that cannot announce a gap only knows the `disconnect` policy.
     pub(crate) fn deliver(
         &mut self,
-        dialect: Dialect,
+        wire: Wire,
         frame: &Bytes,
         offset: Offset,
-        name: &ChannelName,
+        (key, name): (u64, &ChannelName),
         policy: SlowPolicy,
     ) -> usize {
-        let subs = self.live_mut(dialect);
+        let subs = &mut self.live[wire.index()];
         let before = subs.len();
-        if policy == SlowPolicy::Disconnect {
+        if policy == SlowPolicy::Disconnect || !wire.has_offsets() {
             subs.retain(|s| s.outbox.push(frame.clone()).is_ok());
         } else {
+            let tagged = Tagged {
+                key,
+                channel: name,
+                wire,
+                offset,
+            };
             subs.retain(|s| {
                 s.outbox
-                    .push_delivery(frame.clone(), offset, name, policy)
+                    .push_delivery(frame.clone(), &tagged, policy)
                     .is_ok()
             });
         }
         before - subs.len()
     }
 
-    /// Ends every subscription with the `closed` frame of its dialect; returns how many ended.
-    pub(crate) fn close_all(&mut self, closed_v1: &Bytes, closed_legacy: &Bytes) -> usize {
+    /// Ends every subscription with the `closed` bytes of its wire (by [`Wire::index`]); returns
+    /// how many ended.
+    pub(crate) fn close_all(&mut self, closed: &[Bytes; Wire::COUNT]) -> usize {
         let n = self.count();
-        let frame = |d: Dialect| match d {
-            Dialect::V1 => closed_v1.clone(),
-            Dialect::Legacy => closed_legacy.clone(),
-        };
-        for s in self.v1.drain(..) {
-            let _ = s.outbox.push(frame(Dialect::V1));
-        }
-        for s in self.legacy.drain(..) {
-            let _ = s.outbox.push(frame(Dialect::Legacy));
+        for (list, frame) in self.live.iter_mut().zip(closed) {
+            for s in list.drain(..) {
+                let _ = s.outbox.push(frame.clone());
+            }
         }
         for c in self.catching.drain(..) {
-            let _ = c.sub.outbox.push(frame(c.dialect));
+            let _ = c.sub.outbox.push(closed[c.wire.index()].clone());
         }
         n
     }
 
     pub(crate) fn shrink(&mut self) {
-        shrink!(self.v1, self.legacy, self.catching);
+        for list in &mut self.live {
+            shrink!(list);
+        }
+        shrink!(self.catching);
     }
-}
-
-/// The v1 delivery of a message as a complete WebSocket frame.
-pub(crate) fn encode_v1_frame(name: &ChannelName, offset: Offset, data: &Payload) -> Bytes {
-    WsFrame::text(&v1::encode_delivery(name, offset, data))
-        .bytes()
-        .clone()
-}
-
-/// The original-protocol delivery of a message as a complete WebSocket frame.
-pub(crate) fn encode_legacy_frame(name: &ChannelName, data: &Payload) -> Bytes {
-    WsFrame::text(&legacy::encode_delivery(name, data))
-        .bytes()
-        .clone()
 }

@@ -9,17 +9,17 @@ use std::time::Instant;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tslm_protocol::{
-    ChannelInfo, ChannelName, Dialect, Epoch, Offset, Payload, Start, Subscription, WsFrame,
-    legacy, v1,
+    ChannelInfo, ChannelName, Delivery, Epoch, Offset, Payload, Start, Subscription, Wire,
 };
 
+use crate::backlog::BACKLOG_WIRE;
 use crate::budget::Bound;
 use crate::channel::Channel;
-use crate::fanout::{Catching, Sub, encode_legacy_frame, encode_v1_frame};
+use crate::fanout::{Catching, Sub};
 use crate::outbox::{Outbox, PushError};
 use crate::replay::Step;
 use crate::replies::Publishers;
-use crate::settings::{ChannelSettings, SlowPolicy};
+use crate::settings::ChannelSettings;
 use crate::types::{
     CHANNEL_INFO_BYTES, CatchUp, ConnId, Created, HISTORY_ENTRY_BYTES, History, HubError,
     HubLimits, HubStats, PublishOptions, Published, ReplyError, Subscribed,
@@ -143,21 +143,14 @@ impl Hub {
             .remove(name)
             .ok_or_else(|| HubError::NotFound(name.clone()))?;
         self.inner.channel_count.give_back(1);
-        let closed_v1 = WsFrame::text(&v1::encode_closed(name, "deleted"))
-            .bytes()
-            .clone();
-        let closed_legacy = WsFrame::text(
-            legacy::encode_error(&legacy::Error::ChannelNotFound(name.clone())).as_bytes(),
-        )
-        .bytes()
-        .clone();
+        let closed = Wire::ALL.map(|w| w.closed(name, "deleted"));
         let mut guard = ch.lock();
         let st = &mut *guard;
         st.deleted = true;
         st.log.backlog.clear(&self.inner.backlog_bytes);
         st.log.routes.clear(&self.inner.routes);
         st.log.dedupe.clear(&self.inner.msg_ids);
-        let subs = st.fanout.close_all(&closed_v1, &closed_legacy);
+        let subs = st.fanout.close_all(&closed);
         ch.mirror(st);
         drop(guard);
         self.inner.subscriptions.give_back(subs);
@@ -166,8 +159,8 @@ impl Hub {
     }
 
     /// Subscribes connection `conn` to `name`, starting at `start`: from then on every message
-    /// of the channel is pushed into `outbox`, encoded for `dialect` as a complete WebSocket text
-    /// frame. When the start lies in the backlog the answer says `catching_up`, and the
+    /// of the channel is pushed into `outbox`, encoded for `wire` (the bytes that connection
+    /// writes as they are). When the start lies in the backlog the answer says `catching_up`, and the
     /// connection pulls the replay with [`Hub::catch_up`]; live messages join seamlessly after
     /// it (no duplicate, no gap: the subscription turns live under the channel lock, exactly at
     /// the head).
@@ -175,7 +168,7 @@ impl Hub {
         &self,
         name: &ChannelName,
         conn: ConnId,
-        dialect: Dialect,
+        wire: Wire,
         outbox: &Arc<Outbox>,
         start: Start,
     ) -> Result<Subscribed, HubError> {
@@ -226,11 +219,11 @@ impl Hub {
         if catching_up {
             st.fanout.catching.push(Catching {
                 sub,
-                dialect,
+                wire,
                 next: from,
             });
         } else {
-            st.fanout.add_live(sub, dialect);
+            st.fanout.add_live(sub, wire);
             ch.mirror(st);
         }
         drop(guard);
@@ -240,7 +233,7 @@ impl Hub {
     /// Pushes the next part of `conn`'s replay of `name` into its outbox: at most `max_frames`
     /// frames and about `max_bytes` (at least one frame). When the replay reaches the channel's
     /// head the subscription turns live. Messages that left the backlog while the replay was
-    /// under way are announced with a `gap` event (v1) and skipped.
+    /// under way are announced with a `gap` event (on wires that have one) and skipped.
     pub fn catch_up(
         &self,
         name: &ChannelName,
@@ -295,11 +288,12 @@ impl Hub {
 
     /// Publishes `data` to `name`.
     ///
-    /// The frame for each dialect that needs one is encoded once, outside the channel lock, for
-    /// the offset the message will most likely get; under the lock the offset is assigned, the
-    /// message kept in the backlog and the shared frame pushed into every live subscriber's
-    /// outbox (a refcount each). Only when another publisher to the same channel won the race
-    /// for that offset is the v1 frame re-encoded under the lock. Subscribers whose outbox
+    /// The delivery for each wire that needs one (a wire with live subscribers, and the
+    /// backlog's) is encoded once, outside the channel lock, for the offset the message will
+    /// most likely get; under the lock the offset is assigned, the message kept in the backlog
+    /// and the shared bytes pushed into every live subscriber's outbox (a refcount each). Only
+    /// when another publisher to the same channel won the race for that offset are the
+    /// deliveries that name their offset re-encoded under the lock. Subscribers whose outbox
     /// closed are dropped from the channel here.
     pub fn publish_with(
         &self,
@@ -318,10 +312,13 @@ impl Hub {
         }
         let keeps = settings.backlog_messages > 0;
         let guess = Offset(ch.last_offset() + 1);
-        let mut v1_frame =
-            (keeps || ch.live(Dialect::V1) > 0).then(|| encode_v1_frame(name, guess, data));
-        let mut legacy_frame =
-            (ch.live(Dialect::Legacy) > 0).then(|| encode_legacy_frame(name, data));
+        let needs = |wire: Wire, live: usize| live > 0 || (keeps && wire == BACKLOG_WIRE);
+        let mut deliveries: [Option<Delivery>; Wire::COUNT] = Default::default();
+        for wire in Wire::ALL {
+            if needs(wire, ch.live(wire)) {
+                deliveries[wire.index()] = Some(wire.delivery(name, guess, data));
+            }
+        }
         let dedupe = opts
             .msg_id
             .filter(|_| !settings.dedupe_window.is_zero() && settings.dedupe_max_ids > 0);
@@ -364,23 +361,26 @@ impl Hub {
         }
         let fanout = &mut st.fanout;
         let mut dropped = 0;
-        if fanout.live(Dialect::V1) > 0 || keeps {
-            if offset != guess || v1_frame.is_none() {
-                v1_frame = Some(encode_v1_frame(&ch.name, offset, data));
+        for wire in Wire::ALL {
+            if !needs(wire, fanout.live(wire)) {
+                continue;
             }
-            if let Some(frame) = &v1_frame {
-                dropped += fanout.deliver(Dialect::V1, frame, offset, name, settings.slow_policy);
-            }
+            let slot = &mut deliveries[wire.index()];
+            let stale = offset != guess && wire.has_offsets();
+            let d = match slot {
+                Some(d) if !stale => d,
+                _ => slot.insert(wire.delivery(&ch.name, offset, data)),
+            };
+            let channel = (ch.key, name);
+            dropped += fanout.deliver(wire, &d.bytes, offset, channel, settings.slow_policy);
         }
-        if fanout.live(Dialect::Legacy) > 0 {
-            let frame = legacy_frame.get_or_insert_with(|| encode_legacy_frame(&ch.name, data));
-            dropped += fanout.deliver(Dialect::Legacy, frame, offset, name, SlowPolicy::Disconnect);
-        }
-        if let (Some(frame), Some(now)) = (v1_frame.filter(|_| keeps), now) {
+        if let (Some(d), Some(now)) = (deliveries[BACKLOG_WIRE.index()].take(), now)
+            && keeps
+        {
             let budget = &self.inner.backlog_bytes;
             let backlog = &mut st.log.backlog;
             backlog.expire(now, settings.backlog_age, budget);
-            backlog.keep(offset, now, frame, data, settings.backlog_messages, budget);
+            backlog.keep(offset, now, d, data, settings.backlog_messages, budget);
         }
         ch.mirror(st);
         drop(guard);
@@ -486,8 +486,11 @@ impl Hub {
         };
         let conn = route.ok_or_else(no_such)?.ok_or_else(gone)?;
         let outbox = self.inner.publishers.outbox(conn).ok_or_else(gone)?;
-        let json = v1::encode_reply_event(name, offset, &replier.to_string(), data);
-        match outbox.try_push(WsFrame::text(&json).bytes().clone()) {
+        // Replies are a v1 event: only v1 connections register as publishers to reply to.
+        let event = Wire::V1Ws
+            .reply(name, offset, &replier.to_string(), data)
+            .ok_or_else(gone)?;
+        match outbox.try_push(event) {
             Ok(()) => Ok(()),
             Err(PushError::Full) => Err(ReplyError::Busy {
                 channel: name.clone(),

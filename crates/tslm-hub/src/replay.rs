@@ -1,9 +1,9 @@
 //! The paced replay of the backlog to a subscription that starts in the past (`catch_up`).
 
-use tslm_protocol::{ChannelName, Dialect, Offset, WsFrame, v1};
+use tslm_protocol::{ChannelName, Offset};
 
+use crate::backlog::BACKLOG_WIRE;
 use crate::channel::State;
-use crate::fanout::encode_legacy_frame;
 use crate::outbox::PushError;
 use crate::types::{CatchUp, ConnId};
 
@@ -19,7 +19,7 @@ impl State {
     /// Pushes the next part of `conn`'s replay into its outbox: at most `max_frames` frames and
     /// about `max_bytes` (at least one frame). When the replay reaches the head the subscription
     /// turns live (the caller updates the channel's mirrors). Messages that left the backlog
-    /// while the replay was under way are announced with a `gap` event (v1) and skipped.
+    /// while the replay was under way are announced with a `gap` event (on wires that have one) and skipped.
     pub(crate) fn replay(
         &mut self,
         name: &ChannelName,
@@ -45,23 +45,22 @@ impl State {
         // policy's drops; what does not fit waits for the next drain.
         while c.next <= last && frames < max_frames && (frames == 0 || bytes < max_bytes) {
             let (frame, next) = match log.backlog.get(c.next) {
+                Some(m) if c.wire == BACKLOG_WIRE => (m.frame.clone(), c.next + 1),
                 Some(m) => (
-                    match c.dialect {
-                        Dialect::V1 => m.frame.clone(),
-                        Dialect::Legacy => encode_legacy_frame(name, &m.payload),
-                    },
+                    c.wire.delivery(name, Offset(m.offset), &m.payload).bytes,
                     c.next + 1,
                 ),
                 None => {
                     // These messages left the backlog while the replay was under way.
                     let resume = if c.next < first { first } else { last + 1 };
-                    if c.dialect == Dialect::Legacy {
-                        // The original protocol has no way to say so.
-                        c.next = resume;
-                        continue;
+                    match c.wire.gap(name, Offset(c.next), Offset(resume - 1)) {
+                        Some(gap) => (gap, resume),
+                        None => {
+                            // The wire has no way to say so.
+                            c.next = resume;
+                            continue;
+                        }
                     }
-                    let gap = v1::encode_gap(name, Offset(c.next), Offset(resume - 1));
-                    (WsFrame::text(&gap).bytes().clone(), resume)
                 }
             };
             let len = frame.len();

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tracing::Instrument;
 use tslm_hub::{CatchUp, CloseReason, ConnId, Outbox};
 use tslm_protocol::{
-    ChannelName, Dialect, ErrorCode, ProtoError, Start, WsFrame, close, legacy, v1,
+    ChannelName, Dialect, ErrorCode, ProtoError, Start, Wire, WsFrame, close, legacy, v1,
 };
 
 use crate::config::ListenerConfig;
@@ -780,7 +780,13 @@ impl Session {
         let s = self
             .ctx
             .hub
-            .subscribe(&channel, self.id, self.dialect, &self.outbox, start)
+            .subscribe(
+                &channel,
+                self.id,
+                Wire::websocket(self.dialect),
+                &self.outbox,
+                start,
+            )
             .map_err(ops::hub_error)?;
         if s.catching_up && !self.catching.contains(&channel) {
             self.catching.push(channel.clone());

@@ -3,9 +3,9 @@ use std::time::Duration;
 
 use super::*;
 use bytes::Bytes;
-use tslm_protocol::{Lost, Recovery};
+use tslm_protocol::{Lost, Recovery, Wire};
 
-use crate::{CloseReason, OutboxLimits};
+use crate::{CloseReason, OutboxLimits, SlowPolicy};
 
 fn ch(s: &str) -> ChannelName {
     ChannelName::new(s).unwrap()
@@ -90,7 +90,7 @@ fn fans_out_per_dialect_once_and_in_order() {
     let (a, b) = (outbox(100), outbox(100));
     let (ca, cb) = (hub.next_conn_id(), hub.next_conn_id());
     let s = hub
-        .subscribe(&ch("news"), ca, Dialect::V1, &a, Start::New)
+        .subscribe(&ch("news"), ca, Wire::V1Ws, &a, Start::New)
         .unwrap();
     assert!(!s.already && !s.catching_up);
     assert_eq!(
@@ -98,11 +98,11 @@ fn fans_out_per_dialect_once_and_in_order() {
         (Offset(0), Offset(1))
     );
     assert!(
-        hub.subscribe(&ch("news"), ca, Dialect::V1, &a, Start::New)
+        hub.subscribe(&ch("news"), ca, Wire::V1Ws, &a, Start::New)
             .unwrap()
             .already
     );
-    hub.subscribe(&ch("news"), cb, Dialect::Legacy, &b, Start::New)
+    hub.subscribe(&ch("news"), cb, Wire::LegacyWs, &b, Start::New)
         .unwrap();
     assert_eq!(hub.stats().subscriptions, 2);
     hub.publish(&ch("news"), &Payload::text("hello")).unwrap();
@@ -135,9 +135,9 @@ fn a_slow_subscriber_is_dropped_and_others_keep_everything() {
     let hub = Hub::new();
     hub.create(&ch("c"));
     let (slow, fast) = (outbox(3), outbox(1000));
-    hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &slow, Start::New)
+    hub.subscribe(&ch("c"), hub.next_conn_id(), Wire::V1Ws, &slow, Start::New)
         .unwrap();
-    hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &fast, Start::New)
+    hub.subscribe(&ch("c"), hub.next_conn_id(), Wire::V1Ws, &fast, Start::New)
         .unwrap();
     publish_n(&hub, "c", 10);
     let mut q = VecDeque::new();
@@ -152,7 +152,7 @@ fn concurrent_publishers_keep_offsets_dense_and_frames_ordered() {
     let hub = Hub::new();
     hub.create(&ch("c"));
     let sub = outbox(1_000_000);
-    hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &sub, Start::New)
+    hub.subscribe(&ch("c"), hub.next_conn_id(), Wire::V1Ws, &sub, Start::New)
         .unwrap();
     let threads: Vec<_> = (0..4)
         .map(|_| {
@@ -188,7 +188,7 @@ fn resume_inside_the_window_replays_then_joins_live_without_gap_or_duplicate() {
         .subscribe(
             &ch("c"),
             conn,
-            Dialect::V1,
+            Wire::V1Ws,
             &ob,
             Start::After {
                 epoch,
@@ -228,10 +228,10 @@ fn a_replay_never_makes_a_live_delivery_overflow_a_subscriber_that_reads() {
     publish_n(&hub, "backlog", 1000);
     let ob = outbox(64);
     let conn = hub.next_conn_id();
-    hub.subscribe(&ch("live"), conn, Dialect::V1, &ob, Start::New)
+    hub.subscribe(&ch("live"), conn, Wire::V1Ws, &ob, Start::New)
         .unwrap();
     let s = hub
-        .subscribe(&ch("backlog"), conn, Dialect::V1, &ob, Start::Oldest)
+        .subscribe(&ch("backlog"), conn, Wire::V1Ws, &ob, Start::Oldest)
         .unwrap();
     assert!(s.catching_up);
     let (mut replayed, mut live) = (Vec::new(), Vec::new());
@@ -269,7 +269,7 @@ fn replay_frames_go_first_and_fill_half_the_queue() {
     publish_n(&hub, "r", 100);
     let ob = outbox(10);
     let conn = hub.next_conn_id();
-    hub.subscribe(&ch("r"), conn, Dialect::V1, &ob, Start::Oldest)
+    hub.subscribe(&ch("r"), conn, Wire::V1Ws, &ob, Start::Oldest)
         .unwrap();
     assert_eq!(ob.replay_room().0, 5);
     assert_eq!(hub.catch_up(&ch("r"), conn, 100, 1 << 30), CatchUp::More);
@@ -422,21 +422,21 @@ fn subscriptions_are_bounded_for_the_whole_hub() {
     let ob = outbox(10);
     let (c1, c2) = (hub.next_conn_id(), hub.next_conn_id());
     for (c, conn) in [("a", c1), ("b", c1), ("a", c2)] {
-        hub.subscribe(&ch(c), conn, Dialect::V1, &ob, Start::New)
+        hub.subscribe(&ch(c), conn, Wire::V1Ws, &ob, Start::New)
             .unwrap();
     }
     assert_eq!(
-        hub.subscribe(&ch("b"), c2, Dialect::V1, &ob, Start::New),
+        hub.subscribe(&ch("b"), c2, Wire::V1Ws, &ob, Start::New),
         Err(HubError::TooManySubscriptions { max: 3 })
     );
     // Subscribing again is not a new subscription.
     assert!(
-        hub.subscribe(&ch("a"), c2, Dialect::V1, &ob, Start::New)
+        hub.subscribe(&ch("a"), c2, Wire::V1Ws, &ob, Start::New)
             .unwrap()
             .already
     );
     assert!(hub.unsubscribe(&ch("a"), c1));
-    hub.subscribe(&ch("b"), c2, Dialect::V1, &ob, Start::New)
+    hub.subscribe(&ch("b"), c2, Wire::V1Ws, &ob, Start::New)
         .unwrap();
     hub.delete(&ch("b")).unwrap();
     assert_eq!(hub.stats().subscriptions, 1);
@@ -571,7 +571,7 @@ fn resume_past_the_window_or_across_epochs_says_what_was_lost() {
         offset: Offset(offset),
     };
     let s = hub
-        .subscribe(&ch("c"), conn, Dialect::V1, &ob, after(3))
+        .subscribe(&ch("c"), conn, Wire::V1Ws, &ob, after(3))
         .unwrap();
     assert_eq!(
         s.subscription.recovery,
@@ -589,7 +589,7 @@ fn resume_past_the_window_or_across_epochs_says_what_was_lost() {
         .subscribe(
             &ch("c"),
             conn,
-            Dialect::V1,
+            Wire::V1Ws,
             &ob,
             Start::After {
                 epoch: Epoch(epoch.0 ^ 1),
@@ -605,11 +605,11 @@ fn resume_past_the_window_or_across_epochs_says_what_was_lost() {
     hub.unsubscribe(&ch("c"), conn);
 
     assert!(matches!(
-        hub.subscribe(&ch("c"), conn, Dialect::V1, &ob, after(21)),
+        hub.subscribe(&ch("c"), conn, Wire::V1Ws, &ob, after(21)),
         Err(HubError::FutureOffset { .. })
     ));
     let s = hub
-        .subscribe(&ch("c"), conn, Dialect::V1, &ob, after(20))
+        .subscribe(&ch("c"), conn, Wire::V1Ws, &ob, after(20))
         .unwrap();
     assert_eq!(s.subscription.recovery, Some(Recovery::Complete));
     assert!(!s.catching_up);
@@ -623,14 +623,14 @@ fn last_n_and_oldest() {
     let ob = outbox(1000);
     let conn = hub.next_conn_id();
     let s = hub
-        .subscribe(&ch("c"), conn, Dialect::V1, &ob, Start::Last(3))
+        .subscribe(&ch("c"), conn, Wire::V1Ws, &ob, Start::Last(3))
         .unwrap();
     assert_eq!(s.subscription.from, Offset(23));
     catch_up_all(&hub, "c", conn);
     assert_eq!(offsets(&ob), ["23", "24", "25"]);
     hub.unsubscribe(&ch("c"), conn);
     let s = hub
-        .subscribe(&ch("c"), conn, Dialect::V1, &ob, Start::Last(1000))
+        .subscribe(&ch("c"), conn, Wire::V1Ws, &ob, Start::Last(1000))
         .unwrap();
     assert_eq!(s.subscription.from, Offset(16));
     hub.unsubscribe(&ch("c"), conn);
@@ -716,9 +716,9 @@ fn drop_oldest_replaces_queued_messages_with_a_gap_event() {
     )
     .unwrap();
     let (slow, fast) = (outbox(4), outbox(1000));
-    hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &slow, Start::New)
+    hub.subscribe(&ch("c"), hub.next_conn_id(), Wire::V1Ws, &slow, Start::New)
         .unwrap();
-    hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &fast, Start::New)
+    hub.subscribe(&ch("c"), hub.next_conn_id(), Wire::V1Ws, &fast, Start::New)
         .unwrap();
     publish_n(&hub, "c", 10);
     // 1-4 queued; 5 overflows: 1-4 become a gap, 5 follows; 8 overflows again: the gap grows.
@@ -741,7 +741,7 @@ fn latest_keeps_only_the_newest_queued_message() {
     )
     .unwrap();
     let slow = outbox(2);
-    hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &slow, Start::New)
+    hub.subscribe(&ch("c"), hub.next_conn_id(), Wire::V1Ws, &slow, Start::New)
         .unwrap();
     publish_n(&hub, "c", 10);
     // Each overflow leaves only the newest message of the subscription queued.
@@ -753,7 +753,7 @@ fn msg_ids_deduplicate_within_the_window() {
     let hub = Hub::new();
     hub.create(&ch("c"));
     let ob = outbox(100);
-    hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &ob, Start::New)
+    hub.subscribe(&ch("c"), hub.next_conn_id(), Wire::V1Ws, &ob, Start::New)
         .unwrap();
     let p = Payload::text("x");
     let with = |id| PublishOptions {
@@ -860,16 +860,10 @@ fn deletion_notifies_subscribers_and_a_new_channel_gets_a_new_epoch() {
     hub.create(&ch("c"));
     let epoch = hub.epoch(&ch("c")).unwrap();
     let (a, b) = (outbox(100), outbox(100));
-    hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &a, Start::New)
+    hub.subscribe(&ch("c"), hub.next_conn_id(), Wire::V1Ws, &a, Start::New)
         .unwrap();
-    hub.subscribe(
-        &ch("c"),
-        hub.next_conn_id(),
-        Dialect::Legacy,
-        &b,
-        Start::New,
-    )
-    .unwrap();
+    hub.subscribe(&ch("c"), hub.next_conn_id(), Wire::LegacyWs, &b, Start::New)
+        .unwrap();
     hub.delete(&ch("c")).unwrap();
     assert_eq!(
         drain(&a),
@@ -919,10 +913,10 @@ fn max_subscribers_is_enforced() {
     )
     .unwrap();
     let ob = outbox(10);
-    hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &ob, Start::New)
+    hub.subscribe(&ch("c"), hub.next_conn_id(), Wire::V1Ws, &ob, Start::New)
         .unwrap();
     assert!(matches!(
-        hub.subscribe(&ch("c"), hub.next_conn_id(), Dialect::V1, &ob, Start::New),
+        hub.subscribe(&ch("c"), hub.next_conn_id(), Wire::V1Ws, &ob, Start::New),
         Err(HubError::Full { max: 1, .. })
     ));
 }
@@ -935,7 +929,7 @@ fn legacy_subscribers_get_the_configured_replay() {
     let ob = outbox(100);
     let conn = hub.next_conn_id();
     let s = hub
-        .subscribe(&ch("c"), conn, Dialect::Legacy, &ob, Start::Last(2))
+        .subscribe(&ch("c"), conn, Wire::LegacyWs, &ob, Start::Last(2))
         .unwrap();
     assert!(s.catching_up);
     catch_up_all(&hub, "c", conn);
