@@ -23,6 +23,17 @@ pub(crate) struct Catching {
     pub(crate) next: u64,
 }
 
+/// What one message's fan-out on one wire did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Pushed {
+    /// Subscribers removed: their outbox closed.
+    pub(crate) removed: usize,
+    /// Subscribers the message was queued for.
+    pub(crate) delivered: usize,
+    /// Messages the subscribers' lossy policies dropped to make room.
+    pub(crate) dropped: usize,
+}
+
 #[derive(Default)]
 pub(crate) struct Fanout {
     /// Live subscribers, by [`Wire::index`].
@@ -79,8 +90,8 @@ impl Fanout {
     }
 
     /// Pushes `frame` (message `offset` of the channel `key`, encoded for `wire`) to every live
-    /// subscriber of that wire, removing those whose outbox closed; returns how many were
-    /// removed. A wire that cannot announce a gap only knows the `disconnect` policy.
+    /// subscriber of that wire, removing those whose outbox closed. A wire that cannot announce a
+    /// gap only knows the `disconnect` policy.
     pub(crate) fn deliver(
         &mut self,
         wire: Wire,
@@ -88,9 +99,10 @@ impl Fanout {
         offset: Offset,
         (key, name): (u64, &ChannelName),
         policy: SlowPolicy,
-    ) -> usize {
+    ) -> Pushed {
         let subs = &mut self.live[wire.index()];
         let before = subs.len();
+        let (mut dropped, mut not_queued) = (0, 0);
         if policy == SlowPolicy::Disconnect || !wire.has_offsets() {
             subs.retain(|s| s.outbox.push(frame.clone()).is_ok());
         } else {
@@ -100,13 +112,22 @@ impl Fanout {
                 wire,
                 offset,
             };
-            subs.retain(|s| {
-                s.outbox
-                    .push_delivery(frame.clone(), &tagged, policy)
-                    .is_ok()
-            });
+            subs.retain(
+                |s| match s.outbox.push_delivery(frame.clone(), &tagged, policy) {
+                    Ok(d) => {
+                        dropped += d.earlier + usize::from(d.this);
+                        not_queued += usize::from(d.this);
+                        true
+                    }
+                    Err(_) => false,
+                },
+            );
         }
-        before - subs.len()
+        Pushed {
+            removed: before - subs.len(),
+            delivered: subs.len() - not_queued,
+            dropped,
+        }
     }
 
     /// Ends every subscription with the `closed` bytes of its wire (by [`Wire::index`]); returns

@@ -15,11 +15,12 @@ use tslm_protocol::{
 use crate::backlog::BACKLOG_WIRE;
 use crate::budget::Bound;
 use crate::channel::Channel;
+use crate::counters::{Counters, add, get};
 use crate::fanout::{Catching, Sub};
 use crate::outbox::{Outbox, PushError};
 use crate::replay::Step;
 use crate::replies::Publishers;
-use crate::settings::ChannelSettings;
+use crate::settings::{ChannelSettings, SlowPolicy};
 use crate::types::{
     CHANNEL_INFO_BYTES, CatchUp, ConnId, Created, HISTORY_ENTRY_BYTES, History, HubError,
     HubLimits, HubStats, PublishOptions, Published, ReplyError, Subscribed,
@@ -51,6 +52,7 @@ struct Inner {
     next_conn: AtomicU64,
     /// Connections that published on channels with replies, to route replies to.
     publishers: Publishers,
+    counters: Counters,
 }
 
 impl Hub {
@@ -69,6 +71,7 @@ impl Hub {
                 backlog_bytes: Bound::new(limits.backlog_memory_bytes),
                 next_conn: AtomicU64::new(0),
                 publishers: Publishers::default(),
+                counters: Counters::default(),
             }),
         }
     }
@@ -227,6 +230,7 @@ impl Hub {
             ch.mirror(st);
         }
         drop(guard);
+        self.inner.counters.resume(recovery);
         Ok(subscribed(from, recovery, catching_up, false))
     }
 
@@ -245,7 +249,7 @@ impl Hub {
             return CatchUp::Gone;
         };
         let mut guard = ch.lock();
-        match guard.replay(name, conn, max_frames, max_bytes) {
+        match guard.replay(name, conn, max_frames, max_bytes, &self.inner.counters) {
             Step::Answer(CatchUp::Done) => {
                 ch.mirror(&guard);
                 CatchUp::Done
@@ -333,6 +337,7 @@ impl Hub {
         if let (Some(id), Some(now)) = (dedupe, now) {
             log.dedupe.expire(now, settings, &self.inner.msg_ids);
             if let Some(offset) = log.dedupe.get(id) {
+                add(&self.inner.counters.dedupe_hits, 1);
                 return Ok(Published {
                     epoch: ch.epoch,
                     offset: Offset(offset),
@@ -360,7 +365,7 @@ impl Hub {
             );
         }
         let fanout = &mut st.fanout;
-        let mut dropped = 0;
+        let (mut removed, mut delivered, mut dropped) = (0, 0, 0);
         for wire in Wire::ALL {
             if !needs(wire, fanout.live(wire)) {
                 continue;
@@ -372,7 +377,10 @@ impl Hub {
                 _ => slot.insert(wire.delivery(&ch.name, offset, data)),
             };
             let channel = (ch.key, name);
-            dropped += fanout.deliver(wire, &d.bytes, offset, channel, settings.slow_policy);
+            let pushed = fanout.deliver(wire, &d.bytes, offset, channel, settings.slow_policy);
+            removed += pushed.removed;
+            delivered += pushed.delivered;
+            dropped += pushed.dropped;
         }
         if let (Some(d), Some(now)) = (deliveries[BACKLOG_WIRE.index()].take(), now)
             && keeps
@@ -384,7 +392,15 @@ impl Hub {
         }
         ch.mirror(st);
         drop(guard);
-        self.inner.subscriptions.give_back(dropped);
+        self.inner.subscriptions.give_back(removed);
+        let counters = &self.inner.counters;
+        add(&counters.publishes, 1);
+        add(&counters.deliveries, delivered);
+        match settings.slow_policy {
+            SlowPolicy::DropOldest => add(&counters.dropped_oldest, dropped),
+            SlowPolicy::Latest => add(&counters.dropped_latest, dropped),
+            SlowPolicy::Disconnect => {}
+        }
         if let Some((conn, outbox)) = opts.publisher.filter(|_| settings.replies) {
             self.inner.publishers.register(conn, outbox);
         }
@@ -609,13 +625,23 @@ impl Hub {
         Ok(self.channel(name)?.lock().fanout.count())
     }
 
+    /// Sizes of the hub's tables and its event counters.
     pub fn stats(&self) -> HubStats {
+        let c = &self.inner.counters;
         HubStats {
             channels: self.inner.channel_count.used(),
             subscriptions: self.inner.subscriptions.used(),
             backlog_bytes: self.inner.backlog_bytes.used(),
             msg_ids: self.inner.msg_ids.used(),
             reply_routes: self.inner.routes.used(),
+            publishes: get(&c.publishes),
+            deliveries: get(&c.deliveries),
+            dedupe_hits: get(&c.dedupe_hits),
+            dropped_oldest: get(&c.dropped_oldest),
+            dropped_latest: get(&c.dropped_latest),
+            resumes_recovered: get(&c.resumes_recovered),
+            resumes_expired: get(&c.resumes_expired),
+            resumes_epoch_changed: get(&c.resumes_epoch_changed),
         }
     }
 }

@@ -9,11 +9,12 @@
 //! Files follow the types: `hub` (the registry and public operations), `channel` (one channel's
 //! state under its lock: its log and its fan-out), `backlog`, `dedupe`, `replies` (the parts of
 //! the log), `fanout` (subscribers on this node), `replay` (`catch_up`), `budget` (hub-wide
-//! bounds), `outbox` (one connection's queue), `types` (public values).
+//! bounds), `counters`, `outbox` (one connection's queue), `types` (public values).
 
 mod backlog;
 mod budget;
 mod channel;
+mod counters;
 mod dedupe;
 mod fanout;
 mod hub;

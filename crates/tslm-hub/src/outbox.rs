@@ -47,13 +47,25 @@ pub(crate) struct Tagged<'a> {
     pub(crate) offset: Offset,
 }
 
+/// What a lossy policy dropped to queue a delivery.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Dropped {
+    /// Deliveries of the subscription that were queued before.
+    pub(crate) earlier: usize,
+    /// The delivery itself (it joined a `gap` event instead).
+    pub(crate) this: bool,
+}
+
+/// Marks the key of a queued `gap` event (channel keys never come near it).
+const GAP: u64 = 1 << 63;
+
 /// A queued live frame and, beside it, what the lossy policies need: which channel's offsets it
 /// carries (a delivery, or a `gap` event's range). Nothing is ever read back out of the bytes.
 #[derive(Debug)]
 struct Entry {
     bytes: Bytes,
-    /// The channel's key, 0 for any other frame (replies, `closed` events, and deliveries of
-    /// channels whose policy is `disconnect`).
+    /// The channel's key (with [`GAP`] for a `gap` event), 0 for any other frame (replies,
+    /// `closed` events, and deliveries of channels whose policy is `disconnect`).
     key: u64,
     from: u64,
     to: u64,
@@ -244,13 +256,14 @@ impl Outbox {
     /// - `Latest`: the subscription's queued deliveries are replaced by this one.
     ///
     /// The lossy policies may exceed the limits by one frame per subscription, never more. The
-    /// offsets each queued frame covers are kept beside it, so nothing is parsed back.
+    /// offsets each queued frame covers are kept beside it, so nothing is parsed back. Returns
+    /// what was dropped, for the hub's counters.
     pub(crate) fn push_delivery(
         &self,
         frame: Bytes,
         d: &Tagged<'_>,
         policy: SlowPolicy,
-    ) -> Result<(), PushError> {
+    ) -> Result<Dropped, PushError> {
         let mut st = self.lock();
         if st.closed.is_some() {
             return Err(PushError::Closed);
@@ -264,17 +277,20 @@ impl Outbox {
         };
         if !self.over(&st, message.bytes.len()) {
             self.append(st, message);
-            return Ok(());
+            return Ok(Dropped::default());
         }
         if policy == SlowPolicy::Disconnect {
             return Err(self.overflow(st));
         }
         // Take the subscription's frames out, noting the range of offsets they covered.
         let mut dropped: Option<(u64, u64)> = None;
-        let mut freed = 0;
+        let (mut freed, mut lost) = (0, 0);
         st.queue.retain(|e| {
-            if e.key != d.key {
+            if e.key & !GAP != d.key {
                 return true;
+            }
+            if e.key & GAP == 0 {
+                lost += 1;
             }
             let (a, b) = (e.from, e.to);
             dropped = Some(dropped.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
@@ -290,7 +306,10 @@ impl Outbox {
             if was_empty {
                 self.ready.notify_one();
             }
-            return Ok(());
+            return Ok(Dropped {
+                earlier: lost,
+                this: false,
+            });
         }
         let (from, mut to) = dropped.unwrap_or((offset, offset));
         let fits = dropped.is_some() && {
@@ -311,7 +330,7 @@ impl Outbox {
         st.bytes += gap.len();
         st.queue.push_back(Entry {
             bytes: gap,
-            key: d.key,
+            key: d.key | GAP,
             from,
             to,
         });
@@ -319,7 +338,10 @@ impl Outbox {
             st.bytes += message.bytes.len();
             st.queue.push_back(message);
         }
-        Ok(())
+        Ok(Dropped {
+            earlier: lost,
+            this: !fits,
+        })
     }
 
     /// Moves every queued frame into `out` (which should be empty; its allocation is reused),

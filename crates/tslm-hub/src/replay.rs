@@ -4,6 +4,7 @@ use tslm_protocol::{ChannelName, Offset};
 
 use crate::backlog::BACKLOG_WIRE;
 use crate::channel::State;
+use crate::counters::{Counters, add};
 use crate::outbox::PushError;
 use crate::types::{CatchUp, ConnId};
 
@@ -26,6 +27,7 @@ impl State {
         conn: ConnId,
         max_frames: usize,
         max_bytes: usize,
+        counters: &Counters,
     ) -> Step {
         if self.deleted {
             return Step::Answer(CatchUp::Gone);
@@ -37,24 +39,25 @@ impl State {
         let log = &self.log;
         let first = log.first_kept();
         let last = log.last_offset;
-        let (mut frames, mut bytes) = (0usize, 0usize);
+        let (mut frames, mut bytes, mut delivered) = (0usize, 0usize, 0usize);
         let c = &mut self.fanout.catching[i];
         // Replay frames only take the room the outbox leaves replays (half of it), and never
         // count against live pushes: a replay never overflows the outbox nor makes a live
         // delivery overflow it, so it never costs a subscriber that reads its connection or its
         // policy's drops; what does not fit waits for the next drain.
         while c.next <= last && frames < max_frames && (frames == 0 || bytes < max_bytes) {
-            let (frame, next) = match log.backlog.get(c.next) {
-                Some(m) if c.wire == BACKLOG_WIRE => (m.frame.clone(), c.next + 1),
+            let (frame, next, delivery) = match log.backlog.get(c.next) {
+                Some(m) if c.wire == BACKLOG_WIRE => (m.frame.clone(), c.next + 1, true),
                 Some(m) => (
                     c.wire.delivery(name, Offset(m.offset), &m.payload).bytes,
                     c.next + 1,
+                    true,
                 ),
                 None => {
                     // These messages left the backlog while the replay was under way.
                     let resume = if c.next < first { first } else { last + 1 };
                     match c.wire.gap(name, Offset(c.next), Offset(resume - 1)) {
-                        Some(gap) => (gap, resume),
+                        Some(gap) => (gap, resume, false),
                         None => {
                             // The wire has no way to say so.
                             c.next = resume;
@@ -68,15 +71,18 @@ impl State {
                 Ok(()) => {
                     frames += 1;
                     bytes += len;
+                    delivered += usize::from(delivery);
                     c.next = next;
                 }
                 Err(PushError::Full) => break,
                 Err(_) => {
+                    add(&counters.deliveries, delivered);
                     self.fanout.catching.swap_remove(i);
                     return Step::Ended;
                 }
             }
         }
+        add(&counters.deliveries, delivered);
         if c.next <= last {
             return Step::Answer(CatchUp::More);
         }

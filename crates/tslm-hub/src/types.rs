@@ -149,6 +149,23 @@ pub struct HubStats {
     pub msg_ids: usize,
     /// Reply routes kept by all channels together (bounded by [`HubLimits::max_reply_routes`]).
     pub reply_routes: usize,
+    /// Messages published (each new offset; a repeated `msg_id` is not one).
+    pub publishes: u64,
+    /// Messages queued for subscribers: one per subscriber and message, live or replayed.
+    pub deliveries: u64,
+    /// Publishes answered with the offset of an earlier one with the same `msg_id`.
+    pub dedupe_hits: u64,
+    /// Messages dropped from subscribers' queues by the `drop_oldest` policy (each announced
+    /// by a `gap` event).
+    pub dropped_oldest: u64,
+    /// Messages dropped from subscribers' queues by the `latest` policy.
+    pub dropped_latest: u64,
+    /// Resumes (subscribes after an epoch and offset) that recovered every message.
+    pub resumes_recovered: u64,
+    /// Resumes that found messages gone from the backlog (`lost` reason `expired`).
+    pub resumes_expired: u64,
+    /// Resumes across a change of epoch (`lost` reason `epoch_changed`).
+    pub resumes_epoch_changed: u64,
 }
 
 /// Hub-wide limits: every table the hub keeps is bounded, per channel by its settings and
