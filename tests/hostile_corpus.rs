@@ -463,7 +463,20 @@ async fn credentials_from_the_corpora_authenticate_nobody_and_get_documented_ans
                 check_http(status, &body, input);
                 assert!(status == 401 || status == 429, "{status}");
             }
-            Ok(_) => panic!("a corpus token opened a subscriber connection: {input:?}"),
+            // A header with nothing usable in it (blank after `Bearer`) is no credential: the
+            // connection opens as anonymous and must authenticate before its deadline. It must
+            // not be able to read anything.
+            Ok((mut ws, _)) => {
+                let r = call(
+                    &mut ws,
+                    r#"{"op":"subscribe","id":1,"channel":"bills.x"}"#,
+                )
+                .await;
+                assert_eq!(
+                    r["error"]["code"], "unauthorized",
+                    "a corpus token {input:?} opened a connection that may read: {r}"
+                );
+            }
             Err(e) => panic!("handshake failed without an HTTP answer: {e} for {input:?}"),
         }
     }
