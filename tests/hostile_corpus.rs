@@ -467,11 +467,7 @@ async fn credentials_from_the_corpora_authenticate_nobody_and_get_documented_ans
             // connection opens as anonymous and must authenticate before its deadline. It must
             // not be able to read anything.
             Ok((mut ws, _)) => {
-                let r = call(
-                    &mut ws,
-                    r#"{"op":"subscribe","id":1,"channel":"bills.x"}"#,
-                )
-                .await;
+                let r = call(&mut ws, r#"{"op":"subscribe","id":1,"channel":"bills.x"}"#).await;
                 assert_eq!(
                     r["error"]["code"], "unauthorized",
                     "a corpus token {input:?} opened a connection that may read: {r}"
