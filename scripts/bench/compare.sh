@@ -5,6 +5,11 @@
 #
 #   scripts/bench/compare.sh [ROUNDS] [SCENARIO...]      (default: 3 rounds, every scenario)
 #   SYSTEMS="tslm nats" scripts/bench/compare.sh 1 fan1000-flat
+#   PREV=v0.2.0 SYSTEMS="tslm tslm-prev" scripts/bench/compare.sh    (this tree against a git revision)
+#
+# With PREV=REV, the system `tslm-prev` is TSLM built from git revision REV (checked out with
+# `git worktree` under target/bench/prev-src, built into target/bench/prev-target), run with the same
+# config and driven by the same (current) load generator; PREV_BIN=PATH uses a binary built elsewhere.
 #
 # Installs nats-server, nginx-light and libnginx-mod-nchan from Debian when missing.
 # Results: target/bench/results-<date>.jsonl and a markdown table on stdout.
@@ -24,6 +29,14 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 cargo build --release --locked --quiet
 BIN=target/release/tslm
+PREV_BIN=${PREV_BIN:-}
+if [ -z "$PREV_BIN" ] && [ -n "${PREV:-}" ]; then
+  src=target/bench/prev-src
+  if [ -d "$src" ]; then git -C "$src" checkout -q --detach "$PREV"; else git worktree add -q --detach "$src" "$PREV"; fi
+  (cd "$src" && CARGO_TARGET_DIR="$PWD/../prev-target" cargo build --release --locked --quiet)
+  PREV_BIN=target/bench/prev-target/release/tslm
+fi
+case " $SYSTEMS " in *" tslm-prev "*) [ -x "$PREV_BIN" ] || { echo "tslm-prev needs PREV=REV or PREV_BIN=PATH" >&2; exit 2; } ;; esac
 
 # name:subscribers:channels:messages:rate(0 = flat out)
 ALL_SCENARIOS=(
@@ -71,8 +84,9 @@ port_free() {
 start_server() {
   for p in 19380 19381 19580 19680; do port_free $p; done
   case $1 in
-    tslm)
-      "$BIN" serve --config $HERE/tslm.toml 2>"$WORK/tslm.log" & SERVER=$!; MEASURE=$SERVER
+    tslm|tslm-prev)
+      bin=$BIN; [ "$1" = tslm-prev ] && bin=$PREV_BIN
+      "$bin" serve --config $HERE/tslm.toml 2>"$WORK/tslm.log" & SERVER=$!; MEASURE=$SERVER
       SUB=127.0.0.1:19380; PUB=127.0.0.1:19381; wait_port 19380; wait_port 19381 ;;
     nats)
       nats-server -c $HERE/nats.conf >"$WORK/nats.log" 2>&1 & SERVER=$!; MEASURE=$SERVER
@@ -91,12 +105,15 @@ for round in $(seq "$ROUNDS"); do
     IFS=: read -r name subs chans msgs rate <<<"$sc"
     for sys in $SYSTEMS; do
       start_server "$sys"
-      args=(bench --target "$sys" --sub "$SUB" --pub "$PUB" -s "$subs" -c "$chans" -m "$msgs" -p 100 --server-pid "$MEASURE" --json --quiet)
+      args=(bench --target "${sys%-prev}" --sub "$SUB" --pub "$PUB" -s "$subs" -c "$chans" -m "$msgs" -p 100 --server-pid "$MEASURE" --json --quiet)
       [ "$rate" != 0 ] && args+=(-r "$rate")
       printf '[round %s] %-14s %-6s ' "$round" "$name" "$sys" >&2
       if line=$("$BIN" "${args[@]}" 2>"$WORK/bench.err"); then :; else line=${line:-}; fi
       if [ -z "$line" ]; then
         line="{\"target\":\"$sys\",\"error\":$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read().strip()))' "$WORK/bench.err")}"
+      fi
+      if [ "$sys" = tslm-prev ]; then
+        line=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["target"]="tslm-prev"; print(json.dumps(r))' "$line")
       fi
       echo "{\"round\":$round,\"scenario\":\"$name\",\"result\":$line}" >> "$OUT"
       python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(r.get("error") or "%.0f/s p99 %.1f ms lost %d" % (r["deliveries_per_second"], r["latency_ms"]["p99"], r["lost"]))' "$line" >&2

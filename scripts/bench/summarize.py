@@ -29,7 +29,7 @@ print("| scenario | system | deliveries/s | p99 ms | p999 ms | lost | dup/reorde
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 ratios = []
 for sc in order:
-    for sys_ in ["tslm", "nats", "nchan"]:
+    for sys_ in ["tslm", "tslm-prev", "nats", "nchan"]:
         runs = data[sc].get(sys_, [])
         if not runs:
             continue
@@ -59,6 +59,21 @@ for sc in order:
                 pa = statistics.median([r["latency_ms"]["p99"] for r in ok_t])
                 pb = statistics.median([r["latency_ms"]["p99"] for r in ok_o])
                 ratios.append(f"{sc}: deliveries/s tslm / {other} = {a / b:.2f}; p99 tslm / {other} = {pa / pb:.2f}" if b and pb else f"{sc}: -")
+    # This tree against an earlier revision (PREV=REV): the no-regression check.
+    p = [r for r in data[sc].get("tslm-prev", []) if "error" not in r]
+    n = [r for r in t if "error" not in r]
+    if p and n:
+        m = lambda runs, f: statistics.median([f(r) for r in runs])
+        if sc.startswith("idle"):
+            a, b = m(n, lambda r: r["server_idle_bytes_per_connection"] or 0), m(p, lambda r: r["server_idle_bytes_per_connection"] or 0)
+            ratios.append(f"{sc}: idle bytes per connection, tslm / tslm-prev = {a / b:.2f}" if b else f"{sc}: -")
+        else:
+            cpd = lambda r: r["server_cpu_seconds"] / max(r["deliveries"], 1) if r.get("deliveries") else None
+            parts = [f"deliveries/s tslm / tslm-prev = {m(n, lambda r: r['deliveries_per_second']) / m(p, lambda r: r['deliveries_per_second']):.2f}",
+                     f"p99 = {m(n, lambda r: r['latency_ms']['p99']) / max(m(p, lambda r: r['latency_ms']['p99']), 1e-9):.2f}",
+                     f"server CPU s = {m(n, lambda r: r['server_cpu_seconds']) / max(m(p, lambda r: r['server_cpu_seconds']), 1e-9):.2f}",
+                     f"peak RSS = {m(n, lambda r: r['server_rss_peak_kib']) / max(m(p, lambda r: r['server_rss_peak_kib']), 1e-9):.2f}"]
+            ratios.append(f"{sc}: " + "; ".join(parts))
 print()
 for r in ratios:
     print("- " + r)
