@@ -283,7 +283,7 @@ fn scanner_finds_the_cycle_in_files() {
     write("b.rs", "mod inner;\n");
     write(
         "b/inner.rs",
-        "use super::x;\nfn f() -> crate::Thing { todo!() }\n",
+        "use super::x;\nfn f(t: crate::Thing) -> crate::Thing { t }\n",
     );
     write("c.rs", "use crate::{a, b};\n");
     let graph = module_graph(&dir);
