@@ -5,14 +5,29 @@
 //! std mutex, held only to assign an offset and push already-encoded frames into subscribers'
 //! bounded outboxes (no I/O, no `.await`, no serialisation in the common case; see
 //! [`Hub::publish`]).
+//!
+//! Files follow the types: `hub` (the registry and public operations), `channel` (one channel's
+//! state under its lock: its log and its fan-out), `backlog`, `dedupe`, `replies` (the parts of
+//! the log), `fanout` (subscribers on this node), `replay` (`catch_up`), `budget` (hub-wide
+//! bounds), `counters`, `outbox` (one connection's queue), `types` (public values).
 
+mod backlog;
+mod budget;
+mod channel;
+mod counters;
+mod dedupe;
+mod fanout;
 mod hub;
 mod outbox;
+mod replay;
+mod replies;
 pub mod settings;
+mod types;
 
-pub use hub::{
-    CatchUp, ConnId, Created, History, Hub, HubError, HubLimits, HubStats, PublishOptions,
-    Published, ReplyError, Subscribed,
-};
+pub use hub::Hub;
 pub use outbox::{CloseReason, Outbox, OutboxLimits, PushError};
 pub use settings::{ChannelSettings, SlowPolicy};
+pub use types::{
+    CatchUp, ConnId, Created, History, HubError, HubLimits, HubStats, PublishOptions, Published,
+    ReplyError, Subscribed,
+};

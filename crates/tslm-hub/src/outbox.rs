@@ -3,7 +3,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
-use tslm_protocol::{ChannelName, Offset, WsFrame, v1};
+use tslm_protocol::{ChannelName, Offset, Wire};
 
 use crate::settings::SlowPolicy;
 
@@ -37,42 +37,57 @@ pub enum PushError {
     Full,
 }
 
-/// The offsets a queued v1 frame of `channel` covers: a delivery's offset, or a `gap` event's
-/// range; `None` for any other frame.
-///
-/// Queues hold many frames, so nothing is stored beside them: a subscription is identified by
-/// its channel (one per connection), and the offsets a lossy policy needs are read back from the
-/// frames, on the rare overflow path only.
-fn covered(frame: &[u8], channel: &ChannelName) -> Option<(u64, u64)> {
-    let header = match frame.get(1)? & 0x7f {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    };
-    let json = frame.get(header..)?;
-    let of_channel = |rest: &[u8]| {
-        rest.strip_prefix(b",\"channel\":\"")
-            .and_then(|r| r.strip_prefix(channel.as_bytes()))
-            .is_some_and(|r| r.first() == Some(&b'"'))
-    };
-    // Channel names contain no `"`, and `data` comes last: the first match is the field.
-    let number = |key: &[u8]| -> Option<u64> {
-        let at = json.windows(key.len()).position(|w| w == key)? + key.len();
-        let digits = json[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-        std::str::from_utf8(&json[at..at + digits])
-            .ok()?
-            .parse()
-            .ok()
-    };
-    if let Some(rest) = json.strip_prefix(b"{\"event\":\"message\"") {
-        of_channel(rest).then_some(())?;
-        let o = number(b"\"offset\":")?;
-        Some((o, o))
-    } else if let Some(rest) = json.strip_prefix(b"{\"event\":\"gap\"") {
-        of_channel(rest).then_some(())?;
-        Some((number(b"\"from\":")?, number(b"\"to\":")?))
-    } else {
-        None
+/// A live delivery for [`Outbox::push_delivery`]: message `offset` of a channel, known by its
+/// key (unique for the life of the process) and name, on `wire`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tagged<'a> {
+    pub(crate) key: u64,
+    pub(crate) channel: &'a ChannelName,
+    pub(crate) wire: Wire,
+    pub(crate) offset: Offset,
+}
+
+/// What a lossy policy dropped to queue a delivery.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Dropped {
+    /// Deliveries of the subscription that were queued before.
+    pub(crate) earlier: usize,
+    /// The delivery itself (it joined a `gap` event instead).
+    pub(crate) this: bool,
+}
+
+/// Marks the key of a queued `gap` event (channel keys never come near it).
+const GAP: u64 = 1 << 63;
+
+/// A live frame and, beside it, what the lossy policies need: which channel's offsets it
+/// carries (a delivery, or a `gap` event's range). Nothing is ever read back out of the bytes.
+#[derive(Debug)]
+struct Entry {
+    bytes: Bytes,
+    /// The channel's key (with [`GAP`] for a `gap` event), 0 for any other frame (replies,
+    /// `closed` events, and deliveries of channels whose policy is `disconnect`).
+    key: u64,
+    from: u64,
+    to: u64,
+}
+
+/// What is kept of an [`Entry`] beside its bytes, in a queue of its own, so that the bytes stay
+/// a plain queue of `Bytes` that the writer takes in one swap.
+#[derive(Debug, Clone, Copy)]
+struct Tag {
+    key: u64,
+    from: u64,
+    to: u64,
+}
+
+impl Entry {
+    fn untagged(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            key: 0,
+            from: 0,
+            to: 0,
+        }
     }
 }
 
@@ -98,6 +113,8 @@ struct State {
     /// Live frames (deliveries, events, replies): what the limits and the overflow policies
     /// measure.
     queue: VecDeque<Bytes>,
+    /// What each frame of `queue` carries, in the same order (one per frame).
+    tags: VecDeque<Tag>,
     bytes: usize,
     /// Frames of backlog replays ([`Outbox::push_replay`]): written before `queue`, and never
     /// counted against a live push, so a replay cannot make a live delivery overflow.
@@ -107,12 +124,35 @@ struct State {
 }
 
 impl State {
+    fn push_live(&mut self, e: Entry) {
+        self.bytes += e.bytes.len();
+        self.queue.push_back(e.bytes);
+        self.tags.push_back(Tag {
+            key: e.key,
+            from: e.from,
+            to: e.to,
+        });
+    }
+
+    /// The oldest live frame (its bytes stay counted in `bytes`).
+    fn pop_live(&mut self) -> Option<Entry> {
+        let bytes = self.queue.pop_front()?;
+        let t = self.tags.pop_front()?;
+        Some(Entry {
+            bytes,
+            key: t.key,
+            from: t.from,
+            to: t.to,
+        })
+    }
+
     fn is_empty(&self) -> bool {
         self.queue.is_empty() && self.replay.is_empty()
     }
 
     fn clear(&mut self) {
         self.queue = VecDeque::new();
+        self.tags = VecDeque::new();
         self.bytes = 0;
         self.replay = VecDeque::new();
         self.replay_bytes = 0;
@@ -160,10 +200,9 @@ impl Outbox {
         )
     }
 
-    fn append(&self, mut st: std::sync::MutexGuard<'_, State>, frame: Bytes) {
+    fn append(&self, mut st: std::sync::MutexGuard<'_, State>, entry: Entry) {
         let was_empty = st.is_empty();
-        st.bytes += frame.len();
-        st.queue.push_back(frame);
+        st.push_live(entry);
         drop(st);
         if was_empty {
             self.ready.notify_one();
@@ -189,7 +228,7 @@ impl Outbox {
         if self.over(&st, frame.len()) {
             return Err(self.overflow(st));
         }
-        self.append(st, frame);
+        self.append(st, Entry::untagged(frame));
         Ok(())
     }
 
@@ -204,7 +243,7 @@ impl Outbox {
         if self.over(&st, frame.len()) {
             return Err(PushError::Full);
         }
-        self.append(st, frame);
+        self.append(st, Entry::untagged(frame));
         Ok(())
     }
 
@@ -241,80 +280,103 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues the v1 delivery `frame` of message `offset` of `channel` (this connection's
-    /// subscription to it), applying `policy` when the queue is full:
+    /// Queues `frame`, the delivery of `d` (this connection's subscription to its channel),
+    /// applying `policy` when the queue is full:
     /// - `Disconnect`: the outbox closes as a slow consumer;
     /// - `DropOldest`: the subscription's queued deliveries are dropped and replaced by one `gap`
     ///   event naming the offsets dropped (merged with an earlier one still queued); the new
     ///   delivery follows it if it now fits, else it joins the gap;
     /// - `Latest`: the subscription's queued deliveries are replaced by this one.
     ///
-    /// The lossy policies may exceed the limits by one frame per subscription, never more.
-    pub fn push_delivery(
+    /// The lossy policies may exceed the limits by one frame per subscription, never more. The
+    /// offsets each queued frame covers are kept beside it, so nothing is parsed back. Returns
+    /// what was dropped, for the hub's counters.
+    pub(crate) fn push_delivery(
         &self,
         frame: Bytes,
-        offset: Offset,
-        channel: &ChannelName,
+        d: &Tagged<'_>,
         policy: SlowPolicy,
-    ) -> Result<(), PushError> {
+    ) -> Result<Dropped, PushError> {
         let mut st = self.lock();
         if st.closed.is_some() {
             return Err(PushError::Closed);
         }
-        let message = frame;
-        if !self.over(&st, message.len()) {
+        let offset = d.offset.0;
+        let message = Entry {
+            bytes: frame,
+            key: d.key,
+            from: offset,
+            to: offset,
+        };
+        if !self.over(&st, message.bytes.len()) {
             self.append(st, message);
-            return Ok(());
+            return Ok(Dropped::default());
         }
         if policy == SlowPolicy::Disconnect {
             return Err(self.overflow(st));
         }
         // Take the subscription's frames out, noting the range of offsets they covered.
         let mut dropped: Option<(u64, u64)> = None;
-        let mut freed = 0;
-        st.queue.retain(|f| {
-            let Some((a, b)) = covered(f, channel) else {
-                return true;
+        let (mut freed, mut lost) = (0, 0);
+        // One turn of the queue keeps the other frames in their order.
+        for _ in 0..st.queue.len() {
+            let Some(e) = st.pop_live() else {
+                break;
             };
+            if e.key & !GAP != d.key {
+                st.bytes -= e.bytes.len();
+                st.push_live(e);
+                continue;
+            }
+            if e.key & GAP == 0 {
+                lost += 1;
+            }
+            let (a, b) = (e.from, e.to);
             dropped = Some(dropped.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
-            freed += f.len();
-            false
-        });
+            freed += e.bytes.len();
+        }
         st.bytes -= freed;
         if policy == SlowPolicy::Latest {
             let was_empty = st.is_empty();
-            st.bytes += message.len();
-            st.queue.push_back(message);
+            st.push_live(message);
             drop(st);
             if was_empty {
                 self.ready.notify_one();
             }
-            return Ok(());
+            return Ok(Dropped {
+                earlier: lost,
+                this: false,
+            });
         }
-        let Some((from, mut to)) = dropped else {
-            // The queue is full of other subscriptions' frames: this message is the gap.
-            let gap = gap_frame(channel, offset.0, offset.0);
-            st.bytes += gap.len();
-            st.queue.push_back(gap);
-            return Ok(());
-        };
-        let fits = {
-            let gap_len = 64 + channel.len();
+        let (from, mut to) = dropped.unwrap_or((offset, offset));
+        let fits = dropped.is_some() && {
+            let gap_len = 64 + d.channel.len();
             st.queue.is_empty()
-                || (st.bytes + gap_len + message.len() <= self.limits.max_bytes
+                || (st.bytes + gap_len + message.bytes.len() <= self.limits.max_bytes
                     && st.queue.len() + 2 <= self.limits.max_messages)
         };
         if !fits {
-            to = offset.0;
+            // Either the queue is full of other subscriptions' frames (this message is the gap),
+            // or the message does not fit beside the gap: it joins it.
+            to = offset;
         }
-        let gap = gap_frame(channel, from, to);
-        st.bytes += gap.len();
-        st.queue.push_back(gap);
+        let Some(gap) = d.wire.gap(d.channel, Offset(from), Offset(to)) else {
+            // A wire that cannot say what was dropped only knows `disconnect`.
+            return Err(self.overflow(st));
+        };
+        st.push_live(Entry {
+            bytes: gap,
+            key: d.key | GAP,
+            from,
+            to,
+        });
         if fits {
-            st.bytes += message.len();
-            st.queue.push_back(message);
+            st.push_live(message);
         }
-        Ok(())
+        Ok(Dropped {
+            earlier: lost,
+            this: !fits,
+        })
     }
 
     /// Moves every queued frame into `out` (which should be empty; its allocation is reused),
@@ -325,11 +387,11 @@ impl Outbox {
             std::mem::swap(&mut st.replay, out);
             st.replay_bytes = 0;
             out.extend(st.queue.drain(..));
-            st.bytes = 0;
         } else if !st.queue.is_empty() {
             std::mem::swap(&mut st.queue, out);
-            st.bytes = 0;
         }
+        st.tags.clear();
+        st.bytes = 0;
         st.closed
     }
 
@@ -380,12 +442,6 @@ impl Outbox {
     }
 }
 
-/// The `gap` event frame for `from..=to` of `channel`.
-fn gap_frame(channel: &ChannelName, from: u64, to: u64) -> Bytes {
-    let json = v1::encode_gap(channel, Offset(from), Offset(to));
-    WsFrame::text(&json).bytes().clone()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,25 +451,50 @@ mod tests {
     }
 
     #[test]
-    fn offsets_are_read_back_from_queued_frames() {
-        use tslm_protocol::{Offset, Payload};
-        let ch = ChannelName::new("c.1").unwrap();
-        for len in [3, 200, 70_000] {
-            let data = Payload::text(&"o".repeat(len));
-            let json = v1::encode_delivery(&ch, Offset(987_654_321), &data);
-            let frame = WsFrame::text(&json).bytes().clone();
-            assert_eq!(covered(&frame, &ch), Some((987_654_321, 987_654_321)));
-            let other = ChannelName::new("c.10").unwrap();
-            assert_eq!(covered(&frame, &other), None, "another channel's frame");
-        }
-        let gap = WsFrame::text(&v1::encode_gap(&ch, Offset(5), Offset(90)))
-            .bytes()
-            .clone();
-        assert_eq!(covered(&gap, &ch), Some((5, 90)));
-        let closed = WsFrame::text(&v1::encode_closed(&ch, "deleted"))
-            .bytes()
-            .clone();
-        assert_eq!(covered(&closed, &ch), None);
+    fn a_queue_entry_stays_small() {
+        // The frame (a `Bytes`, 32 bytes) and, in the parallel queue, the offsets the lossy
+        // policies need (channel key, first and last offset, 24 bytes): a queued frame costs 56
+        // bytes of queue, was 32 when the offsets were read back out of the frames.
+        assert_eq!(std::mem::size_of::<Bytes>(), 32);
+        assert_eq!(std::mem::size_of::<Tag>(), 24);
+        assert_eq!(std::mem::size_of::<Entry>(), 56);
+    }
+
+    #[test]
+    fn drop_oldest_finds_the_subscription_by_key_not_by_bytes() {
+        let ob = Outbox::new(OutboxLimits {
+            max_bytes: 1 << 20,
+            max_messages: 3,
+        });
+        let (a, b) = (
+            ChannelName::new("c.1").unwrap(),
+            ChannelName::new("c.10").unwrap(),
+        );
+        let tag = |key, channel, offset| Tagged {
+            key,
+            channel,
+            wire: Wire::V1Ws,
+            offset: Offset(offset),
+        };
+        ob.push_delivery(frame(1), &tag(7, &a, 4), SlowPolicy::DropOldest)
+            .unwrap();
+        ob.push_delivery(frame(1), &tag(8, &b, 1), SlowPolicy::DropOldest)
+            .unwrap();
+        ob.push_delivery(frame(1), &tag(7, &a, 5), SlowPolicy::DropOldest)
+            .unwrap();
+        ob.push_delivery(frame(2), &tag(7, &a, 6), SlowPolicy::DropOldest)
+            .unwrap();
+        let mut out = VecDeque::new();
+        assert_eq!(ob.take(&mut out), None);
+        assert_eq!(
+            out.len(),
+            3,
+            "the other channel's frame, a gap, the new delivery"
+        );
+        assert_eq!(out[0], frame(1));
+        let gap = std::str::from_utf8(&out[1][2..]).unwrap();
+        assert_eq!(gap, r#"{"event":"gap","channel":"c.1","from":4,"to":5}"#);
+        assert_eq!(out[2], frame(2));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use tslm_hub::{CatchUp, ChannelSettings, ConnId, Hub, Outbox, OutboxLimits};
-use tslm_protocol::{ChannelName, Dialect, Lost, Offset, Payload, Recovery, Start};
+use tslm_protocol::{ChannelName, Lost, Offset, Payload, Recovery, Start, Wire};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -144,7 +144,7 @@ proptest! {
                         StartKind::Back(b) => Start::After { epoch, offset: Offset(last.saturating_sub(b)) },
                         StartKind::OtherEpoch => Start::After { epoch: tslm_protocol::Epoch(epoch.0 ^ 0xff), offset: Offset(last) },
                     };
-                    let got = hub.subscribe(&name, s.conn, Dialect::V1, &s.outbox, start).unwrap();
+                    let got = hub.subscribe(&name, s.conn, Wire::V1Ws, &s.outbox, start).unwrap();
                     let sub = got.subscription;
                     prop_assert!(!got.already);
                     prop_assert_eq!(sub.epoch, epoch);
@@ -254,8 +254,8 @@ proptest! {
         }
         let ob = Arc::new(Outbox::new(OutboxLimits { max_bytes: 1 << 30, max_messages: limit }));
         let conn = hub.next_conn_id();
-        hub.subscribe(&q, conn, Dialect::V1, &ob, Start::New).unwrap();
-        let from = hub.subscribe(&p, conn, Dialect::V1, &ob, Start::Oldest).unwrap().subscription.from.0;
+        hub.subscribe(&q, conn, Wire::V1Ws, &ob, Start::New).unwrap();
+        let from = hub.subscribe(&p, conn, Wire::V1Ws, &ob, Start::Oldest).unwrap().subscription.from.0;
         let (mut seen_p, mut seen_q) = (Vec::new(), Vec::new());
         let (mut last_q, mut live_since_read, mut p_live) = (0u64, 0usize, false);
         let read = |ob: &Outbox, seen_p: &mut Vec<Seen>, seen_q: &mut Vec<Seen>| {

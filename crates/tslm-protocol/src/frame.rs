@@ -1,8 +1,8 @@
 //! Server-to-client WebSocket frames (RFC 6455 §5.2), encoded once per published message.
 //!
 //! A frame from a server is never masked, so the same bytes, header included, are valid for
-//! every subscriber: the hub builds one [`WsFrame`] per message and dialect and every session
-//! writes it as it is (a refcount each, gathered into one `writev` per batch).
+//! every subscriber: the WebSocket wires ([`crate::Wire`]) build one [`WsFrame`] per message and
+//! every session writes it as it is (a refcount each, gathered into one `writev` per batch).
 
 use bytes::Bytes;
 

@@ -14,12 +14,14 @@ pub mod legacy;
 mod payload;
 mod stream;
 pub mod v1;
+mod wire;
 
 pub use channel::{ChannelName, ChannelNameError, MAX_CHANNEL_NAME_BYTES};
 pub use error::{ErrorCode, ProtoError};
 pub use frame::WsFrame;
 pub use payload::{Payload, PayloadKind};
 pub use stream::{ChannelInfo, ChannelOptions, Epoch, Lost, Recovery, Start, Subscription};
+pub use wire::{Delivery, Wire};
 
 /// The WebSocket subprotocol that selects protocol v1.
 pub const SUBPROTOCOL_V1: &str = "tslm.v1";

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tslm_auth::keys::Challenge;
 use tslm_hub::{CatchUp, ConnId, Outbox};
-use tslm_protocol::{ChannelName, Dialect, ErrorCode, ProtoError, Start, legacy, v1};
+use tslm_protocol::{ChannelName, Dialect, ErrorCode, ProtoError, Start, Wire, legacy, v1};
 
 use crate::context::{ConnSlot, ListenerCtx};
 use crate::errors::rate_limited;
@@ -592,7 +592,13 @@ impl Connection {
         let s = self
             .ctx
             .hub
-            .subscribe(&channel, self.id, self.dialect, &self.outbox, start)
+            .subscribe(
+                &channel,
+                self.id,
+                Wire::websocket(self.dialect),
+                &self.outbox,
+                start,
+            )
             .map_err(ops::hub_error)?;
         if s.catching_up && !self.catching.contains(&channel) {
             self.catching.push(channel.clone());

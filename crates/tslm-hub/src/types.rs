@@ -1,0 +1,208 @@
+//! The hub's public values: ids, errors, outcomes of operations, limits and counters.
+
+use std::sync::Arc;
+
+use tslm_protocol::{ChannelName, Epoch, Offset, Payload, Subscription};
+
+use crate::outbox::Outbox;
+
+/// A connection's id, unique for the life of the process (never 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Errors of hub operations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    #[error("channel `{0}` does not exist")]
+    NotFound(ChannelName),
+    #[error("channel `{channel}` has {max} subscribers, the most it allows")]
+    Full { channel: ChannelName, max: usize },
+    #[error("offset {offset} is past the last offset of channel `{channel}` ({last})")]
+    FutureOffset {
+        channel: ChannelName,
+        offset: Offset,
+        last: Offset,
+    },
+    #[error("data is {len} bytes; channel `{channel}` allows at most {max}")]
+    TooLarge {
+        channel: ChannelName,
+        len: usize,
+        max: usize,
+    },
+    #[error("the gateway serves {max} subscriptions, the most it allows")]
+    TooManySubscriptions { max: usize },
+    #[error("the gateway holds {max} channels, the most it allows")]
+    TooManyChannels { max: usize },
+    #[error(
+        "the gateway remembers {max} msg_ids, the most it allows; publish without one, or retry once older ones expire"
+    )]
+    TooManyMsgIds { max: usize },
+}
+
+/// Why a reply could not be handed over.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("channel `{0}` does not exist")]
+    NotFound(ChannelName),
+    #[error("channel `{0}` does not allow replies")]
+    NotAllowed(ChannelName),
+    #[error(
+        "offset {offset} of channel `{channel}` is not among the messages that can be replied to"
+    )]
+    NoSuchMessage {
+        channel: ChannelName,
+        offset: Offset,
+    },
+    #[error(
+        "the publisher of offset {offset} of channel `{channel}` has no connection to reply over (it disconnected, or published over HTTP or the original protocol)"
+    )]
+    Gone {
+        channel: ChannelName,
+        offset: Offset,
+    },
+    #[error("the publisher of offset {offset} of channel `{channel}` is not keeping up; try again")]
+    Busy {
+        channel: ChannelName,
+        offset: Offset,
+    },
+    #[error("the reply is {len} bytes; channel `{channel}` allows at most {max}")]
+    TooLarge {
+        channel: ChannelName,
+        len: usize,
+        max: usize,
+    },
+}
+
+/// The outcome of a subscribe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The connection was already subscribed (subscribing is idempotent per connection; the start
+    /// position of a repeated subscribe is ignored).
+    pub already: bool,
+    pub subscription: Subscription,
+    /// Messages from the backlog are due: the connection must call [`Hub::catch_up`](crate::Hub::catch_up) until it
+    /// answers [`CatchUp::Done`].
+    pub catching_up: bool,
+}
+
+/// Progress of a replay, see [`Hub::catch_up`](crate::Hub::catch_up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    /// The subscription is live: nothing more to replay.
+    Done,
+    /// More to replay once the outbox has room.
+    More,
+    /// The subscription ended (channel deleted, outbox closed).
+    Gone,
+}
+
+/// A history read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
+    /// `from` is the offset of the first message returned (`offset + 1` when none).
+    pub subscription: Subscription,
+    pub messages: Vec<(Offset, Payload)>,
+    /// More messages follow the last one returned.
+    pub more: bool,
+}
+
+/// The outcome of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub epoch: Epoch,
+    pub offset: Offset,
+    /// The `msg_id` was seen within the de-duplication window: `offset` is the original
+    /// message's, and nothing was delivered again.
+    pub duplicate: bool,
+}
+
+/// The outcome of a create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Created {
+    /// `false` when the channel already existed (its settings are unchanged).
+    pub created: bool,
+    pub epoch: Epoch,
+}
+
+/// Who publishes, for `msg_id` de-duplication and replies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PublishOptions<'a> {
+    pub msg_id: Option<&'a str>,
+    /// The publishing connection and its outbox, to route replies to (`None` over HTTP).
+    pub publisher: Option<(ConnId, &'a Arc<Outbox>)>,
+}
+
+/// Counters for operations and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HubStats {
+    pub channels: usize,
+    pub subscriptions: usize,
+    /// Bytes held by all backlogs together (bounded by the hub's backlog memory limit).
+    pub backlog_bytes: usize,
+    /// `msg_id`s remembered by all channels together (bounded by [`HubLimits::max_msg_ids`]).
+    pub msg_ids: usize,
+    /// Reply routes kept by all channels together (bounded by [`HubLimits::max_reply_routes`]).
+    pub reply_routes: usize,
+    /// Messages published (each new offset; a repeated `msg_id` is not one).
+    pub publishes: u64,
+    /// Messages queued for subscribers: one per subscriber and message, live or replayed.
+    pub deliveries: u64,
+    /// Publishes answered with the offset of an earlier one with the same `msg_id`.
+    pub dedupe_hits: u64,
+    /// Messages dropped from subscribers' queues by the `drop_oldest` policy (each announced
+    /// by a `gap` event).
+    pub dropped_oldest: u64,
+    /// Messages dropped from subscribers' queues by the `latest` policy.
+    pub dropped_latest: u64,
+    /// Resumes (subscribes after an epoch and offset) that recovered every message.
+    pub resumes_recovered: u64,
+    /// Resumes that found messages gone from the backlog (`lost` reason `expired`).
+    pub resumes_expired: u64,
+    /// Resumes across a change of epoch (`lost` reason `epoch_changed`).
+    pub resumes_epoch_changed: u64,
+}
+
+/// Hub-wide limits: every table the hub keeps is bounded, per channel by its settings and
+/// together by these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubLimits {
+    /// Bytes all backlogs may hold together.
+    pub backlog_memory_bytes: usize,
+    /// Channels at once; a create (or auto-create) beyond is refused.
+    pub max_channels: usize,
+    /// `msg_id`s remembered by all channels together; a publish with a new one beyond is
+    /// refused (de-duplication is never silently shortened).
+    pub max_msg_ids: usize,
+    /// Reply routes (the publisher of each recent message, on channels with replies) kept by
+    /// all channels together; beyond, a channel gives up its own oldest route for a new one, and
+    /// a message of a channel that has none cannot be replied to.
+    pub max_reply_routes: usize,
+    /// Subscriptions of all connections to all channels together; a subscribe beyond is refused.
+    pub max_subscriptions: usize,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        use crate::settings::defaults;
+        Self {
+            backlog_memory_bytes: defaults::BACKLOG_MEMORY_BYTES,
+            max_channels: defaults::MAX_CHANNELS,
+            max_msg_ids: defaults::MAX_MSG_IDS,
+            max_reply_routes: defaults::MAX_REPLY_ROUTES,
+            max_subscriptions: defaults::MAX_SUBSCRIPTIONS,
+        }
+    }
+}
+
+/// Bytes counted per message of a history read beyond its `data`: `{"offset":N,"data":}` and a
+/// comma, with the longest offset.
+pub const HISTORY_ENTRY_BYTES: usize = 40;
+
+/// Bytes counted per channel of a listing beyond its name: the longest description.
+pub const CHANNEL_INFO_BYTES: usize = 240;
