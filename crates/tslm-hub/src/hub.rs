@@ -50,6 +50,9 @@ struct Inner {
     /// Bytes of every channel's `Backlog`, against `backlog_memory_bytes`.
     backlog_bytes: Bound,
     next_conn: AtomicU64,
+    /// This node's number in the top bits of every connection id it hands out (0 on a single
+    /// node), so that an id names its node across a cluster.
+    node: u16,
     /// Connections that published on channels with replies, to route replies to.
     publishers: Publishers,
     counters: Counters,
@@ -61,6 +64,11 @@ impl Hub {
     }
 
     pub fn with_limits(limits: HubLimits) -> Self {
+        Self::on_node(limits, 0)
+    }
+
+    /// A hub whose connection ids name `node` ([`ConnId::node`]).
+    pub fn on_node(limits: HubLimits, node: u16) -> Self {
         Self {
             inner: Arc::new(Inner {
                 channels: DashMap::new(),
@@ -70,15 +78,17 @@ impl Hub {
                 subscriptions: Bound::new(limits.max_subscriptions),
                 backlog_bytes: Bound::new(limits.backlog_memory_bytes),
                 next_conn: AtomicU64::new(0),
+                node,
                 publishers: Publishers::default(),
                 counters: Counters::default(),
             }),
         }
     }
 
-    /// A fresh connection id.
+    /// A fresh connection id, qualified by this hub's node.
     pub fn next_conn_id(&self) -> ConnId {
-        ConnId(self.inner.next_conn.fetch_add(1, Ordering::Relaxed) + 1)
+        let n = self.inner.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+        ConnId::on_node(self.inner.node, n)
     }
 
     fn channel(&self, name: &ChannelName) -> Result<Arc<Channel>, HubError> {

@@ -9,9 +9,10 @@
 //! Files follow the types: `hub` (the registry and public operations), `channel` (one channel's
 //! state under its lock: its log and its fan-out), `backlog`, `dedupe`, `replies` (the parts of
 //! the log), `fanout` (subscribers on this node), `replay` (`catch_up`), `budget` (hub-wide
-//! bounds), `counters`, `outbox` (one connection's queue), `types` (public values).
+//! bounds), `broker` (the seam a shared store takes over), `counters`, `outbox` (one connection's queue), `types` (public values).
 
 mod backlog;
+pub mod broker;
 mod budget;
 mod channel;
 mod counters;
@@ -24,6 +25,7 @@ mod replies;
 pub mod settings;
 mod types;
 
+pub use broker::{Broker, BrokerFuture, Head, MemoryBroker};
 pub use hub::Hub;
 pub use outbox::{CloseReason, Outbox, OutboxLimits, PushError};
 pub use settings::{ChannelSettings, SlowPolicy};

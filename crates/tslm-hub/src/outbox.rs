@@ -71,10 +71,14 @@ struct Entry {
     to: u64,
 }
 
-/// What is kept of an [`Entry`] beside its bytes, in a queue of its own, so that the bytes stay
-/// a plain queue of `Bytes` that the writer takes in one swap.
+/// What is kept of a tagged [`Entry`] beside its bytes, in a sparse queue of its own: only the
+/// frames of lossy-policy subscriptions (deliveries and `gap` events) have one, so that the bytes
+/// stay a plain queue of `Bytes` (32 bytes a frame) that the writer takes in one swap, and a
+/// subscriber under the default `disconnect` policy pays nothing for the lossy policies.
 #[derive(Debug, Clone, Copy)]
 struct Tag {
+    /// The frame's position: `State::head` counts the frames ever popped from the queue front.
+    seq: u64,
     key: u64,
     from: u64,
     to: u64,
@@ -113,8 +117,10 @@ struct State {
     /// Live frames (deliveries, events, replies): what the limits and the overflow policies
     /// measure.
     queue: VecDeque<Bytes>,
-    /// What each frame of `queue` carries, in the same order (one per frame).
+    /// What the tagged frames of `queue` carry, in the same order, each naming its position.
     tags: VecDeque<Tag>,
+    /// The position of the front of `queue` (reset whenever `queue` is emptied whole).
+    head: u64,
     bytes: usize,
     /// Frames of backlog replays ([`Outbox::push_replay`]): written before `queue`, and never
     /// counted against a live push, so a replay cannot make a live delivery overflow.
@@ -126,24 +132,42 @@ struct State {
 impl State {
     fn push_live(&mut self, e: Entry) {
         self.bytes += e.bytes.len();
+        if e.key != 0 {
+            let seq = self.head.wrapping_add(self.queue.len() as u64);
+            self.tags.push_back(Tag {
+                seq,
+                key: e.key,
+                from: e.from,
+                to: e.to,
+            });
+        }
         self.queue.push_back(e.bytes);
-        self.tags.push_back(Tag {
-            key: e.key,
-            from: e.from,
-            to: e.to,
-        });
     }
 
     /// The oldest live frame (its bytes stay counted in `bytes`).
     fn pop_live(&mut self) -> Option<Entry> {
         let bytes = self.queue.pop_front()?;
-        let t = self.tags.pop_front()?;
-        Some(Entry {
-            bytes,
-            key: t.key,
-            from: t.from,
-            to: t.to,
-        })
+        let seq = self.head;
+        self.head = self.head.wrapping_add(1);
+        match self.tags.front() {
+            Some(t) if t.seq == seq => {
+                let t = *t;
+                self.tags.pop_front();
+                Some(Entry {
+                    bytes,
+                    key: t.key,
+                    from: t.from,
+                    to: t.to,
+                })
+            }
+            _ => Some(Entry::untagged(bytes)),
+        }
+    }
+
+    /// Forgets the tags once `queue` was emptied whole.
+    fn emptied(&mut self) {
+        self.tags.clear();
+        self.head = 0;
     }
 
     fn is_empty(&self) -> bool {
@@ -153,6 +177,7 @@ impl State {
     fn clear(&mut self) {
         self.queue = VecDeque::new();
         self.tags = VecDeque::new();
+        self.head = 0;
         self.bytes = 0;
         self.replay = VecDeque::new();
         self.replay_bytes = 0;
@@ -390,7 +415,7 @@ impl Outbox {
         } else if !st.queue.is_empty() {
             std::mem::swap(&mut st.queue, out);
         }
-        st.tags.clear();
+        st.emptied();
         st.bytes = 0;
         st.closed
     }
@@ -452,12 +477,60 @@ mod tests {
 
     #[test]
     fn a_queue_entry_stays_small() {
-        // The frame (a `Bytes`, 32 bytes) and, in the parallel queue, the offsets the lossy
-        // policies need (channel key, first and last offset, 24 bytes): a queued frame costs 56
-        // bytes of queue, was 32 when the offsets were read back out of the frames.
+        // A queued frame is its `Bytes` (32 bytes), as when the offsets were read back out of
+        // the frames. Only frames of lossy-policy subscriptions add a tag (position, channel key,
+        // first and last offset: 32 bytes) in the sparse queue beside it.
         assert_eq!(std::mem::size_of::<Bytes>(), 32);
-        assert_eq!(std::mem::size_of::<Tag>(), 24);
-        assert_eq!(std::mem::size_of::<Entry>(), 56);
+        assert_eq!(std::mem::size_of::<Tag>(), 32);
+        let ob = Outbox::new(OutboxLimits {
+            max_bytes: 1 << 20,
+            max_messages: 100,
+        });
+        for _ in 0..10 {
+            ob.push(frame(1)).unwrap();
+        }
+        let st = ob.lock();
+        assert_eq!(st.queue.len(), 10);
+        assert!(st.tags.is_empty(), "a `disconnect` delivery carries no tag");
+    }
+
+    #[test]
+    fn tags_follow_their_frames_through_untagged_ones_and_takes() {
+        let ob = Outbox::new(OutboxLimits {
+            max_bytes: 1 << 20,
+            max_messages: 4,
+        });
+        let a = ChannelName::new("a").unwrap();
+        let tag = |offset| Tagged {
+            key: 3,
+            channel: &a,
+            wire: Wire::V1Ws,
+            offset: Offset(offset),
+        };
+        let mut out = VecDeque::new();
+        // A take in the middle resets the positions; tags still match their frames after it.
+        ob.push(frame(1)).unwrap();
+        ob.push_delivery(frame(1), &tag(1), SlowPolicy::DropOldest)
+            .unwrap();
+        ob.take(&mut out);
+        out.clear();
+        ob.push(Bytes::from_static(b"r1")).unwrap();
+        ob.push_delivery(frame(2), &tag(2), SlowPolicy::DropOldest)
+            .unwrap();
+        ob.push(Bytes::from_static(b"r2")).unwrap();
+        ob.push_delivery(frame(3), &tag(3), SlowPolicy::DropOldest)
+            .unwrap();
+        // Full: offsets 2 and 3 become one gap; the untagged frames keep their order.
+        let d = ob
+            .push_delivery(frame(4), &tag(4), SlowPolicy::DropOldest)
+            .unwrap();
+        assert_eq!(d.earlier, 2);
+        assert_eq!(ob.take(&mut out), None);
+        assert_eq!(out[0], Bytes::from_static(b"r1"));
+        assert_eq!(out[1], Bytes::from_static(b"r2"));
+        let gap = std::str::from_utf8(&out[2][2..]).unwrap();
+        assert_eq!(gap, r#"{"event":"gap","channel":"a","from":2,"to":3}"#);
+        assert_eq!(out[3], frame(4));
     }
 
     #[test]

@@ -6,9 +6,25 @@ use tslm_protocol::{ChannelName, Epoch, Offset, Payload, Subscription};
 
 use crate::outbox::Outbox;
 
-/// A connection's id, unique for the life of the process (never 0).
+/// A connection's id, unique for the life of the process (never 0). Its top 16 bits name the
+/// node that holds the connection ([`ConnId::node`]; 0 on a single node), so that a reply route
+/// kept in a shared log names the node to forward the reply to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
+
+impl ConnId {
+    const NODE_SHIFT: u32 = 48;
+
+    /// The `n`th connection of `node` (`n` wraps within the low 48 bits).
+    pub fn on_node(node: u16, n: u64) -> Self {
+        ConnId((u64::from(node) << Self::NODE_SHIFT) | (n & ((1 << Self::NODE_SHIFT) - 1)))
+    }
+
+    /// The node that holds the connection.
+    pub fn node(self) -> u16 {
+        u16::try_from(self.0 >> Self::NODE_SHIFT).unwrap_or(u16::MAX)
+    }
+}
 
 impl std::fmt::Display for ConnId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -206,3 +222,18 @@ pub const HISTORY_ENTRY_BYTES: usize = 40;
 
 /// Bytes counted per channel of a listing beyond its name: the longest description.
 pub const CHANNEL_INFO_BYTES: usize = 240;
+
+#[cfg(test)]
+mod tests {
+    use super::ConnId;
+
+    #[test]
+    fn a_connection_id_names_its_node() {
+        assert_eq!(ConnId::on_node(0, 7), ConnId(7));
+        assert_eq!(ConnId::on_node(0, 7).node(), 0);
+        let id = ConnId::on_node(3, 7);
+        assert_eq!(id.node(), 3);
+        assert_ne!(id, ConnId(7));
+        assert_eq!(ConnId::on_node(u16::MAX, u64::MAX).node(), u16::MAX);
+    }
+}

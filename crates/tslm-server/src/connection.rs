@@ -158,7 +158,7 @@ impl Connection {
 
     /// Runs one command; returns the reply.
     /// Runs one command; returns the reply, or the `auth`/`refresh` request that must wait.
-    pub(crate) fn on_text(&mut self, frame: Bytes) -> Result<String, PendingAuth> {
+    pub(crate) async fn on_text(&mut self, frame: Bytes) -> Result<String, PendingAuth> {
         match self.dialect {
             Dialect::V1 => {
                 // Every frame takes a token, malformed or not; the request is still decoded
@@ -177,7 +177,7 @@ impl Connection {
                             });
                         }
                         let result = if allowed {
-                            self.run_v1(req.op, req.id.as_ref())
+                            self.run_v1(req.op, req.id.as_ref()).await
                         } else {
                             Err(rate_limited(&self.ctx.cfg))
                         };
@@ -188,7 +188,10 @@ impl Connection {
             Dialect::Legacy => {
                 // As the original: the rate limit applies before parsing.
                 let result = if self.allow_command() {
-                    legacy::decode_request(&frame).and_then(|req| self.run_legacy(req))
+                    match legacy::decode_request(&frame) {
+                        Ok(req) => self.run_legacy(req).await,
+                        Err(e) => Err(e),
+                    }
                 } else {
                     Err(legacy::Error::RateLimited)
                 };
@@ -211,7 +214,7 @@ impl Connection {
     }
 
     /// Runs one v1 request; returns the encoded reply.
-    fn run_v1(&mut self, op: v1::Op, id: Option<&v1::Id>) -> Result<String, ProtoError> {
+    async fn run_v1(&mut self, op: v1::Op, id: Option<&v1::Id>) -> Result<String, ProtoError> {
         let ctx = Arc::clone(&self.ctx);
         let who = self.identity.clone();
         let ok = |s: v1::Success<'_>| Ok(v1::encode_ok(id, s));
@@ -228,14 +231,14 @@ impl Connection {
                 Err(ProtoError::new(ErrorCode::Internal, "internal error"))
             }
             v1::Op::Create { channel, options } => {
-                let c = ops::create(&ctx, &who, &channel, &options, "websocket")?;
+                let c = ops::create(&ctx, &who, &channel, &options, "websocket").await?;
                 ok(v1::Success::Created {
                     created: c.created,
                     epoch: c.epoch,
                 })
             }
             v1::Op::Delete { channel } => {
-                ops::delete(&ctx, &who, &channel)?;
+                ops::delete(&ctx, &who, &channel).await?;
                 ok(v1::Success::Deleted)
             }
             v1::Op::Publish {
@@ -244,11 +247,13 @@ impl Connection {
                 msg_id,
             } => {
                 let publisher = Some((self.id, &self.outbox));
-                let p = ops::publish(&ctx, &who, &channel, &data, msg_id.as_deref(), publisher)?;
+                let p =
+                    ops::publish(&ctx, &who, &channel, &data, msg_id.as_deref(), publisher).await?;
                 ok(ops::published(p))
             }
             v1::Op::Subscribe { channel, start } => {
                 ops::admit_read(&ctx, &who, "subscribe", &channel, ReadVia::Subscriber)?;
+                ops::prepare_subscribe(&ctx, &channel, start).await?;
                 let subscription = self.subscribe(channel, start)?;
                 ok(v1::Success::Subscribed(subscription))
             }
@@ -268,7 +273,8 @@ impl Connection {
                 start,
                 limit,
             } => {
-                let h = ops::history(&ctx, &who, &channel, start, limit, ReadVia::Subscriber)?;
+                let h =
+                    ops::history(&ctx, &who, &channel, start, limit, ReadVia::Subscriber).await?;
                 ok(v1::Success::History {
                     sub: h.subscription,
                     messages: &h.messages,
@@ -297,10 +303,7 @@ impl Connection {
                         ),
                     ));
                 }
-                self.ctx
-                    .hub
-                    .reply(&channel, offset, self.id, &data)
-                    .map_err(ops::reply_error)?;
+                ops::reply(&ctx, &channel, offset, self.id, &data).await?;
                 ok(v1::Success::Empty)
             }
             v1::Op::Channels {
@@ -309,7 +312,7 @@ impl Connection {
                 limit,
             } => {
                 let (channels, more) =
-                    ops::channels(&ctx, &who, prefix.as_deref(), after.as_ref(), limit)?;
+                    ops::channels(&ctx, &who, prefix.as_deref(), after.as_ref(), limit).await?;
                 ok(v1::Success::Channels {
                     channels: &channels,
                     more,
@@ -512,7 +515,7 @@ impl Connection {
         Ok(reply)
     }
 
-    fn run_legacy(&mut self, req: legacy::Request) -> Result<String, legacy::Error> {
+    async fn run_legacy(&mut self, req: legacy::Request) -> Result<String, legacy::Error> {
         let command = req.command();
         let denied = |e: ProtoError| {
             // The original protocol has no word for a limit: a create over `max_channels` is
@@ -531,6 +534,7 @@ impl Connection {
             legacy::Request::CreateChannel(c) => {
                 let created =
                     ops::create(&ctx, &self.identity, c, &Default::default(), "websocket")
+                        .await
                         .map_err(denied)?;
                 if !created.created {
                     return Err(legacy::Error::AlreadyRegistered(c.clone()));
@@ -539,7 +543,7 @@ impl Connection {
             legacy::Request::Subscribe(c) => {
                 ops::admit_read(&ctx, &self.identity, "subscribe", c, ReadVia::Subscriber)
                     .map_err(denied)?;
-                let replay = ctx.hub.settings(c).map_or(0, |s| s.legacy_replay);
+                let replay = ops::legacy_replay(&ctx, c).await;
                 let start = if replay > 0 {
                     Start::Last(replay as u64)
                 } else {
@@ -551,14 +555,13 @@ impl Connection {
                 })?;
             }
             legacy::Request::NotifyChannel(c, data) => {
-                ops::publish(&ctx, &self.identity, c, data, None, None).map_err(|e| {
-                    match e.code {
-                        ErrorCode::TooLarge => legacy::Error::TooLarge,
-                        ErrorCode::Forbidden | ErrorCode::Unauthorized => {
-                            legacy::Error::PermissionDenied(command)
-                        }
-                        _ => legacy::Error::ChannelNotFound(c.clone()),
+                let published = ops::publish(&ctx, &self.identity, c, data, None, None).await;
+                published.map_err(|e| match e.code {
+                    ErrorCode::TooLarge => legacy::Error::TooLarge,
+                    ErrorCode::Forbidden | ErrorCode::Unauthorized => {
+                        legacy::Error::PermissionDenied(command)
                     }
+                    _ => legacy::Error::ChannelNotFound(c.clone()),
                 })?;
             }
         }

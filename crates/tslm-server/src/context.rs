@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tslm_hub::Hub;
+use tslm_hub::{Broker, Hub};
 
 use crate::admission::{Admission, Open};
 use crate::config::ListenerConfig;
@@ -29,7 +29,11 @@ pub(crate) struct ListenerCtx {
     pub replay: Arc<std::sync::Mutex<tslm_auth::http_sig::ReplayGuard>>,
     /// The identity providers' settings (leeway of token expiry).
     pub issuers: Arc<Vec<crate::auth_config::Issuer>>,
+    /// This node's fan-out: subscribers, their outboxes and replays.
     pub hub: Hub,
+    /// The channel log: offsets, backlogs, channel options and reply routes (see
+    /// [`tslm_hub::broker`]). Only the channel-operations layer (`ops`) calls it.
+    pub broker: Arc<dyn Broker>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub stats: Arc<Stats>,
@@ -55,7 +59,7 @@ impl ListenerCtx {
     pub(crate) fn new(
         cfg: Arc<ListenerConfig>,
         policy: Policy,
-        hub: Hub,
+        (hub, broker): (Hub, Arc<dyn Broker>),
         shutdown: CancellationToken,
         tracker: TaskTracker,
         stats: Arc<Stats>,
@@ -72,6 +76,7 @@ impl ListenerCtx {
             replay: policy.replay,
             issuers: policy.issuers,
             hub,
+            broker,
             shutdown,
             tracker,
             stats,

@@ -284,7 +284,7 @@ async fn create_channel(
         } else {
             v1::decode_options(&body)?
         };
-        ops::create(&ctx, &who, &channel, &options, "http")
+        ops::create(&ctx, &who, &channel, &options, "http").await
     };
     match result.await {
         Err(e) => error_response(&e),
@@ -311,16 +311,17 @@ async fn delete_channel(
     req: Request,
 ) -> Response {
     let allowed = ctx.cfg.permissions.create;
-    let result = admit_channel(&ctx, &req, allowed, "delete", name).and_then(|channel| {
+    let result = async move {
+        let channel = admit_channel(&ctx, &req, allowed, "delete", name)?;
         let who = http_identity(
             &ctx,
             slot(req.extensions()).as_deref(),
             &RequestHead::of(&req),
             b"",
         )?;
-        ops::delete(&ctx, &who, &channel)
-    });
-    match result {
+        ops::delete(&ctx, &who, &channel).await
+    };
+    match result.await {
         Err(e) => error_response(&e),
         Ok(()) => ok_response(StatusCode::OK, v1::Success::Deleted),
     }
@@ -360,7 +361,7 @@ async fn publish(
         let body = read_body(&ctx, req).await?;
         let who = http_identity(&ctx, conn.as_deref(), &head, &body)?;
         let data = payload_of(body)?;
-        ops::publish(&ctx, &who, &channel, &data, msg_id.as_deref(), None)
+        ops::publish(&ctx, &who, &channel, &data, msg_id.as_deref(), None).await
     };
     match result.await {
         Ok(p) => ok_response(StatusCode::OK, ops::published(p)),
@@ -438,7 +439,7 @@ async fn read_history(
     }
     // Operators' side only: the listeners that may create channels.
     let allowed = ctx.cfg.permissions.create;
-    let result = (|| {
+    let result = async move {
         let channel = admit_channel(&ctx, &req, allowed, "reading history", name)?;
         let Query(q) = query.map_err(query_error)?;
         let limit = page_limit(q.limit)?;
@@ -448,9 +449,9 @@ async fn read_history(
             &RequestHead::of(&req),
             b"",
         )?;
-        ops::history(&ctx, &who, &channel, q.start()?, limit, ReadVia::Operator)
-    })();
-    match result {
+        ops::history(&ctx, &who, &channel, q.start()?, limit, ReadVia::Operator).await
+    };
+    match result.await {
         Err(e) => error_response(&e),
         Ok(h) => ok_response(
             StatusCode::OK,
@@ -484,7 +485,7 @@ async fn list_channels(
         return crate::upgrade::websocket(ctx, req).await;
     }
     let allowed = ctx.cfg.permissions.create;
-    let result = (|| {
+    let result = async move {
         admit(&ctx, &req, allowed, "listing channels", None)?;
         let Query(q) = query.map_err(query_error)?;
         let limit = page_limit(q.limit)?;
@@ -500,9 +501,9 @@ async fn list_channels(
             &RequestHead::of(&req),
             b"",
         )?;
-        ops::channels(&ctx, &who, q.prefix.as_deref(), after.as_ref(), limit)
-    })();
-    match result {
+        ops::channels(&ctx, &who, q.prefix.as_deref(), after.as_ref(), limit).await
+    };
+    match result.await {
         Err(e) => error_response(&e),
         Ok((channels, more)) => ok_response(
             StatusCode::OK,

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tslm_hub::{Hub, HubLimits};
+use tslm_hub::{Broker, Hub, HubLimits, MemoryBroker};
 
 pub use config::{Config, ConfigError, ListenerConfig, Permission, Permissions};
 pub use stats::ServerStats;
@@ -56,6 +56,8 @@ pub struct Server {
     config: Config,
     listeners: Vec<listener::Bound>,
     hub: Hub,
+    /// The channel log's store: the hub's own, in memory (a cluster's would be shared).
+    broker: Arc<dyn Broker>,
     verifier: Option<tslm_oidc::Verifier>,
     stats: Arc<stats::Stats>,
     /// One per TLS listener, whatever its number of addresses: what the reloaders watch.
@@ -118,6 +120,7 @@ impl Server {
             verifier,
             config,
             listeners,
+            broker: Arc::new(MemoryBroker::new(hub.clone())),
             hub,
             stats: Arc::default(),
             tls: tls_states,
@@ -232,7 +235,7 @@ impl Server {
                     replay: Arc::clone(&replay),
                     issuers: Arc::clone(&self.config.issuers),
                 },
-                self.hub.clone(),
+                (self.hub.clone(), Arc::clone(&self.broker)),
                 token.clone(),
                 tracker.clone(),
                 Arc::clone(&self.stats),

@@ -257,7 +257,7 @@ pub(crate) fn publisher_may(
 }
 
 /// Creates `channel` with `options` within its class.
-pub(crate) fn create(
+pub(crate) async fn create(
     ctx: &ListenerCtx,
     who: &Identity,
     channel: &ChannelName,
@@ -268,27 +268,31 @@ pub(crate) fn create(
     let settings = class
         .settings_with(options)
         .map_err(|m| ProtoError::new(ErrorCode::Forbidden, m))?;
-    let created = ctx.hub.create_with(channel, settings).map_err(hub_error)?;
+    let created = ctx
+        .broker
+        .create(channel, settings)
+        .await
+        .map_err(hub_error)?;
     if created.created {
         tracing::info!(listener = %ctx.cfg.name, channel = %channel, epoch = %created.epoch, via, "channel created");
     }
     Ok(created)
 }
 
-pub(crate) fn delete(
+pub(crate) async fn delete(
     ctx: &ListenerCtx,
     who: &Identity,
     channel: &ChannelName,
 ) -> Result<(), ProtoError> {
     admit(ctx, who, "delete", channel, Access::Delete)?;
-    ctx.hub.delete(channel).map_err(hub_error)?;
+    ctx.broker.delete(channel).await.map_err(hub_error)?;
     tracing::info!(listener = %ctx.cfg.name, channel = %channel, "channel deleted");
     Ok(())
 }
 
 /// Publishes after the checks every entry point shares; creates the channel first when its class
 /// says so.
-pub(crate) fn publish(
+pub(crate) async fn publish(
     ctx: &ListenerCtx,
     who: &Identity,
     channel: &ChannelName,
@@ -308,7 +312,7 @@ pub(crate) fn publish(
         ));
     }
     let opts = PublishOptions { msg_id, publisher };
-    match ctx.hub.publish_with(channel, data, opts) {
+    match ctx.broker.publish(channel, data, opts).await {
         Err(HubError::NotFound(_)) if class.auto_create => {
             // A message the new channel would refuse must not create it.
             let max = class.settings.max_message_bytes;
@@ -320,13 +324,17 @@ pub(crate) fn publish(
                 }));
             }
             let created = ctx
-                .hub
-                .create_with(channel, class.settings.clone())
+                .broker
+                .create(channel, class.settings.clone())
+                .await
                 .map_err(hub_error)?;
             if created.created {
                 tracing::info!(listener = %ctx.cfg.name, channel = %channel, epoch = %created.epoch, via = "publish", "channel created");
             }
-            ctx.hub.publish_with(channel, data, opts).map_err(hub_error)
+            ctx.broker
+                .publish(channel, data, opts)
+                .await
+                .map_err(hub_error)
         }
         r => r.map_err(hub_error),
     }
@@ -342,7 +350,7 @@ fn reply_budget(ctx: &ListenerCtx) -> usize {
     ctx.cfg.outbox.max_bytes
 }
 
-pub(crate) fn history(
+pub(crate) async fn history(
     ctx: &ListenerCtx,
     who: &Identity,
     channel: &ChannelName,
@@ -351,13 +359,14 @@ pub(crate) fn history(
     via: ReadVia,
 ) -> Result<tslm_hub::History, ProtoError> {
     admit_read(ctx, who, "history", channel, via)?;
-    ctx.hub
+    ctx.broker
         .history(
             channel,
             start,
             limit.clamp(1, MAX_HISTORY),
             reply_budget(ctx),
         )
+        .await
         .map_err(hub_error)
 }
 
@@ -373,7 +382,7 @@ pub(crate) fn reply_error(e: ReplyError) -> ProtoError {
 }
 
 /// Lists channels (listeners that may create only: the operators' side).
-pub(crate) fn channels(
+pub(crate) async fn channels(
     ctx: &ListenerCtx,
     who: &Identity,
     prefix: Option<&str>,
@@ -388,9 +397,11 @@ pub(crate) fn channels(
     // Only the channels `who` may read (the rule of `admit_read`): a publisher sees those its
     // patterns cover, an anonymous operator none of an authenticated class.
     let budget = reply_budget(ctx);
+    let visible = |c: &ChannelName| may_read(ctx, who, c);
     Ok(ctx
-        .hub
-        .list_where(prefix, after, limit, budget, |c| may_read(ctx, who, c)))
+        .broker
+        .list(prefix, after, limit, budget, &visible)
+        .await)
 }
 
 /// The success reply of a publish.
@@ -400,4 +411,41 @@ pub(crate) fn published(p: Published) -> v1::Success<'static> {
         offset: p.offset,
         duplicate: p.duplicate,
     }
+}
+
+/// Hands `replier`'s reply to message `offset` of `channel` to its publisher, wherever it is
+/// connected (the caller checked the read rule, the subscription and the reply rate).
+pub(crate) async fn reply(
+    ctx: &ListenerCtx,
+    channel: &ChannelName,
+    offset: tslm_protocol::Offset,
+    replier: ConnId,
+    data: &Payload,
+) -> Result<(), ProtoError> {
+    ctx.broker
+        .reply(channel, offset, replier, data)
+        .await
+        .map_err(reply_error)
+}
+
+/// Makes this node's log ready for a subscription of `channel` from `start` (the caller checked
+/// the read rule); the fan-out then answers it.
+pub(crate) async fn prepare_subscribe(
+    ctx: &ListenerCtx,
+    channel: &ChannelName,
+    start: Start,
+) -> Result<(), ProtoError> {
+    ctx.broker
+        .prepare_read(channel, start)
+        .await
+        .map_err(hub_error)
+}
+
+/// The original protocol's replay on subscribe: the channel's `legacy_replay` (0 when it does
+/// not exist).
+pub(crate) async fn legacy_replay(ctx: &ListenerCtx, channel: &ChannelName) -> usize {
+    ctx.broker
+        .settings(channel)
+        .await
+        .map_or(0, |s| s.legacy_replay)
 }

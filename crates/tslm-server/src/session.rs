@@ -176,7 +176,7 @@ impl Session {
             return self.write_out(ws, Some(msg.into())).await;
         }
         let reply = match msg {
-            Message::Text(text) => match self.connection.on_text(Bytes::from(text)) {
+            Message::Text(text) => match self.connection.on_text(Bytes::from(text)).await {
                 Ok(reply) => reply,
                 // Boxed: token validation may fetch keys, and its future must not weigh on
                 // every idle session's.

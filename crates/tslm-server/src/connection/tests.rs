@@ -29,7 +29,12 @@ fn listener(toml: &str) -> Arc<ListenerCtx> {
     Arc::new(ListenerCtx::new(
         cfg,
         policy,
-        Hub::new(),
+        {
+            let hub = Hub::new();
+            let broker: Arc<dyn tslm_hub::Broker> =
+                Arc::new(tslm_hub::MemoryBroker::new(hub.clone()));
+            (hub, broker)
+        },
         CancellationToken::new(),
         TaskTracker::new(),
         Arc::new(Stats::default()),
@@ -52,8 +57,8 @@ fn connection(ctx: &Arc<ListenerCtx>) -> Connection {
 }
 
 /// The reply to one v1 request, as JSON.
-fn run(c: &mut Connection, request: &str) -> serde_json::Value {
-    let reply = match c.on_text(Bytes::copy_from_slice(request.as_bytes())) {
+async fn run(c: &mut Connection, request: &str) -> serde_json::Value {
+    let reply = match c.on_text(Bytes::copy_from_slice(request.as_bytes())).await {
         Ok(reply) => reply,
         Err(_) => panic!("`{request}` waits for authentication"),
     };
@@ -69,12 +74,12 @@ const SUBSCRIBERS: &str =
 async fn requests_are_executed_into_replies() {
     let ctx = listener(OPEN);
     let mut c = connection(&ctx);
-    assert_eq!(run(&mut c, r#"{"op":"ping","id":1}"#)["ok"], true);
-    let r = run(&mut c, r#"{"op":"create","channel":"a","id":2}"#);
+    assert_eq!(run(&mut c, r#"{"op":"ping","id":1}"#).await["ok"], true);
+    let r = run(&mut c, r#"{"op":"create","channel":"a","id":2}"#).await;
     assert_eq!(r["ok"], true, "{r}");
-    let r = run(&mut c, r#"{"op":"publish","channel":"a","data":1,"id":3}"#);
+    let r = run(&mut c, r#"{"op":"publish","channel":"a","data":1,"id":3}"#).await;
     assert_eq!(r["ok"], true, "{r}");
-    let r = run(&mut c, r#"{"op":"nonsense","id":4}"#);
+    let r = run(&mut c, r#"{"op":"nonsense","id":4}"#).await;
     assert_eq!(r["ok"], false, "{r}");
     assert_eq!(r["id"], 4, "{r}");
 }
@@ -83,9 +88,9 @@ async fn requests_are_executed_into_replies() {
 async fn the_listener_decides_what_a_connection_may_do() {
     let ctx = listener(SUBSCRIBERS);
     let mut c = connection(&ctx);
-    let r = run(&mut c, r#"{"op":"create","channel":"a","id":1}"#);
+    let r = run(&mut c, r#"{"op":"create","channel":"a","id":1}"#).await;
     assert_eq!(r["error"]["code"], "forbidden", "{r}");
-    let r = run(&mut c, r#"{"op":"publish","channel":"a","data":1,"id":2}"#);
+    let r = run(&mut c, r#"{"op":"publish","channel":"a","data":1,"id":2}"#).await;
     assert_eq!(r["error"]["code"], "forbidden", "{r}");
 }
 
@@ -95,6 +100,7 @@ async fn auth_requests_are_handed_back_to_run_asynchronously() {
     let mut c = connection(&ctx);
     let pending = c
         .on_text(Bytes::from_static(br#"{"op":"auth","token":"x","id":1}"#))
+        .await
         .expect_err("an `auth` request waits for run_auth");
     let r: serde_json::Value = serde_json::from_str(&c.run_auth(pending).await).expect("JSON");
     assert_eq!(r["error"]["code"], "unauthorized", "{r}");
@@ -106,10 +112,10 @@ async fn a_dropped_connection_leaves_no_subscription() {
     let ctx = listener(OPEN);
     let mut c = connection(&ctx);
     assert_eq!(
-        run(&mut c, r#"{"op":"create","channel":"a","id":1}"#)["ok"],
+        run(&mut c, r#"{"op":"create","channel":"a","id":1}"#).await["ok"],
         true
     );
-    let r = run(&mut c, r#"{"op":"subscribe","channel":"a","id":2}"#);
+    let r = run(&mut c, r#"{"op":"subscribe","channel":"a","id":2}"#).await;
     assert_eq!(r["ok"], true, "{r}");
     let (channel, id) = (ChannelName::new("a").expect("a name"), c.id);
     assert!(ctx.hub.is_subscribed(&channel, id));
