@@ -18,6 +18,7 @@ mod iplimit;
 mod listener;
 mod ops;
 mod ratelimit;
+mod registry;
 mod session;
 mod stats;
 mod tls;

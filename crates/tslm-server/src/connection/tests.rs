@@ -122,3 +122,55 @@ async fn a_dropped_connection_leaves_no_subscription() {
     drop(c);
     assert!(!ctx.hub.is_subscribed(&channel, id));
 }
+
+/// A connection outlives the request that opened it: parked in the registry it keeps its
+/// subscriptions and receives deliveries into its outbox; continued by its key it runs the next
+/// request; left idle past the timeout it is swept and its subscriptions end.
+#[tokio::test(start_paused = true)]
+async fn a_parked_connection_keeps_its_subscriptions_until_its_idle_timeout() {
+    use crate::registry::Registry;
+    use std::time::Duration;
+    let ctx = listener(OPEN);
+    let registry: Registry<Connection> = Registry::new(4, Duration::from_secs(30));
+    let key = registry.open().expect("room");
+    let mut c = connection(&ctx);
+    assert_eq!(
+        run(&mut c, r#"{"op":"create","channel":"a","id":1}"#).await["ok"],
+        true
+    );
+    let r = run(&mut c, r#"{"op":"subscribe","channel":"a","id":2}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let (channel, id, outbox) = (
+        ChannelName::new("a").expect("a name"),
+        c.id,
+        c.outbox.clone(),
+    );
+    assert!(registry.park(key, c).is_none());
+
+    // Parked: still subscribed, deliveries queue for the next poll.
+    tokio::time::advance(Duration::from_secs(20)).await;
+    assert!(registry.sweep(Duration::from_secs(60)).is_empty());
+    let data = tslm_protocol::Payload::from_json_bytes(Bytes::from_static(b"7")).expect("json");
+    ctx.hub.publish(&channel, &data).expect("published");
+    assert!(ctx.hub.is_subscribed(&channel, id));
+    assert_eq!(outbox.queued_frames(), 1);
+
+    // Continued by its key: the same connection runs the next request.
+    let mut c = registry.checkout(key).expect("parked");
+    assert_eq!(c.id, id);
+    let r = run(&mut c, r#"{"op":"ping","id":3}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(registry.park(key, c).is_none());
+
+    // Idle past the timeout: swept, and dropping it ends its subscription.
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let ended = registry.sweep(Duration::from_secs(60));
+    assert_eq!(ended.len(), 1);
+    assert!(
+        ctx.hub.is_subscribed(&channel, id),
+        "ended outside the lock"
+    );
+    drop(ended);
+    assert!(!ctx.hub.is_subscribed(&channel, id));
+    assert!(outbox.is_closed());
+}
