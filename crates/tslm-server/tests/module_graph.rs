@@ -294,3 +294,44 @@ fn scanner_finds_the_cycle_in_files() {
     );
     assert!(find_cycle(&graph).is_some());
 }
+
+/// Files of `src` whose production code calls the broker (`.broker.`, `.broker\n`), relative.
+fn broker_callers(src: &Path) -> Vec<String> {
+    rust_files(src)
+        .into_iter()
+        .filter(|p| !p.ends_with("tests.rs"))
+        .filter(|p| {
+            let code = production_code(&std::fs::read_to_string(p).expect("read"));
+            code.contains(".broker.") || code.contains(".broker\n")
+        })
+        .map(|p| {
+            p.strip_prefix(src)
+                .expect("under src")
+                .display()
+                .to_string()
+        })
+        .collect()
+}
+
+/// The broker seam (the channel log a cluster shares) is called by the channel-operations layer
+/// alone, so that a shared store sees every log operation and no transport goes around it.
+#[test]
+fn only_the_operations_layer_calls_the_broker() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    assert_eq!(broker_callers(&src), ["ops.rs"]);
+}
+
+#[test]
+fn the_broker_check_finds_other_callers() {
+    let dir = std::env::temp_dir().join(format!("tslm-broker-callers-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let write = |p: &str, s: &str| std::fs::write(dir.join(p), s).expect("write");
+    write("ops.rs", "fn f() { ctx.broker.publish(); }\n");
+    write("http.rs", "fn g() { ctx\n    .broker\n    .history(); }\n");
+    write("session.rs", "// ctx.broker.publish() in a comment only\n");
+    let mut found = broker_callers(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    found.sort();
+    assert_eq!(found, ["http.rs", "ops.rs"]);
+}
