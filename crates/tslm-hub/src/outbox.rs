@@ -225,9 +225,12 @@ impl Outbox {
         )
     }
 
-    fn append(&self, mut st: std::sync::MutexGuard<'_, State>, entry: Entry) {
+    /// Queues an untagged live frame (the common case: no tag to keep) and wakes the writer if
+    /// the queue was empty.
+    fn append(&self, mut st: std::sync::MutexGuard<'_, State>, frame: Bytes) {
         let was_empty = st.is_empty();
-        st.push_live(entry);
+        st.bytes += frame.len();
+        st.queue.push_back(frame);
         drop(st);
         if was_empty {
             self.ready.notify_one();
@@ -253,7 +256,7 @@ impl Outbox {
         if self.over(&st, frame.len()) {
             return Err(self.overflow(st));
         }
-        self.append(st, Entry::untagged(frame));
+        self.append(st, frame);
         Ok(())
     }
 
@@ -268,7 +271,7 @@ impl Outbox {
         if self.over(&st, frame.len()) {
             return Err(PushError::Full);
         }
-        self.append(st, Entry::untagged(frame));
+        self.append(st, frame);
         Ok(())
     }
 
@@ -334,7 +337,12 @@ impl Outbox {
             to: offset,
         };
         if !self.over(&st, message.bytes.len()) {
-            self.append(st, message);
+            let was_empty = st.is_empty();
+            st.push_live(message);
+            drop(st);
+            if was_empty {
+                self.ready.notify_one();
+            }
             return Ok(Dropped::default());
         }
         if policy == SlowPolicy::Disconnect {

@@ -176,7 +176,10 @@ impl Session {
             return self.write_out(ws, Some(msg.into())).await;
         }
         let reply = match msg {
-            Message::Text(text) => match self.connection.on_text(Bytes::from(text)).await {
+            // Boxed: a command's future (it may wait on the broker) must not weigh on every
+            // idle session's; one allocation per command, none per delivery.
+            Message::Text(text) => match Box::pin(self.connection.on_text(Bytes::from(text))).await
+            {
                 Ok(reply) => reply,
                 // Boxed: token validation may fetch keys, and its future must not weigh on
                 // every idle session's.
