@@ -90,8 +90,45 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("error: --ready-file {}: {e}", path.display());
         return ExitCode::FAILURE;
     }
+    tokio::spawn(reload_on_sighup(server.reloader(), args.clone()));
     server.run(shutdown_signal()).await;
     ExitCode::SUCCESS
+}
+
+/// On every SIGHUP: loads the configuration again from where it came from and hands it to the
+/// running server. A configuration that does not validate is refused with the same messages as
+/// at startup, and the running one stays; after a reload the ready file names the listeners'
+/// addresses again.
+async fn reload_on_sighup(reloader: tslm_server::Reloader, args: ServeArgs) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload by restarting");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let config = match load_config(&args) {
+            Ok((config, origin)) => {
+                tracing::info!(config = %origin, "reloading the configuration (SIGHUP)");
+                config
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: the configuration does not validate; the running one stays");
+                continue;
+            }
+        };
+        match reloader.reload(config).await {
+            Ok(report) => {
+                if let Some(path) = &args.ready_file
+                    && let Err(e) = write_ready_file(path, &report.addrs)
+                {
+                    tracing::error!(error = %e, file = %path.display(), "cannot rewrite the ready file");
+                }
+            }
+            // Logged by the server, with what it kept.
+            Err(tslm_server::ReloadError::ShuttingDown) => return,
+            Err(_) => {}
+        }
+    }
 }
 
 /// The ready signal of `serve --ready-file`: every bound address by listener, written to a

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tslm_hub::Hub;
-use tslm_server::{Config, Server, ServerStats, StatsHandle};
+use tslm_server::{Config, Reloader, Server, ServerStats, StatsHandle};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -40,6 +40,8 @@ pub struct TestServer {
     pub addrs: HashMap<String, SocketAddr>,
     pub hub: Hub,
     pub stats: StatsHandle,
+    /// Applies a new configuration to the running server.
+    pub reloader: Reloader,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -55,6 +57,7 @@ impl TestServer {
             .collect();
         let hub = server.hub();
         let stats = server.stats_handle();
+        let reloader = server.reloader();
         let (tx, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(server.run(async move {
             let _ = rx.await;
@@ -63,6 +66,7 @@ impl TestServer {
             addrs,
             hub,
             stats,
+            reloader,
             stop: Some(tx),
             done: Some(done),
         }

@@ -70,4 +70,8 @@ pub mod close {
     pub const AUTH_TIMEOUT: u16 = 4002;
     /// The connection's access token expired and no fresh one came (`refresh`).
     pub const TOKEN_EXPIRED: u16 = 4003;
+    /// A reload removed or changed the credential the connection authenticated with (a
+    /// publisher's key, token or certificate, the issuer of its access token, or a listener
+    /// token): authenticate again with a current one.
+    pub const CREDENTIAL_REVOKED: u16 = 4006;
 }

@@ -119,6 +119,69 @@ impl Connection {
         }
     }
 
+    /// Moves the connection to `next`, its listener's context after a reload. The identity is
+    /// checked again: a publisher whose credentials changed or went, a subscriber whose token's
+    /// issuer went, or a connection of a listener whose tokens were removed (or that now
+    /// requires one) gets `Err` (close [`close::CREDENTIAL_REVOKED`]). Subscriptions the
+    /// identity may no longer read end with a `closed` event (`forbidden`); an identity the
+    /// listener no longer accepts gets an authentication deadline again. Everything else (classes,
+    /// limits, patterns) applies from the next request on.
+    pub(crate) fn rebind(&mut self, next: Arc<ListenerCtx>) -> Result<(), &'static str> {
+        const REVOKED: &str = "credential revoked";
+        let (old_tokens, new_tokens) = (&self.ctx.cfg.auth_tokens, &next.cfg.auth_tokens);
+        if !new_tokens.is_empty()
+            && (old_tokens.is_empty() || old_tokens.iter().any(|t| !new_tokens.contains(t)))
+        {
+            return Err(REVOKED);
+        }
+        let identity = match &self.identity {
+            Identity::Anonymous => Identity::Anonymous,
+            Identity::Publisher(i) => {
+                let old = self.ctx.publishers.get(*i).ok_or(REVOKED)?;
+                let same = |p: &&crate::auth_config::Publisher| {
+                    p.name == old.name
+                        && p.keys == old.keys
+                        && p.token_hashes == old.token_hashes
+                        && p.certificates == old.certificates
+                };
+                let j = next
+                    .publishers
+                    .iter()
+                    .position(|p| same(&p))
+                    .ok_or(REVOKED)?;
+                Identity::Publisher(j)
+            }
+            Identity::Subscriber(g) => {
+                if !next.issuers.iter().any(|i| i.name == g.issuer) {
+                    return Err(REVOKED);
+                }
+                Identity::Subscriber(Arc::clone(g))
+            }
+        };
+        let lost: Vec<ChannelName> = self
+            .subscriptions
+            .iter()
+            .filter(|c| {
+                ops::admit_read(&next, &identity, "subscribe", c, ReadVia::Subscriber).is_err()
+            })
+            .cloned()
+            .collect();
+        let wire = Wire::websocket(self.dialect);
+        for channel in lost {
+            self.subscriptions.remove(&channel);
+            self.catching.retain(|c| *c != channel);
+            if self.ctx.hub.unsubscribe(&channel, self.id) {
+                let _ = self.outbox.push(wire.closed(&channel, "forbidden"));
+            }
+        }
+        if self.auth_deadline.is_none() && !identity.meets(&next.cfg) {
+            self.auth_deadline = Some(Instant::now() + next.cfg.auth_timeout);
+        }
+        self.identity = identity;
+        self.ctx = next;
+        Ok(())
+    }
+
     /// Stops deliveries and ends every subscription (at the end of the connection, before a
     /// possibly slow close handshake).
     pub(crate) fn unsubscribe_all(&mut self) {

@@ -34,7 +34,13 @@ pub(crate) struct ListenerCtx {
     /// The channel log: offsets, backlogs, channel options and reply routes (see
     /// [`tslm_hub::broker`]). Only the channel-operations layer (`ops`) calls it.
     pub broker: Arc<dyn Broker>,
+    /// Cancelled when the server shuts down or this listener is removed by a reload.
     pub shutdown: CancellationToken,
+    /// This context's generation: a child of `shutdown`, also cancelled when a reload replaces
+    /// the context. Accept loops and sessions then move to [`ListenerCtx::successor`].
+    pub generation: CancellationToken,
+    /// Where the listener's current context is kept (`None`: this context is never replaced).
+    pub(crate) live: Option<Arc<Live>>,
     pub tracker: TaskTracker,
     pub stats: Arc<Stats>,
     /// `None`: plain TCP.
@@ -77,6 +83,8 @@ impl ListenerCtx {
             issuers: policy.issuers,
             hub,
             broker,
+            generation: shutdown.child_token(),
+            live: None,
             shutdown,
             tracker,
             stats,
@@ -84,6 +92,40 @@ impl ListenerCtx {
             conn_limit,
             admission,
         }
+    }
+
+    /// A reload's new context for the same addresses as `old`: the connection slots and the
+    /// per-address tables carry over, so the connections already open still count. A higher
+    /// `max_connections` adds slots at once; a lower one takes away free slots (when more
+    /// connections are open than the new limit, the difference stays until a restart). Changed
+    /// abuse limits start fresh per-address tables.
+    pub(crate) fn carrying(mut self, old: &ListenerCtx) -> Self {
+        let (was, now) = (old.cfg.max_connections, self.cfg.max_connections);
+        if now >= was {
+            old.conn_limit.add_permits(now - was);
+        } else {
+            old.conn_limit.forget_permits(was - now);
+        }
+        self.conn_limit = Arc::clone(&old.conn_limit);
+        if old.cfg.abuse == self.cfg.abuse && was == now {
+            self.ip_limits = Arc::clone(&old.ip_limits);
+        }
+        self
+    }
+
+    /// Keeps this context replaceable by reloads through `live`.
+    pub(crate) fn with_live(mut self, live: Arc<Live>) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    /// After this context's generation ended: the listener's current context, unless the
+    /// listener itself is closing (shutdown, or removed by a reload).
+    pub(crate) fn successor(&self) -> Option<(Arc<ListenerCtx>, axum::Router)> {
+        if self.shutdown.is_cancelled() {
+            return None;
+        }
+        self.live.as_ref()?.current()
     }
 
     /// Serves this listener over TLS (`None`: plain TCP, the default).
@@ -148,5 +190,42 @@ impl ConnSlot {
     pub(crate) fn allow_command(&self) -> bool {
         let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
         b.as_mut().is_none_or(TokenBucket::try_take)
+    }
+}
+
+/// A listener's current context and router, replaced by a reload (the previous generation's
+/// token is cancelled once its successor is in place, so whoever wakes finds it here).
+#[derive(Default)]
+pub(crate) struct Live {
+    current: Mutex<Option<(Arc<ListenerCtx>, axum::Router)>>,
+}
+
+impl Live {
+    pub(crate) fn current(&self) -> Option<(Arc<ListenerCtx>, axum::Router)> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts `ctx` and `router` in place and ends the generation they replace.
+    pub(crate) fn replace(&self, ctx: Arc<ListenerCtx>, router: axum::Router) {
+        let old = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace((ctx, router));
+        if let Some((old, _)) = old {
+            old.generation.cancel();
+        }
+    }
+
+    /// Forgets the current context (the listener closed), breaking the context's reference to
+    /// itself through this slot.
+    pub(crate) fn clear(&self) {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 }

@@ -19,6 +19,7 @@ mod listener;
 mod ops;
 mod ratelimit;
 mod registry;
+mod reload;
 mod session;
 mod stats;
 mod tls;
@@ -34,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use tslm_hub::{Broker, Hub, HubLimits, MemoryBroker};
 
 pub use config::{Config, ConfigError, ListenerConfig, Permission, Permissions};
+pub use reload::{ReloadError, ReloadReport, Reloader};
 pub use stats::ServerStats;
 pub use tls::{RELOAD_INTERVAL as TLS_RELOAD_INTERVAL, TlsError};
 
@@ -61,13 +63,16 @@ pub struct Server {
     broker: Arc<dyn Broker>,
     verifier: Option<tslm_oidc::Verifier>,
     stats: Arc<stats::Stats>,
-    /// One per TLS listener, whatever its number of addresses: what the reloaders watch.
-    tls: Vec<Arc<tls::TlsState>>,
     tls_reload_interval: Duration,
+    /// New configurations from [`Reloader`]s, applied by [`Server::run`].
+    reloads: (
+        tokio::sync::mpsc::Sender<reload::Request>,
+        tokio::sync::mpsc::Receiver<reload::Request>,
+    ),
 }
 
 /// Where one listener address ended up bound (port 0 resolved).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BoundAddr {
     pub listener: String,
     pub addr: SocketAddr,
@@ -79,7 +84,6 @@ impl Server {
     /// are closed again, so a failed start leaves nothing listening.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
         let mut listeners = Vec::new();
-        let mut tls_states = Vec::new();
         for l in &config.listeners {
             let cfg = Arc::new(l.clone());
             let tls = match &l.tls {
@@ -91,7 +95,6 @@ impl Server {
                             source,
                         })?;
                     let state = Arc::new(state);
-                    tls_states.push(Arc::clone(&state));
                     Some(state)
                 }
             };
@@ -124,8 +127,8 @@ impl Server {
             broker: Arc::new(MemoryBroker::new(hub.clone())),
             hub,
             stats: Arc::default(),
-            tls: tls_states,
             tls_reload_interval: TLS_RELOAD_INTERVAL,
+            reloads: tokio::sync::mpsc::channel(4),
         })
     }
 
@@ -151,6 +154,11 @@ impl Server {
     /// The hub this server serves (for embedding and tests).
     pub fn hub(&self) -> Hub {
         self.hub.clone()
+    }
+
+    /// A handle that applies new configurations to this server while it runs (SIGHUP).
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.reloads.0.clone())
     }
 
     /// A handle on live connection counters.
@@ -190,7 +198,7 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then shuts down gracefully.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         if let Some(v) = &self.verifier {
@@ -209,47 +217,40 @@ impl Server {
             self.config.max_remembered_signatures,
         )));
         let admission = Arc::new(self.admission());
-        for b in self.listeners {
-            let addr = b.tcp.local_addr().ok();
-            tracing::info!(
-                listener = %b.cfg.name,
-                addr = %addr.map_or_else(|| "?".to_string(), |a| a.to_string()),
-                permissions = %b.cfg.permissions,
-                auth = if b.cfg.auth_tokens.is_empty() { "none" } else { "tokens" },
-                tls = match &b.tls {
-                    None => "none",
-                    Some(t) if t.requires_client_cert() => "mutual",
-                    Some(_) => "server",
-                },
-                max_connections = b.cfg.max_connections,
-                "listening"
-            );
-            if b.cfg.echo {
-                tracing::warn!(listener = %b.cfg.name, "echo mode: messages are echoed, not run (conformance testing only)");
+        let shared = reload::Shared {
+            hub: self.hub.clone(),
+            broker: Arc::clone(&self.broker),
+            token: token.clone(),
+            tracker: tracker.clone(),
+            stats: Arc::clone(&self.stats),
+            admission,
+            tls_reload_interval: self.tls_reload_interval,
+        };
+        let policy = |config: &Config, verifier: &Option<tslm_oidc::Verifier>| context::Policy {
+            channels: Arc::clone(&config.channels),
+            publishers: Arc::clone(&config.publishers),
+            verifier: verifier.clone(),
+            replay: Arc::clone(&replay),
+            issuers: Arc::clone(&config.issuers),
+        };
+        let mut running = std::collections::BTreeMap::new();
+        // One listener's addresses are consecutive in `listeners` (see `bind`).
+        let mut listeners = std::mem::take(&mut self.listeners).into_iter().peekable();
+        while let Some(first) = listeners.next() {
+            let (cfg, tls) = (Arc::clone(&first.cfg), first.tls.clone());
+            let mut sockets = vec![first.tcp];
+            while let Some(b) = listeners.next_if(|b| Arc::ptr_eq(&b.cfg, &cfg)) {
+                sockets.push(b.tcp);
             }
-            let ctx = context::ListenerCtx::new(
-                b.cfg,
-                context::Policy {
-                    channels: Arc::clone(&self.config.channels),
-                    publishers: Arc::clone(&self.config.publishers),
-                    verifier: self.verifier.clone(),
-                    replay: Arc::clone(&replay),
-                    issuers: Arc::clone(&self.config.issuers),
-                },
-                (self.hub.clone(), Arc::clone(&self.broker)),
-                token.clone(),
-                tracker.clone(),
-                Arc::clone(&self.stats),
-                Arc::clone(&admission),
-            )
-            .with_tls(b.tls);
-            let ctx = Arc::new(ctx);
-            let router = http::router(Arc::clone(&ctx));
-            tracker.spawn(listener::accept_loop(ctx, b.tcp, router));
-        }
-        // Certificates are reloaded when their files change, until shutdown.
-        for t in &self.tls {
-            tracker.spawn(Arc::clone(t).watch(self.tls_reload_interval, token.clone()));
+            log_listening(&cfg, &sockets, tls.as_deref());
+            let r = reload::start(
+                &shared,
+                &policy(&self.config, &self.verifier),
+                Arc::clone(&cfg),
+                sockets,
+                tls,
+            );
+            running.insert(cfg.name.clone(), r);
         }
         // Age limits hold for idle channels too: expired backlog entries are swept every second.
         let sweeper = {
@@ -265,7 +266,34 @@ impl Server {
                 }
             })
         };
-        shutdown.await;
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(req) = self.reloads.1.recv() => {
+                    let new = req.config;
+                    // Issuers unchanged: the verifier and its cached keys stay.
+                    let verifier = if format!("{:?}", new.issuers) == format!("{:?}", self.config.issuers) {
+                        self.verifier.clone()
+                    } else {
+                        (!new.issuers.is_empty())
+                            .then(|| tslm_oidc::Verifier::new(new.issuers.as_ref().clone()))
+                    };
+                    let result = reload::apply(&shared, &mut running, &self.config, &new, &policy(&new, &verifier));
+                    match &result {
+                        Ok(report) => {
+                            tracing::info!(added = ?report.added, removed = ?report.removed, updated = ?report.updated, "configuration reloaded");
+                            self.config = new;
+                            self.verifier = verifier;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "reload refused: the running configuration stays");
+                        }
+                    }
+                    let _ = req.done.send(result);
+                }
+            }
+        }
         drop(sweeper);
         tracing::info!(
             grace_seconds = self.config.shutdown_grace.as_secs(),
@@ -285,6 +313,33 @@ impl Server {
         } else {
             tracing::info!("shutdown complete");
         }
+    }
+}
+
+/// Logs a listener's start (every address) and warns about echo mode.
+fn log_listening(
+    cfg: &ListenerConfig,
+    sockets: &[tokio::net::TcpListener],
+    tls: Option<&tls::TlsState>,
+) {
+    for tcp in sockets {
+        let addr = tcp.local_addr().ok();
+        tracing::info!(
+            listener = %cfg.name,
+            addr = %addr.map_or_else(|| "?".to_string(), |a| a.to_string()),
+            permissions = %cfg.permissions,
+            auth = if cfg.auth_tokens.is_empty() { "none" } else { "tokens" },
+            tls = match tls {
+                None => "none",
+                Some(t) if t.requires_client_cert() => "mutual",
+                Some(_) => "server",
+            },
+            max_connections = cfg.max_connections,
+            "listening"
+        );
+    }
+    if cfg.echo {
+        tracing::warn!(listener = %cfg.name, "echo mode: messages are echoed, not run (conformance testing only)");
     }
 }
 

@@ -55,12 +55,19 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Accepts connections on `tcp` until shutdown, serving each admitted one with `router` (the
 /// HTTP side, [`crate::http::router`], handed in so that this loop depends on no transport).
-pub(crate) async fn accept_loop(ctx: Arc<ListenerCtx>, tcp: TcpListener, router: Router) {
+pub(crate) async fn accept_loop(mut ctx: Arc<ListenerCtx>, tcp: TcpListener, mut router: Router) {
     let mut backoff = Duration::from_millis(5);
     let mut sweep = tokio::time::interval(IP_TABLE_SWEEP);
     loop {
         let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            // A reload replaced the context: accept with the new one; or the listener closes.
+            _ = ctx.generation.cancelled() => match ctx.successor() {
+                Some((next, next_router)) => {
+                    (ctx, router) = (next, next_router);
+                    continue;
+                }
+                None => return,
+            },
             _ = sweep.tick() => {
                 ctx.ip_limits.sweep();
                 continue;
@@ -252,7 +259,8 @@ where
                 tracing::debug!(listener = %ctx.cfg.name, %peer, error = %e, "http connection ended with an error");
             }
         }
-        _ = ctx.shutdown.cancelled() => {
+        // Shutdown, or a reload (the client's next connection gets the new configuration).
+        _ = ctx.generation.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         }

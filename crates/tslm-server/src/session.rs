@@ -134,7 +134,15 @@ impl Session {
                 _ => far(),
             };
             let step = tokio::select! {
-                _ = self.connection.ctx.shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "going away")),
+                // Shutdown (or this listener removed), or a reload: the connection moves to the
+                // new context, or closes when the reload revoked its credential.
+                _ = self.connection.ctx.generation.cancelled() => match self.connection.ctx.successor() {
+                    None => Err(End::Close(close::GOING_AWAY, "going away")),
+                    Some((next, _)) => self
+                        .connection
+                        .rebind(next)
+                        .map_err(|reason| End::Close(close::CREDENTIAL_REVOKED, reason)),
+                },
                 msg = ws.next() => {
                     pong_deadline = None;
                     next_ping = Instant::now() + ping_interval;

@@ -18,6 +18,7 @@ pub(crate) struct Stats {
     invalid_payload_closes: AtomicUsize,
     auth_timeout_closes: AtomicUsize,
     token_expired_closes: AtomicUsize,
+    credential_revoked_closes: AtomicUsize,
     auth_refusals_http: AtomicUsize,
     auth_refusals_handshake: AtomicUsize,
     auth_refusals_command: AtomicUsize,
@@ -74,6 +75,8 @@ pub struct ServerStats {
     pub auth_timeout_closes: usize,
     /// Sessions closed with 4003 because their access token expired (since start).
     pub token_expired_closes: usize,
+    /// Sessions closed because a reload revoked their credential (4006).
+    pub credential_revoked_closes: usize,
     /// HTTP API requests answered 401 (since start).
     pub auth_refusals_http: usize,
     /// WebSocket handshakes answered 401 (since start).
@@ -103,6 +106,7 @@ impl Stats {
             invalid_payload_closes: self.invalid_payload_closes.load(Ordering::Relaxed),
             auth_timeout_closes: self.auth_timeout_closes.load(Ordering::Relaxed),
             token_expired_closes: self.token_expired_closes.load(Ordering::Relaxed),
+            credential_revoked_closes: self.credential_revoked_closes.load(Ordering::Relaxed),
             auth_refusals_http: self.auth_refusals_http.load(Ordering::Relaxed),
             auth_refusals_handshake: self.auth_refusals_handshake.load(Ordering::Relaxed),
             auth_refusals_command: self.auth_refusals_command.load(Ordering::Relaxed),
@@ -124,6 +128,7 @@ impl Stats {
             close::INVALID_PAYLOAD => &self.invalid_payload_closes,
             close::AUTH_TIMEOUT => &self.auth_timeout_closes,
             close::TOKEN_EXPIRED => &self.token_expired_closes,
+            close::CREDENTIAL_REVOKED => &self.credential_revoked_closes,
             _ => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -237,6 +242,7 @@ mod tests {
             close::INVALID_PAYLOAD,
             close::AUTH_TIMEOUT,
             close::TOKEN_EXPIRED,
+            close::CREDENTIAL_REVOKED,
         ];
         let stats = Stats::default();
         for (i, code) in codes.iter().enumerate() {
@@ -257,8 +263,9 @@ mod tests {
             s.invalid_payload_closes,
             s.auth_timeout_closes,
             s.token_expired_closes,
+            s.credential_revoked_closes,
         ];
-        assert_eq!(counted, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(counted, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     }
 
     #[test]
