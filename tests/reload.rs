@@ -356,3 +356,171 @@ async fn sighup_reloads_the_file_and_refuses_a_bad_one() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+const SECRET_A: &[u8] = b"reload-test-secret-a-of-32-bytes-or-more";
+const SECRET_B: &[u8] = b"reload-test-secret-b-of-32-bytes-or-more";
+
+/// A shared-secret issuer whose tokens `secure.*` channels need.
+fn issuer_config(secret: &[u8]) -> String {
+    use base64::Engine;
+    config(
+        &publisher("a", "unused-publisher-token"),
+        &format!(
+            "[issuer.shared]\nissuer = 'reload-issuer'\naudiences = ['tslm']\n\
+             channels_claim = 'tslm_channels'\nsecret = '{}'\n\
+             [channel.\"secure.*\"]\nsubscribers = 'authenticated'\n",
+            base64::engine::general_purpose::STANDARD.encode(secret)
+        ),
+    )
+}
+
+fn hs256(secret: &[u8]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": "reload-issuer", "aud": "tslm", "sub": "alice",
+        "exp": now + 600, "iat": now, "tslm_channels": ["secure.*"],
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+/// Rotating an issuer's secret (same name, same length) takes effect: sessions authenticated
+/// with the old secret's tokens are closed with 4006 and the old tokens are refused; new ones
+/// are accepted.
+#[tokio::test]
+async fn a_rotated_issuer_secret_revokes_its_sessions_and_tokens() {
+    let s = TestServer::start(&issuer_config(SECRET_A)).await;
+    let mut sub = v1(&s.url("public")).await;
+    let r = call(
+        &mut sub,
+        &format!(r#"{{"op":"auth","token":"{}"}}"#, hs256(SECRET_A)),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    s.reloader
+        .reload(parse(&issuer_config(SECRET_B)))
+        .await
+        .unwrap();
+    assert_eq!(
+        recv_close(&mut sub).await,
+        Some((close::CREDENTIAL_REVOKED, "credential revoked".into()))
+    );
+    let mut old = v1(&s.url("public")).await;
+    let r = call(
+        &mut old,
+        &format!(r#"{{"op":"auth","token":"{}"}}"#, hs256(SECRET_A)),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    let mut new = v1(&s.url("public")).await;
+    let r = call(
+        &mut new,
+        &format!(r#"{{"op":"auth","token":"{}"}}"#, hs256(SECRET_B)),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    // An unchanged issuer keeps its sessions.
+    s.reloader
+        .reload(parse(&issuer_config(SECRET_B)))
+        .await
+        .unwrap();
+    assert_eq!(call(&mut new, r#"{"op":"ping"}"#).await["ok"], true);
+    s.shutdown().await;
+}
+
+/// A keep-alive HTTP connection opened before a reload is closed after its current request, so
+/// the client's next request is judged by the new configuration.
+#[tokio::test]
+async fn keep_alive_http_connections_close_on_reload() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = tokens();
+    let s = TestServer::start(&config(&publisher("a", &t.a), "")).await;
+    let mut conn = tokio::net::TcpStream::connect(s.addr("private"))
+        .await
+        .unwrap();
+    let req = format!(
+        "PUT /v1/channels/orders.k HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\n\r\n",
+        t.a
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(T, conn.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 201"));
+    s.reloader
+        .reload(parse(&config(&publisher("b", &t.b), "")))
+        .await
+        .unwrap();
+    // The server closes the idle keep-alive connection: the next read sees the end.
+    let n = tokio::time::timeout(T, conn.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    s.shutdown().await;
+}
+
+/// `max_connections` lowered below the connections open, then raised: the open ones are not
+/// closed, new ones are refused (503) until the count is under the new limit, and the limit
+/// never ends above what the configuration says.
+#[tokio::test]
+async fn max_connections_follows_the_configuration_both_ways() {
+    let t = tokens();
+    let with = |max: usize| {
+        config(
+            &publisher("a", &t.a),
+            &format!(
+                "[listener.extra]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Subscribe']\nmax_connections = {max}\n{NO_IP_LIMITS}\n"
+            ),
+        )
+    };
+    let s = TestServer::start(&with(4)).await;
+    let report = s.reloader.reload(parse(&with(4))).await.unwrap();
+    let at = report
+        .addrs
+        .iter()
+        .find(|b| b.listener == "extra")
+        .unwrap()
+        .addr;
+    let url = format!("ws://{at}/");
+    let status = |addr| async move {
+        http_raw(
+            addr,
+            "GET /v1/channels HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .0
+    };
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(v1(&url).await);
+    }
+    // Lowered to 1 with 3 open: nothing is closed, and nothing new gets in.
+    s.reloader.reload(parse(&with(1))).await.unwrap();
+    for ws in &mut open {
+        assert_eq!(call(ws, r#"{"op":"ping"}"#).await["ok"], true);
+    }
+    assert_eq!(status(at).await, 503);
+    // Two close: still at the limit (1 open), so still refused.
+    for mut ws in open.drain(1..) {
+        ws.close(None).await.unwrap();
+        let _ = recv_close(&mut ws).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status(at).await, 503);
+    // Raised to 3: two more fit next to the one open, the third is refused.
+    s.reloader.reload(parse(&with(3))).await.unwrap();
+    open.push(v1(&url).await);
+    open.push(v1(&url).await);
+    assert_eq!(status(at).await, 503);
+    s.shutdown().await;
+}

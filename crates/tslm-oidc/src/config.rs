@@ -107,7 +107,7 @@ pub struct ClaimMapping {
 }
 
 /// An identity provider whose access tokens subscribers present.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issuer {
     pub name: String,
     /// The exact `iss` tokens must carry.

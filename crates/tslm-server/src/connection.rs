@@ -126,9 +126,19 @@ impl Connection {
     /// identity may no longer read end with a `closed` event (`forbidden`); an identity the
     /// listener no longer accepts gets an authentication deadline again. Everything else (classes,
     /// limits, patterns) applies from the next request on.
-    pub(crate) fn rebind(&mut self, next: Arc<ListenerCtx>) -> Result<(), &'static str> {
-        const REVOKED: &str = "credential revoked";
-        let (old_tokens, new_tokens) = (&self.ctx.cfg.auth_tokens, &next.cfg.auth_tokens);
+    pub(crate) fn rebind(&mut self, next: Arc<ListenerCtx>) -> Result<(), (u16, &'static str)> {
+        use tslm_protocol::close;
+        const REVOKED: (u16, &str) = (close::CREDENTIAL_REVOKED, "credential revoked");
+        let (old, new) = (&self.ctx.cfg, &next.cfg);
+        // What was checked once, at the connection's start: its TLS (and client certificate's
+        // issuer) and its origin. A change of either closes it so that it is checked again.
+        if old.tls != new.tls
+            || old.allowed_origins != new.allowed_origins
+            || old.allowed_hosts != new.allowed_hosts
+        {
+            return Err((close::GOING_AWAY, "listener settings changed; reconnect"));
+        }
+        let (old_tokens, new_tokens) = (&old.auth_tokens, &new.auth_tokens);
         if !new_tokens.is_empty()
             && (old_tokens.is_empty() || old_tokens.iter().any(|t| !new_tokens.contains(t)))
         {
@@ -152,10 +162,14 @@ impl Connection {
                 Identity::Publisher(j)
             }
             Identity::Subscriber(g) => {
-                if !next.issuers.iter().any(|i| i.name == g.issuer) {
-                    return Err(REVOKED);
+                // The issuer must be there and unchanged (keys, secret, audiences, claims).
+                let named = |issuers: &[crate::auth_config::Issuer]| {
+                    issuers.iter().find(|i| i.name == g.issuer).cloned()
+                };
+                match (named(&self.ctx.issuers), named(&next.issuers)) {
+                    (Some(was), Some(is)) if was == is => Identity::Subscriber(Arc::clone(g)),
+                    _ => return Err(REVOKED),
                 }
-                Identity::Subscriber(Arc::clone(g))
             }
         };
         let lost: Vec<ChannelName> = self

@@ -3,6 +3,7 @@
 //! accept-loop file so that every layer can depend on it without depending on the others.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -46,6 +47,9 @@ pub(crate) struct ListenerCtx {
     /// `None`: plain TCP.
     pub(crate) tls: Option<Arc<TlsState>>,
     pub(crate) conn_limit: Arc<Semaphore>,
+    /// Slots a reload took away from `conn_limit` that were in use: taken back as connections
+    /// close (see [`ListenerCtx::carrying`]).
+    pub(crate) conn_shortfall: Arc<AtomicUsize>,
     pub(crate) ip_limits: Arc<IpLimits>,
     /// The server-wide descriptor budgets (see [`crate::admission`]).
     pub(crate) admission: Arc<Admission>,
@@ -90,25 +94,49 @@ impl ListenerCtx {
             stats,
             tls: None,
             conn_limit,
+            conn_shortfall: Arc::default(),
             admission,
         }
     }
 
     /// A reload's new context for the same addresses as `old`: the connection slots and the
-    /// per-address tables carry over, so the connections already open still count. A higher
-    /// `max_connections` adds slots at once; a lower one takes away free slots (when more
-    /// connections are open than the new limit, the difference stays until a restart). Changed
-    /// abuse limits start fresh per-address tables.
+    /// per-address tables carry over (connections already open still count; spent budgets stay
+    /// spent). A higher `max_connections` adds slots at once; a lower one takes away the free
+    /// slots at once and the rest as connections close (a task takes them back; a later raise
+    /// cancels what it has not yet taken).
     pub(crate) fn carrying(mut self, old: &ListenerCtx) -> Self {
         let (was, now) = (old.cfg.max_connections, self.cfg.max_connections);
-        if now >= was {
-            old.conn_limit.add_permits(now - was);
-        } else {
-            old.conn_limit.forget_permits(was - now);
-        }
         self.conn_limit = Arc::clone(&old.conn_limit);
-        if old.cfg.abuse == self.cfg.abuse && was == now {
-            self.ip_limits = Arc::clone(&old.ip_limits);
+        self.conn_shortfall = Arc::clone(&old.conn_shortfall);
+        self.ip_limits = Arc::clone(&old.ip_limits);
+        self.ip_limits.reconfigure(self.cfg.abuse, now);
+        if now > was {
+            let up = now - was;
+            let cancelled = take_up_to(&self.conn_shortfall, up);
+            self.conn_limit.add_permits(up - cancelled);
+        } else if was > now {
+            let down = was - now;
+            let missing = down - self.conn_limit.forget_permits(down);
+            if missing > 0 {
+                self.conn_shortfall.fetch_add(missing, Ordering::Relaxed);
+                let (sem, shortfall) = (
+                    Arc::clone(&self.conn_limit),
+                    Arc::clone(&self.conn_shortfall),
+                );
+                let token = self.shutdown.clone();
+                self.tracker.spawn(async move {
+                    while shortfall.load(Ordering::Relaxed) > 0 {
+                        let permit = tokio::select! {
+                            _ = token.cancelled() => return,
+                            p = Arc::clone(&sem).acquire_owned() => p,
+                        };
+                        let Ok(permit) = permit else { return };
+                        if take_up_to(&shortfall, 1) == 1 {
+                            permit.forget();
+                        }
+                    }
+                });
+            }
         }
         self
     }
@@ -190,6 +218,18 @@ impl ConnSlot {
     pub(crate) fn allow_command(&self) -> bool {
         let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
         b.as_mut().is_none_or(TokenBucket::try_take)
+    }
+}
+
+/// Takes up to `n` from `counter`; returns how much it took.
+fn take_up_to(counter: &AtomicUsize, n: usize) -> usize {
+    let mut cur = counter.load(Ordering::Relaxed);
+    loop {
+        let take = cur.min(n);
+        match counter.compare_exchange(cur, cur - take, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return take,
+            Err(actual) => cur = actual,
+        }
     }
 }
 

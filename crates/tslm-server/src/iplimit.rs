@@ -36,13 +36,14 @@ pub(crate) enum Refusal {
 const MIN_TRACKED_ADDRESSES: usize = 1024;
 
 pub(crate) struct IpLimits {
-    limits: AbuseLimits,
+    /// Replaced by a reload ([`IpLimits::reconfigure`]); read when a connection arrives.
+    limits: std::sync::RwLock<AbuseLimits>,
     table: DashMap<IpAddr, Entry>,
     /// The most addresses the table holds: twice the listener's `max_connections` (at least
     /// [`MIN_TRACKED_ADDRESSES`]). Addresses with a connection open or being refused are bounded
     /// by the connections themselves; quiet addresses (kept only for their rate history) are
     /// forgotten early when the table is full, so many source addresses cannot grow it.
-    max_entries: usize,
+    max_entries: std::sync::atomic::AtomicUsize,
     /// Failed authentications not yet logged (one summary line per [`AUTH_LOG_INTERVAL`]).
     failure_log: Mutex<FailureLog>,
 }
@@ -93,9 +94,9 @@ fn key(ip: IpAddr) -> IpAddr {
 impl IpLimits {
     pub(crate) fn new(limits: AbuseLimits, max_connections: usize) -> Self {
         Self {
-            limits,
+            limits: std::sync::RwLock::new(limits),
             table: DashMap::new(),
-            max_entries: max_connections.saturating_mul(2).max(MIN_TRACKED_ADDRESSES),
+            max_entries: std::sync::atomic::AtomicUsize::new(Self::entries_for(max_connections)),
             failure_log: Mutex::new(FailureLog {
                 last_line: None,
                 unlogged: 0,
@@ -109,23 +110,48 @@ impl IpLimits {
         self.table.entry(k).or_insert_with(|| self.new_entry())
     }
 
+    fn entries_for(max_connections: usize) -> usize {
+        max_connections.saturating_mul(2).max(MIN_TRACKED_ADDRESSES)
+    }
+
+    /// The limits in force.
+    pub(crate) fn limits(&self) -> AbuseLimits {
+        *self.limits.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn max_entries(&self) -> usize {
+        self.max_entries.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A reload's new limits. The table and its counts stay (connections already open still
+    /// count against the per-address cap, and spent budgets stay spent); addresses seen after
+    /// this get buckets at the new rates.
+    pub(crate) fn reconfigure(&self, limits: AbuseLimits, max_connections: usize) {
+        *self.limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
+        self.max_entries.store(
+            Self::entries_for(max_connections),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     fn new_entry(&self) -> Entry {
+        let limits = self.limits();
         Entry {
             conns: 0,
             refusals: 0,
-            handshakes: TokenBucket::new(self.limits.handshakes_per_ip_per_second),
-            auth_failures: TokenBucket::per_minute(self.limits.failed_auths_per_ip_per_minute),
+            handshakes: TokenBucket::new(limits.handshakes_per_ip_per_second),
+            auth_failures: TokenBucket::per_minute(limits.failed_auths_per_ip_per_minute),
         }
     }
 
     /// The entry of `k`, made if needed; `None` when the table is full even after forgetting
     /// every quiet address.
     fn entry(&self, k: IpAddr) -> Option<dashmap::mapref::one::RefMut<'_, IpAddr, Entry>> {
-        if self.table.len() >= self.max_entries && !self.table.contains_key(&k) {
+        if self.table.len() >= self.max_entries() && !self.table.contains_key(&k) {
             // Forget the addresses kept only for their rate history (their buckets restart
             // full if they come back); those with connections stay.
             self.table.retain(|_, e| e.conns > 0 || e.refusals > 0);
-            if self.table.len() >= self.max_entries {
+            if self.table.len() >= self.max_entries() {
                 return None;
             }
         }
@@ -152,7 +178,7 @@ impl IpLimits {
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<IpGuard, Refusal> {
         let k = key(ip);
         let mut e = self.entry(k).ok_or(Refusal::TableFull)?;
-        if e.conns >= self.limits.max_connections_per_ip {
+        if e.conns >= self.limits().max_connections_per_ip {
             return Err(Refusal::TooManyConnections);
         }
         if !e.handshakes.try_take() {
@@ -235,7 +261,7 @@ impl IpGuard {
                 *w = (now, 0);
             }
             w.1 = w.1.saturating_add(1);
-            w.1 > self.limits.limits.max_rejected_commands_per_second
+            w.1 > self.limits.limits().max_rejected_commands_per_second
         };
         address?;
         if connection {

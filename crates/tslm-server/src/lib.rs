@@ -269,11 +269,16 @@ impl Server {
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             tokio::select! {
-                _ = &mut shutdown => break,
+                _ = &mut shutdown => {
+                    for r in running.values() {
+                        r.clear();
+                    }
+                    break;
+                }
                 Some(req) = self.reloads.1.recv() => {
                     let new = req.config;
                     // Issuers unchanged: the verifier and its cached keys stay.
-                    let verifier = if format!("{:?}", new.issuers) == format!("{:?}", self.config.issuers) {
+                    let verifier = if new.issuers == self.config.issuers {
                         self.verifier.clone()
                     } else {
                         (!new.issuers.is_empty())

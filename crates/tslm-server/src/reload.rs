@@ -92,8 +92,32 @@ pub(crate) struct Running {
     cfg: Arc<ListenerConfig>,
     token: CancellationToken,
     tls: Option<Arc<TlsState>>,
+    /// Stops the watcher of `tls`'s files (when a reload replaces them).
+    tls_watch: Option<CancellationToken>,
     lives: Vec<Arc<Live>>,
     addrs: Vec<std::net::SocketAddr>,
+}
+
+impl Running {
+    /// Forgets the live contexts (breaking each context's reference to itself through its slot).
+    pub(crate) fn clear(&self) {
+        for live in &self.lives {
+            live.clear();
+        }
+    }
+}
+
+/// Watches `tls`'s files until `token` (a child of `listener`) is cancelled; returns it.
+fn watch_tls(
+    shared: &Shared,
+    tls: &Arc<TlsState>,
+    listener: &CancellationToken,
+) -> CancellationToken {
+    let token = listener.child_token();
+    shared
+        .tracker
+        .spawn(Arc::clone(tls).watch(shared.tls_reload_interval, token.clone()));
+    token
 }
 
 /// Loads `cfg`'s TLS files (`None` without TLS).
@@ -134,11 +158,7 @@ pub(crate) fn start(
     tls: Option<Arc<TlsState>>,
 ) -> Running {
     let token = shared.token.child_token();
-    if let Some(t) = &tls {
-        shared
-            .tracker
-            .spawn(Arc::clone(t).watch(shared.tls_reload_interval, token.clone()));
-    }
+    let tls_watch = tls.as_ref().map(|t| watch_tls(shared, t, &token));
     let mut lives = Vec::new();
     let addrs = sockets.iter().filter_map(|t| t.local_addr().ok()).collect();
     for tcp in sockets {
@@ -155,6 +175,7 @@ pub(crate) fn start(
         cfg,
         token,
         tls,
+        tls_watch,
         lives,
         addrs,
     }
@@ -236,7 +257,9 @@ pub(crate) fn apply(
     }
     let mut report = ReloadReport::default();
     let keep: Vec<&str> = new.listeners.iter().map(|l| l.name.as_str()).collect();
-    // Listeners gone, or moving to other addresses, close first (their addresses may be reused).
+    // Listeners gone, or moving to other addresses, close now. Their sockets close with them,
+    // but only after the new addresses were bound above: an address cannot move from one
+    // listener to another in one reload (remove it in one reload, add it in the next).
     let gone: Vec<String> = running
         .iter()
         .filter(|(name, r)| {
@@ -250,9 +273,7 @@ pub(crate) fn apply(
     for name in &gone {
         if let Some(r) = running.remove(name) {
             r.token.cancel();
-            for live in &r.lives {
-                live.clear();
-            }
+            r.clear();
             if !keep.contains(&name.as_str()) {
                 report.removed.push(name.clone());
             }
@@ -274,12 +295,11 @@ pub(crate) fn apply(
                 let Some(r) = running.get_mut(&cfg.name) else {
                     continue;
                 };
-                if r.tls.as_ref().map(Arc::as_ptr) != tls.as_ref().map(Arc::as_ptr)
-                    && let Some(t) = &tls
-                {
-                    shared
-                        .tracker
-                        .spawn(Arc::clone(t).watch(shared.tls_reload_interval, r.token.clone()));
+                if r.tls.as_ref().map(Arc::as_ptr) != tls.as_ref().map(Arc::as_ptr) {
+                    if let Some(old) = r.tls_watch.take() {
+                        old.cancel();
+                    }
+                    r.tls_watch = tls.as_ref().map(|t| watch_tls(shared, t, &r.token));
                 }
                 for live in &r.lives {
                     let Some((old_ctx, _)) = live.current() else {

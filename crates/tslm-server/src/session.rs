@@ -109,6 +109,7 @@ impl Session {
                         | close::PING_TIMEOUT
                         | close::MESSAGE_TOO_BIG
                         | close::POLICY_VIOLATION
+                        | close::CREDENTIAL_REVOKED
                 ) {
                     tracing::info!(listener = %self.connection.ctx.cfg.name, conn = %self.connection.id, peer = %self.connection.conn.peer, code, reason, "closing session");
                 } else {
@@ -116,6 +117,18 @@ impl Session {
                 }
                 close_gracefully(ws, code, reason).await;
             }
+        }
+    }
+
+    /// After the context's generation ended: moves to the listener's new context (a reload),
+    /// or ends with 1001 (shutdown, listener removed), or with what `rebind` refuses.
+    fn follow_reload(&mut self) -> Result<(), End> {
+        match self.connection.ctx.successor() {
+            None => Err(End::Close(close::GOING_AWAY, "going away")),
+            Some((next, _)) => self
+                .connection
+                .rebind(next)
+                .map_err(|(code, reason)| End::Close(code, reason)),
         }
     }
 
@@ -133,16 +146,17 @@ impl Session {
                 (None, Identity::Subscriber(g)) => g.expiry_deadline(Instant::now()),
                 _ => far(),
             };
+            // A reload that happened while the last step ran is taken before the next request,
+            // so that nothing received after it runs under a revoked credential.
+            if self.connection.ctx.generation.is_cancelled()
+                && let Err(end) = self.follow_reload()
+            {
+                return end;
+            }
             let step = tokio::select! {
                 // Shutdown (or this listener removed), or a reload: the connection moves to the
                 // new context, or closes when the reload revoked its credential.
-                _ = self.connection.ctx.generation.cancelled() => match self.connection.ctx.successor() {
-                    None => Err(End::Close(close::GOING_AWAY, "going away")),
-                    Some((next, _)) => self
-                        .connection
-                        .rebind(next)
-                        .map_err(|reason| End::Close(close::CREDENTIAL_REVOKED, reason)),
-                },
+                _ = self.connection.ctx.generation.cancelled() => self.follow_reload(),
                 msg = ws.next() => {
                     pong_deadline = None;
                     next_ping = Instant::now() + ping_interval;
