@@ -5,6 +5,7 @@
 //! with 1001 and waits for connections to finish within the configured grace period.
 
 mod admission;
+pub mod audit;
 pub mod auth_config;
 pub mod classes;
 pub mod config;
@@ -49,6 +50,9 @@ pub enum ServerError {
     /// the listener, the configuration key and the file.
     #[error("listener `{listener}`: {source}")]
     Tls { listener: String, source: TlsError },
+    /// The audit log cannot be opened, or its last line cannot be continued.
+    #[error(transparent)]
+    Audit(#[from] audit::OpenError),
 }
 
 /// A bound, not yet serving, gateway.
@@ -61,6 +65,7 @@ pub struct Server {
     /// One per TLS listener, whatever its number of addresses: what the reloaders watch.
     tls: Vec<Arc<tls::TlsState>>,
     tls_reload_interval: Duration,
+    audit: Option<audit::AuditLog>,
 }
 
 /// Where one listener address ended up bound (port 0 resolved).
@@ -75,6 +80,11 @@ impl Server {
     /// first TLS file that does not load or address that cannot be bound; sockets bound so far
     /// are closed again, so a failed start leaves nothing listening.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        let audit = config
+            .audit
+            .as_ref()
+            .map(audit::AuditLog::open)
+            .transpose()?;
         let mut listeners = Vec::new();
         let mut tls_states = Vec::new();
         for l in &config.listeners {
@@ -122,6 +132,7 @@ impl Server {
             stats: Arc::default(),
             tls: tls_states,
             tls_reload_interval: TLS_RELOAD_INTERVAL,
+            audit,
         })
     }
 
@@ -205,6 +216,16 @@ impl Server {
             self.config.max_remembered_signatures,
         )));
         let admission = Arc::new(self.admission());
+        let audit = match &self.audit {
+            None => audit::Audit::off(),
+            Some(log) => {
+                log.start().await;
+                if let Some(ticker) = log.ticker(token.clone()) {
+                    tracker.spawn(ticker);
+                }
+                log.handle()
+            }
+        };
         for b in self.listeners {
             let addr = b.tcp.local_addr().ok();
             tracing::info!(
@@ -223,6 +244,7 @@ impl Server {
             if b.cfg.echo {
                 tracing::warn!(listener = %b.cfg.name, "echo mode: messages are echoed, not run (conformance testing only)");
             }
+            let listener_audit = audit.for_listener(&b.cfg.name);
             let ctx = context::ListenerCtx::new(
                 b.cfg,
                 context::Policy {
@@ -238,7 +260,8 @@ impl Server {
                 Arc::clone(&self.stats),
                 Arc::clone(&admission),
             )
-            .with_tls(b.tls);
+            .with_tls(b.tls)
+            .with_audit(listener_audit);
             let ctx = Arc::new(ctx);
             let router = http::router(Arc::clone(&ctx));
             tracker.spawn(listener::accept_loop(ctx, b.tcp, router));
@@ -280,6 +303,10 @@ impl Server {
             );
         } else {
             tracing::info!("shutdown complete");
+        }
+        // Last: the `stop` record goes behind every record of the connections just closed.
+        if let Some(log) = self.audit {
+            log.stop().await;
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tslm_hub::{ConnId, HubError, Outbox, PublishOptions, Published, ReplyError};
 use tslm_protocol::{ChannelName, ChannelOptions, ErrorCode, Payload, ProtoError, Start, v1};
 
+use crate::audit::Actor;
 use crate::classes::ChannelClass;
 use crate::context::ListenerCtx;
 use crate::identity::{Identity, unauthorized};
@@ -260,6 +261,7 @@ pub(crate) fn publisher_may(
 pub(crate) fn create(
     ctx: &ListenerCtx,
     who: &Identity,
+    actor: &Actor,
     channel: &ChannelName,
     options: &ChannelOptions,
     via: &'static str,
@@ -268,7 +270,12 @@ pub(crate) fn create(
     let settings = class
         .settings_with(options)
         .map_err(|m| ProtoError::new(ErrorCode::Forbidden, m))?;
+    // The record's place first: with the audit log behind, nothing is done.
+    let slot = ctx.audit.reserve()?;
     let created = ctx.hub.create_with(channel, settings).map_err(hub_error)?;
+    if let Some(slot) = slot {
+        slot.create(actor, who, &ctx.publishers, channel, &created);
+    }
     if created.created {
         tracing::info!(listener = %ctx.cfg.name, channel = %channel, epoch = %created.epoch, via, "channel created");
     }
@@ -278,10 +285,15 @@ pub(crate) fn create(
 pub(crate) fn delete(
     ctx: &ListenerCtx,
     who: &Identity,
+    actor: &Actor,
     channel: &ChannelName,
 ) -> Result<(), ProtoError> {
     admit(ctx, who, "delete", channel, Access::Delete)?;
+    let slot = ctx.audit.reserve()?;
     ctx.hub.delete(channel).map_err(hub_error)?;
+    if let Some(slot) = slot {
+        slot.delete(actor, who, &ctx.publishers, channel);
+    }
     tracing::info!(listener = %ctx.cfg.name, channel = %channel, "channel deleted");
     Ok(())
 }
@@ -291,6 +303,7 @@ pub(crate) fn delete(
 pub(crate) fn publish(
     ctx: &ListenerCtx,
     who: &Identity,
+    actor: &Actor,
     channel: &ChannelName,
     data: &Payload,
     msg_id: Option<&str>,
@@ -308,7 +321,9 @@ pub(crate) fn publish(
         ));
     }
     let opts = PublishOptions { msg_id, publisher };
-    match ctx.hub.publish_with(channel, data, opts) {
+    // The record's place first: with the audit log behind, the message is refused unpublished.
+    let slot = ctx.audit.reserve()?;
+    let published = match ctx.hub.publish_with(channel, data, opts) {
         Err(HubError::NotFound(_)) if class.auto_create => {
             // A message the new channel would refuse must not create it.
             let max = class.settings.max_message_bytes;
@@ -319,17 +334,33 @@ pub(crate) fn publish(
                     max,
                 }));
             }
+            let create_slot = ctx.audit.reserve()?;
             let created = ctx
                 .hub
                 .create_with(channel, class.settings.clone())
                 .map_err(hub_error)?;
+            if let Some(s) = create_slot {
+                s.create(actor, who, &ctx.publishers, channel, &created);
+            }
             if created.created {
                 tracing::info!(listener = %ctx.cfg.name, channel = %channel, epoch = %created.epoch, via = "publish", "channel created");
             }
             ctx.hub.publish_with(channel, data, opts).map_err(hub_error)
         }
         r => r.map_err(hub_error),
+    }?;
+    if let Some(slot) = slot {
+        slot.publish(
+            actor,
+            who,
+            &ctx.publishers,
+            channel,
+            &published,
+            msg_id,
+            data.json(),
+        );
     }
+    Ok(published)
 }
 
 /// The most messages one history read returns.

@@ -1,0 +1,314 @@
+//! The audit log (`[audit]`) of the real binary: what real WebSocket and HTTP publishers leave in
+//! it, its hash chain across restarts, and what `tslm audit verify` finds in a damaged file.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use common::*;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+use tslm_auth::keys::{self, Challenge, SecretKey};
+use tslm_auth::token;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tslm");
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+/// A publishers' listener, a publisher with a token and a key, and the audit log in `dir`.
+struct Setup {
+    dir: tempfile::TempDir,
+    token: String,
+    key: SecretKey,
+}
+
+impl Setup {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            token: token::generate_token(),
+            key: SecretKey::generate(),
+        }
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
+    }
+
+    fn config(&self) -> PathBuf {
+        let p = self.dir.path().join("tslm.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "[listener.private]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['CreateChannel','NotifyChannel']\npublisher_auth = true\n\
+                 [publisher.orders]\nkeys = ['{}']\ntoken_hashes = ['{}']\noperations = ['create', 'publish', 'delete']\nchannels = ['orders.*']\n\
+                 [audit]\nfile = 'audit.jsonl'\nsync = 'every'\n",
+                self.key.public_text(),
+                token::hash_line(&self.token),
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    /// The records of the audit log, parsed.
+    fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.log())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// The real binary, serving until `stop`.
+struct Gateway {
+    child: Child,
+    addrs: HashMap<String, SocketAddr>,
+}
+
+impl Gateway {
+    async fn start(s: &Setup) -> Self {
+        let ready = s.dir.path().join("ready.json");
+        let _ = std::fs::remove_file(&ready);
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(s.config())
+            .arg("--ready-file")
+            .arg(&ready)
+            .current_dir(s.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let doc: Value = loop {
+            if let Ok(t) = std::fs::read_to_string(&ready) {
+                break serde_json::from_str(&t).unwrap();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no ready file");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let addrs = doc["listeners"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v[0].as_str().unwrap().parse().unwrap()))
+            .collect();
+        Self { child, addrs }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addrs["private"]
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/", self.addr())
+    }
+
+    /// SIGTERM (to this child, by its pid), and the exit must be clean.
+    async fn stop(mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        let st = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exits in time")
+            .unwrap();
+        assert!(status.success(), "{status}");
+    }
+}
+
+/// `tslm audit verify FILE`: (success, stdout, stderr).
+fn verify(file: &Path) -> (bool, String, String) {
+    let out = std::process::Command::new(BIN)
+        .args(["audit", "verify"])
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn sign_in(ws: &mut Ws, publisher: &str, key: &SecretKey) -> Value {
+    let c = call(ws, r#"{"op":"challenge"}"#).await;
+    let challenge = Challenge::from_base64(c["challenge"].as_str().unwrap()).unwrap();
+    let sig = STANDARD.encode(key.sign(&keys::challenge_message(publisher, &challenge)));
+    call(
+        ws,
+        &format!(r#"{{"op":"auth","publisher":"{publisher}","signature":"{sig}"}}"#),
+    )
+    .await
+}
+
+/// The prefix of a token's config line (`sha256:` and 12 hex digits) the audit log names it by.
+fn token_id(token: &str) -> String {
+    format!("token:{}", &token::hash_line(token)[..19])
+}
+
+#[tokio::test]
+async fn real_traffic_is_recorded_chained_and_verifies() {
+    let s = Setup::new();
+    let gw = Gateway::start(&s).await;
+    let bearer = format!("Bearer {}", s.token);
+
+    // WebSocket: a refused token, then the right one; create, two publishes with a msg_id (the
+    // second a duplicate), one without.
+    let mut ws = v1(&gw.url()).await;
+    let r = call(&mut ws, r#"{"op":"auth","token":"tslm_not-a-token"}"#).await;
+    assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    let r = call(
+        &mut ws,
+        &format!(r#"{{"op":"auth","token":"{}"}}"#, s.token),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = call(&mut ws, r#"{"op":"create","channel":"orders.eu"}"#).await;
+    assert_eq!(r["created"], true, "{r}");
+    let p1 = call(
+        &mut ws,
+        r#"{"op":"publish","channel":"orders.eu","data":{"n":1},"msg_id":"m-1"}"#,
+    )
+    .await;
+    let p1dup = call(
+        &mut ws,
+        r#"{"op":"publish","channel":"orders.eu","data":{"n":1},"msg_id":"m-1"}"#,
+    )
+    .await;
+    assert_eq!(p1dup["duplicate"], true, "{p1dup}");
+    let p2 = call(
+        &mut ws,
+        r#"{"op":"publish","channel":"orders.eu","data":[1,2,3]}"#,
+    )
+    .await;
+
+    // HTTP: a publish with the token, and a refused token.
+    let (status, _, p3) = http(
+        gw.addr(),
+        "POST",
+        "/v1/channels/orders.eu/messages",
+        &[("Authorization", &bearer)],
+        r#""over http""#,
+    )
+    .await;
+    assert_eq!(status, 200, "{p3}");
+    let (status, _, _) = http(
+        gw.addr(),
+        "POST",
+        "/v1/channels/orders.eu/messages",
+        &[("Authorization", "Bearer wrong")],
+        "1",
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // A key signature on a second connection, which deletes the channel.
+    let mut ws2 = v1(&gw.url()).await;
+    assert_eq!(sign_in(&mut ws2, "orders", &s.key).await["ok"], true);
+    let r = call(&mut ws2, r#"{"op":"delete","channel":"orders.eu"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    drop((ws, ws2));
+    gw.stop().await;
+
+    let text = std::fs::read_to_string(s.log()).unwrap();
+    assert!(!text.contains(&s.token), "a token reached the audit log");
+    assert!(
+        !text.contains("over http"),
+        "a payload reached the audit log"
+    );
+    let recs = s.records();
+    let kinds: Vec<&str> = recs.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "start", "auth", "auth", "create", "publish", "publish", "publish", "auth", "publish",
+            "auth", "auth", "delete", "stop"
+        ],
+        "{text}"
+    );
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r["seq"], i as u64);
+        assert!(r["ts"].as_str().unwrap().ends_with('Z'), "{r}");
+    }
+    assert_eq!(recs[0]["prev"], tslm_server::audit::GENESIS);
+    assert_eq!(recs[0]["resumed"], false);
+
+    // The authentications: refused then accepted on the WebSocket, then over HTTP.
+    let tok = token_id(&s.token);
+    let (refused, accepted) = (&recs[1], &recs[2]);
+    assert_eq!(refused["outcome"], "refused");
+    assert_eq!(refused["via"], "auth");
+    assert_eq!(refused["transport"], "websocket");
+    assert_eq!(refused["identity"], "anonymous");
+    assert_eq!(refused["credential"], token_id("tslm_not-a-token"));
+    assert_eq!(refused["reason"], "token refused");
+    assert_eq!(accepted["outcome"], "accepted");
+    assert_eq!(accepted["publisher"], "orders");
+    assert_eq!(accepted["identity"], "publisher");
+    assert_eq!(accepted["credential"], tok);
+    assert_eq!(accepted["listener"], "private");
+    let peer: SocketAddr = accepted["peer"].as_str().unwrap().parse().unwrap();
+    assert!(peer.ip().is_loopback());
+    assert_eq!(recs[7]["via"], "request");
+    assert_eq!(recs[7]["transport"], "http");
+    assert_eq!(recs[7]["credential"], tok);
+    assert_eq!(recs[9]["outcome"], "refused");
+    assert_eq!(recs[9]["transport"], "http");
+    assert_eq!(recs[9]["credential"], token_id("wrong"));
+    let key_id = format!("key:sha256:{}", &sha256_hex(&s.key.public_bytes())[..12]);
+    assert_eq!(recs[10]["credential"], key_id);
+    assert_eq!(recs[10]["outcome"], "accepted");
+
+    // Create, publishes with their offsets, sizes and hashes, delete.
+    assert_eq!(recs[3]["channel"], "orders.eu");
+    assert_eq!(recs[3]["created"], true);
+    assert_eq!(recs[3]["credential"], tok);
+    for (rec, reply, data, msg_id, dup) in [
+        (&recs[4], &p1, r#"{"n":1}"#, Some("m-1"), false),
+        (&recs[5], &p1dup, r#"{"n":1}"#, Some("m-1"), true),
+        (&recs[6], &p2, "[1,2,3]", None, false),
+        (&recs[8], &p3, r#""over http""#, None, false),
+    ] {
+        assert_eq!(rec["channel"], "orders.eu", "{rec}");
+        assert_eq!(rec["offset"], reply["offset"], "{rec} {reply}");
+        assert_eq!(rec["epoch"], reply["epoch"], "{rec} {reply}");
+        assert_eq!(rec["duplicate"], dup, "{rec}");
+        assert_eq!(rec["msg_id"].as_str(), msg_id, "{rec}");
+        assert_eq!(rec["size"], data.len(), "{rec}");
+        assert_eq!(rec["sha256"], sha256_hex(data.as_bytes()), "{rec}");
+        assert_eq!(rec["publisher"], "orders", "{rec}");
+    }
+    assert_eq!(recs[4]["offset"], recs[5]["offset"]);
+    assert_eq!(recs[8]["transport"], "http");
+    assert_eq!(recs[11]["channel"], "orders.eu");
+    assert_eq!(recs[11]["credential"], key_id);
+
+    let (ok, out, err) = verify(&s.log());
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("ok: 13 records (seq 0..=12), 1 starts"),
+        "{out}"
+    );
+}
