@@ -312,3 +312,187 @@ async fn real_traffic_is_recorded_chained_and_verifies() {
         "{out}"
     );
 }
+
+/// Publishes `n` messages over a token-authenticated WebSocket connection.
+async fn some_traffic(gw: &Gateway, s: &Setup, channel: &str, n: usize) {
+    let mut ws = v1(&gw.url()).await;
+    let r = call(
+        &mut ws,
+        &format!(r#"{{"op":"auth","token":"{}"}}"#, s.token),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = call(
+        &mut ws,
+        &format!(r#"{{"op":"create","channel":"{channel}"}}"#),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    for i in 0..n {
+        let r = call(
+            &mut ws,
+            &format!(r#"{{"op":"publish","channel":"{channel}","data":{i}}}"#),
+        )
+        .await;
+        assert_eq!(r["offset"], i as u64 + 1, "{r}");
+    }
+}
+
+#[tokio::test]
+async fn a_restart_appends_and_the_chain_goes_on() {
+    let s = Setup::new();
+    let gw = Gateway::start(&s).await;
+    some_traffic(&gw, &s, "orders.a", 2).await;
+    gw.stop().await;
+    let first = s.records();
+    let gw = Gateway::start(&s).await;
+    some_traffic(&gw, &s, "orders.b", 1).await;
+    gw.stop().await;
+
+    let recs = s.records();
+    let n = first.len();
+    assert_eq!(
+        &recs[..n],
+        &first[..],
+        "the first run's records are untouched"
+    );
+    assert_eq!(first.last().unwrap()["type"], "stop");
+    let restart = &recs[n];
+    assert_eq!(restart["type"], "start");
+    assert_eq!(restart["resumed"], true);
+    assert_eq!(restart["seq"], n as u64);
+    let text = std::fs::read_to_string(s.log()).unwrap();
+    let last_line_of_first_run = text.lines().nth(n - 1).unwrap();
+    assert_eq!(
+        restart["prev"],
+        sha256_hex(last_line_of_first_run.as_bytes())
+    );
+    let (ok, out, err) = verify(&s.log());
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(", 2 starts,"), "{out}");
+}
+
+/// A verified log, and the lines of it, for damaging copies of it.
+async fn a_good_log(s: &Setup) -> Vec<String> {
+    let gw = Gateway::start(s).await;
+    some_traffic(&gw, s, "orders.a", 3).await;
+    gw.stop().await;
+    let (ok, out, err) = verify(&s.log());
+    assert!(ok, "{out}{err}");
+    std::fs::read_to_string(s.log())
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Writes `text` to a file beside the log and verifies it: the error output.
+fn verify_damaged(s: &Setup, name: &str, text: &str) -> String {
+    let p = s.dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    let (ok, out, err) = verify(&p);
+    assert!(!ok, "{name}: verify passed: {out}");
+    assert!(out.is_empty(), "{out}");
+    err
+}
+
+#[tokio::test]
+async fn verify_finds_a_removed_line_an_edited_field_and_a_cut_last_line() {
+    let s = Setup::new();
+    let lines = a_good_log(&s).await;
+    assert!(lines.len() >= 7, "{lines:?}");
+    let join = |l: &[String]| l.iter().map(|l| format!("{l}\n")).collect::<String>();
+
+    // A middle line removed.
+    let mut l = lines.clone();
+    l.remove(3);
+    let e = verify_damaged(&s, "removed.jsonl", &join(&l));
+    assert!(e.contains("line 4: `seq` is 4, expected 3"), "{e}");
+
+    // A field of a line edited (a publish's offset), its JSON still valid: the next line's
+    // `prev` gives it away.
+    let i = lines
+        .iter()
+        .position(|l| l.contains(r#""type":"publish""#))
+        .unwrap();
+    let mut l = lines.clone();
+    l[i] = l[i].replace(r#""offset":1"#, r#""offset":9"#);
+    assert_ne!(l[i], lines[i]);
+    let e = verify_damaged(&s, "edited.jsonl", &join(&l));
+    assert!(
+        e.contains(&format!("line {}: `prev` is", i + 2)) && e.contains(&format!("line {}", i + 1)),
+        "{e}"
+    );
+
+    // The last line cut half-way.
+    let full = join(&lines);
+    let last = lines.last().unwrap();
+    let cut = &full[..full.len() - 1 - last.len() / 2];
+    let e = verify_damaged(&s, "cut.jsonl", cut);
+    assert!(
+        e.contains(&format!("line {}: incomplete", lines.len())),
+        "{e}"
+    );
+
+    // A missing file.
+    let (ok, _, err) = verify(&s.dir.path().join("nothing-here.jsonl"));
+    assert!(!ok);
+    assert!(err.contains("cannot open it"), "{err}");
+}
+
+#[tokio::test]
+async fn a_log_whose_last_line_is_cut_stops_the_start() {
+    let s = Setup::new();
+    let lines = a_good_log(&s).await;
+    let full: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let cut = &full[..full.len() - 10];
+    std::fs::write(s.log(), cut).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(s.config())
+        .current_dir(s.dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("audit log audit.jsonl: its last line is incomplete"),
+        "{err}"
+    );
+    // Nothing was appended to it.
+    assert_eq!(std::fs::read_to_string(s.log()).unwrap(), cut);
+
+    // Nor does a last line that is no record start anything.
+    std::fs::write(s.log(), format!("{full}not json\n")).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(s.config())
+        .current_dir(s.dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("its last line is not an audit record"),
+        "{err}"
+    );
+
+    // An audit file that cannot be opened (a directory).
+    std::fs::remove_file(s.log()).unwrap();
+    std::fs::create_dir(s.log()).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(s.config())
+        .current_dir(s.dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("audit log audit.jsonl: cannot open it"),
+        "{err}"
+    );
+}

@@ -316,6 +316,22 @@ impl Audit {
         }
     }
 
+    /// A log whose writer never runs, with a queue of `n` records: for tests of the overflow
+    /// policy (the receiver shows what was queued).
+    #[cfg(test)]
+    pub(crate) fn queue_for_tests(n: usize) -> (Self, mpsc::Receiver<Msg>) {
+        let (tx, rx) = mpsc::channel(n);
+        let shared = Arc::new(Shared {
+            tx,
+            dropped: Arc::default(),
+        });
+        let audit = Self {
+            shared: Some(shared),
+            listener: Arc::from("test"),
+        };
+        (audit, rx)
+    }
+
     pub(crate) fn is_on(&self) -> bool {
         self.shared.is_some()
     }
