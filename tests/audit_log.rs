@@ -35,6 +35,8 @@ struct Setup {
     dir: tempfile::TempDir,
     token: String,
     key: SecretKey,
+    /// The `[audit]` lines after `file`.
+    sync: &'static str,
 }
 
 impl Setup {
@@ -43,6 +45,15 @@ impl Setup {
             dir: tempfile::tempdir().unwrap(),
             token: token::generate_token(),
             key: SecretKey::generate(),
+            sync: "sync = 'every'",
+        }
+    }
+
+    /// With `sync` instead of `sync = 'every'`.
+    fn with_sync(sync: &'static str) -> Self {
+        Self {
+            sync,
+            ..Self::new()
         }
     }
 
@@ -57,9 +68,10 @@ impl Setup {
             format!(
                 "[listener.private]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['CreateChannel','NotifyChannel']\npublisher_auth = true\n\
                  [publisher.orders]\nkeys = ['{}']\ntoken_hashes = ['{}']\noperations = ['create', 'publish', 'delete']\nchannels = ['orders.*']\n\
-                 [audit]\nfile = 'audit.jsonl'\nsync = 'every'\n",
+                 [audit]\nfile = 'audit.jsonl'\n{}\n",
                 self.key.public_text(),
                 token::hash_line(&self.token),
+                self.sync,
             ),
         )
         .unwrap();
@@ -340,11 +352,14 @@ async fn some_traffic(gw: &Gateway, s: &Setup, channel: &str, n: usize) {
 
 #[tokio::test]
 async fn a_restart_appends_and_the_chain_goes_on() {
-    let s = Setup::new();
+    // The default sync policy (every second), then none: the last records are on disk at exit
+    // either way.
+    let mut s = Setup::with_sync("");
     let gw = Gateway::start(&s).await;
     some_traffic(&gw, &s, "orders.a", 2).await;
     gw.stop().await;
     let first = s.records();
+    s.sync = "sync = 'none'";
     let gw = Gateway::start(&s).await;
     some_traffic(&gw, &s, "orders.b", 1).await;
     gw.stop().await;
