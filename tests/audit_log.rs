@@ -511,3 +511,113 @@ async fn a_log_whose_last_line_is_cut_stops_the_start() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn handshake_and_signature_authentications_are_recorded() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+    let s = Setup::new();
+    let gw = Gateway::start(&s).await;
+    let handshake = |token: &str| {
+        let mut req = gw.url().into_client_request().unwrap();
+        req.headers_mut().insert(
+            "Authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("tslm.v1"),
+        );
+        req
+    };
+    // A token on the handshake: accepted, and the connection's publishes name it.
+    let (mut ws, _) = tokio_tungstenite::connect_async(handshake(&s.token))
+        .await
+        .unwrap();
+    assert_eq!(
+        call(&mut ws, r#"{"op":"create","channel":"orders.h"}"#).await["ok"],
+        true
+    );
+    // A wrong token on the handshake: 401, recorded.
+    let e = tokio_tungstenite::connect_async(handshake("tslm_wrong"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("401"), "{e}");
+    // A signature from a key the publisher does not have: refused, with the name it claimed.
+    let mut ws2 = v1(&gw.url()).await;
+    let r = sign_in(&mut ws2, "orders", &SecretKey::generate()).await;
+    assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    // A signed HTTP request: accepted, with the key's id.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let path = "/v1/channels/orders.h/messages";
+    let sig = tslm_auth::http_sig::sign_request(&s.key, "orders", "POST", path, now, b"7");
+    let ts = now.to_string();
+    let headers = [
+        ("TSLM-Publisher", "orders"),
+        ("TSLM-Timestamp", ts.as_str()),
+        ("TSLM-Signature", sig.as_str()),
+    ];
+    let (status, _, reply) = http(gw.addr(), "POST", path, &headers, "7").await;
+    assert_eq!(status, 200, "{reply}");
+    // The same request again is a replay: refused, with the name it claimed.
+    assert_eq!(http(gw.addr(), "POST", path, &headers, "7").await.0, 401);
+    drop((ws, ws2));
+    gw.stop().await;
+
+    let recs = s.records();
+    let kinds: Vec<String> = recs
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                r["type"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap_or("-"),
+                r["via"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "start - -",
+            "auth accepted handshake",
+            "create - -",
+            "auth refused handshake",
+            "auth refused auth",
+            "auth accepted request",
+            "publish - -",
+            "auth refused request",
+            "stop - -"
+        ]
+    );
+    let tok = token_id(&s.token);
+    assert_eq!(recs[1]["credential"], tok);
+    assert_eq!(recs[1]["publisher"], "orders");
+    assert_eq!(recs[2]["credential"], tok);
+    assert_eq!(recs[3]["credential"], token_id("tslm_wrong"));
+    assert_eq!(recs[3]["reason"], "token refused");
+    assert_eq!(recs[4]["credential"], "signature");
+    assert_eq!(recs[4]["publisher"], "orders");
+    assert_eq!(recs[4]["identity"], "anonymous");
+    assert_eq!(recs[4]["reason"], "signature refused");
+    let key_id = format!("key:sha256:{}", &sha256_hex(&s.key.public_bytes())[..12]);
+    assert_eq!(recs[5]["credential"], key_id);
+    assert_eq!(recs[6]["credential"], key_id);
+    assert_eq!(recs[6]["sha256"], sha256_hex(b"7"));
+    assert_eq!(recs[7]["credential"], "signature");
+    assert_eq!(recs[7]["publisher"], "orders");
+    assert!(
+        recs[7]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("request signature refused"),
+        "{}",
+        recs[7]
+    );
+    let (ok, out, err) = verify(&s.log());
+    assert!(ok, "{out}{err}");
+}
