@@ -339,4 +339,29 @@ mod tests {
         let r = verify(text(&lines).as_bytes()).unwrap();
         assert_eq!((r.dropped_records, r.dropped_total), (1, 7));
     }
+
+    /// A reader (and seeker) that fails.
+    struct Broken;
+
+    impl Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("bad sector"))
+        }
+    }
+
+    impl Seek for Broken {
+        fn seek(&mut self, _: SeekFrom) -> std::io::Result<u64> {
+            Ok(100)
+        }
+    }
+
+    #[test]
+    fn read_errors_are_reported() {
+        let e = verify(std::io::BufReader::new(Broken)).unwrap_err();
+        assert_eq!(e.line, 1);
+        assert!(e.problem.contains("cannot read: bad sector"), "{e}");
+        assert!(
+            matches!(read_tail(&mut Broken), Err(TailError::Io(m)) if m.contains("bad sector"))
+        );
+    }
 }

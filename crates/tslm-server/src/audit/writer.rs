@@ -380,4 +380,69 @@ mod tests {
         // Synced at the end although the interval had not passed.
         assert_eq!(mem.syncs.load(Ordering::SeqCst), 1);
     }
+
+    #[test]
+    fn an_interval_syncs_only_once_it_has_passed() {
+        let mem = Memory::default();
+        let every = Duration::from_millis(5);
+        let w = Writer::with_store(
+            mem.clone(),
+            Tail::genesis(),
+            SyncPolicy::Interval(every),
+            Arc::default(),
+        );
+        let (tx, rx) = mpsc::channel(16);
+        let thread = std::thread::spawn(move || w.run(rx));
+        // Written at once; synced by a tick once the interval has passed (or by the batch itself
+        // on a machine slow enough that it had already passed): one sync before any stop.
+        tx.blocking_send(Msg::Event(SystemTime::now(), start_event()))
+            .unwrap();
+        std::thread::sleep(every * 2);
+        tx.blocking_send(Msg::Tick).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mem.syncs.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "no sync after the interval");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
+        tx.blocking_send(Msg::Stop(ack_tx)).unwrap();
+        ack_rx.recv().unwrap();
+        thread.join().unwrap();
+        // Then the stop record's forced one.
+        assert_eq!(mem.syncs.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            chain::verify(&mem.bytes.lock().unwrap()[..])
+                .unwrap()
+                .records,
+            2
+        );
+    }
+
+    #[test]
+    fn with_sync_none_only_the_stop_syncs() {
+        let mem = Memory::default();
+        let w = Writer::with_store(
+            mem.clone(),
+            Tail::genesis(),
+            SyncPolicy::None,
+            Arc::default(),
+        );
+        let (tx, rx) = mpsc::channel(16);
+        for _ in 0..3 {
+            tx.try_send(Msg::Event(SystemTime::now(), start_event()))
+                .unwrap();
+            tx.try_send(Msg::Tick).unwrap();
+        }
+        let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
+        tx.try_send(Msg::Stop(ack_tx)).unwrap();
+        w.run(rx);
+        ack_rx.try_recv().unwrap();
+        assert_eq!(mem.syncs.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            chain::verify(&mem.bytes.lock().unwrap()[..])
+                .unwrap()
+                .records,
+            4
+        );
+    }
 }
