@@ -399,6 +399,8 @@ pub(crate) struct AuditLog {
     cfg: AuditConfig,
     shared: Arc<Shared>,
     resumed: bool,
+    /// The `seq` the `start` record gets.
+    first_seq: u64,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -409,20 +411,22 @@ impl AuditLog {
     /// Opens (or creates) the file, reads where its chain ends and starts the writer thread.
     pub(crate) fn open(cfg: &AuditConfig) -> Result<Self, OpenError> {
         let path = cfg.file.display().to_string();
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&cfg.file)
-            .map_err(|source| OpenError::Open {
-                path: path.clone(),
-                source,
-            })?;
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).append(true).create(true);
+        // Created readable by the gateway's account and its group only: the records name
+        // publishers, credentials' ids and client addresses.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o640);
+        let mut file = options.open(&cfg.file).map_err(|source| OpenError::Open {
+            path: path.clone(),
+            source,
+        })?;
         let tail = chain::read_tail(&mut file).map_err(|source| OpenError::Tail {
             path: path.clone(),
             source,
         })?;
         let resumed = tail.is_some();
+        let first_seq = tail.as_ref().map_or(0, |t| t.next_seq);
         let (tx, rx) = mpsc::channel(cfg.queue_records.get());
         let dropped = Arc::new(AtomicU64::new(0));
         let w = writer::Writer::new(
@@ -443,6 +447,7 @@ impl AuditLog {
             cfg: cfg.clone(),
             shared: Arc::new(Shared { tx, dropped }),
             resumed,
+            first_seq,
             thread: Some(thread),
         })
     }
@@ -457,6 +462,14 @@ impl AuditLog {
 
     /// Writes the `start` record (waiting for room: nothing else is queued yet).
     pub(crate) async fn start(&self) {
+        tracing::info!(
+            file = %self.cfg.file.display(),
+            seq = self.first_seq,
+            resumed = self.resumed,
+            queue_records = self.cfg.queue_records.get(),
+            sync = ?self.cfg.sync,
+            "audit log"
+        );
         let event = Event::Start {
             version: env!("CARGO_PKG_VERSION"),
             pid: std::process::id(),
