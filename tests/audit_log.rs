@@ -244,6 +244,12 @@ async fn real_traffic_is_recorded_chained_and_verifies() {
     drop((ws, ws2));
     gw.stop().await;
 
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(s.log()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640, "{mode:o}");
+    }
     let text = std::fs::read_to_string(s.log()).unwrap();
     assert!(!text.contains(&s.token), "a token reached the audit log");
     assert!(
