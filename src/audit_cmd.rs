@@ -35,8 +35,15 @@ fn verify(file: &Path) -> ExitCode {
             let seqs = r
                 .last_seq
                 .map_or_else(|| "none".to_owned(), |s| format!("0..={s}"));
+            let end = match r.last_type.as_deref() {
+                None => "empty".to_owned(),
+                Some("stop") => "ends with a clean stop".to_owned(),
+                Some(t) => format!(
+                    "ends with `{t}`, not `stop` (the gateway is running, or did not stop cleanly)"
+                ),
+            };
             println!(
-                "{}: ok: {} records (seq {seqs}), {} starts, {} dropped records counting {} authentications; last hash {}",
+                "{}: ok: {} records (seq {seqs}), {} starts, {} dropped records counting {} authentications; {end}; last hash {}",
                 file.display(),
                 r.records,
                 r.starts,

@@ -329,6 +329,7 @@ async fn real_traffic_is_recorded_chained_and_verifies() {
         out.contains("ok: 13 records (seq 0..=12), 1 starts"),
         "{out}"
     );
+    assert!(out.contains("ends with a clean stop"), "{out}");
 }
 
 /// Publishes `n` messages over a token-authenticated WebSocket connection.
@@ -454,6 +455,13 @@ async fn verify_finds_a_removed_line_an_edited_field_and_a_cut_last_line() {
         e.contains(&format!("line {}: incomplete", lines.len())),
         "{e}"
     );
+
+    // Whole lines cut from the end leave a valid chain: only the missing `stop` says so.
+    let p = s.dir.path().join("shorter.jsonl");
+    std::fs::write(&p, join(&lines[..lines.len() - 2])).unwrap();
+    let (ok, out, err) = verify(&p);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("ends with `publish`, not `stop`"), "{out}");
 
     // A missing file.
     let (ok, _, err) = verify(&s.dir.path().join("nothing-here.jsonl"));

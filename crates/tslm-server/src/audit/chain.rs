@@ -134,6 +134,8 @@ pub struct VerifyReport {
     /// `dropped` records, and the authentication records they count.
     pub dropped_records: u64,
     pub dropped_total: u64,
+    /// The `type` of the last record (`stop` after a clean shutdown); `None` for an empty file.
+    pub last_type: Option<String>,
 }
 
 /// Where and why a file fails verification.
@@ -155,6 +157,7 @@ pub fn verify<R: BufRead>(mut reader: R) -> Result<VerifyReport, VerifyError> {
         starts: 0,
         dropped_records: 0,
         dropped_total: 0,
+        last_type: None,
     };
     let mut buf = Vec::new();
     loop {
@@ -213,6 +216,7 @@ pub fn verify<R: BufRead>(mut reader: R) -> Result<VerifyReport, VerifyError> {
         }
         report.records += 1;
         report.last_seq = Some(fields.seq);
+        report.last_type = Some(fields.kind);
         report.last_hash = hex(&line_hash(line));
     }
 }
@@ -251,6 +255,7 @@ mod tests {
         assert_eq!(r.records, 5);
         assert_eq!(r.last_seq, Some(4));
         assert_eq!(r.starts, 1);
+        assert_eq!(r.last_type.as_deref(), Some("publish"));
         let tail = read_tail(&mut std::io::Cursor::new(t.as_bytes()))
             .unwrap()
             .unwrap();
