@@ -83,9 +83,25 @@ pub(crate) fn key_credential(key: &[u8; 32]) -> Arc<str> {
     format!("key:sha256:{}", chain::hex(&chain::line_hash(key)[..6])).into()
 }
 
-/// The credential of a client certificate: `certificate:` and the name that matched.
+/// The credential of a client certificate: `certificate:` and the name that matched (at most
+/// [`MAX_CLAIM_BYTES`] of it).
 pub(crate) fn certificate_credential(name: &str) -> Arc<str> {
-    format!("certificate:{name}").into()
+    format!("certificate:{}", clip(name)).into()
+}
+
+/// The most bytes of a name a client chose (a publisher name a refused signature claims, a
+/// certificate's names), or of a refusal's reason (which may quote a token's claims), that go
+/// into a record: a line stays far below what the gateway reads
+/// back ([`chain::MAX_LINE_BYTES`]), whatever a client sends.
+pub(crate) const MAX_CLAIM_BYTES: usize = 256;
+
+/// `s`, cut to at most [`MAX_CLAIM_BYTES`] on a character boundary.
+fn clip(s: &str) -> &str {
+    let mut end = s.len().min(MAX_CLAIM_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// How an authentication ended.
@@ -378,13 +394,13 @@ impl Audit {
         };
         let mut subject = subject_of(&self.listener, actor, who, publishers);
         if subject.publisher.is_none() {
-            subject.publisher = claimed.map(str::to_owned);
+            subject.publisher = claimed.map(|c| clip(c).to_owned());
         }
         let event = Event::Auth {
             outcome,
             via,
             subject,
-            reason: reason.map(str::to_owned),
+            reason: reason.map(|r| clip(r).to_owned()),
         };
         if let Err(mpsc::error::TrySendError::Full(_)) =
             shared.tx.try_send(Msg::Event(SystemTime::now(), event))
@@ -622,5 +638,25 @@ mod tests {
             &*certificate_credential("a.example"),
             "certificate:a.example"
         );
+        // Names a client chose are cut, on a character boundary.
+        let long = "é".repeat(MAX_CLAIM_BYTES);
+        let c = certificate_credential(&long);
+        assert_eq!(c.len(), "certificate:".len() + MAX_CLAIM_BYTES);
+        let (audit, mut rx, _) = with_queue(4);
+        audit.auth(
+            Outcome::Refused,
+            Via::Auth,
+            &actor(),
+            &Identity::Anonymous,
+            Some(&format!("x{long}")),
+            &[],
+            None,
+        );
+        let Some(Msg::Event(_, Event::Auth { subject, .. })) = rx.try_recv().ok() else {
+            panic!("no auth record");
+        };
+        let claimed = subject.publisher.unwrap();
+        assert_eq!(claimed.len(), MAX_CLAIM_BYTES - 1);
+        assert!(claimed.starts_with("xé"));
     }
 }
