@@ -196,3 +196,37 @@ async fn with_the_audit_queue_full_writes_are_refused_before_they_happen() {
         3
     );
 }
+
+#[tokio::test]
+async fn original_protocol_writes_are_recorded_too() {
+    use crate::audit::{Audit, Event, Msg};
+    let (audit, mut rx) = Audit::queue_for_tests(16);
+    let ctx = listener_with_audit(OPEN, audit);
+    let mut c = connection(&ctx);
+    c.dialect = Dialect::Legacy;
+    let reply =
+        |c: &mut Connection, req: &str| match c.on_text(Bytes::copy_from_slice(req.as_bytes())) {
+            Ok(r) => r,
+            Err(_) => panic!("the original protocol has no auth op"),
+        };
+    let r = reply(&mut c, r#"{"CreateChannel":"news"}"#);
+    assert!(r.contains("Success"), "{r}");
+    let r = reply(&mut c, r#"{"NotifyChannel":["news",{"Text":"hello"}]}"#);
+    assert!(r.contains("Success"), "{r}");
+    let Ok(Msg::Event(
+        _,
+        Event::Create {
+            channel, created, ..
+        },
+    )) = rx.try_recv()
+    else {
+        panic!("no create record");
+    };
+    assert_eq!((channel.as_str(), created), ("news", true));
+    let Ok(Msg::Event(_, Event::Publish { offset, sha256, .. })) = rx.try_recv() else {
+        panic!("no publish record");
+    };
+    assert_eq!(offset, 1);
+    // The message as stored and delivered: the JSON string.
+    assert_eq!(sha256, tslm_auth::token::hash_token(r#""hello""#));
+}
