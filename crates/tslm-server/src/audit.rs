@@ -417,6 +417,8 @@ pub(crate) struct AuditLog {
     resumed: bool,
     /// The `seq` the `start` record gets.
     first_seq: u64,
+    /// Tells the writer that shutdown has begun (see [`AuditLog::stop`]).
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -455,6 +457,7 @@ impl AuditLog {
             path: path.clone(),
             source,
         })?;
+        let stopping = w.stopping();
         let thread = std::thread::Builder::new()
             .name("tslm-audit".into())
             .spawn(move || w.run(rx))
@@ -464,8 +467,29 @@ impl AuditLog {
             shared: Arc::new(Shared { tx, dropped }),
             resumed,
             first_seq,
+            stopping,
             thread: Some(thread),
         })
+    }
+
+    /// A log over `writer`, whatever it writes to (tests).
+    #[cfg(test)]
+    fn over<S: writer::Store>(
+        cfg: AuditConfig,
+        writer: writer::Writer<S>,
+        dropped: Arc<AtomicU64>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(cfg.queue_records.get());
+        let stopping = writer.stopping();
+        let thread = std::thread::spawn(move || writer.run(rx));
+        Self {
+            cfg,
+            shared: Arc::new(Shared { tx, dropped }),
+            resumed: false,
+            first_seq: 0,
+            stopping,
+            thread: Some(thread),
+        }
     }
 
     /// The handle listeners record through.
@@ -520,8 +544,10 @@ impl AuditLog {
     }
 
     /// Queues the `stop` record behind every record queued so far, and waits (at most
-    /// [`STOP_TIMEOUT`]) until the writer has written and synced them all.
+    /// [`STOP_TIMEOUT`]) until the writer has written and synced them all. A writer that cannot
+    /// write gives up after a few retries instead of holding shutdown up.
     pub(crate) async fn stop(mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
         let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
         let sent = tokio::time::timeout(STOP_TIMEOUT, self.shared.tx.send(Msg::Stop(ack_tx))).await;
         let thread = self.thread.take();
@@ -658,5 +684,60 @@ mod tests {
         let claimed = subject.publisher.unwrap();
         assert_eq!(claimed.len(), MAX_CLAIM_BYTES - 1);
         assert!(claimed.starts_with("xé"));
+    }
+
+    /// A store where every write fails, as on a full disk.
+    struct Full;
+
+    impl writer::Store for Full {
+        fn append(&mut self, _: &[u8]) -> std::io::Result<()> {
+            Err(std::io::Error::other("no space left on device"))
+        }
+        fn sync(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_cannot_write_does_not_hold_up_shutdown_and_refuses_writes_meanwhile() {
+        let cfg = AuditConfig {
+            file: "unused".into(),
+            sync: SyncPolicy::Every,
+            queue_records: std::num::NonZeroUsize::new(16).unwrap(),
+        };
+        let dropped = Arc::new(AtomicU64::new(0));
+        let w = writer::Writer::with_store(
+            Full,
+            chain::Tail::genesis(),
+            cfg.sync,
+            Arc::clone(&dropped),
+        )
+        .retrying_every(Duration::from_millis(1));
+        let log = AuditLog::over(cfg, w, dropped);
+        log.start().await;
+        let audit = log.handle();
+        // The writer is stuck on its first batch: the queue fills, then writes are refused.
+        let mut refused = false;
+        for _ in 0..100 {
+            match audit.reserve() {
+                Ok(Some(slot)) => slot.delete(
+                    &actor(),
+                    &Identity::Anonymous,
+                    &[],
+                    &ChannelName::new("a").unwrap(),
+                ),
+                Ok(None) => panic!("the log is on"),
+                Err(e) => {
+                    assert_eq!(e.code, ErrorCode::Unavailable);
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        assert!(refused, "a stuck writer must fill the queue");
+        // Shutdown gives up on it (it retries a few times) and returns.
+        tokio::time::timeout(Duration::from_secs(30), log.stop())
+            .await
+            .expect("stop returns although nothing could be written");
     }
 }

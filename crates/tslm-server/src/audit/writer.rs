@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -82,6 +82,9 @@ pub(crate) struct Writer<S: Store> {
     failing: bool,
     /// How long to wait before retrying a failed write ([`RETRY_AFTER`]).
     retry_after: Duration,
+    /// Set when shutdown begins: a write that keeps failing is given up, so that the `Stop`
+    /// message behind it is reached.
+    stopping: Arc<AtomicBool>,
 }
 
 /// `2026-12-07T01:02:03.456789Z`.
@@ -144,7 +147,20 @@ impl<S: Store> Writer<S> {
             last_sync: Instant::now(),
             failing: false,
             retry_after: RETRY_AFTER,
+            stopping: Arc::default(),
         }
+    }
+
+    /// The flag that tells this writer shutdown has begun.
+    pub(crate) fn stopping(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stopping)
+    }
+
+    /// Retries failed writes after `every` instead of [`RETRY_AFTER`] (tests).
+    #[cfg(test)]
+    pub(crate) fn retrying_every(mut self, every: Duration) -> Self {
+        self.retry_after = every;
+        self
     }
 
     /// Numbers, chains and buffers one record.
@@ -255,7 +271,8 @@ impl<S: Store> Writer<S> {
                 }
                 return;
             }
-            self.flush(false, || false);
+            let stopping = Arc::clone(&self.stopping);
+            self.flush(false, || stopping.load(Ordering::Relaxed));
         }
     }
 }
