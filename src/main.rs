@@ -1,6 +1,7 @@
 //! `tslm`: the gateway server and its command-line client. A thin shell over `tslm_server::run`
 //! and `tslm_client`.
 
+mod audit_cmd;
 mod bench;
 mod client_cmds;
 mod keys;
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tslm_protocol::Start;
 
+use audit_cmd::{AuditCommand, audit};
 use bench::{BenchArgs, bench, run_bench};
 use client_cmds::{AuthArgs, create, delete, history, list_channels, parse_start, publish, sub};
 use keys::{hash_token, keygen};
@@ -121,6 +123,9 @@ enum Command {
         #[arg(long)]
         stdin: bool,
     },
+    /// Work with the audit log (`[audit]`).
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Create a channel (succeeds when it already exists).
     Create {
         url: String,
@@ -168,6 +173,7 @@ async fn async_main(command: Option<Command>, serve_args: ServeArgs) -> ExitCode
         None => serve(serve_args).await,
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Audit(cmd)) => audit(&cmd),
         Some(Command::Sub {
             url,
             channels,

@@ -721,3 +721,74 @@ async fn the_cli_connects_over_wss_with_a_private_ca_and_a_client_certificate() 
     assert_eq!(code, Some(1), "{err}");
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn client_certificates_are_named_in_the_audit_log() {
+    let dir = TempDir::new("mtls-audit");
+    let log = dir.path("audit.jsonl");
+    let (srv, server_ca, clients_ca) = mtls_gateway(
+        &dir,
+        &format!(
+            "[publisher.audit]\ncertificates = ['audit.intranet']\nchannels = ['*']\n\
+             [publisher.billing]\ncertificates = ['billing.intranet']\noperations = ['create', 'publish']\nchannels = ['bills.*']\n\
+             [audit]\nfile = {:?}\n",
+            log.display().to_string()
+        ),
+    )
+    .await;
+    let addr = srv.addr("private");
+    let billing = clients_ca.leaf("billing", &["billing.intranet"], 12);
+    let client = client_config(&server_ca.pem(), Some(&billing));
+    let mut tls = tls_connect(addr, &client).await.unwrap();
+    let (status, body) = https(&mut tls, "PUT", "/v1/channels/bills.may").await;
+    assert_eq!(status, 201, "{body}");
+    let mut ws = wss(addr, &client).await;
+    let r = call(
+        &mut ws,
+        r#"{"op":"publish","channel":"bills.may","data":1}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    // A certificate naming two publishers: refused, with the names it carried.
+    let both = clients_ca.leaf("billing.intranet", &["audit.intranet"], 13);
+    let client = client_config(&server_ca.pem(), Some(&both));
+    let mut tls = tls_connect(addr, &client).await.unwrap();
+    let (status, _) = https(&mut tls, "PUT", "/v1/channels/bills.june").await;
+    assert_eq!(status, 401);
+    drop(ws);
+    srv.shutdown().await;
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let recs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen: Vec<String> = recs
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {} {}",
+                r["type"].as_str().unwrap(),
+                r["via"].as_str().unwrap_or("-"),
+                r["outcome"].as_str().unwrap_or("-"),
+                r["credential"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen[..6],
+        [
+            "start - - -",
+            "auth request accepted certificate:billing.intranet",
+            "create - - certificate:billing.intranet",
+            "auth handshake accepted certificate:billing.intranet",
+            "publish - - certificate:billing.intranet",
+            "auth request refused certificate:billing.intranet,audit.intranet",
+        ],
+        "{text}"
+    );
+    assert_eq!(recs[4]["transport"], "websocket");
+    assert_eq!(recs.last().unwrap()["type"], "stop");
+    let report = tslm_server::audit::verify(text.as_bytes()).unwrap();
+    assert_eq!(report.records, recs.len() as u64);
+}

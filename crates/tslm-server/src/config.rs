@@ -103,6 +103,8 @@ pub struct Config {
     pub publishers: Arc<Vec<crate::auth_config::Publisher>>,
     /// Identity providers of subscribers' tokens (`[issuer.NAME]`).
     pub issuers: Arc<Vec<crate::auth_config::Issuer>>,
+    /// The audit log (`[audit]`); `None`: no audit log.
+    pub audit: Option<AuditConfig>,
 }
 
 /// Per-listener limits against abusive clients (docs/configuration.md, "Abuse limits").
@@ -172,9 +174,12 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
+mod audit;
 mod listener;
 mod origin;
 mod raw;
+
+pub use audit::{AuditConfig, SyncPolicy};
 
 pub mod defaults;
 

@@ -14,6 +14,7 @@ use tslm_auth::keys::Challenge;
 use tslm_hub::{CatchUp, ConnId, Outbox};
 use tslm_protocol::{ChannelName, Dialect, ErrorCode, ProtoError, Start, Wire, legacy, v1};
 
+use crate::audit::{self, Actor, Outcome, Transport, Via};
 use crate::context::{ConnSlot, ListenerCtx};
 use crate::errors::rate_limited;
 use crate::identity::{self, Identity, SubscriberGrant};
@@ -78,6 +79,9 @@ pub(crate) struct Connection {
     rejections: PerSecond,
     /// Set when rejections went over their budget: the transport closes after this reply.
     pub(crate) abusive: Option<&'static str>,
+    /// The publisher credential the connection authenticated with, for the audit log (only
+    /// kept when there is one).
+    pub(crate) credential: Option<Arc<str>>,
 }
 
 impl Drop for Connection {
@@ -115,6 +119,7 @@ impl Connection {
             replies: PerSecond::new(0),
             rejections: PerSecond::new(cfg.abuse.max_rejected_commands_per_second),
             abusive: None,
+            credential: None,
             ctx,
         }
     }
@@ -290,10 +295,20 @@ impl Connection {
         allowed
     }
 
+    /// Who acts, for the audit log.
+    fn actor(&self) -> Actor {
+        Actor {
+            transport: Transport::Websocket,
+            peer: Some(self.conn.peer),
+            credential: self.credential.clone(),
+        }
+    }
+
     /// Runs one v1 request; returns the encoded reply.
     async fn run_v1(&mut self, op: v1::Op, id: Option<&v1::Id>) -> Result<String, ProtoError> {
         let ctx = Arc::clone(&self.ctx);
         let who = self.identity.clone();
+        let actor = self.actor();
         let ok = |s: v1::Success<'_>| Ok(v1::encode_ok(id, s));
         match op {
             v1::Op::Ping => ok(v1::Success::Empty),
@@ -308,14 +323,14 @@ impl Connection {
                 Err(ProtoError::new(ErrorCode::Internal, "internal error"))
             }
             v1::Op::Create { channel, options } => {
-                let c = ops::create(&ctx, &who, &channel, &options, "websocket").await?;
+                let c = ops::create(&ctx, &who, &actor, &channel, &options, "websocket").await?;
                 ok(v1::Success::Created {
                     created: c.created,
                     epoch: c.epoch,
                 })
             }
             v1::Op::Delete { channel } => {
-                ops::delete(&ctx, &who, &channel).await?;
+                ops::delete(&ctx, &who, &actor, &channel).await?;
                 ok(v1::Success::Deleted)
             }
             v1::Op::Publish {
@@ -324,8 +339,16 @@ impl Connection {
                 msg_id,
             } => {
                 let publisher = Some((self.id, &self.outbox));
-                let p =
-                    ops::publish(&ctx, &who, &channel, &data, msg_id.as_deref(), publisher).await?;
+                let p = ops::publish(
+                    &ctx,
+                    &who,
+                    &actor,
+                    &channel,
+                    &data,
+                    msg_id.as_deref(),
+                    publisher,
+                )
+                .await?;
                 ok(ops::published(p))
             }
             v1::Op::Subscribe { channel, start } => {
@@ -416,6 +439,17 @@ impl Connection {
     /// Runs an `auth` or `refresh` request.
     pub(crate) async fn run_auth(&mut self, pending: PendingAuth) -> String {
         let id = pending.id.as_ref();
+        // What was presented, for the audit log: a token's hash prefix, or a signature and the
+        // publisher it claims to be from.
+        let presented = match &pending.op {
+            v1::Op::Auth(c) if self.ctx.audit.is_on() => Some(match c {
+                v1::Credentials::Token(t) => (audit::token_credential(t), None),
+                v1::Credentials::Signature { publisher, .. } => {
+                    (Arc::from("signature"), Some(publisher.to_string()))
+                }
+            }),
+            _ => None,
+        };
         let result = match pending.op {
             v1::Op::Auth(credentials) => self.authenticate(credentials, id).await,
             v1::Op::Refresh { token } => self.refresh(&token, id).await,
@@ -425,6 +459,21 @@ impl Connection {
             && e.code == ErrorCode::Unauthorized
         {
             self.ctx.stats.count_auth_refusal(AuthRefusalKind::Command);
+            if let Some((credential, claimed)) = presented {
+                let actor = Actor {
+                    credential: Some(credential),
+                    ..self.actor()
+                };
+                self.ctx.audit.auth(
+                    Outcome::Refused,
+                    Via::Auth,
+                    &actor,
+                    &self.identity,
+                    claimed.as_deref(),
+                    &self.ctx.publishers,
+                    Some(&e.message),
+                );
+            }
         }
         if let Err(e) = &result
             && e.code == ErrorCode::Unauthorized
@@ -472,18 +521,23 @@ impl Connection {
                         "ask for a `challenge` first, then sign it",
                     ));
                 };
-                let i = identity::publisher_by_signature(
+                let (i, k) = identity::publisher_by_signature(
                     &ctx.publishers,
                     &publisher,
                     &challenge,
                     &signature,
                 )
                 .ok_or_else(|| identity::unauthorized("signature refused"))?;
-                Ok(self.became_publisher(i, id))
+                let credential = ctx
+                    .audit
+                    .is_on()
+                    .then(|| audit::key_credential(&ctx.publishers[i].keys[k]));
+                Ok(self.became_publisher(i, id, credential))
             }
             v1::Credentials::Token(token) => {
                 if let Some(i) = identity::publisher_by_token(&ctx.publishers, &token) {
-                    return Ok(self.became_publisher(i, id));
+                    let credential = ctx.audit.is_on().then(|| audit::token_credential(&token));
+                    return Ok(self.became_publisher(i, id, credential));
                 }
                 // A publishers' listener takes publisher credentials only, and says nothing
                 // about whether an identity provider is configured.
@@ -521,7 +575,12 @@ impl Connection {
         }
     }
 
-    fn became_publisher(&mut self, i: usize, id: Option<&v1::Id>) -> String {
+    fn became_publisher(
+        &mut self,
+        i: usize,
+        id: Option<&v1::Id>,
+        credential: Option<Arc<str>>,
+    ) -> String {
         let name = &self.ctx.publishers[i].name;
         tracing::info!(listener = %self.ctx.cfg.name, conn = %self.id, peer = %self.conn.peer, publisher = %name, "publisher authenticated");
         let reply = v1::encode_ok(
@@ -533,6 +592,16 @@ impl Connection {
             },
         );
         self.identity = Identity::Publisher(i);
+        self.credential = credential;
+        self.ctx.audit.auth(
+            Outcome::Accepted,
+            Via::Auth,
+            &self.actor(),
+            &self.identity,
+            None,
+            &self.ctx.publishers,
+            None,
+        );
         self.deadline_met();
         reply
     }
@@ -607,12 +676,19 @@ impl Connection {
             }
         };
         let ctx = Arc::clone(&self.ctx);
+        let actor = self.actor();
         match &req {
             legacy::Request::CreateChannel(c) => {
-                let created =
-                    ops::create(&ctx, &self.identity, c, &Default::default(), "websocket")
-                        .await
-                        .map_err(denied)?;
+                let created = ops::create(
+                    &ctx,
+                    &self.identity,
+                    &actor,
+                    c,
+                    &Default::default(),
+                    "websocket",
+                )
+                .await
+                .map_err(denied)?;
                 if !created.created {
                     return Err(legacy::Error::AlreadyRegistered(c.clone()));
                 }
@@ -632,7 +708,8 @@ impl Connection {
                 })?;
             }
             legacy::Request::NotifyChannel(c, data) => {
-                let published = ops::publish(&ctx, &self.identity, c, data, None, None).await;
+                let published =
+                    ops::publish(&ctx, &self.identity, &actor, c, data, None, None).await;
                 published.map_err(|e| match e.code {
                     ErrorCode::TooLarge => legacy::Error::TooLarge,
                     ErrorCode::Forbidden | ErrorCode::Unauthorized => {

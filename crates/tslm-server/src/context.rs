@@ -53,6 +53,8 @@ pub(crate) struct ListenerCtx {
     pub(crate) ip_limits: Arc<IpLimits>,
     /// The server-wide descriptor budgets (see [`crate::admission`]).
     pub(crate) admission: Arc<Admission>,
+    /// The audit log (a no-op handle without `[audit]`).
+    pub(crate) audit: crate::audit::Audit,
 }
 
 /// What every listener shares about channels and identities.
@@ -96,6 +98,7 @@ impl ListenerCtx {
             conn_limit,
             conn_shortfall: Arc::default(),
             admission,
+            audit: crate::audit::Audit::off(),
         }
     }
 
@@ -154,6 +157,12 @@ impl ListenerCtx {
             return None;
         }
         self.live.as_ref()?.current()
+    }
+
+    /// Records this listener's writes and publisher authentications in the audit log.
+    pub(crate) fn with_audit(mut self, audit: crate::audit::Audit) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Serves this listener over TLS (`None`: plain TCP, the default).

@@ -16,6 +16,7 @@ use tslm_protocol::{
     ChannelName, ChannelOptions, Epoch, ErrorCode, Offset, Payload, ProtoError, Start, v1,
 };
 
+use crate::audit::{Actor, Outcome, Transport, Via};
 use crate::context::{ConnSlot, ListenerCtx};
 use crate::errors::{
     ADDRESS_OVER_BUDGET, AuthRefusal, error_response, json_response, over_budget, rate_limited,
@@ -148,19 +149,62 @@ fn admit_channel(
 /// (`TSLM-Publisher`, `TSLM-Timestamp`, `TSLM-Signature` over method, path, timestamp and the
 /// body's hash, within a short window and never twice), or a publisher's bearer token. On
 /// listeners with `auth_tokens` the bearer header carries the listener's shared token instead.
+///
+/// Returns the identity and, for the audit log, who acts (transport, peer, credential); every
+/// publisher authentication, accepted or refused, is recorded there.
 fn http_identity(
     ctx: &ListenerCtx,
     conn: Option<&ConnSlot>,
     head: &RequestHead,
     body: &[u8],
-) -> Result<Identity, ProtoError> {
+) -> Result<(Identity, Actor), ProtoError> {
     let who = identify_request(ctx, conn, head, body);
+    let mut actor = Actor::new(Transport::Http, conn.map(|c| c.peer));
     // Refusals are logged by `auth_budget`, at a bounded rate.
-    if let Ok(Identity::Publisher(i)) = &who {
-        let peer = conn.map(|c| c.peer.to_string()).unwrap_or_default();
-        tracing::debug!(listener = %ctx.cfg.name, peer, publisher = %ctx.publishers[*i].name, method = %head.method, path = %head.path_and_query, "publisher request");
+    match &who {
+        Ok((w @ Identity::Publisher(i), credential)) => {
+            let peer = conn.map(|c| c.peer.to_string()).unwrap_or_default();
+            tracing::debug!(listener = %ctx.cfg.name, peer, publisher = %ctx.publishers[*i].name, method = %head.method, path = %head.path_and_query, "publisher request");
+            actor.credential = credential.clone();
+            ctx.audit.auth(
+                Outcome::Accepted,
+                Via::Request,
+                &actor,
+                w,
+                None,
+                &ctx.publishers,
+                None,
+            );
+        }
+        Err(e) if e.code == ErrorCode::Unauthorized && ctx.audit.is_on() => {
+            let get = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok());
+            let claimed = get(tslm_auth::http_sig::PUBLISHER_HEADER);
+            let credential = match (claimed, identity::bearer(&head.headers)) {
+                (Some(_), _) => Arc::from("signature"),
+                (None, Some(t)) => crate::audit::token_credential(t),
+                (None, None) => crate::audit::certificate_credential(
+                    &conn
+                        .map(|c| c.peer_cert_names.join(","))
+                        .unwrap_or_default(),
+                ),
+            };
+            let refused = Actor {
+                credential: Some(credential),
+                ..actor.clone()
+            };
+            ctx.audit.auth(
+                Outcome::Refused,
+                Via::Request,
+                &refused,
+                &Identity::Anonymous,
+                claimed,
+                &ctx.publishers,
+                Some(&e.message),
+            );
+        }
+        _ => {}
     }
-    who
+    who.map(|(w, _)| (w, actor))
 }
 
 fn identify_request(
@@ -168,12 +212,21 @@ fn identify_request(
     conn: Option<&ConnSlot>,
     head: &RequestHead,
     body: &[u8],
-) -> Result<Identity, ProtoError> {
+) -> Result<(Identity, Option<Arc<str>>), ProtoError> {
     use tslm_auth::http_sig;
+    let on = ctx.audit.is_on();
     if let Some(c) = conn
         && let Some(i) = identity::publisher_by_certificate(&ctx.publishers, &c.peer_cert_names)?
     {
-        return Ok(Identity::Publisher(i));
+        let credential = on
+            .then(|| {
+                c.peer_cert_names
+                    .iter()
+                    .find(|n| ctx.publishers[i].certificates.contains(n))
+                    .map(|n| crate::audit::certificate_credential(n))
+            })
+            .flatten();
+        return Ok((Identity::Publisher(i), credential));
     }
     let get = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(name) = get(http_sig::PUBLISHER_HEADER) {
@@ -198,13 +251,13 @@ fn identify_request(
             .ok_or_else(refused)?;
         let message =
             http_sig::canonical_request(name, &head.method, &head.path_and_query, timestamp, body);
-        if !p
+        let Some(k) = p
             .keys
             .iter()
-            .any(|k| tslm_auth::keys::verify(k, &message, &signature))
-        {
+            .position(|k| tslm_auth::keys::verify(k, &message, &signature))
+        else {
             return Err(refused());
-        }
+        };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -214,7 +267,10 @@ fn identify_request(
             .unwrap_or_else(|p| p.into_inner())
             .check(now, i, timestamp, &signature);
         return match checked {
-            Ok(()) => Ok(Identity::Publisher(i)),
+            Ok(()) => Ok((
+                Identity::Publisher(i),
+                on.then(|| crate::audit::key_credential(&p.keys[k])),
+            )),
             Err(http_sig::SigError::Busy) => Err(ProtoError::new(
                 ErrorCode::Unavailable,
                 "too many signed requests at once; try again",
@@ -235,13 +291,14 @@ fn identify_request(
         && let Some(token) = identity::bearer(&head.headers)
     {
         if let Some(i) = identity::publisher_by_token(&ctx.publishers, token) {
-            return Ok(Identity::Publisher(i));
+            let credential = on.then(|| crate::audit::token_credential(token));
+            return Ok((Identity::Publisher(i), credential));
         }
         if ctx.cfg.publisher_auth {
             return Err(identity::unauthorized("token refused"));
         }
     }
-    Ok(Identity::Anonymous)
+    Ok((Identity::Anonymous, None))
 }
 
 /// What identifying a request needs from it, kept before its body is read.
@@ -278,13 +335,13 @@ async fn create_channel(
         let channel = admit_channel(&ctx, &req, allowed, "create", name)?;
         let (head, conn) = (RequestHead::of(&req), slot(req.extensions()));
         let body = read_body(&ctx, req).await?;
-        let who = http_identity(&ctx, conn.as_deref(), &head, &body)?;
+        let (who, actor) = http_identity(&ctx, conn.as_deref(), &head, &body)?;
         let options = if body.iter().all(u8::is_ascii_whitespace) {
             ChannelOptions::default()
         } else {
             v1::decode_options(&body)?
         };
-        ops::create(&ctx, &who, &channel, &options, "http").await
+        ops::create(&ctx, &who, &actor, &channel, &options, "http").await
     };
     match result.await {
         Err(e) => error_response(&e),
@@ -313,13 +370,13 @@ async fn delete_channel(
     let allowed = ctx.cfg.permissions.create;
     let result = async move {
         let channel = admit_channel(&ctx, &req, allowed, "delete", name)?;
-        let who = http_identity(
+        let (who, actor) = http_identity(
             &ctx,
             slot(req.extensions()).as_deref(),
             &RequestHead::of(&req),
             b"",
         )?;
-        ops::delete(&ctx, &who, &channel).await
+        ops::delete(&ctx, &who, &actor, &channel).await
     };
     match result.await {
         Err(e) => error_response(&e),
@@ -359,9 +416,9 @@ async fn publish(
         };
         let (head, conn) = (RequestHead::of(&req), slot(req.extensions()));
         let body = read_body(&ctx, req).await?;
-        let who = http_identity(&ctx, conn.as_deref(), &head, &body)?;
+        let (who, actor) = http_identity(&ctx, conn.as_deref(), &head, &body)?;
         let data = payload_of(body)?;
-        ops::publish(&ctx, &who, &channel, &data, msg_id.as_deref(), None).await
+        ops::publish(&ctx, &who, &actor, &channel, &data, msg_id.as_deref(), None).await
     };
     match result.await {
         Ok(p) => ok_response(StatusCode::OK, ops::published(p)),
@@ -443,7 +500,7 @@ async fn read_history(
         let channel = admit_channel(&ctx, &req, allowed, "reading history", name)?;
         let Query(q) = query.map_err(query_error)?;
         let limit = page_limit(q.limit)?;
-        let who = http_identity(
+        let (who, _) = http_identity(
             &ctx,
             slot(req.extensions()).as_deref(),
             &RequestHead::of(&req),
@@ -495,7 +552,7 @@ async fn list_channels(
             .map(ChannelName::new)
             .transpose()
             .map_err(|e| ProtoError::bad_request(format!("`after`: {e}")))?;
-        let who = http_identity(
+        let (who, _) = http_identity(
             &ctx,
             slot(req.extensions()).as_deref(),
             &RequestHead::of(&req),

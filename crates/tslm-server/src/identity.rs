@@ -144,13 +144,14 @@ pub(crate) fn publisher_by_token(publishers: &[Publisher], token: &str) -> Optio
     found
 }
 
-/// The publisher `name` if `signature` (standard base64) is its signature of `challenge`.
+/// The publisher `name` and which of its keys, if `signature` (standard base64) is its signature
+/// of `challenge`.
 pub(crate) fn publisher_by_signature(
     publishers: &[Publisher],
     name: &str,
     challenge: &Challenge,
     signature: &str,
-) -> Option<usize> {
+) -> Option<(usize, usize)> {
     use base64::Engine;
     let sig = base64::engine::general_purpose::STANDARD
         .decode(signature)
@@ -162,8 +163,8 @@ pub(crate) fn publisher_by_signature(
     let message = keys::challenge_message(name, challenge);
     p.keys
         .iter()
-        .any(|k| keys::verify(k, &message, &sig))
-        .then_some(i)
+        .position(|k| keys::verify(k, &message, &sig))
+        .map(|k| (i, k))
 }
 
 /// The publisher a client certificate names: the one whose `certificates` list holds one of the

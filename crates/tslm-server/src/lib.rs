@@ -5,6 +5,7 @@
 //! with 1001 and waits for connections to finish within the configured grace period.
 
 mod admission;
+pub mod audit;
 pub mod auth_config;
 pub mod classes;
 pub mod config;
@@ -52,6 +53,9 @@ pub enum ServerError {
     /// the listener, the configuration key and the file.
     #[error("listener `{listener}`: {source}")]
     Tls { listener: String, source: TlsError },
+    /// The audit log cannot be opened, or its last line cannot be continued.
+    #[error(transparent)]
+    Audit(#[from] audit::OpenError),
 }
 
 /// A bound, not yet serving, gateway.
@@ -69,6 +73,7 @@ pub struct Server {
         tokio::sync::mpsc::Sender<reload::Request>,
         tokio::sync::mpsc::Receiver<reload::Request>,
     ),
+    audit: Option<audit::AuditLog>,
 }
 
 /// Where one listener address ended up bound (port 0 resolved).
@@ -83,6 +88,11 @@ impl Server {
     /// first TLS file that does not load or address that cannot be bound; sockets bound so far
     /// are closed again, so a failed start leaves nothing listening.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        let audit = config
+            .audit
+            .as_ref()
+            .map(audit::AuditLog::open)
+            .transpose()?;
         let mut listeners = Vec::new();
         for l in &config.listeners {
             let cfg = Arc::new(l.clone());
@@ -129,6 +139,7 @@ impl Server {
             stats: Arc::default(),
             tls_reload_interval: TLS_RELOAD_INTERVAL,
             reloads: tokio::sync::mpsc::channel(4),
+            audit,
         })
     }
 
@@ -217,6 +228,16 @@ impl Server {
             self.config.max_remembered_signatures,
         )));
         let admission = Arc::new(self.admission());
+        let audit = match &self.audit {
+            None => audit::Audit::off(),
+            Some(log) => {
+                log.start().await;
+                if let Some(ticker) = log.ticker(token.clone()) {
+                    tracker.spawn(ticker);
+                }
+                log.handle()
+            }
+        };
         let shared = reload::Shared {
             hub: self.hub.clone(),
             broker: Arc::clone(&self.broker),
@@ -225,6 +246,7 @@ impl Server {
             stats: Arc::clone(&self.stats),
             admission,
             tls_reload_interval: self.tls_reload_interval,
+            audit,
         };
         let policy = |config: &Config, verifier: &Option<tslm_oidc::Verifier>| context::Policy {
             channels: Arc::clone(&config.channels),
@@ -317,6 +339,10 @@ impl Server {
             );
         } else {
             tracing::info!("shutdown complete");
+        }
+        // Last: the `stop` record goes behind every record of the connections just closed.
+        if let Some(log) = self.audit {
+            log.stop().await;
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tslm_hub::{ConnId, HubError, Outbox, PublishOptions, Published, ReplyError};
 use tslm_protocol::{ChannelName, ChannelOptions, ErrorCode, Payload, ProtoError, Start, v1};
 
+use crate::audit::Actor;
 use crate::classes::ChannelClass;
 use crate::context::ListenerCtx;
 use crate::identity::{Identity, unauthorized};
@@ -260,6 +261,7 @@ pub(crate) fn publisher_may(
 pub(crate) async fn create(
     ctx: &ListenerCtx,
     who: &Identity,
+    actor: &Actor,
     channel: &ChannelName,
     options: &ChannelOptions,
     via: &'static str,
@@ -268,11 +270,16 @@ pub(crate) async fn create(
     let settings = class
         .settings_with(options)
         .map_err(|m| ProtoError::new(ErrorCode::Forbidden, m))?;
+    // The record's place first: with the audit log behind, nothing is done.
+    let slot = ctx.audit.reserve()?;
     let created = ctx
         .broker
         .create(channel, settings)
         .await
         .map_err(hub_error)?;
+    if let Some(slot) = slot {
+        slot.create(actor, who, &ctx.publishers, channel, &created);
+    }
     if created.created {
         tracing::info!(listener = %ctx.cfg.name, channel = %channel, epoch = %created.epoch, via, "channel created");
     }
@@ -282,10 +289,15 @@ pub(crate) async fn create(
 pub(crate) async fn delete(
     ctx: &ListenerCtx,
     who: &Identity,
+    actor: &Actor,
     channel: &ChannelName,
 ) -> Result<(), ProtoError> {
     admit(ctx, who, "delete", channel, Access::Delete)?;
+    let slot = ctx.audit.reserve()?;
     ctx.broker.delete(channel).await.map_err(hub_error)?;
+    if let Some(slot) = slot {
+        slot.delete(actor, who, &ctx.publishers, channel);
+    }
     tracing::info!(listener = %ctx.cfg.name, channel = %channel, "channel deleted");
     Ok(())
 }
@@ -295,6 +307,7 @@ pub(crate) async fn delete(
 pub(crate) async fn publish(
     ctx: &ListenerCtx,
     who: &Identity,
+    actor: &Actor,
     channel: &ChannelName,
     data: &Payload,
     msg_id: Option<&str>,
@@ -312,7 +325,9 @@ pub(crate) async fn publish(
         ));
     }
     let opts = PublishOptions { msg_id, publisher };
-    match ctx.broker.publish(channel, data, opts).await {
+    // The record's place first: with the audit log behind, the message is refused unpublished.
+    let slot = ctx.audit.reserve()?;
+    let published = match ctx.broker.publish(channel, data, opts).await {
         Err(HubError::NotFound(_)) if class.auto_create => {
             // A message the new channel would refuse must not create it.
             let max = class.settings.max_message_bytes;
@@ -323,11 +338,15 @@ pub(crate) async fn publish(
                     max,
                 }));
             }
+            let create_slot = ctx.audit.reserve()?;
             let created = ctx
                 .broker
                 .create(channel, class.settings.clone())
                 .await
                 .map_err(hub_error)?;
+            if let Some(s) = create_slot {
+                s.create(actor, who, &ctx.publishers, channel, &created);
+            }
             if created.created {
                 tracing::info!(listener = %ctx.cfg.name, channel = %channel, epoch = %created.epoch, via = "publish", "channel created");
             }
@@ -337,7 +356,19 @@ pub(crate) async fn publish(
                 .map_err(hub_error)
         }
         r => r.map_err(hub_error),
+    }?;
+    if let Some(slot) = slot {
+        slot.publish(
+            actor,
+            who,
+            &ctx.publishers,
+            channel,
+            &published,
+            msg_id,
+            data.json(),
+        );
     }
+    Ok(published)
 }
 
 /// The most messages one history read returns.

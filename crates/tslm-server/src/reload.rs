@@ -48,6 +48,8 @@ pub struct ReloadReport {
 pub enum ReloadError {
     #[error("table [server], key `{0}` cannot change while the gateway runs; restart to apply it")]
     NeedsRestart(&'static str),
+    #[error("table [{0}] cannot change while the gateway runs; restart to apply it")]
+    NeedsRestartTable(&'static str),
     #[error(transparent)]
     Server(#[from] ServerError),
     #[error("the gateway is shutting down")]
@@ -84,6 +86,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     pub(crate) admission: Arc<Admission>,
     pub(crate) tls_reload_interval: Duration,
+    /// The audit log (off without `[audit]`), one handle per listener.
+    pub(crate) audit: crate::audit::Audit,
 }
 
 /// A running listener: its configuration, its token (cancelled when it is removed or the server
@@ -199,6 +203,7 @@ fn context(
         Arc::clone(&shared.admission),
     )
     .with_tls(tls)
+    .with_audit(shared.audit.for_listener(&cfg.name))
     .with_live(Arc::clone(live))
 }
 
@@ -228,6 +233,9 @@ fn fixed_keys(old: &Config, new: &Config) -> Result<(), ReloadError> {
             old.max_remembered_signatures == new.max_remembered_signatures,
         ),
     ];
+    if old.audit != new.audit {
+        return Err(ReloadError::NeedsRestartTable("audit"));
+    }
     match checks.into_iter().find(|(_, same)| !same) {
         Some((key, _)) => Err(ReloadError::NeedsRestart(key)),
         None => Ok(()),

@@ -48,6 +48,7 @@ pub(crate) async fn run(
     on_upgrade: OnUpgrade,
     dialect: Dialect,
     identity: Identity,
+    credential: Option<Arc<str>>,
 ) {
     let upgraded = match tokio::time::timeout(ctx.cfg.handshake_timeout, on_upgrade).await {
         Ok(Ok(u)) => u,
@@ -70,7 +71,8 @@ pub(crate) async fn run(
     let ws =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
             .await;
-    let connection = Connection::new(Arc::clone(&ctx), conn, dialect, identity);
+    let mut connection = Connection::new(Arc::clone(&ctx), conn, dialect, identity);
+    connection.credential = credential;
     let span = tracing::debug_span!("session", listener = %cfg.name, conn = %connection.id, peer = %connection.conn.peer, ?dialect);
     let session = Session {
         connection,

@@ -93,37 +93,102 @@ fn token_subprotocol<'h>(cfg: &ListenerConfig, headers: &'h HeaderMap) -> Option
 /// publisher's token, or a subscriber's access token). A token that is presented must be
 /// valid: the handshake is refused (401) otherwise. On listeners with `auth_tokens` the header
 /// carries the listener's shared token instead, and identities come with the `auth` op.
+///
+/// With a publisher identity comes its credential for the audit log (when there is one).
 async fn initial_identity(
     ctx: &ListenerCtx,
     conn: &ConnSlot,
     headers: &HeaderMap,
-) -> Result<Identity, ProtoError> {
+) -> Result<(Identity, Option<Arc<str>>), ProtoError> {
+    let on = ctx.audit.is_on();
     if let Some(i) = identity::publisher_by_certificate(&ctx.publishers, &conn.peer_cert_names)? {
-        return Ok(Identity::Publisher(i));
+        let credential = on
+            .then(|| {
+                let p = &ctx.publishers[i];
+                conn.peer_cert_names
+                    .iter()
+                    .find(|n| p.certificates.contains(n))
+                    .map(|n| crate::audit::certificate_credential(n))
+            })
+            .flatten();
+        return Ok((Identity::Publisher(i), credential));
     }
     if !ctx.cfg.auth_tokens.is_empty() {
-        return Ok(Identity::Anonymous);
+        return Ok((Identity::Anonymous, None));
     }
     let Some(token) = identity::bearer(headers) else {
-        return Ok(Identity::Anonymous);
+        return Ok((Identity::Anonymous, None));
     };
     if let Some(i) = identity::publisher_by_token(&ctx.publishers, token) {
-        return Ok(Identity::Publisher(i));
+        let credential = on.then(|| crate::audit::token_credential(token));
+        return Ok((Identity::Publisher(i), credential));
     }
     if let Some(v) = ctx.verifier.as_ref().filter(|_| !ctx.cfg.publisher_auth) {
         let grant = v
             .verify(token)
             .await
             .map_err(|e| identity::token_refused(&e))?;
-        return Ok(Identity::Subscriber(Arc::new(
-            identity::SubscriberGrant::from_grant(grant, &ctx.issuers),
-        )));
+        return Ok((
+            Identity::Subscriber(Arc::new(identity::SubscriberGrant::from_grant(
+                grant,
+                &ctx.issuers,
+            ))),
+            None,
+        ));
     }
     if ctx.cfg.publisher_auth {
         return Err(identity::unauthorized("token refused"));
     }
     // Nothing here validates tokens: the header is not for us.
-    Ok(Identity::Anonymous)
+    Ok((Identity::Anonymous, None))
+}
+
+/// The audit record of a handshake's authentication: accepted for a publisher, refused for any
+/// credential refused.
+fn audit_handshake(
+    ctx: &ListenerCtx,
+    conn: &ConnSlot,
+    headers: &HeaderMap,
+    result: &Result<(Identity, Option<Arc<str>>), ProtoError>,
+) {
+    if !ctx.audit.is_on() {
+        return;
+    }
+    let mut actor = crate::audit::Actor::new(crate::audit::Transport::Websocket, Some(conn.peer));
+    match result {
+        Ok((who @ Identity::Publisher(_), credential)) => {
+            actor.credential = credential.clone();
+            ctx.audit.auth(
+                crate::audit::Outcome::Accepted,
+                crate::audit::Via::Handshake,
+                &actor,
+                who,
+                None,
+                &ctx.publishers,
+                None,
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            actor.credential = match identity::bearer(headers) {
+                Some(t) if ctx.cfg.auth_tokens.is_empty() => {
+                    Some(crate::audit::token_credential(t))
+                }
+                _ => Some(crate::audit::certificate_credential(
+                    &conn.peer_cert_names.join(","),
+                )),
+            };
+            ctx.audit.auth(
+                crate::audit::Outcome::Refused,
+                crate::audit::Via::Handshake,
+                &actor,
+                &Identity::Anonymous,
+                None,
+                &ctx.publishers,
+                Some(&e.message),
+            );
+        }
+    }
 }
 
 fn bad(message: &'static str) -> Response {
@@ -180,7 +245,9 @@ pub(crate) async fn websocket(ctx: Arc<ListenerCtx>, mut req: Request) -> Respon
     let Some(conn) = req.extensions().get::<Arc<ConnSlot>>().cloned() else {
         return error_response(&ProtoError::new(ErrorCode::Internal, "internal error"));
     };
-    let identity = match Box::pin(initial_identity(&ctx, &conn, req.headers())).await {
+    let result = Box::pin(initial_identity(&ctx, &conn, req.headers())).await;
+    audit_handshake(&ctx, &conn, req.headers(), &result);
+    let (identity, credential) = match result {
         Ok(i) => i,
         Err(e) => {
             // 401s are counted and logged (at a bounded rate) by `http::auth_budget`.
@@ -209,6 +276,7 @@ pub(crate) async fn websocket(ctx: Arc<ListenerCtx>, mut req: Request) -> Respon
         on_upgrade,
         dialect,
         identity,
+        credential,
     ));
 
     let mut resp = (

@@ -17,6 +17,7 @@ pub(super) struct RawConfig {
     issuer: BTreeMap<String, crate::auth_config::RawIssuer>,
     #[serde(default)]
     channel: BTreeMap<String, RawChannelClass>,
+    audit: Option<super::audit::RawAudit>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,7 +248,12 @@ impl RawConfig {
                 c.pattern
             ));
         }
+        let audit = self
+            .audit
+            .map(super::audit::RawAudit::validate)
+            .transpose()?;
         Ok(Config {
+            audit,
             listeners,
             shutdown_grace: Duration::from_secs(grace),
             backlog_memory_bytes: usize_of(backlog_memory),

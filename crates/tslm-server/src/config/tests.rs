@@ -205,3 +205,69 @@ fn no_channel_tables_means_the_built_in_class() {
         );
     }
 }
+
+#[test]
+fn the_audit_table_is_typed_with_defaults_and_precise_errors() {
+    let base = "[listener.a]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Subscribe']\n";
+    let ok = |extra: &str| Config::from_toml_str(&format!("{base}{extra}"), "t").unwrap();
+    assert_eq!(ok("").audit, None);
+    let a = ok("[audit]\nfile = 'audit.jsonl'\n").audit.unwrap();
+    assert_eq!(a.file, std::path::PathBuf::from("audit.jsonl"));
+    assert_eq!(a.sync, SyncPolicy::Interval(Duration::from_secs(1)));
+    assert_eq!(a.queue_records.get(), 65_536);
+    let a =
+        ok("[audit]\nfile = 'x'\nsync = 'interval'\nsync_interval_ms = 250\nqueue_records = 16\n")
+            .audit
+            .unwrap();
+    assert_eq!(a.sync, SyncPolicy::Interval(Duration::from_millis(250)));
+    assert_eq!(a.queue_records.get(), 16);
+    assert_eq!(
+        ok("[audit]\nfile = 'x'\nsync = 'every'\n")
+            .audit
+            .unwrap()
+            .sync,
+        SyncPolicy::Every
+    );
+    assert_eq!(
+        ok("[audit]\nfile = 'x'\nsync = 'none'\n")
+            .audit
+            .unwrap()
+            .sync,
+        SyncPolicy::None
+    );
+
+    for (extra, expected) in [
+        ("[audit]\n", "table [audit], key `file`: missing"),
+        (
+            "[audit]\nfile = ''\n",
+            "table [audit], key `file`: must not be empty",
+        ),
+        (
+            "[audit]\nfile = 'x'\nsync = 'sometimes'\n",
+            "table [audit], key `sync` (line 7): unknown variant `sometimes`",
+        ),
+        (
+            "[audit]\nfile = 'x'\nsync_interval_ms = 5\n",
+            "key `sync_interval_ms`: 5 is out of range 10..=60000",
+        ),
+        (
+            "[audit]\nfile = 'x'\nsync = 'every'\nsync_interval_ms = 100\n",
+            "key `sync_interval_ms`: only applies with sync = \"interval\"",
+        ),
+        (
+            "[audit]\nfile = 'x'\nqueue_records = 15\n",
+            "key `queue_records`: 15 is out of range 16..=16777216",
+        ),
+        (
+            "[audit]\nfile = 'x'\nqueue_records = 16777217\n",
+            "16777217 is out of range",
+        ),
+        (
+            "[audit]\nfile = 'x'\nfsync = true\n",
+            "unknown field `fsync`",
+        ),
+    ] {
+        let e = err(&format!("{base}{extra}"));
+        assert!(e.contains(expected), "{extra}: {e}");
+    }
+}

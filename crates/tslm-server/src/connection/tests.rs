@@ -14,6 +14,10 @@ use crate::context::{Admitted, ConnSlot, ListenerCtx, Policy};
 use crate::stats::Stats;
 
 fn listener(toml: &str) -> Arc<ListenerCtx> {
+    listener_with_audit(toml, crate::audit::Audit::off())
+}
+
+fn listener_with_audit(toml: &str, audit: crate::audit::Audit) -> Arc<ListenerCtx> {
     let config = Config::from_toml_str(toml, "test").expect("valid config");
     let cfg = Arc::new(config.listeners[0].clone());
     let policy = Policy {
@@ -26,20 +30,23 @@ fn listener(toml: &str) -> Arc<ListenerCtx> {
         ))),
         issuers: Arc::clone(&config.issuers),
     };
-    Arc::new(ListenerCtx::new(
-        cfg,
-        policy,
-        {
-            let hub = Hub::new();
-            let broker: Arc<dyn tslm_hub::Broker> =
-                Arc::new(tslm_hub::MemoryBroker::new(hub.clone()));
-            (hub, broker)
-        },
-        CancellationToken::new(),
-        TaskTracker::new(),
-        Arc::new(Stats::default()),
-        Arc::new(Admission::new(Budget::new(16, None))),
-    ))
+    Arc::new(
+        ListenerCtx::new(
+            cfg,
+            policy,
+            {
+                let hub = Hub::new();
+                let broker: Arc<dyn tslm_hub::Broker> =
+                    Arc::new(tslm_hub::MemoryBroker::new(hub.clone()));
+                (hub, broker)
+            },
+            CancellationToken::new(),
+            TaskTracker::new(),
+            Arc::new(Stats::default()),
+            Arc::new(Admission::new(Budget::new(16, None))),
+        )
+        .with_audit(audit),
+    )
 }
 
 fn connection(ctx: &Arc<ListenerCtx>) -> Connection {
@@ -173,4 +180,116 @@ async fn a_parked_connection_keeps_its_subscriptions_until_its_idle_timeout() {
     drop(ended);
     assert!(!ctx.hub.is_subscribed(&channel, id));
     assert!(outbox.is_closed());
+}
+
+#[tokio::test]
+async fn with_the_audit_queue_full_writes_are_refused_before_they_happen() {
+    use crate::audit::{Audit, Event, Msg};
+    let toml = format!("{OPEN}[channel.\"auto.*\"]\nauto_create = true\n");
+    let (audit, mut rx) = Audit::queue_for_tests(3);
+    let ctx = listener_with_audit(&toml, audit);
+    let mut c = connection(&ctx);
+    assert_eq!(
+        run(&mut c, r#"{"op":"create","channel":"a"}"#).await["ok"],
+        true
+    );
+    let r = run(
+        &mut c,
+        r#"{"op":"publish","channel":"a","data":{"k":1},"msg_id":"m"}"#,
+    )
+    .await;
+    assert_eq!(r["offset"], 1, "{r}");
+    // One place left: an auto-created channel needs two (its create and the publish).
+    let r = run(&mut c, r#"{"op":"publish","channel":"auto.x","data":1}"#).await;
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    assert!(
+        ctx.hub
+            .settings(&ChannelName::new("auto.x").unwrap())
+            .is_err()
+    );
+    assert_eq!(
+        run(&mut c, r#"{"op":"publish","channel":"a","data":2}"#).await["offset"],
+        2
+    );
+    // Full: refused, and nothing was published or deleted.
+    for req in [
+        r#"{"op":"publish","channel":"a","data":3}"#,
+        r#"{"op":"delete","channel":"a"}"#,
+        r#"{"op":"create","channel":"b"}"#,
+    ] {
+        let r = run(&mut c, req).await;
+        assert_eq!(r["error"]["code"], "unavailable", "{req}: {r}");
+    }
+    let h = run(&mut c, r#"{"op":"history","channel":"a","start":"oldest"}"#).await;
+    assert_eq!(h["messages"].as_array().unwrap().len(), 2, "{h}");
+    assert!(ctx.hub.settings(&ChannelName::new("b").unwrap()).is_err());
+    // What was queued: the create and the two publishes, with their offsets and hashes.
+    let mut kinds = Vec::new();
+    while let Ok(Msg::Event(_, e)) = rx.try_recv() {
+        if let Event::Publish {
+            offset,
+            sha256,
+            size,
+            msg_id,
+            ..
+        } = &e
+        {
+            kinds.push(format!("publish {offset} {size} {msg_id:?}"));
+            if *offset == 1 {
+                assert_eq!(*sha256, tslm_auth::token::hash_token(r#"{"k":1}"#));
+            }
+        } else {
+            kinds.push(
+                format!("{e:?}")
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+            );
+        }
+    }
+    assert_eq!(
+        kinds,
+        ["Create", "publish 1 7 Some(\"m\")", "publish 2 1 None"]
+    );
+    // Room again: writes go through.
+    assert_eq!(
+        run(&mut c, r#"{"op":"publish","channel":"a","data":3}"#).await["offset"],
+        3
+    );
+}
+
+#[tokio::test]
+async fn original_protocol_writes_are_recorded_too() {
+    use crate::audit::{Audit, Event, Msg};
+    let (audit, mut rx) = Audit::queue_for_tests(16);
+    let ctx = listener_with_audit(OPEN, audit);
+    let mut c = connection(&ctx);
+    c.dialect = Dialect::Legacy;
+    async fn reply(c: &mut Connection, req: &str) -> String {
+        match c.on_text(Bytes::copy_from_slice(req.as_bytes())).await {
+            Ok(r) => r,
+            Err(_) => panic!("the original protocol has no auth op"),
+        }
+    }
+    let r = reply(&mut c, r#"{"CreateChannel":"news"}"#).await;
+    assert!(r.contains("Success"), "{r}");
+    let r = reply(&mut c, r#"{"NotifyChannel":["news",{"Text":"hello"}]}"#).await;
+    assert!(r.contains("Success"), "{r}");
+    let Ok(Msg::Event(
+        _,
+        Event::Create {
+            channel, created, ..
+        },
+    )) = rx.try_recv()
+    else {
+        panic!("no create record");
+    };
+    assert_eq!((channel.as_str(), created), ("news", true));
+    let Ok(Msg::Event(_, Event::Publish { offset, sha256, .. })) = rx.try_recv() else {
+        panic!("no publish record");
+    };
+    assert_eq!(offset, 1);
+    // The message as stored and delivered: the JSON string.
+    assert_eq!(sha256, tslm_auth::token::hash_token(r#""hello""#));
 }
