@@ -1,0 +1,108 @@
+// The example page in Debian's Chromium (headless, driven by playwright-core; no browser is
+// downloaded) against the real gateway: live messages rendered, a network drop survived with
+// every offset shown exactly once, and a screenshot whose pixels are checked.
+import assert from 'node:assert/strict';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { serve } from '../examples/serve.mjs';
+import { Gateway, Proxy, sleep } from './helpers.mjs';
+
+const artifacts = join(dirname(fileURLToPath(import.meta.url)), '..', 'artifacts');
+
+let gw, proxy, web, browser;
+before(async () => {
+  gw = await Gateway.start();
+  proxy = await Proxy.start(gw.public);
+  web = await serve(0);
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+  });
+});
+after(async () => {
+  await browser?.close();
+  await new Promise((res) => (web ? web.close(res) : res()));
+  await proxy?.stop();
+  await gw?.stop();
+});
+
+const offsets = (page) => page.$$eval('#messages li.message', (lis) => lis.map((li) => Number(li.dataset.offset)));
+
+test('the example page renders live messages, survives a network drop, and looks connected', async () => {
+  await gw.createChannel('live');
+  for (let i = 1; i <= 3; i++) await gw.publish('live', { n: i, text: `before ${i}` });
+
+  const page = await browser.newPage({ viewport: { width: 800, height: 600 } });
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  const { port } = web.address();
+  await page.goto(`http://127.0.0.1:${port}/examples/live.html?url=${encodeURIComponent(proxy.url)}&channel=live&start=oldest`);
+
+  // The replayed backlog, then live messages.
+  await page.waitForFunction(() => document.querySelectorAll('#messages li.message').length === 3, null, { timeout: 15000 });
+  await page.waitForSelector('#status[data-state="open"]');
+  for (let i = 4; i <= 6; i++) await gw.publish('live', { n: i, text: `live ${i}` });
+  await page.waitForFunction(() => document.querySelectorAll('#messages li.message').length === 6, null, { timeout: 15000 });
+
+  // The network drops (every TCP connection reset, new ones refused) while messages are published.
+  proxy.drop();
+  await page.waitForSelector('#status:not([data-state="open"])', { timeout: 15000 });
+  for (let i = 7; i <= 10; i++) await gw.publish('live', { n: i, text: `while away ${i}` });
+  await sleep(300);
+  proxy.restore();
+  await page.waitForFunction(() => document.querySelectorAll('#messages li.message').length >= 10, null, { timeout: 30000 });
+  await page.waitForSelector('#status[data-state="open"]');
+  await sleep(200);
+
+  assert.deepEqual(await offsets(page), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 'every offset exactly once, in order');
+  const texts = await page.$$eval('#messages li.message', (lis) => lis.map((li) => li.textContent));
+  assert.equal(texts[0], '1 {"n":1,"text":"before 1"}');
+  assert.equal(texts[9], '10 {"n":10,"text":"while away 10"}');
+  assert.equal(await page.$$eval('#messages li.loss', (l) => l.length), 0, 'nothing reported lost');
+  assert.equal(await page.textContent('#status'), 'open');
+  assert.deepEqual(pageErrors, []);
+
+  // The screenshot, kept as an artefact, and its pixels checked: decoded by Chromium itself in a
+  // second page (no image library needed).
+  mkdirSync(artifacts, { recursive: true });
+  const png = await page.screenshot({ fullPage: false });
+  writeFileSync(join(artifacts, 'live.png'), png);
+  const badge = await page.locator('#status').boundingBox();
+  const list = await page.locator('#messages').boundingBox();
+  const decoder = await browser.newPage();
+  const stats = await decoder.evaluate(
+    async ({ b64, badge, list }) => {
+      const img = new Image();
+      img.src = `data:image/png;base64,${b64}`;
+      await img.decode();
+      const canvas = document.createElement('canvas');
+      canvas.width = img.width;
+      canvas.height = img.height;
+      const ctx = canvas.getContext('2d');
+      ctx.drawImage(img, 0, 0);
+      const region = (r) => ctx.getImageData(Math.round(r.x), Math.round(r.y), Math.round(r.width), Math.round(r.height)).data;
+      // The badge: share of pixels close to the "open" green #1a7f37.
+      const b = region(badge);
+      let green = 0;
+      for (let i = 0; i < b.length; i += 4) if (Math.abs(b[i] - 0x1a) < 40 && Math.abs(b[i + 1] - 0x7f) < 40 && Math.abs(b[i + 2] - 0x37) < 40) green++;
+      // The message list: share of dark (text) pixels and of the offsets' blue #0969da.
+      const l = region(list);
+      let dark = 0, blue = 0;
+      for (let i = 0; i < l.length; i += 4) {
+        if (l[i] < 100 && l[i + 1] < 100 && l[i + 2] < 100) dark++;
+        if (Math.abs(l[i] - 0x09) < 50 && Math.abs(l[i + 1] - 0x69) < 50 && l[i + 2] > 170) blue++;
+      }
+      return { width: img.width, height: img.height, green: green / (b.length / 4), dark: dark / (l.length / 4), blue };
+    },
+    { b64: png.toString('base64'), badge, list },
+  );
+  await decoder.close();
+  await page.close();
+  assert.deepEqual([stats.width, stats.height], [800, 600]);
+  assert.ok(stats.green > 0.5, `the status badge is green (open) in the screenshot: ${JSON.stringify(stats)}`);
+  assert.ok(stats.dark > 0.01, `the message list has rendered text: ${JSON.stringify(stats)}`);
+  assert.ok(stats.blue > 50, `the offsets are drawn in blue: ${JSON.stringify(stats)}`);
+});
