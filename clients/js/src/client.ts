@@ -120,6 +120,11 @@ export interface ClientOptions {
   /** Returns an access token (or a publisher token) for `auth`; called on every connection and
    * before the token expires (`refresh`). */
   token?: () => string | Promise<string>;
+  /** A publisher's Ed25519 key: on every connection the client asks for a `challenge` and sends
+   * `auth` with `name` and the signature `sign` makes of the bytes
+   * `"tslm-auth-v1" 0x00 name 0x00 challenge` (in Node:
+   * `sign: (bytes) => crypto.sign(null, bytes, privateKey)`). Takes precedence over `token`. */
+  publisher?: { name: string; sign: (message: Uint8Array) => Uint8Array | Promise<Uint8Array> };
   /** The listener's shared token (`auth_tokens`), offered as a WebSocket subprotocol. */
   listenerToken?: string;
   /** Reconnect delays: exponential with full jitter. */
@@ -327,8 +332,13 @@ export class TslmClient extends Emitter<ClientEvents> {
       generation: -1,
     };
     if (typeof start === 'object' && 'epoch' in start) sub.position = { epoch: start.epoch.toLowerCase(), offset: start.offset };
-    this.subs.set(channel, sub);
-    if (this.ready) this.sendSubscribe(sub);
+    if (this.userClosed) {
+      sub.readySettled = true;
+      rejectReady(new TslmError('closed', 'the client is closed', { channel, op: 'subscribe' }));
+    } else {
+      this.subs.set(channel, sub);
+      if (this.ready) this.sendSubscribe(sub);
+    }
     return {
       channel,
       ready,
@@ -502,7 +512,11 @@ export class TslmClient extends Emitter<ClientEvents> {
     // The first exchange: `auth` with the token, or a `ping`. Its reply is the server's first
     // frame; only then is the connection open for subscriptions and requests.
     try {
-      if (this.opts.token) {
+      if (this.opts.publisher) {
+        const r = await this.authenticatePublisher(gen);
+        if (r === undefined) return;
+        this.onTokenAccepted(r, gen);
+      } else if (this.opts.token) {
         const token = await this.getToken();
         if (gen !== this.generation) return;
         const r = await this.send({ op: 'auth', token }, true);
@@ -544,6 +558,27 @@ export class TslmClient extends Emitter<ClientEvents> {
     }
     for (const sub of this.subs.values()) this.sendSubscribe(sub);
     for (const [id, p] of this.pending) if (!p.sent) this.transmit(id, p);
+  }
+
+  private async authenticatePublisher(gen: number): Promise<any> {
+    const { name, sign } = this.opts.publisher!;
+    const c = await this.send({ op: 'challenge' }, true);
+    if (gen !== this.generation) return undefined;
+    const challenge = fromBase64(c.challenge);
+    const nameBytes = new TextEncoder().encode(name);
+    const prefix = new TextEncoder().encode('tslm-auth-v1');
+    const message = new Uint8Array(prefix.length + 1 + nameBytes.length + 1 + challenge.length);
+    message.set(prefix, 0);
+    message.set(nameBytes, prefix.length + 1);
+    message.set(challenge, prefix.length + 2 + nameBytes.length);
+    let signature: Uint8Array;
+    try {
+      signature = await sign(message);
+    } catch (error) {
+      throw new TslmError('token', `the publisher's signer failed: ${error instanceof Error ? error.message : String(error)}`, { op: 'auth' });
+    }
+    if (gen !== this.generation) return undefined;
+    return this.send({ op: 'auth', publisher: name, signature: toBase64(signature) }, true);
   }
 
   private async getToken(): Promise<string> {
@@ -609,7 +644,7 @@ export class TslmClient extends Emitter<ClientEvents> {
     const hadFrame = this.gotFrame;
     this.cleanupConnection();
     if (this.userClosed) return;
-    const hasToken = this.opts.token !== undefined;
+    const hasToken = this.opts.token !== undefined || this.opts.publisher !== undefined;
     let reaction = closeReaction(code, reason, hasToken);
     if (!hadFrame && this.transports.length > 1 && reaction !== 'stop') {
       // Never reached the server's first frame: fall back to the next transport; after the
@@ -869,6 +904,19 @@ export class TslmClient extends Emitter<ClientEvents> {
       }
     }
   }
+}
+
+function fromBase64(text: string): Uint8Array {
+  const bin = atob(text);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+function toBase64(bytes: Uint8Array): string {
+  let bin = '';
+  for (let i = 0; i < bytes.length; i++) bin += String.fromCharCode(bytes[i]);
+  return btoa(bin);
 }
 
 function stripReply(r: any): any {

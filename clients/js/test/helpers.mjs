@@ -93,6 +93,7 @@ export class Gateway {
         throw new Error(`tslm exited with ${code}: ${stderr}`);
       }),
     ]);
+    this.listeners = doc.listeners;
     this.public = doc.listeners.public[0];
     this.private = doc.listeners.private[0];
   }
