@@ -192,6 +192,33 @@ describe('against the real gateway', () => {
     client.close();
   });
 
+  test('4003 token expired: a new token from the callback, an immediate reconnect, the stream resumed once', async () => {
+    await gw.createChannel('secure.expiring');
+    let calls = 0;
+    const client = new TslmClient({
+      url: gw.publicUrl,
+      ...fast,
+      token: () => {
+        calls++;
+        return accessToken({ channels: ['secure.*'], ttl: 2 });
+      },
+      refreshBeforeMs: -60000, // never refresh in time: let the gateway close with 4003
+    });
+    const log = record(client);
+    await client.subscribe('secure.expiring').ready;
+    for (let i = 1; i <= 3; i++) await gw.publish('secure.expiring', i);
+    await waitFor(() => log.disconnects.some((d) => d.code === 4003), 'the 4003 close', 10000);
+    const d = log.disconnects.find((x) => x.code === 4003);
+    assert.deepEqual([d.reason, d.reaction, d.delayMs], ['token expired', 'token', 0]);
+    for (let i = 4; i <= 6; i++) await gw.publish('secure.expiring', i);
+    await waitFor(() => log.messages.length >= 6, 'six');
+    assert.ok(calls >= 2, `the callback was asked again (${calls})`);
+    assertExactlyOnce(log.messages.map((m) => m.offset), 6);
+    assert.equal(log.messages.length, 6);
+    assert.equal(log.losses.length, 0);
+    client.close();
+  });
+
   test('a token that does not grant the channel: a typed error, no retry loop', async () => {
     await gw.createChannel('secure.other');
     const client = new TslmClient({ url: gw.publicUrl, ...fast, token: () => accessToken({ channels: ['secure.feed'] }) });
@@ -225,6 +252,25 @@ describe('against the real gateway', () => {
     await waitFor(() => deadLog.disconnects.length >= 2, 'two failed attempts');
     dead.close();
     await sleep(50);
+  });
+
+  test('1001 going away (a graceful restart): resume after a backoff, the new epoch reported as loss', async () => {
+    await gw.createChannel('graceful');
+    const client = new TslmClient({ url: gw.publicUrl, ...fast });
+    const log = record(client);
+    const first = await client.subscribe('graceful').ready;
+    await gw.publish('graceful', 'one');
+    await waitFor(() => log.messages.length === 1, 'one');
+    await gw.terminate();
+    await waitFor(() => log.disconnects.length >= 1, 'the close');
+    assert.deepEqual([log.disconnects[0].code, log.disconnects[0].reason, log.disconnects[0].reaction], [1001, 'going away', 'resume']);
+    await gw.startAgain();
+    const created = await gw.createChannel('graceful');
+    await gw.publish('graceful', 'two');
+    await waitFor(() => log.messages.length === 2, 'the message of the new epoch');
+    assert.deepEqual(log.messages.map((m) => [m.epoch, m.offset, m.data]), [[first.epoch, 1, 'one'], [created.epoch, 1, 'two']]);
+    assert.deepEqual(log.losses.map((l) => [l.reason, l.previousEpoch, l.epoch]), [['epoch_changed', first.epoch, created.epoch]]);
+    client.close();
   });
 
   test('gateway killed and restarted: old epoch exactly once, the new epoch reported as loss, then exactly once', async () => {

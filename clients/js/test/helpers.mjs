@@ -116,6 +116,14 @@ export class Gateway {
     this.child = null;
   }
 
+  /** Stops the process gracefully (SIGTERM: every session is closed with 1001 going away). */
+  async terminate() {
+    if (!this.child) return;
+    this.child.kill('SIGTERM');
+    await this.exited;
+    this.child = null;
+  }
+
   /** Starts a new process on the same ports (the old one must be gone). */
   async startAgain() {
     await this.#spawn(this.port('public'), this.port('private'));
