@@ -65,6 +65,26 @@ test('the example page renders live messages, survives a network drop, and looks
   assert.equal(await page.textContent('#status'), 'open');
   assert.deepEqual(pageErrors, []);
 
+  // `online` reconnects at once: with a first reconnect delay drawn below one hour (?retry), the
+  // page comes back within seconds only through the browser's `online` event.
+  const slow = await browser.newContext({ viewport: { width: 800, height: 600 } });
+  const slowPage = await slow.newPage();
+  await slowPage.goto(`http://127.0.0.1:${port}/examples/live.html?url=${encodeURIComponent(proxy.url)}&channel=live&start=oldest&retry=3600000`);
+  await slowPage.waitForFunction(() => document.querySelectorAll('#messages li.message').length === 10, null, { timeout: 15000 });
+  proxy.drop();
+  await slowPage.waitForSelector('#status[data-state="waiting"]', { timeout: 15000 });
+  await gw.publish('live', { n: 11, text: 'after the online event' });
+  proxy.restore();
+  await slow.setOffline(true);
+  await slow.setOffline(false); // the browser fires `online`
+  await slowPage.waitForFunction(() => document.querySelectorAll('#messages li.message').length === 11, null, { timeout: 15000 });
+  assert.deepEqual(await offsets(slowPage), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+  await slow.close();
+  // The first page went through that drop too.
+  await page.waitForFunction(() => document.querySelectorAll('#messages li.message').length === 11, null, { timeout: 30000 });
+  await page.waitForSelector('#status[data-state="open"]');
+  assert.deepEqual(await offsets(page), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+
   // The screenshot, kept as an artefact, and its pixels checked: decoded by Chromium itself in a
   // second page (no image library needed).
   mkdirSync(artifacts, { recursive: true });
