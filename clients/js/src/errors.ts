@@ -2,7 +2,7 @@
  * Error codes a {@link TslmError} can carry.
  *
  * The first group are the gateway's own codes (docs/protocol.md, section 4), passed on from an
- * `"ok":false` reply. The second group are made by this client:
+ * `"ok":false` reply (`method_not_allowed` and `upgrade_required` are HTTP-only). The second group are made by this client:
  *
  * - `disconnected`: the connection dropped after the request was sent, so its outcome is unknown
  *   (retry a `publish` with the same `msgId` to find out without publishing twice);
@@ -25,6 +25,8 @@ export type ErrorCode =
   | 'limit_exceeded'
   | 'unavailable'
   | 'internal'
+  | 'method_not_allowed'
+  | 'upgrade_required'
   | 'disconnected'
   | 'timeout'
   | 'closed'
