@@ -242,6 +242,7 @@ export class TslmClient extends Emitter<ClientEvents> {
   private reconnectTimer?: unknown;
   private connectTimer?: unknown;
   private livenessTimer?: unknown;
+  private checkTimer?: unknown;
   private refreshTimer?: unknown;
   private upgradeTimer?: unknown;
   private lastReceived = 0;
@@ -468,7 +469,8 @@ export class TslmClient extends Emitter<ClientEvents> {
     this.clear(this.connectTimer);
     this.clear(this.livenessTimer);
     this.clear(this.refreshTimer);
-    this.connectTimer = this.livenessTimer = this.refreshTimer = undefined;
+    this.clear(this.checkTimer);
+    this.connectTimer = this.livenessTimer = this.refreshTimer = this.checkTimer = undefined;
   }
 
   private openConnection(): void {
@@ -539,8 +541,6 @@ export class TslmClient extends Emitter<ClientEvents> {
     this.connectTimer = undefined;
     this.ready = true;
     this.attempt = 0;
-    this.setState('open');
-    this.emit('open', { transport: this.transports[this.transportIndex].name });
     this.scheduleLiveness();
     if (this.transportIndex > 0) {
       this.clear(this.upgradeTimer);
@@ -556,8 +556,12 @@ export class TslmClient extends Emitter<ClientEvents> {
         }
       }, this.opts.upgradeRetryMs ?? 60000);
     }
-    for (const sub of this.subs.values()) this.sendSubscribe(sub);
+    // Resume every subscription and send what waited, before telling anyone: a listener of
+    // `open` that subscribes then does so once.
+    for (const sub of this.subs.values()) if (sub.generation !== gen) this.sendSubscribe(sub);
     for (const [id, p] of this.pending) if (!p.sent) this.transmit(id, p);
+    this.setState('open');
+    this.emit('open', { transport: this.transports[this.transportIndex].name });
   }
 
   private async authenticatePublisher(gen: number): Promise<any> {
@@ -732,7 +736,8 @@ export class TslmClient extends Emitter<ClientEvents> {
       const gen = this.generation;
       const timeout = this.opts.pingTimeoutMs ?? 10000;
       const sentAt = this.pingSentAt;
-      this.timers.setTimeout(() => {
+      this.clear(this.checkTimer);
+      this.checkTimer = this.timers.setTimeout(() => {
         if (gen === this.generation && this.ready && this.pingSentAt === sentAt && this.lastReceived < sentAt) {
           this.pingSentAt = 0;
           this.abandon(1006, 'no answer to a ping');

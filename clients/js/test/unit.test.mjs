@@ -174,6 +174,17 @@ describe('positions and losses', () => {
     client.close();
   });
 
+  test('a subscription made in an `open` listener is sent once', async () => {
+    const { transport, client } = make();
+    client.on('open', () => {
+      if (!client.position('late')) client.subscribe('late');
+    });
+    client.subscribe('early');
+    await openConn(transport.last);
+    assert.deepEqual(transport.last.sent.filter((r) => r.op === 'subscribe').map((r) => r.channel), ['early', 'late']);
+    client.close();
+  });
+
   test('a resume answered with lost: one loss event, the stream continues', async () => {
     const { clock, transport, client, log } = make({ random: () => 0 });
     await openConn(transport.last);
