@@ -8,7 +8,7 @@ import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { serve } from '../examples/serve.mjs';
-import { Gateway, Proxy, sleep } from './helpers.mjs';
+import { Gateway, Proxy, accessToken, sleep } from './helpers.mjs';
 
 const artifacts = join(dirname(fileURLToPath(import.meta.url)), '..', 'artifacts');
 
@@ -120,9 +120,65 @@ test('the example page renders live messages, survives a network drop, and looks
     { b64: png.toString('base64'), badge, list },
   );
   await decoder.close();
-  await page.close();
   assert.deepEqual([stats.width, stats.height], [800, 600]);
   assert.ok(stats.green > 0.5, `the status badge is green (open) in the screenshot: ${JSON.stringify(stats)}`);
   assert.ok(stats.dark > 0.01, `the message list has rendered text: ${JSON.stringify(stats)}`);
   assert.ok(stats.blue > 50, `the offsets are drawn in blue: ${JSON.stringify(stats)}`);
+
+  // The gateway is killed and restarted on the same ports: the page shows the lost history once
+  // and carries on in the new epoch.
+  const oldEpoch = await page.$eval('#messages li.message', (li) => li.dataset.epoch);
+  await gw.kill();
+  await page.waitForSelector('#status:not([data-state="open"])', { timeout: 15000 });
+  await gw.startAgain();
+  const created = await gw.createChannel('live');
+  assert.notEqual(created.epoch, oldEpoch);
+  for (let i = 1; i <= 3; i++) await gw.publish('live', { n: i, text: `new epoch ${i}` });
+  await page.waitForFunction(
+    (epoch) => [...document.querySelectorAll('#messages li.message')].filter((li) => li.dataset.epoch === epoch).length === 3,
+    created.epoch,
+    { timeout: 30000 },
+  );
+  await sleep(200);
+  const rows = await page.$$eval('#messages li', (lis) => lis.map((li) => [li.className, li.dataset.epoch ?? null, Number(li.dataset.offset ?? 0), li.textContent]));
+  const expectedRows = [
+    ...Array.from({ length: 11 }, (_, i) => ['message', oldEpoch, i + 1]),
+    ['loss', null, 0],
+    ...[1, 2, 3].map((o) => ['message', created.epoch, o]),
+  ];
+  assert.deepEqual(rows.map(([c, e, o]) => [c, e, o]), expectedRows, 'the old epoch once, one loss row, the new epoch once');
+  assert.match(rows[11][3], /epoch changed/);
+  assert.deepEqual(pageErrors, []);
+  await page.close();
+});
+
+test('in Chromium: an access token refreshed through the callback, past its first expiry', async () => {
+  await gw.createChannel('secure.browser');
+  const page = await browser.newPage();
+  let minted = 0;
+  await page.exposeFunction('mintToken', () => {
+    minted++;
+    return accessToken({ channels: ['secure.*'], ttl: 3 });
+  });
+  const { port } = web.address();
+  await page.goto(`http://127.0.0.1:${port}/test/blank.html`); // an empty page of the origin that serves dist/
+  const firstExpiry = await page.evaluate(async (url) => {
+    const { TslmClient } = await import('/dist/index.js');
+    const log = (window.__log = { messages: [], tokens: [], disconnects: [] });
+    const client = new TslmClient({ url, token: () => window.mintToken(), refreshBeforeMs: 1000 });
+    client.on('message', (m) => log.messages.push(m.data));
+    client.on('token', (t) => log.tokens.push(t.expiresAt));
+    client.on('disconnect', (d) => log.disconnects.push(d.code));
+    await client.subscribe('secure.browser').ready;
+    return log.tokens[0];
+  }, proxy.url);
+  await new Promise((res) => setTimeout(res, Math.max(0, (firstExpiry + 1.5) * 1000 - Date.now())));
+  await gw.publish('secure.browser', 'after the first expiry');
+  await page.waitForFunction(() => window.__log.messages.length === 1, null, { timeout: 15000 });
+  const log = await page.evaluate(() => window.__log);
+  assert.deepEqual(log.messages, ['after the first expiry']);
+  assert.deepEqual(log.disconnects, [], 'no 4003, no reconnect');
+  assert.ok(log.tokens.length >= 2 && log.tokens.at(-1) > firstExpiry, JSON.stringify(log.tokens));
+  assert.ok(minted >= 2, `tokens minted: ${minted}`);
+  await page.close();
 });
