@@ -21,7 +21,7 @@ function assertExactlyOnce(offsets, n, lostRanges = []) {
 describe('against the real gateway', () => {
   let gw;
   before(async () => {
-    gw = await Gateway.start({ extra: "[channel.\"small.*\"]\nbacklog_messages = 3\n" });
+    gw = await Gateway.start({ extra: "[channel.\"small.*\"]\nbacklog_messages = 3\n[channel.\"stream.*\"]\nbacklog_messages = 1000\n" });
   });
   after(async () => {
     await gw.stop();
@@ -120,6 +120,50 @@ describe('against the real gateway', () => {
     assert.ok(log.opens.length >= 2, 'reconnected');
     assert.ok(proxy.accepted >= 2);
     client.close();
+    await proxy.stop();
+  });
+
+  test('the network dropped three times while a publisher streams: every offset exactly once', async () => {
+    const svc = new TslmClient({ url: gw.privateUrl, ...fast });
+    await svc.create('stream.fast');
+    const proxy = await Proxy.start(gw.public);
+    const client = new TslmClient({ url: proxy.url, ...fast });
+    const log = record(client);
+    await client.subscribe('stream.fast').ready;
+    const N = 600;
+    let published = 0;
+    let drops = 0;
+    // Four batches of 150; batch k + 1 starts once drop k happened, so that every drop falls
+    // in the middle of the stream (after 120·k of 150·k published messages were received).
+    const publishing = (async () => {
+      for (let i = 1; i <= N; i++) {
+        if (i > 1 && (i - 1) % 150 === 0) await waitFor(() => drops >= (i - 1) / 150, 'the drop');
+        await svc.publish('stream.fast', { i });
+        published = i;
+      }
+    })();
+    const publishedAtDrops = [];
+    for (let k = 1; k <= 3; k++) {
+      await waitFor(() => log.messages.length >= k * 120, `${k * 120} messages`);
+      publishedAtDrops.push(published);
+      const before = log.disconnects.length;
+      proxy.drop(); // mid-stream: the publisher goes on
+      drops = k;
+      await waitFor(() => log.disconnects.length > before, `drop ${k} noticed`);
+      await sleep(50);
+      proxy.restore();
+    }
+    await publishing;
+    await waitFor(() => log.messages.length >= N, `all ${N}`, 30000);
+    await sleep(100);
+    assertExactlyOnce(log.messages.map((m) => m.offset), N);
+    assert.equal(log.messages.length, N);
+    assert.deepEqual(log.messages.map((m) => m.data.i), log.messages.map((m) => m.offset));
+    assert.equal(log.losses.length, 0);
+    assert.ok(log.opens.length >= 4, `reconnected after each drop (${log.opens.length} opens)`);
+    assert.ok(publishedAtDrops.every((p) => p < N), `every drop while publishing: ${publishedAtDrops}`);
+    client.close();
+    svc.close();
     await proxy.stop();
   });
 
