@@ -603,7 +603,8 @@ export class TslmClient extends Emitter<ClientEvents> {
     if (typeof r.expires_at !== 'number') return;
     const life = r.expires_at * 1000 - this.timers.now();
     const before = this.opts.refreshBeforeMs ?? 30000;
-    const delay = Math.max(0, life > 2 * before ? life - before : life / 2);
+    // At least a second apart: a client clock far ahead of the gateway's must not refresh in a loop.
+    const delay = Math.max(1000, life > 2 * before ? life - before : life / 2);
     this.refreshTimer = this.timers.setTimeout(() => {
       if (gen === this.generation) void this.refreshToken(gen);
     }, delay);
