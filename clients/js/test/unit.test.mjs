@@ -311,6 +311,26 @@ describe('transports, liveness, page events, tokens', () => {
     client.close();
   });
 
+  test('a clock far ahead of the gateway does not refresh in a loop', async () => {
+    let calls = 0;
+    const { clock, transport, client } = make({ token: () => `t${++calls}`, pingIntervalMs: 1e9 });
+    const past = clock.now() / 1000 - 3600; // already "expired" by the local clock
+    await openConn(transport.last, { subject: 's', expires_at: past });
+    for (let i = 0; i < 10; i++) {
+      await clock.advance(1000);
+      // Answer at once, as often as asked within this instant.
+      for (let j = 0; j < 50; j++) {
+        const pending = transport.last.sent.find((r) => r.op === 'refresh' && !transport.last.answered.has(r));
+        if (!pending) break;
+        server.answer(transport.last, 'refresh', { subject: 's', expires_at: past });
+        await clock.advance(0);
+      }
+    }
+    const refreshes = transport.last.sent.filter((r) => r.op === 'refresh').length;
+    assert.ok(refreshes >= 5 && refreshes <= 10, `${refreshes} refreshes in 10 s`);
+    client.close();
+  });
+
   test('requests wait for the connection, and reject with typed errors', async () => {
     const { clock, transport, client } = make({ requestTimeoutMs: 1000 });
     const p = client.publish('c', { a: 1 }, { msgId: 'm' });
