@@ -21,7 +21,7 @@ function assertExactlyOnce(offsets, n, lostRanges = []) {
 describe('against the real gateway', () => {
   let gw;
   before(async () => {
-    gw = await Gateway.start({ extra: "[channel.\"small.*\"]\nbacklog_messages = 3\n[channel.\"stream.*\"]\nbacklog_messages = 1000\n" });
+    gw = await Gateway.start({ extra: "[channel.\"small.*\"]\nbacklog_messages = 3\n[channel.\"stream.*\"]\nbacklog_messages = 1000\n" + "[listener.guarded]\nip = '127.0.0.1'\nport = 0\ndefault_endpoint_permissions = ['Subscribe']\nauth_tokens = ['s3cret-listener-token']\n" });
   });
   after(async () => {
     await gw.stop();
@@ -47,6 +47,24 @@ describe('against the real gateway', () => {
     assert.deepEqual(sub.position(), { epoch: info.epoch, offset: 20 });
     assert.equal(log.losses.length, 0);
     client.close();
+  });
+
+  test('a listener token is offered as a subprotocol beside tslm.v1', async () => {
+    await gw.createChannel('guarded');
+    const url = `ws://${gw.listeners.guarded[0]}/`;
+    const client = new TslmClient({ url, ...fast, listenerToken: 's3cret-listener-token' });
+    const log = record(client);
+    await client.subscribe('guarded').ready;
+    await gw.publish('guarded', 'in');
+    await waitFor(() => log.messages.length === 1, 'the message');
+    client.close();
+    // Without it the handshake is refused (401): the client never opens and keeps backing off.
+    const refused = new TslmClient({ url, ...fast });
+    const refusedLog = record(refused);
+    await waitFor(() => refusedLog.disconnects.length >= 2, 'two refused attempts');
+    assert.equal(refusedLog.opens.length, 0);
+    assert.ok(refusedLog.disconnects.every((d) => d.reaction === 'resume' && d.code === 1006));
+    refused.close();
   });
 
   test('a Node service publishes on the private listener; msgId de-duplicates', async () => {

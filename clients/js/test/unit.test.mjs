@@ -2,7 +2,7 @@
 // (The end-to-end behaviours are in e2e.test.mjs and browser.test.mjs, against the real binary.)
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { TslmClient, backoffDelay, closeReaction } from '../dist/index.js';
+import { TslmClient, backoffDelay, closeReaction, webSocket } from '../dist/index.js';
 import { Clock, FakeTransport, flush, openConn, server } from './fakes.mjs';
 
 function make(extra = {}) {
@@ -347,5 +347,71 @@ describe('transports, liveness, page events, tokens', () => {
     const c = client.history('c');
     client.close();
     await assert.rejects(c, (e) => e.code === 'closed');
+  });
+});
+
+describe('the WebSocket transport', () => {
+  class FakeWs {
+    static made = [];
+    constructor(url, protocols) {
+      this.url = url;
+      this.protocols = protocols;
+      this.readyState = 0;
+      this.sent = [];
+      this.closed = null;
+      this.onopen = this.onmessage = this.onclose = this.onerror = null;
+      FakeWs.made.push(this);
+    }
+    send(t) {
+      this.sent.push(t);
+    }
+    close(code, reason) {
+      this.closed = { code, reason };
+    }
+  }
+
+  test('uses the injected constructor, offers tslm.v1 and the listener token, maps events', async () => {
+    FakeWs.made = [];
+    const seen = [];
+    const t = webSocket({ WebSocket: FakeWs });
+    const conn = t.open('ws://x/', ['tslm.v1', 'tok'], {
+      open: () => seen.push('open'),
+      message: (m) => seen.push(`message ${m}`),
+      close: (c) => seen.push(`close ${c.code} ${c.reason}`),
+    });
+    const ws = FakeWs.made[0];
+    assert.deepEqual([ws.url, ws.protocols], ['ws://x/', ['tslm.v1', 'tok']]);
+    ws.readyState = 1;
+    ws.onopen({});
+    ws.onmessage({ data: '{"id":1,"ok":true}' });
+    ws.onmessage({ data: new Uint8Array(1) }); // not text: ignored
+    conn.send('{"op":"ping"}');
+    ws.onclose({ code: 4000, reason: 'slow consumer' });
+    ws.onclose({ code: 1000, reason: 'twice' }); // reported once only
+    assert.deepEqual(seen, ['open', 'message {"id":1,"ok":true}', 'close 4000 slow consumer']);
+    assert.deepEqual(ws.sent, ['{"op":"ping"}']);
+  });
+
+  test('an error before opening ends the attempt with 1006 even without a close event (Node 20)', async () => {
+    FakeWs.made = [];
+    const seen = [];
+    webSocket({ WebSocket: FakeWs }).open('ws://x/', ['tslm.v1'], {
+      open: () => seen.push('open'),
+      message: () => {},
+      close: (c) => seen.push(c.code),
+    });
+    FakeWs.made[0].onerror({});
+    await new Promise((res) => setTimeout(res, 5));
+    assert.deepEqual(seen, [1006]);
+  });
+
+  test('a constructor that throws is reported as a failed attempt, not thrown', async () => {
+    const seen = [];
+    const Throwing = function () {
+      throw new SyntaxError('bad url');
+    };
+    webSocket({ WebSocket: Throwing }).open('nope', ['tslm.v1'], { open: () => {}, message: () => {}, close: (c) => seen.push([c.code, c.reason]) });
+    await new Promise((res) => setTimeout(res, 5));
+    assert.deepEqual(seen, [[1006, 'bad url']]);
   });
 });
