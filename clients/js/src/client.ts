@@ -533,8 +533,9 @@ export class TslmClient extends Emitter<ClientEvents> {
       const e = error instanceof TslmError ? error : new TslmError('token', String(error));
       if (e.code === 'disconnected' || e.code === 'closed') return;
       this.emit('error', e);
-      // A refused token, or no reply: drop this connection and try again later.
-      this.abandon(e.code === 'unauthorized' ? 4002 : 1006, e.message);
+      // A refused credential, or no reply: drop this connection and try again after a backoff
+      // (never at once: a credential refused again must not become a reconnect loop).
+      this.abandon(1006, `${e.op ?? 'first request'} failed: ${e.code}`);
       return;
     }
     this.clear(this.connectTimer);

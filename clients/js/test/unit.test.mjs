@@ -145,6 +145,31 @@ describe('close codes', () => {
   }
 });
 
+describe('refused credentials', () => {
+  test('a refused auth backs off with growing delays, never reconnecting at once', async () => {
+    const { clock, transport, client, log } = make({ token: () => 'bad', backoff: { initialMs: 1000, maxMs: 60000 }, random: () => 0.5 });
+    for (let i = 0; i < 4; i++) {
+      transport.last.handlers.open();
+      await flush();
+      server.fail(transport.last, 'auth', 'unauthorized', 'access token refused: access token has expired');
+      await flush();
+      const conns = transport.conns.length;
+      await clock.advance(log.disconnects.at(-1).delayMs - 1);
+      assert.equal(transport.conns.length, conns, 'not yet');
+      await clock.advance(1);
+      assert.equal(transport.conns.length, conns + 1, 'after the delay');
+    }
+    assert.deepEqual(log.disconnects.map((d) => [d.reason, d.reaction, d.delayMs]), [
+      ['auth failed: unauthorized', 'resume', 500],
+      ['auth failed: unauthorized', 'resume', 1000],
+      ['auth failed: unauthorized', 'resume', 2000],
+      ['auth failed: unauthorized', 'resume', 4000],
+    ]);
+    assert.ok(log.errors.every((e) => e.code === 'unauthorized' && e.op === 'auth'));
+    client.close();
+  });
+});
+
 describe('positions and losses', () => {
   test('buffered before the reply, duplicates dropped, gaps and skips reported, position first', async () => {
     const { transport, client, log } = make();
