@@ -255,7 +255,6 @@ export class TslmClient extends Emitter<ClientEvents> {
     this.transports = options.transports && options.transports.length > 0 ? options.transports : [webSocket()];
     this.timers = options.timers ?? defaultTimers;
     this.random = options.random ?? Math.random;
-    this.listenToPage();
     if (options.autoConnect !== false) this.connect();
   }
 
@@ -270,32 +269,40 @@ export class TslmClient extends Emitter<ClientEvents> {
     return p ? { ...p } : undefined;
   }
 
-  /** Connects (again, after {@link close}). Does nothing while connecting or connected. */
+  /** Connects (again, after {@link close}: the subscriptions it still holds resume from their
+   * positions). Does nothing while connecting or connected. */
   connect(): void {
     if (this._state === 'connecting' || this._state === 'open' || this._state === 'waiting') return;
     this.userClosed = false;
     this.attempt = 0;
     this.transportIndex = 0;
+    if (this.detach.length === 0) this.listenToPage();
     this.openConnection();
   }
 
   /** Closes the connection for good: no reconnect; pending requests reject with `closed`. */
   close(): void {
     this.userClosed = true;
-    this.clearConnectionTimers();
-    this.clear(this.reconnectTimer);
-    this.clear(this.upgradeTimer);
-    for (const sub of this.subs.values()) this.clear(sub.retryTimer);
     if (this.conn) {
       this.generation++;
       this.conn.close(1000, '');
       this.conn = null;
     }
-    this.failPending(() => true, 'closed', 'the client was closed');
+    this.stopEverything('the client was closed');
+  }
+
+  /** Ends every timer, request and unsettled subscription; the client is then `closed`. */
+  private stopEverything(message: string): void {
+    this.clearConnectionTimers();
+    this.clear(this.reconnectTimer);
+    this.clear(this.upgradeTimer);
+    this.reconnectTimer = this.upgradeTimer = undefined;
+    for (const sub of this.subs.values()) this.clear(sub.retryTimer);
+    this.failPending(() => true, 'closed', message);
     for (const sub of this.subs.values()) {
       if (!sub.readySettled) {
         sub.readySettled = true;
-        sub.rejectReady(new TslmError('closed', 'the client was closed', { channel: sub.channel, op: 'subscribe' }));
+        sub.rejectReady(new TslmError('closed', message, { channel: sub.channel, op: 'subscribe' }));
       }
     }
     this.ready = false;
@@ -651,7 +658,7 @@ export class TslmClient extends Emitter<ClientEvents> {
     this.cleanupConnection();
     if (this.userClosed) return;
     const hasToken = this.opts.token !== undefined || this.opts.publisher !== undefined;
-    let reaction = closeReaction(code, reason, hasToken);
+    const reaction = closeReaction(code, reason, hasToken);
     if (!hadFrame && this.transports.length > 1 && reaction !== 'stop') {
       // Never reached the server's first frame: fall back to the next transport; after the
       // last, go round to the first again after a backoff.
@@ -667,9 +674,8 @@ export class TslmClient extends Emitter<ClientEvents> {
     if (reaction === 'stop') {
       this.emit('disconnect', { code, reason, reaction });
       const error = new TslmError('fatal_close', `the gateway closed the connection with ${code}${reason ? ` (${reason})` : ''}; not reconnecting`);
-      this.failPending(() => true, 'closed', error.message);
       this.userClosed = true;
-      this.setState('closed');
+      this.stopEverything(error.message);
       this.emit('error', error);
       return;
     }

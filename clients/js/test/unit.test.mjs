@@ -319,6 +319,31 @@ describe('transports, liveness, page events, tokens', () => {
     assert.equal(transport.last.sent.at(-1).op, 'ping');
     client.close();
     assert.deepEqual(Object.keys(listeners), [], 'listeners removed on close');
+    client.connect();
+    assert.deepEqual(Object.keys(listeners).sort(), ['online', 'visibilitychange'], 'and added again on connect');
+    client.close();
+  });
+
+  test('a close whose reaction is stop ends everything, like close(); connect() starts again and resumes', async () => {
+    const { clock, transport, client, log } = make();
+    await openConn(transport.last);
+    const sub = client.subscribe('c', { start: 'oldest' });
+    const pending = client.subscribe('d');
+    server.answer(transport.last, 'subscribe', { epoch: 'aaaaaaaaaaaaaaaa', offset: 2, from: 1 });
+    server.frame(transport.last, { event: 'message', channel: 'c', offset: 1, data: 1 });
+    await flush();
+    server.close(transport.last, 1002, 'protocol error');
+    await assert.rejects(pending.ready, (e) => e.code === 'closed');
+    assert.equal((await sub.ready).epoch, 'aaaaaaaaaaaaaaaa');
+    assert.equal(client.state, 'closed');
+    await clock.advance(600000);
+    assert.equal(transport.conns.length, 1);
+    client.connect();
+    await openConn(transport.last);
+    const resumed = transport.last.sent.filter((r) => r.op === 'subscribe');
+    assert.deepEqual(resumed.map((r) => [r.channel, r.start]), [['c', { epoch: 'aaaaaaaaaaaaaaaa', offset: 1 }], ['d', 'new']]);
+    assert.ok(log.errors.some((e) => e.code === 'fatal_close'));
+    client.close();
   });
 
   test('the token is refreshed before it expires, and again after each refresh', async () => {
