@@ -12,6 +12,6 @@ const files = readdirSync(join(root, 'test'))
   .sort()
   .map((f) => join('test', f));
 const flags = ['--unhandled-rejections=strict'];
-if (typeof WebSocket === 'undefined') flags.push('--experimental-websocket');
+if (typeof WebSocket === 'undefined' && process.allowedNodeEnvironmentFlags.has('--experimental-websocket')) flags.push('--experimental-websocket');
 const r = spawnSync(process.execPath, [...flags, '--test', '--test-concurrency=1', ...process.argv.slice(2), ...files], { cwd: root, stdio: 'inherit' });
 process.exit(r.status ?? 1);
