@@ -21,7 +21,39 @@ function assertExactlyOnce(offsets, n, lostRanges = []) {
 describe('against the real gateway', () => {
   let gw;
   before(async () => {
-    gw = await Gateway.start({ extra: "[channel.\"small.*\"]\nbacklog_messages = 3\n[channel.\"stream.*\"]\nbacklog_messages = 1000\n" + "[listener.guarded]\nip = '127.0.0.1'\nport = 0\ndefault_endpoint_permissions = ['Subscribe']\nauth_tokens = ['s3cret-listener-token']\n" });
+    gw = await Gateway.start({
+      extra: `
+[channel."small.*"]
+backlog_messages = 3
+
+[channel."stream.*"]
+backlog_messages = 1000
+
+[channel."lossy.*"]
+slow_subscriber = 'drop_oldest'
+backlog_messages = 1000
+
+[listener.guarded]
+ip = '127.0.0.1'
+port = 0
+default_endpoint_permissions = ['Subscribe']
+auth_tokens = ['s3cret-listener-token']
+
+# A subscriber listener with a tiny outbound queue, and a publisher listener for large messages.
+[listener.small]
+ip = '127.0.0.1'
+port = 0
+default_endpoint_permissions = ['Subscribe']
+channel_buffer_size = 8
+outbound_queue_bytes = 8192
+
+[listener.bigpub]
+ip = '127.0.0.1'
+port = 0
+default_endpoint_permissions = ['CreateChannel', 'NotifyChannel']
+max_message_size = 1048576
+`,
+    });
   });
   after(async () => {
     await gw.stop();
@@ -180,6 +212,41 @@ describe('against the real gateway', () => {
     assert.equal(log.losses.length, 0);
     assert.ok(log.opens.length >= 4, `reconnected after each drop (${log.opens.length} opens)`);
     assert.ok(publishedAtDrops.every((p) => p < N), `every drop while publishing: ${publishedAtDrops}`);
+    client.close();
+    svc.close();
+    await proxy.stop();
+  });
+
+  test('a gap event (a drop_oldest subscriber that fell behind) is one loss event; history reads what it missed', async () => {
+    const svc = new TslmClient({ url: `ws://${gw.listeners.bigpub[0]}/`, ...fast });
+    await svc.create('lossy.feed');
+    const proxy = await Proxy.start(gw.listeners.small[0]);
+    const client = new TslmClient({ url: proxy.url, ...fast });
+    const log = record(client);
+    await client.subscribe('lossy.feed').ready;
+    proxy.pause(); // the subscriber stops reading: the gateway's queue to it overflows
+    const N = 60;
+    const pad = 'x'.repeat(300000);
+    for (let i = 1; i <= N; i++) await svc.publish('lossy.feed', { i, pad });
+    proxy.resume();
+    await waitFor(() => log.messages.some((m) => m.offset === N), 'the last offset');
+    await sleep(100);
+    assert.ok(log.losses.length >= 1, 'a gap was reported');
+    assert.ok(log.losses.every((l) => l.reason === 'gap' && l.channel === 'lossy.feed'), JSON.stringify(log.losses));
+    assertExactlyOnce(log.messages.map((m) => m.offset), N, log.losses);
+    assert.equal(log.disconnects.length, 0, 'drop_oldest keeps the connection');
+    // The dropped messages are still in the backlog: page through them (this listener's small
+    // queue makes each page one message).
+    const gap = log.losses[0];
+    const read = [];
+    let after = gap.from - 1;
+    while (after < gap.to) {
+      const page = await client.history('lossy.feed', { start: { epoch: gap.epoch, offset: after }, limit: gap.to - after });
+      assert.ok(page.messages.length >= 1);
+      for (const m of page.messages) read.push(m.offset);
+      after = page.messages.at(-1).offset;
+    }
+    assert.deepEqual(read, Array.from({ length: gap.to - gap.from + 1 }, (_, k) => gap.from + k));
     client.close();
     svc.close();
     await proxy.stop();

@@ -219,6 +219,16 @@ export class Proxy {
     this.frozen = true;
   }
 
+  /** Stops reading from the gateway (TCP backpressure: the gateway's writes to this client
+   * stall, as with a client that does not keep up) until `resume()`; nothing is lost. */
+  pause() {
+    for (const { upstream } of this.pairs) upstream.pause();
+  }
+
+  resume() {
+    for (const { upstream } of this.pairs) upstream.resume();
+  }
+
   async stop() {
     this.drop();
     await new Promise((res) => this.server.close(res));
