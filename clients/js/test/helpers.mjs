@@ -85,6 +85,10 @@ export class Gateway {
       stderr = (stderr + d).slice(-4000);
     });
     const exited = new Promise((res) => child.once('exit', (code) => res(code)));
+    // Never leave a gateway behind, even when a test file dies early.
+    const reap = () => child.kill('SIGKILL');
+    process.once('exit', reap);
+    exited.then(() => process.off('exit', reap));
     this.child = child;
     this.exited = exited;
     const doc = await Promise.race([
