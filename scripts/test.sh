@@ -51,6 +51,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --locked
 
+# --- the JavaScript client (clients/js) --------------------------------------------------------
+# Its tests start the binary cargo test just built (target/debug/tslm) and drive Debian's Chromium.
+if [ ! -d clients/js/node_modules ]; then
+  log "installing the JavaScript client's dev dependencies (npm ci --prefix clients/js: typescript, esbuild, playwright-core; no browser download)"
+  npm ci --prefix clients/js --no-audit --no-fund
+fi
+log "JavaScript client: build with tsc, then node --test against the real binary and headless Chromium"
+TSLM_BIN="$PWD/target/debug/tslm" npm test --prefix clients/js
+
 log "autobahn websocket conformance, production limits (pinned: scripts/autobahn/expected.json)"
 scripts/autobahn/run.sh
 
