@@ -12,6 +12,8 @@ use tslm_hub::Hub;
 
 use crate::admission::{Admission, Open};
 use crate::config::ListenerConfig;
+use crate::drain::CloseSchedule;
+use crate::health::Health;
 use crate::iplimit::{IpGuard, IpLimits};
 use crate::ratelimit::TokenBucket;
 use crate::stats::{Gauge, Stats};
@@ -39,6 +41,10 @@ pub(crate) struct ListenerCtx {
     pub(crate) ip_limits: Arc<IpLimits>,
     /// The server-wide descriptor budgets (see [`crate::admission`]).
     pub(crate) admission: Arc<Admission>,
+    /// Liveness and readiness, shared by every listener (`/healthz`, `/readyz`).
+    pub(crate) health: Arc<Health>,
+    /// Each session's turn to close at shutdown, shared by every listener.
+    pub(crate) closing: Arc<CloseSchedule>,
 }
 
 /// What every listener shares about channels and identities.
@@ -78,7 +84,20 @@ impl ListenerCtx {
             tls: None,
             conn_limit,
             admission,
+            health: Arc::default(),
+            closing: Arc::default(),
         }
+    }
+
+    /// Shares the server's health and close schedule with this listener.
+    pub(crate) fn with_lifecycle(
+        mut self,
+        health: Arc<Health>,
+        closing: Arc<CloseSchedule>,
+    ) -> Self {
+        self.health = health;
+        self.closing = closing;
+        self
     }
 
     /// Serves this listener over TLS (`None`: plain TCP, the default).

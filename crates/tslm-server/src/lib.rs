@@ -1,8 +1,9 @@
 //! The TSLM server: listeners, the HTTP API, WebSocket sessions and shutdown, over the hub.
 //!
 //! [`Server::bind`] binds every configured address (or fails, binding nothing that stays open);
-//! [`Server::run`] serves until the shutdown future resolves, then closes every WebSocket session
-//! with 1001 and waits for connections to finish within the configured grace period.
+//! [`Server::run`] serves until the shutdown future resolves, then drains (readiness false while
+//! still serving for `drain_delay`), stops accepting, closes the WebSocket sessions with 1001 one
+//! after another over the grace period and waits for connections to finish within it.
 
 mod admission;
 pub mod auth_config;
@@ -11,7 +12,9 @@ pub mod config;
 mod connection;
 mod context;
 mod cross_site;
+pub mod drain;
 mod errors;
+pub mod health;
 mod http;
 mod identity;
 mod iplimit;
@@ -33,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use tslm_hub::{Hub, HubLimits};
 
 pub use config::{Config, ConfigError, ListenerConfig, Permission, Permissions};
+pub use health::{Health, NotReady};
 pub use stats::ServerStats;
 pub use tls::{RELOAD_INTERVAL as TLS_RELOAD_INTERVAL, TlsError};
 
@@ -61,6 +65,8 @@ pub struct Server {
     /// One per TLS listener, whatever its number of addresses: what the reloaders watch.
     tls: Vec<Arc<tls::TlsState>>,
     tls_reload_interval: Duration,
+    health: Arc<Health>,
+    closing: Arc<drain::CloseSchedule>,
 }
 
 /// Where one listener address ended up bound (port 0 resolved).
@@ -122,6 +128,8 @@ impl Server {
             stats: Arc::default(),
             tls: tls_states,
             tls_reload_interval: TLS_RELOAD_INTERVAL,
+            health: Arc::default(),
+            closing: Arc::default(),
         })
     }
 
@@ -147,6 +155,13 @@ impl Server {
     /// The hub this server serves (for embedding and tests).
     pub fn hub(&self) -> Hub {
         self.hub.clone()
+    }
+
+    /// The server's liveness and readiness (what `/healthz` and `/readyz` answer): not ready
+    /// ([`NotReady::Starting`]) until [`Server::run`] accepts on every listener. Embedders may
+    /// raise and clear reasons of their own.
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
     }
 
     /// A handle on live connection counters.
@@ -238,7 +253,8 @@ impl Server {
                 Arc::clone(&self.stats),
                 Arc::clone(&admission),
             )
-            .with_tls(b.tls);
+            .with_tls(b.tls)
+            .with_lifecycle(Arc::clone(&self.health), Arc::clone(&self.closing));
             let ctx = Arc::new(ctx);
             let router = http::router(Arc::clone(&ctx));
             tracker.spawn(listener::accept_loop(ctx, b.tcp, router));
@@ -261,12 +277,42 @@ impl Server {
                 }
             })
         };
+        // The runtime's heartbeat, for `/healthz`.
+        let watchdog = {
+            let (health, token) = (Arc::clone(&self.health), token.clone());
+            tracker.spawn(async move {
+                let mut tick = tokio::time::interval(health::WATCHDOG_TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tick.tick() => health.tick(),
+                    }
+                }
+            })
+        };
+        // Every listener is bound and has its accept loop.
+        self.health.clear(NotReady::Starting);
         shutdown.await;
-        drop(sweeper);
+        // Staged: readiness turns false at once while everything is still served, so load
+        // balancers stop sending clients here; then accepting stops and sessions are closed one
+        // after another over the grace period (see `drain`), not all at once.
+        self.health.raise(NotReady::Draining);
+        let drain_delay = self.config.drain_delay;
+        tracing::info!(
+            drain_delay_seconds = drain_delay.as_secs(),
+            "draining: /readyz answers 503, still serving until the drain delay ends"
+        );
+        tokio::time::sleep(drain_delay).await;
+        drop((sweeper, watchdog));
+        let sessions = self.stats.snapshot().sessions;
+        self.closing.begin(sessions, self.config.shutdown_grace);
         tracing::info!(
             grace_seconds = self.config.shutdown_grace.as_secs(),
             connections = self.stats.snapshot().connections,
-            "shutting down: closing connections"
+            sessions,
+            spread_ms = drain::spread(self.config.shutdown_grace).as_millis() as u64,
+            "shutting down: no longer accepting; closing sessions spread over the grace period"
         );
         token.cancel();
         tracker.close();

@@ -40,6 +40,8 @@ enum End {
     Gone,
     /// We close with this code and reason.
     Close(u16, &'static str),
+    /// The server shuts down: 1001 with a reason that says when to come back (see `drain`).
+    Shutdown(String),
 }
 
 pub(crate) async fn run(
@@ -116,6 +118,11 @@ impl Session {
                 }
                 close_gracefully(ws, code, reason).await;
             }
+            End::Shutdown(reason) => {
+                self.connection.ctx.stats.count_close(close::GOING_AWAY);
+                tracing::debug!(code = close::GOING_AWAY, reason, "closing session");
+                close_gracefully(ws, close::GOING_AWAY, &reason).await;
+            }
         }
     }
 
@@ -124,6 +131,8 @@ impl Session {
         let mut next_ping = Instant::now() + ping_interval;
         let mut pong_deadline: Option<Instant> = None;
         let far = || Instant::now() + Duration::from_secs(86_400 * 365);
+        // At shutdown, this session's turn to close (it is served until then).
+        let mut closing: Option<crate::drain::Turn> = None;
         loop {
             let ping_at = next_ping;
             let dead_at = pong_deadline.unwrap_or_else(far);
@@ -133,8 +142,12 @@ impl Session {
                 (None, Identity::Subscriber(g)) => g.expiry_deadline(Instant::now()),
                 _ => far(),
             };
+            let close_at = closing.as_ref().map_or_else(far, |t| t.at);
             let step = tokio::select! {
-                _ = self.connection.ctx.shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "going away")),
+                _ = self.connection.ctx.shutdown.cancelled(), if closing.is_none() => {
+                    closing = Some(self.connection.ctx.closing.take_turn());
+                    Ok(())
+                }
                 msg = ws.next() => {
                     pong_deadline = None;
                     next_ping = Instant::now() + ping_interval;
@@ -152,9 +165,11 @@ impl Session {
                     }
                     self.write_out(ws, Some(Message::Ping(Bytes::new()).into())).await
                 }
-                // One timer for both deadlines: every timer in this loop is part of every idle
+                // One timer for every deadline: every timer in this loop is part of every idle
                 // session's memory.
-                _ = sleep_until(dead_at.min(auth_at)) => Err(if dead_at <= auth_at {
+                _ = sleep_until(dead_at.min(auth_at).min(close_at)) => Err(if close_at <= dead_at.min(auth_at) {
+                    End::Shutdown(closing.take().map(|t| t.reason).unwrap_or_default())
+                } else if dead_at <= auth_at {
                     End::Close(close::PING_TIMEOUT, "ping timeout")
                 } else if self.connection.auth_deadline.is_some() {
                     End::Close(close::AUTH_TIMEOUT, "authentication required")
@@ -292,7 +307,8 @@ impl Session {
                     _ => Err(End::Gone),
                 }
             }
-            _ = self.connection.ctx.shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "going away")),
+            // A session whose writes block at shutdown does not wait for its turn.
+            _ = self.connection.ctx.shutdown.cancelled() => Err(End::Shutdown(self.connection.ctx.closing.take_turn().reason)),
         }
     }
 }
@@ -362,10 +378,10 @@ fn classify(e: &tungstenite::Error) -> End {
 
 /// Sends a close frame, then half-closes and drains the socket until the peer closes too (or a
 /// short timeout), so the close frame is read rather than lost to a TCP reset.
-async fn close_gracefully(mut ws: Ws, code: u16, reason: &'static str) {
+async fn close_gracefully(mut ws: Ws, code: u16, reason: &str) {
     let frame = CloseFrame {
         code: code.into(),
-        reason: reason.into(),
+        reason: Utf8Bytes::from(reason.to_owned()),
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
     let mut io = ws.into_inner();
