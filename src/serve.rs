@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 use tslm_server::Config;
 
-use crate::init_logging;
+use crate::{LogFormat, init_logging_as};
 
 #[derive(Args, Clone, Default)]
 pub(crate) struct ServeArgs {
@@ -23,6 +23,10 @@ pub(crate) struct ServeArgs {
     /// given as 0 in the config appear as the ports the system chose.
     #[arg(long, value_name = "FILE")]
     pub(crate) ready_file: Option<PathBuf>,
+    /// How log lines are written to stderr: `text` (default) or `json` (one object per line,
+    /// fields `timestamp`, `level`, `target`, `message`, the event's own fields and `spans`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
 }
 
 pub(crate) fn load_config(args: &ServeArgs) -> Result<(Config, String), tslm_server::ConfigError> {
@@ -68,27 +72,29 @@ pub(crate) async fn shutdown_signal() {
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
-    init_logging("info");
+    init_logging_as("info", args.log_format);
+    // Startup failures: on stderr as before, or as a JSON log line, so that every line of a JSON
+    // log parses.
+    let fail = |message: String| {
+        match args.log_format {
+            LogFormat::Text => eprintln!("error: {message}"),
+            LogFormat::Json => tracing::error!(error = %message, "cannot start"),
+        }
+        ExitCode::FAILURE
+    };
     let (config, origin) = match load_config(&args) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(e.to_string()),
     };
     tracing::info!(config = %origin, version = env!("CARGO_PKG_VERSION"), "starting tslm");
     let server = match tslm_server::Server::bind(config).await {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(e.to_string()),
     };
     if let Some(path) = &args.ready_file
         && let Err(e) = write_ready_file(path, &server.local_addrs())
     {
-        eprintln!("error: --ready-file {}: {e}", path.display());
-        return ExitCode::FAILURE;
+        return fail(format!("--ready-file {}: {e}", path.display()));
     }
     server.run(shutdown_signal()).await;
     ExitCode::SUCCESS
