@@ -51,6 +51,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --locked
 
+# --- packaging (packaging/container-test.sh) --------------------------------------------------
+# Installs what it needs (apt: podman, runc, musl-tools, systemd; the rust musl target), builds
+# the static binary and the FROM scratch image, smoke-tests the image under podman (health check,
+# publish and subscribe, podman stop drains and exits 0), parses the compose file and verifies the
+# systemd unit.
+log "packaging: static binary, image, compose file, systemd unit (packaging/container-test.sh)"
+packaging/container-test.sh
+
 log "autobahn websocket conformance, production limits (pinned: scripts/autobahn/expected.json)"
 scripts/autobahn/run.sh
 
