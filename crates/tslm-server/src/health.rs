@@ -33,8 +33,11 @@ pub const WATCHDOG_STALE: Duration = Duration::from_secs(10);
 /// Why the gateway is not ready. The wire name ([`NotReady::as_str`]) is stable: load balancers
 /// and operators read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NotReady {
-    /// Not every listener is bound and accepting yet.
+    /// Not every listener is bound and accepting yet: from `Server::bind` until `Server::run`
+    /// starts accepting (an embedder sees it; an HTTP probe cannot, as nothing is answered
+    /// before accepting starts).
     Starting,
     /// Shutdown has begun: readiness turns false first so load balancers stop sending new
     /// clients while existing sessions are still served (see `drain_delay_seconds`).

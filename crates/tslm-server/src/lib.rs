@@ -220,6 +220,9 @@ impl Server {
             self.config.max_remembered_signatures,
         )));
         let admission = Arc::new(self.admission());
+        // Every listener is bound (`bind` is all or nothing) and is about to accept: ready before
+        // the first connection can be answered, so no probe sees `starting` once accepting.
+        self.health.clear(NotReady::Starting);
         for b in self.listeners {
             let addr = b.tcp.local_addr().ok();
             tracing::info!(
@@ -291,8 +294,6 @@ impl Server {
                 }
             })
         };
-        // Every listener is bound and has its accept loop.
-        self.health.clear(NotReady::Starting);
         shutdown.await;
         // Staged: readiness turns false at once while everything is still served, so load
         // balancers stop sending clients here; then accepting stops and sessions are closed one
