@@ -190,6 +190,13 @@ async fn sigterm_turns_readiness_false_at_once_and_serves_sessions_through_the_d
     // Alive all the same, and on the other listener too.
     assert_eq!(get(gw.private, "/healthz").await.0, 200);
     assert_eq!(get(gw.private, "/readyz").await.0, 503);
+    // Still accepting: a new subscriber joins during the drain (load balancers that have not
+    // noticed yet are still served).
+    let mut late = v1(&format!("ws://{}/", gw.public)).await;
+    assert_eq!(
+        call(&mut late, r#"{"op":"subscribe","id":1,"channel":"news"}"#).await["ok"],
+        true
+    );
     // Existing sessions are still served: a publish is delivered to both dialects.
     assert_eq!(
         call(
@@ -207,12 +214,17 @@ async fn sigterm_turns_readiness_false_at_once_and_serves_sessions_through_the_d
         recv(&mut old_sub).await,
         r#"{"ChannelMessage":["news",{"Text":"during the drain"}]}"#
     );
+    assert_eq!(
+        recv_json(&mut late).await["data"],
+        json!("during the drain")
+    );
     // Then every session is closed with 1001 and told when to come back, legacy ones too.
-    for ws in [&mut sub, &mut old_sub, &mut publisher] {
+    for ws in [&mut sub, &mut old_sub, &mut publisher, &mut late] {
         assert_shutdown_close(recv_close(ws).await);
     }
     let status = gw.exit_status().await;
     assert!(status.success(), "{status}");
+    assert!(tokio::net::TcpStream::connect(gw.public).await.is_err());
 }
 
 #[tokio::test]
