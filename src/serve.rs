@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Args;
+use tokio::sync::Notify;
 use tslm_server::Config;
 
 use crate::{LogFormat, init_logging_as};
@@ -55,20 +57,49 @@ pub(crate) fn load_config(args: &ServeArgs) -> Result<(Config, String), tslm_ser
     Ok((Config::embedded_default(), "embedded default".into()))
 }
 
-pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    };
-    tracing::info!(signal = name, "shutdown requested");
+/// SIGINT and SIGTERM: the first resolves `first` (shut down), the second `second` (skip the rest
+/// of the drain delay). Later ones are ignored.
+pub(crate) struct Signals {
+    first: Arc<Notify>,
+    second: Arc<Notify>,
+}
+
+impl Signals {
+    pub(crate) fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (first, second) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return Self { first, second };
+        };
+        let (f, s) = (Arc::clone(&first), Arc::clone(&second));
+        tokio::spawn(async move {
+            for (i, notify) in [f, s].into_iter().enumerate() {
+                let name = tokio::select! {
+                    _ = int.recv() => "SIGINT",
+                    _ = term.recv() => "SIGTERM",
+                };
+                if i == 0 {
+                    tracing::info!(signal = name, "shutdown requested");
+                } else {
+                    tracing::info!(signal = name, "shutdown requested again");
+                }
+                // Stored when nobody waits yet, so a signal is never lost.
+                notify.notify_one();
+            }
+            // Later signals are received and ignored (SIGKILL stops the process at once).
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+        });
+        Self { first, second }
+    }
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
@@ -96,7 +127,10 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
     {
         return fail(format!("--ready-file {}: {e}", path.display()));
     }
-    server.run(shutdown_signal()).await;
+    let signals = Signals::install();
+    server
+        .run_staged(signals.first.notified(), signals.second.notified())
+        .await;
     ExitCode::SUCCESS
 }
 

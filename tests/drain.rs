@@ -269,3 +269,23 @@ async fn sessions_are_closed_one_after_another_over_the_grace_period() {
     let status = gw.exit_status().await;
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn a_second_signal_cuts_the_drain_delay_short() {
+    // A drain delay far longer than the 30 s this test waits for the exit.
+    let mut gw = Gateway::start("drain_delay_seconds = 300\nshutdown_grace_seconds = 1").await;
+    let mut sub = v1(&format!("ws://{}/", gw.public)).await;
+    assert_eq!(call(&mut sub, r#"{"op":"ping","id":1}"#).await["ok"], true);
+    gw.sigterm();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(gw.public, "/readyz").await.0 != 503 {
+        assert!(Instant::now() < deadline, "still ready after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Still draining: the session is served.
+    assert_eq!(call(&mut sub, r#"{"op":"ping","id":2}"#).await["ok"], true);
+    gw.sigterm();
+    assert_shutdown_close(recv_close(&mut sub).await);
+    let status = gw.exit_status().await;
+    assert!(status.success(), "{status}");
+}

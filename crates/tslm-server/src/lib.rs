@@ -202,6 +202,16 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then shuts down gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_staged(shutdown, std::future::pending()).await;
+    }
+
+    /// [`Server::run`], and when `hurry` resolves during the drain delay (the binary: a second
+    /// SIGINT or SIGTERM), the rest of the delay is skipped.
+    pub async fn run_staged(
+        self,
+        shutdown: impl Future<Output = ()>,
+        hurry: impl Future<Output = ()>,
+    ) {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         if let Some(v) = &self.verifier {
@@ -304,7 +314,10 @@ impl Server {
             drain_delay_seconds = drain_delay.as_secs(),
             "draining: /readyz answers 503, still serving until the drain delay ends"
         );
-        tokio::time::sleep(drain_delay).await;
+        tokio::select! {
+            _ = tokio::time::sleep(drain_delay) => {}
+            _ = hurry => tracing::info!("asked again: drain delay cut short"),
+        }
         drop((sweeper, watchdog));
         let sessions = self.stats.snapshot().sessions;
         self.closing.begin(sessions, self.config.shutdown_grace);
