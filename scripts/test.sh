@@ -60,6 +60,14 @@ fi
 log "JavaScript client: build with tsc, then node --test against the real binary and headless Chromium"
 TSLM_BIN="$PWD/target/debug/tslm" npm test --prefix clients/js
 
+# --- packaging (packaging/container-test.sh) --------------------------------------------------
+# Installs what it needs (apt: podman, runc, musl-tools, systemd; the rust musl target), builds
+# the static binary and the FROM scratch image, smoke-tests the image under podman (health check,
+# publish and subscribe, podman stop drains and exits 0), parses the compose file and verifies the
+# systemd unit.
+log "packaging: static binary, image, compose file, systemd unit (packaging/container-test.sh)"
+packaging/container-test.sh
+
 log "autobahn websocket conformance, production limits (pinned: scripts/autobahn/expected.json)"
 scripts/autobahn/run.sh
 

@@ -4,6 +4,7 @@
 mod audit_cmd;
 mod bench;
 mod client_cmds;
+mod health_cmd;
 mod keys;
 mod serve;
 
@@ -126,6 +127,17 @@ enum Command {
     /// Work with the audit log (`[audit]`).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Probe a gateway: GET the URL (plain http://) and exit 0 on a 2xx answer, 1 on any other
+    /// answer, no connection or no answer within the timeout, 2 for a bad URL. The container
+    /// image's HEALTHCHECK (docs/operations.md, "Health and readiness").
+    Health {
+        /// `/readyz` (ready for new clients) or `/healthz` (alive) of a listener.
+        #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
+        url: String,
+        /// Give up after this many seconds (fractions allowed).
+        #[arg(long, default_value_t = 3.0, value_parser = parse_timeout)]
+        timeout_seconds: f64,
+    },
     /// Create a channel (succeeds when it already exists).
     Create {
         url: String,
@@ -135,7 +147,31 @@ enum Command {
     },
 }
 
+/// How log lines are written (stderr).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message`, the event's fields
+    /// and `spans` (the enclosing spans with their fields, outermost first).
+    Json,
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds above 0 and at most 3600"
+        )),
+    }
+}
+
 pub(crate) fn init_logging(default: &str) {
+    init_logging_as(default, LogFormat::Text);
+}
+
+pub(crate) fn init_logging_as(default: &str, format: LogFormat) {
     let filter = match std::env::var("RUST_LOG") {
         Err(_) => tracing_subscriber::EnvFilter::new(default),
         Ok(spec) => tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {
@@ -143,11 +179,20 @@ pub(crate) fn init_logging(default: &str) {
             tracing_subscriber::EnvFilter::new(default)
         }),
     };
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -174,6 +219,10 @@ async fn async_main(command: Option<Command>, serve_args: ServeArgs) -> ExitCode
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::CheckConfig { file }) => check_config(&file),
         Some(Command::Audit(cmd)) => audit(&cmd),
+        Some(Command::Health {
+            url,
+            timeout_seconds,
+        }) => health_cmd::health(&url, std::time::Duration::from_secs_f64(timeout_seconds)).await,
         Some(Command::Sub {
             url,
             channels,

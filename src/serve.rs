@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Args;
+use tokio::sync::Notify;
 use tslm_server::Config;
 
-use crate::init_logging;
+use crate::{LogFormat, init_logging_as};
 
 #[derive(Args, Clone, Default)]
 pub(crate) struct ServeArgs {
@@ -23,6 +25,10 @@ pub(crate) struct ServeArgs {
     /// given as 0 in the config appear as the ports the system chose.
     #[arg(long, value_name = "FILE")]
     pub(crate) ready_file: Option<PathBuf>,
+    /// How log lines are written to stderr: `text` (default) or `json` (one object per line,
+    /// fields `timestamp`, `level`, `target`, `message`, the event's own fields and `spans`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
 }
 
 pub(crate) fn load_config(args: &ServeArgs) -> Result<(Config, String), tslm_server::ConfigError> {
@@ -51,47 +57,81 @@ pub(crate) fn load_config(args: &ServeArgs) -> Result<(Config, String), tslm_ser
     Ok((Config::embedded_default(), "embedded default".into()))
 }
 
-pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    };
-    tracing::info!(signal = name, "shutdown requested");
+/// SIGINT and SIGTERM: the first resolves `first` (shut down), the second `second` (skip the rest
+/// of the drain delay). Later ones are ignored.
+pub(crate) struct Signals {
+    first: Arc<Notify>,
+    second: Arc<Notify>,
+}
+
+impl Signals {
+    pub(crate) fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (first, second) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return Self { first, second };
+        };
+        let (f, s) = (Arc::clone(&first), Arc::clone(&second));
+        tokio::spawn(async move {
+            for (i, notify) in [f, s].into_iter().enumerate() {
+                let name = tokio::select! {
+                    _ = int.recv() => "SIGINT",
+                    _ = term.recv() => "SIGTERM",
+                };
+                if i == 0 {
+                    tracing::info!(signal = name, "shutdown requested");
+                } else {
+                    tracing::info!(signal = name, "shutdown requested again");
+                }
+                // Stored when nobody waits yet, so a signal is never lost.
+                notify.notify_one();
+            }
+            // Later signals are received and ignored (SIGKILL stops the process at once).
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+        });
+        Self { first, second }
+    }
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
-    init_logging("info");
+    init_logging_as("info", args.log_format);
+    // Startup failures: on stderr as before, or as a JSON log line, so that every line of a JSON
+    // log parses.
+    let fail = |message: String| {
+        match args.log_format {
+            LogFormat::Text => eprintln!("error: {message}"),
+            LogFormat::Json => tracing::error!(error = %message, "cannot start"),
+        }
+        ExitCode::FAILURE
+    };
     let (config, origin) = match load_config(&args) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(e.to_string()),
     };
     tracing::info!(config = %origin, version = env!("CARGO_PKG_VERSION"), "starting tslm");
     let server = match tslm_server::Server::bind(config).await {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(e.to_string()),
     };
     if let Some(path) = &args.ready_file
         && let Err(e) = write_ready_file(path, &server.local_addrs())
     {
-        eprintln!("error: --ready-file {}: {e}", path.display());
-        return ExitCode::FAILURE;
+        return fail(format!("--ready-file {}: {e}", path.display()));
     }
     tokio::spawn(reload_on_sighup(server.reloader(), args.clone()));
-    server.run(shutdown_signal()).await;
+    let signals = Signals::install();
+    server
+        .run_staged(signals.first.notified(), signals.second.notified())
+        .await;
     ExitCode::SUCCESS
 }
 

@@ -134,7 +134,10 @@ async fn shutdown_closes_every_session_with_1001() {
     srv.wait_for("sessions", |s| s.stats().sessions == 3).await;
     let shutdown = tokio::spawn(srv.shutdown());
     for ws in [&mut publisher, &mut a, &mut b] {
-        assert_eq!(recv_close(ws).await, Some((1001, "going away".into())));
+        let (code, reason) = recv_close(ws).await.unwrap();
+        assert_eq!(code, 1001);
+        let retry = tslm_protocol::close::parse_shutdown_reason(&reason);
+        assert!(retry.is_some_and(|ms| ms >= 1000), "{reason:?}");
     }
     tokio::time::timeout(T, shutdown)
         .await

@@ -74,4 +74,25 @@ pub mod close {
     /// publisher's key, token or certificate, the issuer of its access token, or a listener
     /// token): authenticate again with a current one.
     pub const CREDENTIAL_REVOKED: u16 = 4006;
+
+    /// The start of the reason of a [`GOING_AWAY`] close at shutdown; the whole reason is
+    /// `shutdown; retry_after_ms=N`, N a decimal number of milliseconds the client should wait
+    /// before reconnecting (docs/protocol.md, "Server shutdown").
+    pub const SHUTDOWN_REASON_PREFIX: &str = "shutdown; retry_after_ms=";
+
+    /// The reason of a shutdown close that asks the client to wait `retry_after_ms`.
+    pub fn shutdown_reason(retry_after_ms: u64) -> String {
+        format!("{SHUTDOWN_REASON_PREFIX}{retry_after_ms}")
+    }
+
+    /// The `retry_after_ms` of a shutdown close reason; `None` for any other reason. Fields a
+    /// later version may add after the number (`; key=value`) are ignored.
+    pub fn parse_shutdown_reason(reason: &str) -> Option<u64> {
+        let rest = reason.strip_prefix(SHUTDOWN_REASON_PREFIX)?;
+        let digits = rest.split(';').next().unwrap_or_default();
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
 }

@@ -80,6 +80,9 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// How long shutdown waits for connections to close before exiting anyway.
     pub shutdown_grace: Duration,
+    /// How long, after a shutdown signal, the gateway keeps serving with `/readyz` answering 503
+    /// `draining` before it stops accepting, so load balancers stop sending it clients first.
+    pub drain_delay: Duration,
     /// Bytes all channel backlogs may hold together.
     pub backlog_memory_bytes: usize,
     /// Connections being refused (429, 503) at once, all listeners together; over it, new

@@ -13,6 +13,8 @@ use tslm_hub::{Broker, Hub};
 
 use crate::admission::{Admission, Open};
 use crate::config::ListenerConfig;
+use crate::drain::CloseSchedule;
+use crate::health::Health;
 use crate::iplimit::{IpGuard, IpLimits};
 use crate::ratelimit::TokenBucket;
 use crate::stats::{Gauge, Stats};
@@ -55,6 +57,10 @@ pub(crate) struct ListenerCtx {
     pub(crate) admission: Arc<Admission>,
     /// The audit log (a no-op handle without `[audit]`).
     pub(crate) audit: crate::audit::Audit,
+    /// Liveness and readiness, shared by every listener (`/healthz`, `/readyz`).
+    pub(crate) health: Arc<Health>,
+    /// Each session's turn to close at shutdown, shared by every listener.
+    pub(crate) closing: Arc<CloseSchedule>,
 }
 
 /// What every listener shares about channels and identities.
@@ -99,6 +105,8 @@ impl ListenerCtx {
             conn_shortfall: Arc::default(),
             admission,
             audit: crate::audit::Audit::off(),
+            health: Arc::default(),
+            closing: Arc::default(),
         }
     }
 
@@ -162,6 +170,17 @@ impl ListenerCtx {
     /// Records this listener's writes and publisher authentications in the audit log.
     pub(crate) fn with_audit(mut self, audit: crate::audit::Audit) -> Self {
         self.audit = audit;
+        self
+    }
+
+    /// Shares the server's health and close schedule with this listener.
+    pub(crate) fn with_lifecycle(
+        mut self,
+        health: Arc<Health>,
+        closing: Arc<CloseSchedule>,
+    ) -> Self {
+        self.health = health;
+        self.closing = closing;
         self
     }
 

@@ -21,6 +21,7 @@ use crate::context::{ConnSlot, ListenerCtx};
 use crate::errors::{
     ADDRESS_OVER_BUDGET, AuthRefusal, error_response, json_response, over_budget, rate_limited,
 };
+use crate::health::{HEALTHZ, READYZ};
 use crate::identity::{self, Identity};
 use crate::iplimit::Overspent;
 use crate::ops::{self, ReadVia};
@@ -30,6 +31,8 @@ type Ctx = State<Arc<ListenerCtx>>;
 
 pub(crate) fn router(ctx: Arc<ListenerCtx>) -> Router {
     Router::new()
+        .route(HEALTHZ, get(healthz))
+        .route(READYZ, get(readyz))
         .route("/v1/channels", get(list_channels))
         .route(
             "/v1/channels/{name}",
@@ -96,6 +99,46 @@ async fn auth_budget(State(ctx): Ctx, req: Request, next: axum::middleware::Next
             ctx.stats.count_auth_refusal(AuthRefusalKind::OverBudget);
             over_budget(wait, ADDRESS_OVER_BUDGET)
         }
+    }
+}
+
+/// A probe's answer: JSON, never cached.
+fn probe_response(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut resp = json_response(status, body.to_string());
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `GET /healthz`: 200 `{"live":true}` while the runtime is responsive (its watchdog ticked
+/// within 10 s), else 503 `{"live":false,"reason":"stalled"}`. Checks no dependency. A WebSocket
+/// handshake on the path is served as on any other path.
+async fn healthz(State(ctx): Ctx, req: Request) -> Response {
+    if crate::upgrade::is_upgrade_request(req.headers()) {
+        return crate::upgrade::websocket(ctx, req).await;
+    }
+    if ctx.health.live() {
+        probe_response(StatusCode::OK, serde_json::json!({ "live": true }))
+    } else {
+        probe_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "live": false, "reason": "stalled" }),
+        )
+    }
+}
+
+/// `GET /readyz`: 200 `{"ready":true}`, or 503 `{"ready":false,"reason":R}` with R a
+/// [`crate::health::NotReady`] name (`starting`, `draining`).
+async fn readyz(State(ctx): Ctx, req: Request) -> Response {
+    if crate::upgrade::is_upgrade_request(req.headers()) {
+        return crate::upgrade::websocket(ctx, req).await;
+    }
+    match ctx.health.readiness() {
+        Ok(()) => probe_response(StatusCode::OK, serde_json::json!({ "ready": true })),
+        Err(why) => probe_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "ready": false, "reason": why.as_str() }),
+        ),
     }
 }
 
@@ -626,6 +669,12 @@ async fn method_not_allowed(State(ctx): Ctx, req: Request) -> Response {
     // WebSocket clients may connect on any path, these two included.
     if crate::upgrade::is_upgrade_request(req.headers()) {
         return crate::upgrade::websocket(ctx, req).await;
+    }
+    if crate::health::is_probe(req.uri().path()) {
+        return error_response(&ProtoError::new(
+            ErrorCode::MethodNotAllowed,
+            "method not allowed: /healthz and /readyz answer GET and HEAD",
+        ));
     }
     error_response(&ProtoError::new(
         ErrorCode::MethodNotAllowed,

@@ -1,8 +1,9 @@
 //! The TSLM server: listeners, the HTTP API, WebSocket sessions and shutdown, over the hub.
 //!
 //! [`Server::bind`] binds every configured address (or fails, binding nothing that stays open);
-//! [`Server::run`] serves until the shutdown future resolves, then closes every WebSocket session
-//! with 1001 and waits for connections to finish within the configured grace period.
+//! [`Server::run`] serves until the shutdown future resolves, then drains (readiness false while
+//! still serving for `drain_delay`), stops accepting, closes the WebSocket sessions with 1001 one
+//! after another over the grace period and waits for connections to finish within it.
 
 mod admission;
 pub mod audit;
@@ -12,7 +13,9 @@ pub mod config;
 mod connection;
 mod context;
 mod cross_site;
+pub mod drain;
 mod errors;
+pub mod health;
 mod http;
 mod identity;
 mod iplimit;
@@ -36,6 +39,7 @@ use tokio_util::task::TaskTracker;
 use tslm_hub::{Broker, Hub, HubLimits, MemoryBroker};
 
 pub use config::{Config, ConfigError, ListenerConfig, Permission, Permissions};
+pub use health::{Health, NotReady};
 pub use reload::{ReloadError, ReloadReport, Reloader};
 pub use stats::ServerStats;
 pub use tls::{RELOAD_INTERVAL as TLS_RELOAD_INTERVAL, TlsError};
@@ -74,6 +78,8 @@ pub struct Server {
         tokio::sync::mpsc::Receiver<reload::Request>,
     ),
     audit: Option<audit::AuditLog>,
+    health: Arc<Health>,
+    closing: Arc<drain::CloseSchedule>,
 }
 
 /// Where one listener address ended up bound (port 0 resolved).
@@ -140,6 +146,8 @@ impl Server {
             tls_reload_interval: TLS_RELOAD_INTERVAL,
             reloads: tokio::sync::mpsc::channel(4),
             audit,
+            health: Arc::default(),
+            closing: Arc::default(),
         })
     }
 
@@ -170,6 +178,13 @@ impl Server {
     /// A handle that applies new configurations to this server while it runs (SIGHUP).
     pub fn reloader(&self) -> Reloader {
         Reloader(self.reloads.0.clone())
+    }
+
+    /// The server's liveness and readiness (what `/healthz` and `/readyz` answer): not ready
+    /// ([`NotReady::Starting`]) until [`Server::run`] accepts on every listener. Embedders may
+    /// raise and clear reasons of their own.
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
     }
 
     /// A handle on live connection counters.
@@ -209,7 +224,17 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then shuts down gracefully.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_staged(shutdown, std::future::pending()).await;
+    }
+
+    /// [`Server::run`], and when `hurry` resolves during the drain delay (the binary: a second
+    /// SIGINT or SIGTERM), the rest of the delay is skipped.
+    pub async fn run_staged(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+        hurry: impl Future<Output = ()>,
+    ) {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         if let Some(v) = &self.verifier {
@@ -247,6 +272,8 @@ impl Server {
             admission,
             tls_reload_interval: self.tls_reload_interval,
             audit,
+            health: Arc::clone(&self.health),
+            closing: Arc::clone(&self.closing),
         };
         let policy = |config: &Config, verifier: &Option<tslm_oidc::Verifier>| context::Policy {
             channels: Arc::clone(&config.channels),
@@ -256,6 +283,9 @@ impl Server {
             issuers: Arc::clone(&config.issuers),
         };
         let mut running = std::collections::BTreeMap::new();
+        // Every listener is bound (`bind` is all or nothing) and is about to accept: ready before
+        // the first connection can be answered, so no probe sees `starting` once accepting.
+        self.health.clear(NotReady::Starting);
         // One listener's addresses are consecutive in `listeners` (see `bind`).
         let mut listeners = std::mem::take(&mut self.listeners).into_iter().peekable();
         while let Some(first) = listeners.next() {
@@ -284,6 +314,20 @@ impl Server {
                     tokio::select! {
                         _ = token.cancelled() => return,
                         _ = tick.tick() => hub.sweep(),
+                    }
+                }
+            })
+        };
+        // The runtime's heartbeat, for `/healthz`.
+        let watchdog = {
+            let (health, token) = (Arc::clone(&self.health), token.clone());
+            tracker.spawn(async move {
+                let mut tick = tokio::time::interval(health::WATCHDOG_TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tick.tick() => health.tick(),
                     }
                 }
             })
@@ -321,11 +365,28 @@ impl Server {
                 }
             }
         }
-        drop(sweeper);
+        // Staged: readiness turns false at once while everything is still served, so load
+        // balancers stop sending clients here; then accepting stops and sessions are closed one
+        // after another over the grace period (see `drain`), not all at once.
+        self.health.raise(NotReady::Draining);
+        let drain_delay = self.config.drain_delay;
+        tracing::info!(
+            drain_delay_seconds = drain_delay.as_secs(),
+            "draining: /readyz answers 503, still serving until the drain delay ends"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(drain_delay) => {}
+            _ = hurry => tracing::info!("asked again: drain delay cut short"),
+        }
+        drop((sweeper, watchdog));
+        let sessions = self.stats.snapshot().sessions;
+        self.closing.begin(sessions, self.config.shutdown_grace);
         tracing::info!(
             grace_seconds = self.config.shutdown_grace.as_secs(),
             connections = self.stats.snapshot().connections,
-            "shutting down: closing connections"
+            sessions,
+            spread_ms = drain::spread(self.config.shutdown_grace).as_millis() as u64,
+            "shutting down: no longer accepting; closing sessions spread over the grace period"
         );
         token.cancel();
         tracker.close();

@@ -240,8 +240,11 @@ where
     let peer = slot.peer;
     let cfg = Arc::clone(&ctx.cfg);
     let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
-        // Cross-site checks, once for every route and every WebSocket handshake.
-        if let Err(e) = crate::cross_site::check(&cfg, req.headers(), req.uri()) {
+        // Cross-site checks, once for every route and every WebSocket handshake (but the
+        // probes, which reveal nothing).
+        let probe = crate::health::is_probe(req.uri().path())
+            && !crate::upgrade::is_upgrade_request(req.headers());
+        if !probe && let Err(e) = crate::cross_site::check(&cfg, req.headers(), req.uri()) {
             tracing::debug!(listener = %cfg.name, %peer, origin = ?req.headers().get(hyper::header::ORIGIN), host = ?req.headers().get(hyper::header::HOST), "cross-site request refused");
             return Either::Left(std::future::ready(Ok(errors::error_response(&e))));
         }

@@ -88,6 +88,9 @@ pub(crate) struct Shared {
     pub(crate) tls_reload_interval: Duration,
     /// The audit log (off without `[audit]`), one handle per listener.
     pub(crate) audit: crate::audit::Audit,
+    /// The server's health and its close schedule at shutdown.
+    pub(crate) health: Arc<crate::health::Health>,
+    pub(crate) closing: Arc<crate::drain::CloseSchedule>,
 }
 
 /// A running listener: its configuration, its token (cancelled when it is removed or the server
@@ -204,6 +207,7 @@ fn context(
     )
     .with_tls(tls)
     .with_audit(shared.audit.for_listener(&cfg.name))
+    .with_lifecycle(Arc::clone(&shared.health), Arc::clone(&shared.closing))
     .with_live(Arc::clone(live))
 }
 

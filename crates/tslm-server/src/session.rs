@@ -40,6 +40,8 @@ enum End {
     Gone,
     /// We close with this code and reason.
     Close(u16, &'static str),
+    /// The server shuts down: 1001 with a reason that says when to come back (see `drain`).
+    Shutdown(String),
 }
 
 pub(crate) async fn run(
@@ -119,6 +121,11 @@ impl Session {
                 }
                 close_gracefully(ws, code, reason).await;
             }
+            End::Shutdown(reason) => {
+                self.connection.ctx.stats.count_close(close::GOING_AWAY);
+                tracing::debug!(code = close::GOING_AWAY, reason, "closing session");
+                close_gracefully(ws, close::GOING_AWAY, &reason).await;
+            }
         }
     }
 
@@ -139,6 +146,8 @@ impl Session {
         let mut next_ping = Instant::now() + ping_interval;
         let mut pong_deadline: Option<Instant> = None;
         let far = || Instant::now() + Duration::from_secs(86_400 * 365);
+        // At shutdown, this session's turn to close (it is served until then).
+        let mut closing: Option<crate::drain::Turn> = None;
         loop {
             let ping_at = next_ping;
             let dead_at = pong_deadline.unwrap_or_else(far);
@@ -151,14 +160,24 @@ impl Session {
             // A reload that happened while the last step ran is taken before the next request,
             // so that nothing received after it runs under a revoked credential.
             if self.connection.ctx.generation.is_cancelled()
+                && !self.connection.ctx.shutdown.is_cancelled()
                 && let Err(end) = self.follow_reload()
             {
                 return end;
             }
+            let close_at = closing.as_ref().map_or_else(far, |t| t.at);
             let step = tokio::select! {
-                // Shutdown (or this listener removed), or a reload: the connection moves to the
-                // new context, or closes when the reload revoked its credential.
-                _ = self.connection.ctx.generation.cancelled() => self.follow_reload(),
+                // Shutdown (or this listener removed): this session takes its turn to close. A
+                // reload: the connection moves to the new context, or closes when the reload
+                // revoked its credential.
+                _ = self.connection.ctx.generation.cancelled(), if closing.is_none() => {
+                    if self.connection.ctx.shutdown.is_cancelled() {
+                        closing = Some(self.connection.ctx.closing.take_turn());
+                        Ok(())
+                    } else {
+                        self.follow_reload()
+                    }
+                }
                 msg = ws.next() => {
                     pong_deadline = None;
                     next_ping = Instant::now() + ping_interval;
@@ -176,9 +195,11 @@ impl Session {
                     }
                     self.write_out(ws, Some(Message::Ping(Bytes::new()).into())).await
                 }
-                // One timer for both deadlines: every timer in this loop is part of every idle
+                // One timer for every deadline: every timer in this loop is part of every idle
                 // session's memory.
-                _ = sleep_until(dead_at.min(auth_at)) => Err(if dead_at <= auth_at {
+                _ = sleep_until(dead_at.min(auth_at).min(close_at)) => Err(if close_at <= dead_at.min(auth_at) {
+                    End::Shutdown(closing.take().map(|t| t.reason).unwrap_or_default())
+                } else if dead_at <= auth_at {
                     End::Close(close::PING_TIMEOUT, "ping timeout")
                 } else if self.connection.auth_deadline.is_some() {
                     End::Close(close::AUTH_TIMEOUT, "authentication required")
@@ -319,7 +340,8 @@ impl Session {
                     _ => Err(End::Gone),
                 }
             }
-            _ = self.connection.ctx.shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "going away")),
+            // A session whose writes block at shutdown does not wait for its turn.
+            _ = self.connection.ctx.shutdown.cancelled() => Err(End::Shutdown(self.connection.ctx.closing.take_turn().reason)),
         }
     }
 }
@@ -389,10 +411,10 @@ fn classify(e: &tungstenite::Error) -> End {
 
 /// Sends a close frame, then half-closes and drains the socket until the peer closes too (or a
 /// short timeout), so the close frame is read rather than lost to a TCP reset.
-async fn close_gracefully(mut ws: Ws, code: u16, reason: &'static str) {
+async fn close_gracefully(mut ws: Ws, code: u16, reason: &str) {
     let frame = CloseFrame {
         code: code.into(),
-        reason: reason.into(),
+        reason: Utf8Bytes::from(reason.to_owned()),
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
     let mut io = ws.into_inner();

@@ -1,6 +1,9 @@
 //! Defaults, documented in docs/configuration.md.
 
 pub const SHUTDOWN_GRACE_SECONDS: u64 = 10;
+/// No drain delay: the right one depends on the load balancer's probe period, which the gateway
+/// cannot know, and a delay on every stop would slow down every stop with no load balancer at all.
+pub const DRAIN_DELAY_SECONDS: u64 = 0;
 /// Signed HTTP requests remembered at once (each for up to 60 s), the whole process.
 pub const MAX_REMEMBERED_SIGNATURES: u64 = 100_000;
 pub const MAX_MESSAGE_SIZE: u64 = 64 * 1024;

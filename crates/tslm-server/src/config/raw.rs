@@ -24,6 +24,7 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawServer {
     shutdown_grace_seconds: Option<u64>,
+    drain_delay_seconds: Option<u64>,
     backlog_memory_bytes: Option<u64>,
     max_pending_connections: Option<u64>,
     max_channels: Option<u64>,
@@ -143,6 +144,15 @@ impl RawConfig {
                 "table [server], key `shutdown_grace_seconds`: {grace} is out of range 0..=3600"
             ));
         }
+        let drain_delay = self
+            .server
+            .drain_delay_seconds
+            .unwrap_or(defaults::DRAIN_DELAY_SECONDS);
+        if drain_delay > 300 {
+            return Err(format!(
+                "table [server], key `drain_delay_seconds`: {drain_delay} is out of range 0..=300"
+            ));
+        }
         let backlog_memory = self
             .server
             .backlog_memory_bytes
@@ -256,6 +266,7 @@ impl RawConfig {
             audit,
             listeners,
             shutdown_grace: Duration::from_secs(grace),
+            drain_delay: Duration::from_secs(drain_delay),
             backlog_memory_bytes: usize_of(backlog_memory),
             max_pending_connections: usize_of(max_pending),
             max_channels,

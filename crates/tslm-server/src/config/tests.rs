@@ -271,3 +271,23 @@ fn the_audit_table_is_typed_with_defaults_and_precise_errors() {
         assert!(e.contains(expected), "{extra}: {e}");
     }
 }
+
+#[test]
+fn drain_delay_seconds() {
+    let listener = "[listener.a]\nip = '127.0.0.1'\nport = 0\n";
+    let c = Config::from_toml_str(listener, "t.toml").unwrap();
+    assert_eq!(c.drain_delay, Duration::ZERO, "default");
+    let c = Config::from_toml_str(
+        &format!("[server]\ndrain_delay_seconds = 5\n{listener}"),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.drain_delay, Duration::from_secs(5));
+    let e = err(&format!("[server]\ndrain_delay_seconds = 301\n{listener}"));
+    assert!(
+        e.contains("table [server], key `drain_delay_seconds`: 301 is out of range 0..=300"),
+        "{e}"
+    );
+    let e = err(&format!("[server]\ndrain_delay_seconds = -1\n{listener}"));
+    assert!(e.contains("drain_delay_seconds"), "{e}");
+}
