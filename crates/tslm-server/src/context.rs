@@ -43,6 +43,8 @@ pub(crate) struct ListenerCtx {
     pub(crate) ip_limits: Arc<IpLimits>,
     /// The server-wide descriptor budgets (see [`crate::admission`]).
     pub(crate) admission: Arc<Admission>,
+    /// The process and its listeners, for the operator's routes ([`crate::admin`]).
+    pub(crate) node: Arc<crate::node::Node>,
 }
 
 /// What every listener shares about channels and identities.
@@ -83,7 +85,14 @@ impl ListenerCtx {
             tls: None,
             conn_limit,
             admission,
+            node: Arc::new(crate::node::Node::starting(Vec::new())),
         }
+    }
+
+    /// The node this listener is part of (default: one starting now with no listeners known).
+    pub(crate) fn with_node(mut self, node: Arc<crate::node::Node>) -> Self {
+        self.node = node;
+        self
     }
 
     /// Serves this listener over TLS (`None`: plain TCP, the default).

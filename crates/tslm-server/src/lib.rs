@@ -4,6 +4,7 @@
 //! [`Server::run`] serves until the shutdown future resolves, then closes every WebSocket session
 //! with 1001 and waits for connections to finish within the configured grace period.
 
+mod admin;
 mod admission;
 pub mod auth_config;
 pub mod classes;
@@ -16,6 +17,8 @@ mod http;
 mod identity;
 mod iplimit;
 mod listener;
+mod metrics;
+mod node;
 mod ops;
 mod ratelimit;
 mod registry;
@@ -158,6 +161,30 @@ impl Server {
         StatsHandle(Arc::clone(&self.stats))
     }
 
+    /// Every listener with its bound addresses, for the admin page.
+    fn listener_infos(&self) -> Vec<node::ListenerInfo> {
+        let mut infos: Vec<node::ListenerInfo> = Vec::new();
+        for b in &self.listeners {
+            let addr = b.tcp.local_addr().ok();
+            if let Some(i) = infos.iter_mut().find(|i| i.name == b.cfg.name) {
+                i.addrs.extend(addr);
+                continue;
+            }
+            infos.push(node::ListenerInfo {
+                name: b.cfg.name.clone(),
+                addrs: addr.into_iter().collect(),
+                permissions: b.cfg.permissions,
+                tls: match &b.tls {
+                    None => "none",
+                    Some(t) if t.requires_client_cert() => "mutual",
+                    Some(_) => "server",
+                },
+                tokens: !b.cfg.auth_tokens.is_empty(),
+            });
+        }
+        infos
+    }
+
     /// Sizes the server-wide descriptor budgets for the process's descriptor limit, and says
     /// when the listeners' `max_connections` promise more than it allows.
     fn admission(&self) -> admission::Admission {
@@ -209,6 +236,7 @@ impl Server {
             self.config.max_remembered_signatures,
         )));
         let admission = Arc::new(self.admission());
+        let node = Arc::new(node::Node::starting(self.listener_infos()));
         for b in self.listeners {
             let addr = b.tcp.local_addr().ok();
             tracing::info!(
@@ -242,7 +270,8 @@ impl Server {
                 Arc::clone(&self.stats),
                 Arc::clone(&admission),
             )
-            .with_tls(b.tls);
+            .with_tls(b.tls)
+            .with_node(Arc::clone(&node));
             let ctx = Arc::new(ctx);
             let router = http::router(Arc::clone(&ctx));
             tracker.spawn(listener::accept_loop(ctx, b.tcp, router));

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub(crate) struct Stats {
     connections: AtomicUsize,
     sessions: AtomicUsize,
+    connections_accepted: AtomicUsize,
+    sessions_opened: AtomicUsize,
     slow_consumer_closes: AtomicUsize,
     ping_timeout_closes: AtomicUsize,
     too_big_closes: AtomicUsize,
@@ -45,6 +47,10 @@ pub struct ServerStats {
     pub connections: usize,
     /// Established WebSocket sessions.
     pub sessions: usize,
+    /// TCP connections admitted (past the listener's and the address's limits) since start.
+    pub connections_accepted: usize,
+    /// WebSocket sessions established since start.
+    pub sessions_opened: usize,
     /// Sessions closed with 4000 because their outbound queue overflowed or their writes stalled
     /// for a whole ping cycle (since start).
     pub slow_consumer_closes: usize,
@@ -90,6 +96,8 @@ impl Stats {
         ServerStats {
             connections: self.connections.load(Ordering::Relaxed),
             sessions: self.sessions.load(Ordering::Relaxed),
+            connections_accepted: self.connections_accepted.load(Ordering::Relaxed),
+            sessions_opened: self.sessions_opened.load(Ordering::Relaxed),
             slow_consumer_closes: self.slow_consumer_closes.load(Ordering::Relaxed),
             ping_timeout_closes: self.ping_timeout_closes.load(Ordering::Relaxed),
             too_big_closes: self.too_big_closes.load(Ordering::Relaxed),
@@ -163,6 +171,13 @@ impl Stats {
         Gauge::new(self.clone(), Kind::Connection)
     }
 
+    /// [`Stats::connection`] of a connection admitted past every limit (refused ones, answered
+    /// 429 or 503, are open connections too, but not accepted ones).
+    pub(crate) fn admitted(self: &std::sync::Arc<Self>) -> Gauge {
+        self.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        self.connection()
+    }
+
     pub(crate) fn session(self: &std::sync::Arc<Self>) -> Gauge {
         Gauge::new(self.clone(), Kind::Session)
     }
@@ -184,6 +199,9 @@ pub(crate) struct Gauge {
 impl Gauge {
     fn new(stats: std::sync::Arc<Stats>, kind: Kind) -> Self {
         stats.counter(kind).fetch_add(1, Ordering::Relaxed);
+        if let Kind::Session = kind {
+            stats.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        }
         Self { stats, kind }
     }
 }
