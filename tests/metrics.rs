@@ -355,3 +355,33 @@ async fn admin_page_shows_the_node_its_listeners_and_channels_paged() {
     assert!(!page.contains("id=\"next\""), "{page}");
     assert!(page.contains("href=\"/admin\""), "{page}");
 }
+
+#[tokio::test]
+async fn admin_listeners_refuse_cross_site_requests_and_answer_head() {
+    let srv = TestServer::start(&config()).await;
+    let addr = srv.addr("ops");
+    let auth = format!("Authorization: Bearer {OPS_TOKEN}\r\n");
+    // A web page's request (it carries `Origin`) is refused before the route: 403.
+    for path in ["/metrics", "/admin"] {
+        let (status, _, body) = http_raw(
+            addr,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://evil.example\r\n{auth}Connection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(
+            body.contains("forbidden") && !body.contains("tslm_"),
+            "{body}"
+        );
+    }
+    // HEAD is answered like GET, without a body.
+    let (status, head, body) = http_raw(
+        addr,
+        &format!("HEAD /metrics HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    assert!(body.is_empty(), "{body}");
+}
