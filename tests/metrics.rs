@@ -11,6 +11,11 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 const OPS_TOKEN: &str = "ops-token-1";
 
@@ -384,4 +389,120 @@ async fn admin_listeners_refuse_cross_site_requests_and_answer_head() {
     .await;
     assert_eq!(status, 200, "{head}");
     assert!(body.is_empty(), "{body}");
+}
+
+/// A v1 subscriber whose socket receives into a 4 KiB buffer: once that and the server's send
+/// buffer are full, its outbound queue fills.
+async fn tight_subscriber(addr: std::net::SocketAddr) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let mut req = format!("ws://{addr}/").into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("tslm.v1"),
+    );
+    let (ws, _) =
+        tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    ws
+}
+
+/// Publishes `n` messages of about 1 KiB over WebSocket, as fast as the connection goes;
+/// returns when every publish was acknowledged.
+async fn flood(url: &str, channel: &str, n: u64) {
+    let (mut tx, mut rx) = v1(url).await.split();
+    let pad = "x".repeat(1000);
+    let channel = channel.to_owned();
+    let writer = tokio::spawn(async move {
+        for i in 1..=n {
+            let req = format!(
+                r#"{{"op":"publish","channel":"{channel}","data":{{"n":{i},"pad":"{pad}"}}}}"#
+            );
+            tx.send(Message::Text(Utf8Bytes::from(req))).await.unwrap();
+        }
+        tx
+    });
+    let mut acked = 0;
+    while acked < n {
+        if let Message::Text(t) = tokio::time::timeout(T, rx.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(v["ok"], true, "{v}");
+            acked += 1;
+        }
+    }
+    drop(writer.await.unwrap());
+}
+
+#[tokio::test]
+async fn messages_dropped_under_drop_oldest_are_counted_as_the_subscriber_saw_them() {
+    const FLOOD: u64 = 20_000;
+    let srv = TestServer::start(&format!(
+        "[listener.slow]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Subscribe']\n\
+         channel_buffer_size = 32\noutbound_queue_bytes = 65536\n\
+         [listener.private]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['CreateChannel','NotifyChannel']\n\
+         [listener.ops]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Admin']\nauth_tokens=['{OPS_TOKEN}']\n\
+         [channel.\"*\"]\nbacklog_messages = 100000\nslow_subscriber = \"drop_oldest\"\n"
+    ))
+    .await;
+    let (status, _, r) = http(srv.addr("private"), "PUT", "/v1/channels/feed", &[], "").await;
+    assert_eq!(status, 201, "{r}");
+    let mut stalled = tight_subscriber(srv.addr("slow")).await;
+    let r = call(
+        &mut stalled,
+        r#"{"op":"subscribe","channel":"feed","id":1}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    flood(&srv.url("private"), "feed", FLOOD).await;
+    // Now read: every offset arrives once or is named by a gap event.
+    let (mut next, mut received, mut dropped) = (1, 0u64, 0u64);
+    while next <= FLOOD {
+        let e = recv_json(&mut stalled).await;
+        match e["event"].as_str().unwrap() {
+            "message" => {
+                assert_eq!(e["offset"], next, "{e}");
+                received += 1;
+                next += 1;
+            }
+            "gap" => {
+                let to = e["to"].as_u64().unwrap();
+                assert_eq!(e["from"], next, "{e}");
+                dropped += to - next + 1;
+                next = to + 1;
+            }
+            other => panic!("unexpected event {other}: {e}"),
+        }
+    }
+    assert!(dropped > 0, "the stalled subscriber had messages dropped");
+    assert_eq!(received + dropped, FLOOD);
+    // The publisher's session has gone; the stalled subscriber's remains.
+    srv.wait_for("the publisher's session to end", |s| {
+        s.stats().sessions == 1
+    })
+    .await;
+    let text = scrape(&srv).await;
+    promtool_check(&text);
+    assert_eq!(value(&text, "tslm_publishes_total"), FLOOD as f64);
+    assert_eq!(
+        value(&text, "tslm_messages_dropped_total{policy=\"drop_oldest\"}"),
+        dropped as f64,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "tslm_messages_dropped_total{policy=\"latest\"}"),
+        0.0
+    );
+    // Dropped, not disconnected.
+    assert_eq!(
+        value(&text, "tslm_sessions_closed_by_server_total{code=\"4000\"}"),
+        0.0
+    );
+    assert_eq!(value(&text, "tslm_sessions"), 1.0);
 }
