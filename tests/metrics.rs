@@ -131,6 +131,24 @@ async fn metrics_count_real_traffic_exactly_and_parse_with_promtool() {
         assert_eq!(e["offset"], n, "{e}");
     }
     assert_silent(&mut ws).await;
+    // Two refused publishes: over HTTP to a channel that does not exist (404), and a v1
+    // `publish` on the subscribe-only listener (forbidden).
+    let (status, _, r) = http(private, "POST", "/v1/channels/nope/messages", &[ct], "1").await;
+    assert_eq!(status, 404, "{r}");
+    let r = call(
+        &mut ws,
+        r#"{"op":"publish","channel":"room.1","data":1,"id":2}"#,
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
+    // And an original-protocol `NotifyChannel` to a channel that does not exist.
+    let mut old = legacy(&srv.url("private")).await;
+    send(&mut old, r#"{"NotifyChannel": ["gone", {"Text": "x"}]}"#).await;
+    assert_eq!(
+        recv(&mut old).await,
+        r#"{"Error":"Channel not found: gone"}"#
+    );
+    drop(old);
     // 6: a scrape without the token (401, an HTTP authentication refusal).
     let (status, _, body) = get(&srv, "ops", "/metrics", None).await;
     assert_eq!(status, 401, "{body}");
@@ -157,9 +175,20 @@ async fn metrics_count_real_traffic_exactly_and_parse_with_promtool() {
         ("tslm_deliveries_total".into(), 2.0),
         ("tslm_channels".into(), 1.0),
         ("tslm_subscriptions".into(), 1.0),
-        ("tslm_sessions".into(), 1.0),
-        ("tslm_sessions_opened_total".into(), 1.0),
-        ("tslm_connections_accepted_total".into(), 8.0),
+        ("tslm_sessions_opened_total".into(), 2.0),
+        ("tslm_connections_accepted_total".into(), 10.0),
+        (
+            "tslm_publishes_refused_total{code=\"not_found\"}".into(),
+            2.0,
+        ),
+        (
+            "tslm_publishes_refused_total{code=\"forbidden\"}".into(),
+            1.0,
+        ),
+        (
+            "tslm_publishes_refused_total{code=\"too_large\"}".into(),
+            0.0,
+        ),
         ("tslm_auth_refusals_total{kind=\"http\"}".into(), 1.0),
         ("tslm_auth_refusals_total{kind=\"handshake\"}".into(), 1.0),
         ("tslm_auth_refusals_total{kind=\"command\"}".into(), 0.0),
@@ -204,7 +233,7 @@ async fn metrics_count_real_traffic_exactly_and_parse_with_promtool() {
         .await;
     let text = scrape(&srv).await;
     assert_eq!(value(&text, "tslm_sessions"), 0.0);
-    assert_eq!(value(&text, "tslm_sessions_opened_total"), 1.0);
+    assert_eq!(value(&text, "tslm_sessions_opened_total"), 2.0);
     promtool_check(&text);
 }
 

@@ -247,8 +247,9 @@ impl Connection {
                 msg_id,
             } => {
                 let publisher = Some((self.id, &self.outbox));
-                let p =
-                    ops::publish(&ctx, &who, &channel, &data, msg_id.as_deref(), publisher).await?;
+                let p = ops::publish(&ctx, &who, &channel, &data, msg_id.as_deref(), publisher)
+                    .await
+                    .inspect_err(|e| ctx.stats.count_publish_refusal(e.code))?;
                 ok(ops::published(p))
             }
             v1::Op::Subscribe { channel, start } => {
@@ -555,7 +556,9 @@ impl Connection {
                 })?;
             }
             legacy::Request::NotifyChannel(c, data) => {
-                let published = ops::publish(&ctx, &self.identity, c, data, None, None).await;
+                let published = ops::publish(&ctx, &self.identity, c, data, None, None)
+                    .await
+                    .inspect_err(|e| ctx.stats.count_publish_refusal(e.code));
                 published.map_err(|e| match e.code {
                     ErrorCode::TooLarge => legacy::Error::TooLarge,
                     ErrorCode::Forbidden | ErrorCode::Unauthorized => {

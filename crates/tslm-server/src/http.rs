@@ -368,7 +368,10 @@ async fn publish(
     };
     match result.await {
         Ok(p) => ok_response(StatusCode::OK, ops::published(p)),
-        Err(e) => error_response(&e),
+        Err(e) => {
+            ctx.stats.count_publish_refusal(e.code);
+            error_response(&e)
+        }
     }
 }
 

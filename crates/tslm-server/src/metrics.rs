@@ -178,6 +178,18 @@ impl Collector for Scrape {
             &g(s.pending_reply_bytes),
         )?;
 
+        let series: Vec<(&str, ConstCounter<u64>)> = s
+            .publish_refusals_by_code()
+            .map(|(code, v)| (code.as_str(), c(v)))
+            .collect();
+        family(
+            &mut e,
+            "publishes_refused",
+            "publishes refused, by the error code answered",
+            "code",
+            &series,
+        )?;
+
         // The hub's events.
         single(
             &mut e,

@@ -1,5 +1,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use tslm_protocol::ErrorCode;
+
 /// Live counters.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
@@ -24,6 +26,8 @@ pub(crate) struct Stats {
     auth_refusals_handshake: AtomicUsize,
     auth_refusals_command: AtomicUsize,
     auth_budget_refusals: AtomicUsize,
+    /// By the position of the code in [`ErrorCode::ALL`].
+    publish_refusals: [AtomicUsize; ErrorCode::ALL.len()],
 }
 
 /// Where an authentication was refused.
@@ -89,6 +93,17 @@ pub struct ServerStats {
     /// Requests and handshakes answered 429 because a failed-authentication budget (the
     /// connection's or its address's) was spent (since start).
     pub auth_budget_refusals: usize,
+    /// Publishes refused (since start), by the code answered, in the order of
+    /// [`ErrorCode::ALL`]: HTTP publish requests after routing, and v1 `publish` and original
+    /// `NotifyChannel` commands once decoded (see [`ServerStats::publish_refusals_by_code`]).
+    pub publish_refusals: [usize; ErrorCode::ALL.len()],
+}
+
+impl ServerStats {
+    /// [`ServerStats::publish_refusals`] with their codes.
+    pub fn publish_refusals_by_code(&self) -> impl Iterator<Item = (ErrorCode, usize)> + '_ {
+        ErrorCode::ALL.into_iter().zip(self.publish_refusals)
+    }
 }
 
 impl Stats {
@@ -115,6 +130,9 @@ impl Stats {
             auth_refusals_handshake: self.auth_refusals_handshake.load(Ordering::Relaxed),
             auth_refusals_command: self.auth_refusals_command.load(Ordering::Relaxed),
             auth_budget_refusals: self.auth_budget_refusals.load(Ordering::Relaxed),
+            publish_refusals: std::array::from_fn(|i| {
+                self.publish_refusals[i].load(Ordering::Relaxed)
+            }),
         }
     }
 
@@ -146,6 +164,13 @@ impl Stats {
             AuthRefusalKind::OverBudget => &self.auth_budget_refusals,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one refused publish under the code it was answered with.
+    pub(crate) fn count_publish_refusal(&self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.publish_refusals[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn count_ip_refusal(&self) {
@@ -277,6 +302,21 @@ mod tests {
             s.token_expired_closes,
         ];
         assert_eq!(counted, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn publish_refusals_are_counted_under_their_own_code() {
+        let stats = Stats::default();
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            for _ in 0..=i {
+                stats.count_publish_refusal(*code);
+            }
+        }
+        let s = stats.snapshot();
+        for (i, (code, n)) in s.publish_refusals_by_code().enumerate() {
+            assert_eq!(code, ErrorCode::ALL[i]);
+            assert_eq!(n, i + 1, "{code:?}");
+        }
     }
 
     #[test]

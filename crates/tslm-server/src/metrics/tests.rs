@@ -23,6 +23,7 @@ fn every_figure_is_exported_under_its_name_and_labels() {
     s.auth_refusals_http = 9;
     s.auth_budget_refusals = 10;
     s.pending_reply_bytes = 12;
+    s.publish_refusals[3] = 26;
     let h = HubStats {
         channels: 13,
         subscriptions: 14,
@@ -56,6 +57,8 @@ fn every_figure_is_exported_under_its_name_and_labels() {
         "tslm_auth_refusals_total{kind=\"handshake\"} 0".to_owned(),
         "tslm_auth_refusals_total{kind=\"over_budget\"} 10".to_owned(),
         "tslm_pending_reply_bytes 12".to_owned(),
+        "tslm_publishes_refused_total{code=\"forbidden\"} 26".to_owned(),
+        "tslm_publishes_refused_total{code=\"not_found\"} 0".to_owned(),
         "tslm_channels 13".to_owned(),
         "tslm_subscriptions 14".to_owned(),
         "tslm_backlog_bytes 15".to_owned(),
@@ -74,7 +77,7 @@ fn every_figure_is_exported_under_its_name_and_labels() {
     }
     // Every series has a HELP and a TYPE line for its metric.
     let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-    assert_eq!(types, 20, "{text}");
+    assert_eq!(types, 21, "{text}");
 }
 
 #[test]
