@@ -207,6 +207,12 @@ async fn metrics_count_real_traffic_exactly_and_parse_with_promtool() {
             0.0,
         ),
         ("tslm_msg_ids".into(), 2.0),
+        // The subscriber is the public listener's only connection.
+        ("tslm_listener_connections{listener=\"public\"}".into(), 1.0),
+        (
+            "tslm_listener_max_connections{listener=\"public\"}".into(),
+            100000.0,
+        ),
     ] {
         assert_eq!(value(&text, &series), want, "{series} in:\n{text}");
     }

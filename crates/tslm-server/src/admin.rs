@@ -171,18 +171,24 @@ fn render_page(ctx: &ListenerCtx, after: Option<&ChannelName>) -> String {
 
     o.push_str(
         "<h2>Listeners</h2><table id=\"listeners\"><tr><th>name</th><th>addresses</th>\
-         <th>permissions</th><th>TLS</th><th>tokens</th></tr>",
+         <th>permissions</th><th>TLS</th><th>tokens</th><th>connections</th></tr>",
     );
+    let occupancy = node.occupancy();
     for l in &node.listeners {
         let addrs: Vec<String> = l.addrs.iter().map(ToString::to_string).collect();
+        let connections = occupancy
+            .iter()
+            .find(|o| o.listener == l.name)
+            .map_or_else(|| "?".to_owned(), |o| format!("{} / {}", o.open, o.max));
         let _ = write!(
             o,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td></tr>",
             escape(&l.name),
             escape(&addrs.join(", ")),
             escape(&l.permissions.to_string()),
             escape(l.tls),
             if l.tokens { "required" } else { "none" },
+            escape(&connections),
         );
     }
     o.push_str("</table>");

@@ -237,6 +237,7 @@ impl Server {
         )));
         let admission = Arc::new(self.admission());
         let node = Arc::new(node::Node::starting(self.listener_infos()));
+        let mut contexts = Vec::with_capacity(self.listeners.len());
         for b in self.listeners {
             let addr = b.tcp.local_addr().ok();
             tracing::info!(
@@ -272,9 +273,21 @@ impl Server {
             )
             .with_tls(b.tls)
             .with_node(Arc::clone(&node));
-            let ctx = Arc::new(ctx);
+            contexts.push((Arc::new(ctx), b.tcp));
+        }
+        node.set_slots(
+            contexts
+                .iter()
+                .map(|(ctx, _)| node::Slots {
+                    listener: ctx.cfg.name.clone(),
+                    limit: Arc::clone(&ctx.conn_limit),
+                    max: ctx.cfg.max_connections,
+                })
+                .collect(),
+        );
+        for (ctx, tcp) in contexts {
             let router = http::router(Arc::clone(&ctx));
-            tracker.spawn(listener::accept_loop(ctx, b.tcp, router));
+            tracker.spawn(listener::accept_loop(ctx, tcp, router));
         }
         // Certificates are reloaded when their files change, until shutdown.
         for t in &self.tls {

@@ -28,6 +28,7 @@ struct Scrape {
     server: ServerStats,
     hub: HubStats,
     start_time_seconds: f64,
+    listeners: Vec<crate::node::Occupancy>,
 }
 
 /// Encodes the exposition of one snapshot.
@@ -37,6 +38,7 @@ pub(crate) fn render(server: ServerStats, hub: HubStats, node: &Node) -> String 
         server,
         hub,
         start_time_seconds: node.start_time_seconds(),
+        listeners: node.occupancy(),
     }));
     let mut out = String::new();
     // Writing to a `String` cannot fail, and every name and label here is fixed.
@@ -122,6 +124,30 @@ impl Collector for Scrape {
                 ("per_address_limit", c(s.ip_refusals)),
                 ("overload", c(s.overload_closes)),
             ],
+        )?;
+        let open: Vec<(&str, _)> = self
+            .listeners
+            .iter()
+            .map(|l| (l.listener.as_str(), g(l.open)))
+            .collect();
+        family(
+            &mut e,
+            "listener_connections",
+            "connections admitted and open on each listener (all its addresses)",
+            "listener",
+            &open,
+        )?;
+        let max: Vec<(&str, _)> = self
+            .listeners
+            .iter()
+            .map(|l| (l.listener.as_str(), g(l.max)))
+            .collect();
+        family(
+            &mut e,
+            "listener_max_connections",
+            "each listener's max_connections (summed over its addresses: each has its own)",
+            "listener",
+            &max,
         )?;
         single(
             &mut e,
