@@ -175,7 +175,8 @@ async fn metrics_count_real_traffic_exactly_and_parse_with_promtool() {
         ("tslm_deliveries_total".into(), 2.0),
         ("tslm_channels".into(), 1.0),
         ("tslm_subscriptions".into(), 1.0),
-        ("tslm_sessions_opened_total".into(), 2.0),
+        ("tslm_sessions_opened_total{dialect=\"v1\"}".into(), 1.0),
+        ("tslm_sessions_opened_total{dialect=\"legacy\"}".into(), 1.0),
         ("tslm_connections_accepted_total".into(), 10.0),
         (
             "tslm_publishes_refused_total{code=\"not_found\"}".into(),
@@ -239,7 +240,10 @@ async fn metrics_count_real_traffic_exactly_and_parse_with_promtool() {
         .await;
     let text = scrape(&srv).await;
     assert_eq!(value(&text, "tslm_sessions"), 0.0);
-    assert_eq!(value(&text, "tslm_sessions_opened_total"), 2.0);
+    assert_eq!(
+        value(&text, "tslm_sessions_opened_total{dialect=\"v1\"}"),
+        1.0
+    );
     promtool_check(&text);
 }
 

@@ -155,11 +155,15 @@ impl Collector for Scrape {
             "established WebSocket sessions",
             &g(s.sessions),
         )?;
-        single(
+        family(
             &mut e,
             "sessions_opened",
-            "WebSocket sessions established",
-            &c(s.sessions_opened),
+            "WebSocket sessions established, by protocol: v1 (tslm.v1) or legacy (the original)",
+            "dialect",
+            &[
+                ("v1", c(s.sessions_opened_v1)),
+                ("legacy", c(s.sessions_opened_legacy)),
+            ],
         )?;
         let closes: [(u16, usize); 9] = [
             (close::GOING_AWAY, s.going_away_closes),

@@ -8,7 +8,8 @@ pub(crate) struct Stats {
     connections: AtomicUsize,
     sessions: AtomicUsize,
     connections_accepted: AtomicUsize,
-    sessions_opened: AtomicUsize,
+    sessions_opened_v1: AtomicUsize,
+    sessions_opened_legacy: AtomicUsize,
     slow_consumer_closes: AtomicUsize,
     ping_timeout_closes: AtomicUsize,
     too_big_closes: AtomicUsize,
@@ -53,8 +54,10 @@ pub struct ServerStats {
     pub sessions: usize,
     /// TCP connections admitted (past the listener's and the address's limits) since start.
     pub connections_accepted: usize,
-    /// WebSocket sessions established since start.
-    pub sessions_opened: usize,
+    /// WebSocket sessions established since start speaking protocol v1.
+    pub sessions_opened_v1: usize,
+    /// WebSocket sessions established since start speaking the original protocol.
+    pub sessions_opened_legacy: usize,
     /// Sessions closed with 4000 because their outbound queue overflowed or their writes stalled
     /// for a whole ping cycle (since start).
     pub slow_consumer_closes: usize,
@@ -112,7 +115,8 @@ impl Stats {
             connections: self.connections.load(Ordering::Relaxed),
             sessions: self.sessions.load(Ordering::Relaxed),
             connections_accepted: self.connections_accepted.load(Ordering::Relaxed),
-            sessions_opened: self.sessions_opened.load(Ordering::Relaxed),
+            sessions_opened_v1: self.sessions_opened_v1.load(Ordering::Relaxed),
+            sessions_opened_legacy: self.sessions_opened_legacy.load(Ordering::Relaxed),
             slow_consumer_closes: self.slow_consumer_closes.load(Ordering::Relaxed),
             ping_timeout_closes: self.ping_timeout_closes.load(Ordering::Relaxed),
             too_big_closes: self.too_big_closes.load(Ordering::Relaxed),
@@ -203,7 +207,13 @@ impl Stats {
         self.connection()
     }
 
-    pub(crate) fn session(self: &std::sync::Arc<Self>) -> Gauge {
+    /// Counts an established session speaking `dialect` while it exists (and once since start).
+    pub(crate) fn session(self: &std::sync::Arc<Self>, dialect: tslm_protocol::Dialect) -> Gauge {
+        let opened = match dialect {
+            tslm_protocol::Dialect::V1 => &self.sessions_opened_v1,
+            tslm_protocol::Dialect::Legacy => &self.sessions_opened_legacy,
+        };
+        opened.fetch_add(1, Ordering::Relaxed);
         Gauge::new(self.clone(), Kind::Session)
     }
 }
@@ -224,9 +234,6 @@ pub(crate) struct Gauge {
 impl Gauge {
     fn new(stats: std::sync::Arc<Stats>, kind: Kind) -> Self {
         stats.counter(kind).fetch_add(1, Ordering::Relaxed);
-        if let Kind::Session = kind {
-            stats.sessions_opened.fetch_add(1, Ordering::Relaxed);
-        }
         Self { stats, kind }
     }
 }

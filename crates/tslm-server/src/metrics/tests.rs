@@ -17,7 +17,8 @@ fn every_figure_is_exported_under_its_name_and_labels() {
     s.ip_refusals = 4;
     s.overload_closes = 5;
     s.sessions = 1;
-    s.sessions_opened = 6;
+    s.sessions_opened_v1 = 6;
+    s.sessions_opened_legacy = 27;
     s.slow_consumer_closes = 7;
     s.token_expired_closes = 8;
     s.auth_refusals_http = 9;
@@ -49,7 +50,8 @@ fn every_figure_is_exported_under_its_name_and_labels() {
         "tslm_connections_refused_total{reason=\"per_address_limit\"} 4".to_owned(),
         "tslm_connections_refused_total{reason=\"overload\"} 5".to_owned(),
         "tslm_sessions 1".to_owned(),
-        "tslm_sessions_opened_total 6".to_owned(),
+        "tslm_sessions_opened_total{dialect=\"v1\"} 6".to_owned(),
+        "tslm_sessions_opened_total{dialect=\"legacy\"} 27".to_owned(),
         "tslm_sessions_closed_by_server_total{code=\"4000\"} 7".to_owned(),
         "tslm_sessions_closed_by_server_total{code=\"4003\"} 8".to_owned(),
         "tslm_sessions_closed_by_server_total{code=\"1001\"} 0".to_owned(),
