@@ -94,3 +94,31 @@ fn the_start_time_is_the_nodes() {
     assert!((v - node.start_time_seconds()).abs() < 1e-3, "{line}");
     assert!(v > 1.6e9, "{line}");
 }
+
+#[test]
+fn every_metric_is_in_the_operations_reference() {
+    let doc = include_str!("../../../../docs/operations.md");
+    let node = Node::starting(Vec::new());
+    node.set_slots(vec![crate::node::Slots {
+        listener: "public".to_owned(),
+        limit: std::sync::Arc::new(tokio::sync::Semaphore::new(3)),
+        max: 3,
+    }]);
+    let text = render(server(), HubStats::default(), &node);
+    assert!(
+        lines(&text).contains(&"tslm_listener_max_connections{listener=\"public\"} 3"),
+        "{text}"
+    );
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert_eq!(names.len(), 23, "{text}");
+    for name in names {
+        assert!(
+            doc.contains(&format!("| `{name}` |")),
+            "`{name}` is not in the table of docs/operations.md, \"Metrics\""
+        );
+    }
+}
