@@ -81,6 +81,16 @@ async fn the_admin_page_shows_real_traffic_in_a_browser() {
         assert_eq!(status, 200, "{r}");
         assert_eq!(recv_json(&mut ws).await["offset"], n);
     }
+    // A refused publish (no such channel).
+    let (status, _, r) = http(
+        private,
+        "POST",
+        "/v1/channels/news.none/messages",
+        &[("Content-Type", "application/json")],
+        "1",
+    )
+    .await;
+    assert_eq!(status, 404, "{r}");
     // A refused scrape: one HTTP authentication refusal.
     let (status, _, _) = http(srv.addr("ops"), "GET", "/metrics", &[], "").await;
     assert_eq!(status, 401);
@@ -126,6 +136,10 @@ async fn the_admin_page_shows_real_traffic_in_a_browser() {
             &page["refusals"],
             "HTTP requests refused authentication (401)"
         )[1],
+        "1"
+    );
+    assert_eq!(
+        row(&page["refusals"], "publishes refused (any code)")[1],
         "1"
     );
     let channels = &page["channels"];

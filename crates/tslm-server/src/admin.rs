@@ -242,6 +242,10 @@ fn render_page(ctx: &ListenerCtx, after: Option<&ChannelName>) -> String {
             "failed-authentication budget spent (429)",
             s.auth_budget_refusals,
         ),
+        (
+            "publishes refused (any code)",
+            s.publish_refusals.iter().sum(),
+        ),
         ("sessions closed as slow (4000)", s.slow_consumer_closes),
         ("sessions closed for abuse (1008)", s.policy_closes),
     ] {
