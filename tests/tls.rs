@@ -513,6 +513,43 @@ async fn mutual_tls_requires_a_certificate_from_the_client_ca() {
 }
 
 #[tokio::test]
+async fn an_admin_listener_behind_mutual_tls_serves_certificate_holders_only() {
+    let dir = TempDir::new("mtls-admin");
+    let server_ca = Ca::new("server ca");
+    let operators_ca = Ca::new("operators ca");
+    let leaf = server_ca.leaf("gateway", &["localhost"], 1);
+    let cert = dir.write("cert.pem", &leaf.cert_pem);
+    let key = dir.write("key.pem", &leaf.key_pem);
+    let ca = dir.write("operators-ca.pem", &operators_ca.pem());
+    let srv = TlsServer::start(&format!(
+        "[listener.ops]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Admin']\n\
+         tls_cert='{}'\ntls_key='{}'\ntls_client_ca='{}'\n",
+        cert.display(),
+        key.display(),
+        ca.display()
+    ))
+    .await;
+    let addr = srv.addr("ops");
+    // Without a certificate from the operators' CA, no TLS session: nothing is answered.
+    assert_refused(addr, &client_config(&server_ca.pem(), None)).await;
+    // With one, the metrics and the page, no token needed.
+    let operator = operators_ca.leaf("operator", &["operator.intranet"], 2);
+    let client = client_config(&server_ca.pem(), Some(&operator));
+    let mut tls = tls_connect(addr, &client).await.unwrap();
+    let (status, body) = https(&mut tls, "GET", "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("tslm_build_info{version="), "{body}");
+    let mut tls = tls_connect(addr, &client).await.unwrap();
+    let (status, body) = https(&mut tls, "GET", "/admin").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("<td>ops</td>") && body.contains("<td>mutual</td>"),
+        "{body}"
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test]
 async fn files_that_do_not_load_fail_startup_naming_listener_and_file() {
     let dir = TempDir::new("startup");
     let ca = Ca::new("test ca");

@@ -35,6 +35,9 @@ pub enum Permission {
     Subscribe,
     CreateChannel,
     NotifyChannel,
+    /// The operator's routes: `GET /metrics` and `GET /admin` (docs/operations.md). Never on a
+    /// public listener: give it to a listener with `auth_tokens` or mutual TLS.
+    Admin,
 }
 
 /// A listener's permission set.
@@ -43,6 +46,8 @@ pub struct Permissions {
     pub subscribe: bool,
     pub create: bool,
     pub publish: bool,
+    /// `GET /metrics` and `GET /admin` (elsewhere they answer 404).
+    pub admin: bool,
 }
 
 impl Permissions {
@@ -51,6 +56,7 @@ impl Permissions {
             Permission::Subscribe => self.subscribe,
             Permission::CreateChannel => self.create,
             Permission::NotifyChannel => self.publish,
+            Permission::Admin => self.admin,
         }
     }
 }
@@ -61,6 +67,7 @@ impl fmt::Display for Permissions {
             (self.subscribe, "Subscribe"),
             (self.create, "CreateChannel"),
             (self.publish, "NotifyChannel"),
+            (self.admin, "Admin"),
         ]
         .iter()
         .filter(|(on, _)| *on)

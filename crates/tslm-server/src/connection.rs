@@ -348,7 +348,8 @@ impl Connection {
                     msg_id.as_deref(),
                     publisher,
                 )
-                .await?;
+                .await
+                .inspect_err(|e| ctx.stats.count_publish_refusal(e.code))?;
                 ok(ops::published(p))
             }
             v1::Op::Subscribe { channel, start } => {
@@ -708,8 +709,9 @@ impl Connection {
                 })?;
             }
             legacy::Request::NotifyChannel(c, data) => {
-                let published =
-                    ops::publish(&ctx, &self.identity, &actor, c, data, None, None).await;
+                let published = ops::publish(&ctx, &self.identity, &actor, c, data, None, None)
+                    .await
+                    .inspect_err(|e| ctx.stats.count_publish_refusal(e.code));
                 published.map_err(|e| match e.code {
                     ErrorCode::TooLarge => legacy::Error::TooLarge,
                     ErrorCode::Forbidden | ErrorCode::Unauthorized => {

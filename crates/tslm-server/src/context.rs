@@ -61,6 +61,8 @@ pub(crate) struct ListenerCtx {
     pub(crate) health: Arc<Health>,
     /// Each session's turn to close at shutdown, shared by every listener.
     pub(crate) closing: Arc<CloseSchedule>,
+    /// The process and its listeners, for the operator's routes ([`crate::admin`]).
+    pub(crate) node: Arc<crate::node::Node>,
 }
 
 /// What every listener shares about channels and identities.
@@ -107,6 +109,7 @@ impl ListenerCtx {
             audit: crate::audit::Audit::off(),
             health: Arc::default(),
             closing: Arc::default(),
+            node: Arc::new(crate::node::Node::starting(Vec::new())),
         }
     }
 
@@ -181,6 +184,12 @@ impl ListenerCtx {
     ) -> Self {
         self.health = health;
         self.closing = closing;
+        self
+    }
+
+    /// The node this listener is part of (default: one starting now with no listeners known).
+    pub(crate) fn with_node(mut self, node: Arc<crate::node::Node>) -> Self {
+        self.node = node;
         self
     }
 

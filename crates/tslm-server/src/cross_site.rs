@@ -32,7 +32,8 @@ fn origin_allowed(cfg: &ListenerConfig, headers: &HeaderMap) -> Result<(), Proto
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
-    if cfg.allowed_origins.is_empty() && !cfg.permissions.create && !cfg.permissions.publish {
+    let p = cfg.permissions;
+    if cfg.allowed_origins.is_empty() && !p.create && !p.publish && !p.admin {
         return Ok(());
     }
     // Exact comparison after normalising as browsers do: `null` and look-alike hosts are other

@@ -9,7 +9,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use axum::routing::{get, put};
+use axum::routing::{any, get, put};
 use bytes::Bytes;
 use serde::Deserialize;
 use tslm_protocol::{
@@ -42,6 +42,9 @@ pub(crate) fn router(ctx: Arc<ListenerCtx>) -> Router {
             "/v1/channels/{name}/messages",
             get(read_history).post(publish),
         )
+        // The operator's routes (404 on listeners without the `Admin` permission).
+        .route("/metrics", any(crate::admin::metrics))
+        .route("/admin", any(crate::admin::page))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(
@@ -465,7 +468,10 @@ async fn publish(
     };
     match result.await {
         Ok(p) => ok_response(StatusCode::OK, ops::published(p)),
-        Err(e) => error_response(&e),
+        Err(e) => {
+            ctx.stats.count_publish_refusal(e.code);
+            error_response(&e)
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! still serving for `drain_delay`), stops accepting, closes the WebSocket sessions with 1001 one
 //! after another over the grace period and waits for connections to finish within it.
 
+mod admin;
 mod admission;
 pub mod audit;
 pub mod auth_config;
@@ -20,6 +21,8 @@ mod http;
 mod identity;
 mod iplimit;
 mod listener;
+mod metrics;
+mod node;
 mod ops;
 mod ratelimit;
 mod registry;
@@ -192,6 +195,30 @@ impl Server {
         StatsHandle(Arc::clone(&self.stats))
     }
 
+    /// Every listener with its bound addresses, for the admin page.
+    fn listener_infos(&self) -> Vec<node::ListenerInfo> {
+        let mut infos: Vec<node::ListenerInfo> = Vec::new();
+        for b in &self.listeners {
+            let addr = b.tcp.local_addr().ok();
+            if let Some(i) = infos.iter_mut().find(|i| i.name == b.cfg.name) {
+                i.addrs.extend(addr);
+                continue;
+            }
+            infos.push(node::ListenerInfo {
+                name: b.cfg.name.clone(),
+                addrs: addr.into_iter().collect(),
+                permissions: b.cfg.permissions,
+                tls: match &b.tls {
+                    None => "none",
+                    Some(t) if t.requires_client_cert() => "mutual",
+                    Some(_) => "server",
+                },
+                tokens: !b.cfg.auth_tokens.is_empty(),
+            });
+        }
+        infos
+    }
+
     /// Sizes the server-wide descriptor budgets for the process's descriptor limit, and says
     /// when the listeners' `max_connections` promise more than it allows.
     fn admission(&self) -> admission::Admission {
@@ -263,6 +290,8 @@ impl Server {
                 log.handle()
             }
         };
+        // The process and its listeners as they start, for the operator's routes.
+        let node = Arc::new(node::Node::starting(self.listener_infos()));
         let shared = reload::Shared {
             hub: self.hub.clone(),
             broker: Arc::clone(&self.broker),
@@ -274,6 +303,7 @@ impl Server {
             audit,
             health: Arc::clone(&self.health),
             closing: Arc::clone(&self.closing),
+            node: Arc::clone(&node),
         };
         let policy = |config: &Config, verifier: &Option<tslm_oidc::Verifier>| context::Policy {
             channels: Arc::clone(&config.channels),
@@ -304,6 +334,7 @@ impl Server {
             );
             running.insert(cfg.name.clone(), r);
         }
+        node.set_slots(running.values().flat_map(reload::Running::slots).collect());
         // Age limits hold for idle channels too: expired backlog entries are swept every second.
         let sweeper = {
             let (hub, token) = (self.hub.clone(), token.clone());

@@ -144,7 +144,7 @@ fn admit(ctx: &ListenerCtx, peer: SocketAddr) -> Result<Admitted, ProtoError> {
         ip,
         permit,
         open,
-        gauge: ctx.stats.connection(),
+        gauge: ctx.stats.admitted(),
     })
 }
 

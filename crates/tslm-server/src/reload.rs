@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     /// The server's health and its close schedule at shutdown.
     pub(crate) health: Arc<crate::health::Health>,
     pub(crate) closing: Arc<crate::drain::CloseSchedule>,
+    /// The process and its listeners as they started (the admin page and `/metrics`).
+    pub(crate) node: Arc<crate::node::Node>,
 }
 
 /// A running listener: its configuration, its token (cancelled when it is removed or the server
@@ -106,6 +108,19 @@ pub(crate) struct Running {
 }
 
 impl Running {
+    /// The connection slots of each of its addresses (for the node's occupancy figures).
+    pub(crate) fn slots(&self) -> Vec<crate::node::Slots> {
+        self.lives
+            .iter()
+            .filter_map(|l| l.current())
+            .map(|(ctx, _)| crate::node::Slots {
+                listener: ctx.cfg.name.clone(),
+                limit: Arc::clone(&ctx.conn_limit),
+                max: ctx.cfg.max_connections,
+            })
+            .collect()
+    }
+
     /// Forgets the live contexts (breaking each context's reference to itself through its slot).
     pub(crate) fn clear(&self) {
         for live in &self.lives {
@@ -208,6 +223,7 @@ fn context(
     .with_tls(tls)
     .with_audit(shared.audit.for_listener(&cfg.name))
     .with_lifecycle(Arc::clone(&shared.health), Arc::clone(&shared.closing))
+    .with_node(Arc::clone(&shared.node))
     .with_live(Arc::clone(live))
 }
 

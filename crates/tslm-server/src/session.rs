@@ -78,7 +78,7 @@ pub(crate) async fn run(
     let span = tracing::debug_span!("session", listener = %cfg.name, conn = %connection.id, peer = %connection.conn.peer, ?dialect);
     let session = Session {
         connection,
-        _gauge: ctx.stats.session(),
+        _gauge: ctx.stats.session(dialect),
         batch: VecDeque::new(),
         control_frames: PerSecond::new(cfg.abuse.max_control_frames_per_second),
     };

@@ -1,10 +1,15 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use tslm_protocol::ErrorCode;
+
 /// Live counters.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     connections: AtomicUsize,
     sessions: AtomicUsize,
+    connections_accepted: AtomicUsize,
+    sessions_opened_v1: AtomicUsize,
+    sessions_opened_legacy: AtomicUsize,
     slow_consumer_closes: AtomicUsize,
     ping_timeout_closes: AtomicUsize,
     too_big_closes: AtomicUsize,
@@ -23,6 +28,8 @@ pub(crate) struct Stats {
     auth_refusals_handshake: AtomicUsize,
     auth_refusals_command: AtomicUsize,
     auth_budget_refusals: AtomicUsize,
+    /// By the position of the code in [`ErrorCode::ALL`].
+    publish_refusals: [AtomicUsize; ErrorCode::ALL.len()],
 }
 
 /// Where an authentication was refused.
@@ -46,6 +53,12 @@ pub struct ServerStats {
     pub connections: usize,
     /// Established WebSocket sessions.
     pub sessions: usize,
+    /// TCP connections admitted (past the listener's and the address's limits) since start.
+    pub connections_accepted: usize,
+    /// WebSocket sessions established since start speaking protocol v1.
+    pub sessions_opened_v1: usize,
+    /// WebSocket sessions established since start speaking the original protocol.
+    pub sessions_opened_legacy: usize,
     /// Sessions closed with 4000 because their outbound queue overflowed or their writes stalled
     /// for a whole ping cycle (since start).
     pub slow_consumer_closes: usize,
@@ -86,6 +99,17 @@ pub struct ServerStats {
     /// Requests and handshakes answered 429 because a failed-authentication budget (the
     /// connection's or its address's) was spent (since start).
     pub auth_budget_refusals: usize,
+    /// Publishes refused (since start), by the code answered, in the order of
+    /// [`ErrorCode::ALL`]: HTTP publish requests after routing, and v1 `publish` and original
+    /// `NotifyChannel` commands once decoded (see [`ServerStats::publish_refusals_by_code`]).
+    pub publish_refusals: [usize; ErrorCode::ALL.len()],
+}
+
+impl ServerStats {
+    /// [`ServerStats::publish_refusals`] with their codes.
+    pub fn publish_refusals_by_code(&self) -> impl Iterator<Item = (ErrorCode, usize)> + '_ {
+        ErrorCode::ALL.into_iter().zip(self.publish_refusals)
+    }
 }
 
 impl Stats {
@@ -93,6 +117,9 @@ impl Stats {
         ServerStats {
             connections: self.connections.load(Ordering::Relaxed),
             sessions: self.sessions.load(Ordering::Relaxed),
+            connections_accepted: self.connections_accepted.load(Ordering::Relaxed),
+            sessions_opened_v1: self.sessions_opened_v1.load(Ordering::Relaxed),
+            sessions_opened_legacy: self.sessions_opened_legacy.load(Ordering::Relaxed),
             slow_consumer_closes: self.slow_consumer_closes.load(Ordering::Relaxed),
             ping_timeout_closes: self.ping_timeout_closes.load(Ordering::Relaxed),
             too_big_closes: self.too_big_closes.load(Ordering::Relaxed),
@@ -111,6 +138,9 @@ impl Stats {
             auth_refusals_handshake: self.auth_refusals_handshake.load(Ordering::Relaxed),
             auth_refusals_command: self.auth_refusals_command.load(Ordering::Relaxed),
             auth_budget_refusals: self.auth_budget_refusals.load(Ordering::Relaxed),
+            publish_refusals: std::array::from_fn(|i| {
+                self.publish_refusals[i].load(Ordering::Relaxed)
+            }),
         }
     }
 
@@ -145,6 +175,13 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one refused publish under the code it was answered with.
+    pub(crate) fn count_publish_refusal(&self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.publish_refusals[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn count_ip_refusal(&self) {
         self.ip_refusals.fetch_add(1, Ordering::Relaxed);
     }
@@ -168,7 +205,20 @@ impl Stats {
         Gauge::new(self.clone(), Kind::Connection)
     }
 
-    pub(crate) fn session(self: &std::sync::Arc<Self>) -> Gauge {
+    /// [`Stats::connection`] of a connection admitted past every limit (refused ones, answered
+    /// 429 or 503, are open connections too, but not accepted ones).
+    pub(crate) fn admitted(self: &std::sync::Arc<Self>) -> Gauge {
+        self.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        self.connection()
+    }
+
+    /// Counts an established session speaking `dialect` while it exists (and once since start).
+    pub(crate) fn session(self: &std::sync::Arc<Self>, dialect: tslm_protocol::Dialect) -> Gauge {
+        let opened = match dialect {
+            tslm_protocol::Dialect::V1 => &self.sessions_opened_v1,
+            tslm_protocol::Dialect::Legacy => &self.sessions_opened_legacy,
+        };
+        opened.fetch_add(1, Ordering::Relaxed);
         Gauge::new(self.clone(), Kind::Session)
     }
 }
@@ -266,6 +316,21 @@ mod tests {
             s.credential_revoked_closes,
         ];
         assert_eq!(counted, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn publish_refusals_are_counted_under_their_own_code() {
+        let stats = Stats::default();
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            for _ in 0..=i {
+                stats.count_publish_refusal(*code);
+            }
+        }
+        let s = stats.snapshot();
+        for (i, (code, n)) in s.publish_refusals_by_code().enumerate() {
+            assert_eq!(code, ErrorCode::ALL[i]);
+            assert_eq!(n, i + 1, "{code:?}");
+        }
     }
 
     #[test]

@@ -87,6 +87,7 @@ impl RawListener {
                 Permission::Subscribe => permissions.subscribe = true,
                 Permission::CreateChannel => permissions.create = true,
                 Permission::NotifyChannel => permissions.publish = true,
+                Permission::Admin => permissions.admin = true,
             }
         }
         let auth_tokens = self.auth_tokens.unwrap_or_default();

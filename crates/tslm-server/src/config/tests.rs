@@ -17,7 +17,8 @@ fn embedded_default_is_valid() {
         Permissions {
             subscribe: true,
             create: false,
-            publish: false
+            publish: false,
+            admin: false
         }
     );
     let private = c.listeners.iter().find(|l| l.name == "private").unwrap();
@@ -27,9 +28,33 @@ fn embedded_default_is_valid() {
         Permissions {
             subscribe: false,
             create: true,
-            publish: true
+            publish: true,
+            admin: false
         }
     );
+}
+
+#[test]
+fn admin_is_a_permission_of_its_own() {
+    let c = Config::from_toml_str(
+        "[listener.ops]\nip='127.0.0.1'\nport=0\nauth_tokens=['t']\ndefault_endpoint_permissions=['Admin']\n",
+        "test",
+    )
+    .unwrap();
+    let p = c.listeners[0].permissions;
+    assert!(p.admin && p.allows(Permission::Admin));
+    assert!(!p.subscribe && !p.create && !p.publish);
+    assert_eq!(p.to_string(), "Admin");
+    // Not implied by the others, nor on by default.
+    let c = Config::embedded_default();
+    assert!(c.listeners.iter().all(|l| !l.permissions.admin));
+    let e = Config::from_toml_str(
+        "[listener.ops]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['admin']\n",
+        "test",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("admin"), "{e}");
 }
 
 #[test]
