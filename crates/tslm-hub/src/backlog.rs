@@ -29,7 +29,8 @@ pub(crate) struct Stored {
 impl Stored {
     /// The v1 `message` event of this message, as JSON text: a slice of the kept frame.
     pub(crate) fn event(&self) -> Bytes {
-        self.frame.slice(usize::from(self.body).min(self.frame.len())..)
+        self.frame
+            .slice(usize::from(self.body).min(self.frame.len())..)
     }
 }
 
