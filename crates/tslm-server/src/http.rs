@@ -25,6 +25,8 @@ use crate::iplimit::Overspent;
 use crate::ops::{self, ReadVia};
 use crate::stats::AuthRefusalKind;
 
+mod longpoll;
+
 type Ctx = State<Arc<ListenerCtx>>;
 
 pub(crate) fn router(ctx: Arc<ListenerCtx>) -> Router {
@@ -38,6 +40,7 @@ pub(crate) fn router(ctx: Arc<ListenerCtx>) -> Router {
             "/v1/channels/{name}/messages",
             get(read_history).post(publish),
         )
+        .route("/v1/poll", get(longpoll::poll).options(longpoll::preflight))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(

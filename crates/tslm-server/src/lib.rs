@@ -17,6 +17,7 @@ mod identity;
 mod iplimit;
 mod listener;
 mod ops;
+mod poll;
 mod ratelimit;
 mod registry;
 mod reload;

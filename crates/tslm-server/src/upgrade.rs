@@ -93,7 +93,7 @@ fn token_subprotocol<'h>(cfg: &ListenerConfig, headers: &'h HeaderMap) -> Option
 /// publisher's token, or a subscriber's access token). A token that is presented must be
 /// valid: the handshake is refused (401) otherwise. On listeners with `auth_tokens` the header
 /// carries the listener's shared token instead, and identities come with the `auth` op.
-async fn initial_identity(
+pub(crate) async fn initial_identity(
     ctx: &ListenerCtx,
     conn: &ConnSlot,
     headers: &HeaderMap,
