@@ -22,6 +22,16 @@ pub(crate) struct Stored {
     at: Instant,
     pub(crate) frame: Bytes,
     pub(crate) payload: Payload,
+    /// Where the v1 `message` event's JSON starts in `frame` (after the WebSocket header).
+    pub(crate) body: u8,
+}
+
+impl Stored {
+    /// The v1 `message` event of this message, as JSON text: a slice of the kept frame.
+    pub(crate) fn event(&self) -> Bytes {
+        self.frame
+            .slice(usize::from(self.body).min(self.frame.len())..)
+    }
 }
 
 impl Stored {
@@ -91,6 +101,7 @@ impl Backlog {
         let m = Stored {
             offset: offset.0,
             at: now,
+            body: u8::try_from(delivery.body).unwrap_or(0),
             frame: delivery.bytes,
             payload,
         };
@@ -153,6 +164,7 @@ mod tests {
         Delivery {
             payload: 8..f.len() - 1,
             bytes: Bytes::from(f),
+            body: 0,
         }
     }
 

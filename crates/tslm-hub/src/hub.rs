@@ -447,6 +447,7 @@ impl Hub {
         let (from, recovery) = ch.start_at(log, start)?;
         let last = log.last_offset;
         let mut messages = Vec::new();
+        let mut events = Vec::new();
         let mut next = from;
         let mut bytes = 0usize;
         while next <= last && messages.len() < limit {
@@ -458,6 +459,7 @@ impl Hub {
                 break;
             }
             messages.push((Offset(m.offset), m.payload.clone()));
+            events.push(m.event());
             next += 1;
         }
         Ok(History {
@@ -469,6 +471,7 @@ impl Hub {
             },
             more: next <= last,
             messages,
+            events,
         })
     }
 

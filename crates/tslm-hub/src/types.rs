@@ -124,6 +124,9 @@ pub struct History {
     /// `from` is the offset of the first message returned (`offset + 1` when none).
     pub subscription: Subscription,
     pub messages: Vec<(Offset, Payload)>,
+    /// The v1 `message` event of each message of `messages`, as JSON text shared with the
+    /// backlog (no message is encoded again to be read).
+    pub events: Vec<bytes::Bytes>,
     /// More messages follow the last one returned.
     pub more: bool,
 }

@@ -8,6 +8,7 @@
 //! build on it, and it is unit-tested and fuzzed without a runtime.
 
 mod channel;
+pub mod cursor;
 mod error;
 mod frame;
 pub mod legacy;

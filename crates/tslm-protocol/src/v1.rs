@@ -15,7 +15,7 @@ pub mod server_message;
 
 pub use encode::{
     Success, encode_closed, encode_delivery, encode_error, encode_gap, encode_http_ok, encode_ok,
-    encode_reply_event, push_error_object,
+    encode_reply_event, encode_subscribed, push_error_object,
 };
 pub use request::{
     Credentials, DEFAULT_LIMIT, MAX_CREDENTIAL_BYTES, MAX_LIMIT, MAX_MSG_ID_BYTES,

@@ -29,6 +29,10 @@ pub enum Wire {
 pub struct Delivery {
     pub bytes: Bytes,
     pub payload: Range<usize>,
+    /// Where the event's own text (for the WebSocket wires, the frame's JSON without its
+    /// header) starts: transports that frame events their own way (a long-poll batch) share
+    /// `bytes[body..]` instead of encoding the message again.
+    pub body: usize,
 }
 
 impl Delivery {
@@ -84,6 +88,7 @@ impl Wire {
                 // A v1 delivery ends with its `data` and the closing brace.
                 let end = frame.len() - 1;
                 Delivery {
+                    body: frame.len() - frame.payload().len(),
                     bytes: frame.bytes().clone(),
                     payload: end - data.len()..end,
                 }
@@ -93,6 +98,7 @@ impl Wire {
                 // An original-protocol delivery ends with its `data` and `}]}`.
                 let end = frame.len() - 3;
                 Delivery {
+                    body: frame.len() - frame.payload().len(),
                     bytes: frame.bytes().clone(),
                     payload: end - data.len()..end,
                 }

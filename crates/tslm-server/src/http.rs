@@ -27,6 +27,8 @@ use crate::iplimit::Overspent;
 use crate::ops::{self, ReadVia};
 use crate::stats::AuthRefusalKind;
 
+mod longpoll;
+
 type Ctx = State<Arc<ListenerCtx>>;
 
 pub(crate) fn router(ctx: Arc<ListenerCtx>) -> Router {
@@ -45,6 +47,7 @@ pub(crate) fn router(ctx: Arc<ListenerCtx>) -> Router {
         // The operator's routes (404 on listeners without the `Admin` permission).
         .route("/metrics", any(crate::admin::metrics))
         .route("/admin", any(crate::admin::page))
+        .route("/v1/poll", get(longpoll::poll).options(longpoll::preflight))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(

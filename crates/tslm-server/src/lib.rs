@@ -24,6 +24,7 @@ mod listener;
 mod metrics;
 mod node;
 mod ops;
+mod poll;
 mod ratelimit;
 mod registry;
 mod reload;

@@ -401,6 +401,24 @@ pub(crate) async fn history(
         .map_err(hub_error)
 }
 
+/// A subscriber's read of `channel` from `start` for a transport that delivers by reading the
+/// log (long-polling): the read rule of a subscribe, at most `limit` messages and about
+/// `max_bytes` (at least one message when one follows `start`).
+pub(crate) async fn read(
+    ctx: &ListenerCtx,
+    who: &Identity,
+    channel: &ChannelName,
+    start: Start,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<tslm_hub::History, ProtoError> {
+    admit_read(ctx, who, "subscribe", channel, ReadVia::Subscriber)?;
+    ctx.broker
+        .history(channel, start, limit.clamp(1, MAX_HISTORY), max_bytes)
+        .await
+        .map_err(hub_error)
+}
+
 pub(crate) fn reply_error(e: ReplyError) -> ProtoError {
     let code = match &e {
         ReplyError::NotFound(_) | ReplyError::NoSuchMessage { .. } => ErrorCode::NotFound,

@@ -95,7 +95,7 @@ fn token_subprotocol<'h>(cfg: &ListenerConfig, headers: &'h HeaderMap) -> Option
 /// carries the listener's shared token instead, and identities come with the `auth` op.
 ///
 /// With a publisher identity comes its credential for the audit log (when there is one).
-async fn initial_identity(
+pub(crate) async fn initial_identity(
     ctx: &ListenerCtx,
     conn: &ConnSlot,
     headers: &HeaderMap,

@@ -285,6 +285,17 @@ pub fn encode_gap(channel: &ChannelName, from: Offset, to: Offset) -> Bytes {
     Bytes::from(out)
 }
 
+/// `{"event":"subscribed","channel":…,"epoch":…,"offset":…,"from":…[,"recovered":…,"lost":…]}`:
+/// where a channel of an HTTP stream (long-poll, SSE) starts, with the same `recovered` / `lost`
+/// answer a v1 `subscribe` reply gives, so a client that only reads events sees every loss.
+pub fn encode_subscribed(channel: &ChannelName, sub: &Subscription) -> Bytes {
+    let mut out = String::with_capacity(160 + channel.len());
+    start_event(&mut out, "subscribed", channel);
+    push_subscription(&mut out, sub);
+    out.push('}');
+    Bytes::from(out)
+}
+
 /// `{"event":"closed","channel":…,"reason":…}`: the subscription ended without an
 /// `unsubscribe` (e.g. reason `deleted`); no more events for it follow.
 pub fn encode_closed(channel: &ChannelName, reason: &str) -> Bytes {
