@@ -164,8 +164,11 @@ export interface ClientOptions {
  * | 1000 closed by this client | `none` |
  * | 1001, 1006, 4000, 4001, 1000 not asked for, any other | `resume`: reconnect after a jittered backoff and resume |
  * | 1008 `rate limit exceeded`, 1009, 1011 | `backoff`: the same, waiting at least `penaltyMs` |
- * | 4003, 4002 with a token callback | `token`: get a new token, reconnect at once |
- * | 1002, 1007, 1008 `too many control frames`, 4002 without a token callback | `stop` |
+ * | 4003, 4002, 4006 with a token callback | `token`: get a new token, reconnect at once |
+ * | 1002, 1007, 1008 `too many control frames`, 4002 or 4006 without a token callback | `stop` |
+ *
+ * A 1001 whose reason is `shutdown; retry_after_ms=N` (a gateway draining) waits at least N ms
+ * before reconnecting ({@link shutdownRetryAfterMs}).
  */
 export function closeReaction(code: number, reason: string, hasToken: boolean): CloseReaction {
   switch (code) {
@@ -181,9 +184,25 @@ export function closeReaction(code: number, reason: string, hasToken: boolean): 
       return hasToken ? 'token' : 'stop';
     case 4003:
       return hasToken ? 'token' : 'stop';
+    case 4006:
+      // The operator revoked the credential: only a new one (from the callback) can help.
+      return hasToken ? 'token' : 'stop';
     default:
       return 'resume';
   }
+}
+
+/**
+ * The `retry_after_ms` of a gateway's shutdown close reason (`shutdown; retry_after_ms=N`,
+ * docs/protocol.md "Server shutdown"); `undefined` for any other reason. Fields a later version
+ * adds after N (`; key=value`) are ignored.
+ */
+export function shutdownRetryAfterMs(reason: string): number | undefined {
+  const prefix = 'shutdown; retry_after_ms=';
+  if (!reason.startsWith(prefix)) return undefined;
+  const digits = reason.slice(prefix.length).split(';')[0];
+  if (!/^[0-9]{1,9}$/.test(digits)) return undefined;
+  return Number(digits);
 }
 
 interface Pending {
@@ -685,6 +704,10 @@ export class TslmClient extends Emitter<ClientEvents> {
     } else {
       delayMs = backoffDelay(this.attempt, this.opts.backoff, this.random);
       if (reaction === 'backoff') delayMs = Math.max(delayMs, this.opts.penaltyMs ?? 5000);
+      // A draining gateway says when to come back (jittered per connection, so its clients do
+      // not all return at once).
+      const retryAfter = code === 1001 ? shutdownRetryAfterMs(reason) : undefined;
+      if (retryAfter !== undefined) delayMs = Math.max(delayMs, retryAfter);
       this.attempt++;
     }
     this.emit('disconnect', { code, reason, reaction, delayMs });

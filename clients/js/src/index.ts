@@ -1,4 +1,4 @@
-export { TslmClient, closeReaction } from './client.js';
+export { TslmClient, closeReaction, shutdownRetryAfterMs } from './client.js';
 export type {
   ChannelMessage,
   ClientEvents,

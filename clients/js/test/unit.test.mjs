@@ -2,7 +2,7 @@
 // (The end-to-end behaviours are in e2e.test.mjs and browser.test.mjs, against the real binary.)
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { TslmClient, backoffDelay, closeReaction, webSocket } from '../dist/index.js';
+import { TslmClient, backoffDelay, closeReaction, shutdownRetryAfterMs, webSocket } from '../dist/index.js';
 import { Clock, FakeTransport, flush, openConn, server } from './fakes.mjs';
 
 function make(extra = {}) {
@@ -71,6 +71,9 @@ describe('close codes', () => {
       [4002, 'authentication required', false, 'stop'],
       [4003, 'token expired', true, 'token'],
       [4003, 'token expired', false, 'stop'],
+      [4006, 'credential revoked', true, 'token'],
+      [4006, 'credential revoked', false, 'stop'],
+      [1001, 'shutdown; retry_after_ms=2500', true, 'resume'],
       [4999, 'anything', true, 'resume'],
     ];
     for (const [code, reason, hasToken, want] of table) assert.equal(closeReaction(code, reason, hasToken), want, `${code} ${reason}`);
@@ -98,6 +101,26 @@ describe('close codes', () => {
     });
   }
 
+  test('shutdownRetryAfterMs reads a draining gateway\'s hint and nothing else', () => {
+    assert.equal(shutdownRetryAfterMs('shutdown; retry_after_ms=2500'), 2500);
+    assert.equal(shutdownRetryAfterMs('shutdown; retry_after_ms=1000; region=eu'), 1000);
+    for (const other of ['going away', '', 'shutdown; retry_after_ms=', 'shutdown; retry_after_ms=-1', 'shutdown; retry_after_ms=1e3', 'shutdown; retry_after_ms=9999999999', 'Shutdown; retry_after_ms=5']) {
+      assert.equal(shutdownRetryAfterMs(other), undefined, other);
+    }
+  });
+
+  test('1001 from a draining gateway waits the retry_after_ms it names, then resumes', async () => {
+    const { clock, transport, client, log } = make({ backoff: { initialMs: 1000 }, random: () => 0.5 });
+    await openConn(transport.last);
+    server.close(transport.last, 1001, 'shutdown; retry_after_ms=4200');
+    assert.deepEqual([log.disconnects[0].reaction, log.disconnects[0].delayMs], ['resume', 4200]);
+    await clock.advance(4199);
+    assert.equal(transport.conns.length, 1, 'not before the hint');
+    await clock.advance(1);
+    assert.equal(transport.conns.length, 2);
+    client.close();
+  });
+
   for (const [code, reason] of [[1008, 'rate limit exceeded'], [1009, 'message too big'], [1011, 'internal error']]) {
     test(`${code}: back off for at least penaltyMs`, async () => {
       const { clock, transport, client, log } = make({ backoff: { initialMs: 1000 }, random: () => 0.5, penaltyMs: 7000 });
@@ -112,7 +135,7 @@ describe('close codes', () => {
     });
   }
 
-  for (const [code, reason, token] of [[1002, 'protocol error', false], [1007, 'invalid utf-8', false], [1008, 'too many control frames', false], [4002, 'authentication required', false], [4003, 'token expired', false]]) {
+  for (const [code, reason, token] of [[1002, 'protocol error', false], [1007, 'invalid utf-8', false], [1008, 'too many control frames', false], [4002, 'authentication required', false], [4003, 'token expired', false], [4006, 'credential revoked', false]]) {
     test(`${code} ${reason}: stop, with a fatal_close error`, async () => {
       const { clock, transport, client, log } = make({ token: token ? () => 't' : undefined });
       await openConn(transport.last);
@@ -127,7 +150,7 @@ describe('close codes', () => {
     });
   }
 
-  for (const [code, reason] of [[4002, 'authentication required'], [4003, 'token expired']]) {
+  for (const [code, reason] of [[4002, 'authentication required'], [4003, 'token expired'], [4006, 'credential revoked']]) {
     test(`${code} with a token callback: a new token, reconnect at once`, async () => {
       let calls = 0;
       const { clock, transport, client, log } = make({ token: () => `token-${++calls}` });
