@@ -545,3 +545,159 @@ async fn messages_dropped_under_drop_oldest_are_counted_as_the_subscriber_saw_th
     );
     assert_eq!(value(&text, "tslm_sessions"), 1.0);
 }
+
+/// What the operations issue asks beyond the counters: subscribes, replies, lost offsets of
+/// resumes, backlog messages and evictions, the publish duration histogram, the identity
+/// providers' key age and the TLS certificates' expiry; and on the admin page, readiness and the
+/// connected publishers by name.
+#[tokio::test]
+async fn latency_backlog_resume_key_age_and_certificate_metrics() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    // An identity provider's key set, served on loopback (one EC key).
+    let jwks = {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let raw = kp.public_key_raw();
+        format!(
+            r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"k1","alg":"ES256","use":"sig","x":"{}","y":"{}"}}]}}"#,
+            URL_SAFE_NO_PAD.encode(&raw[1..33]),
+            URL_SAFE_NO_PAD.encode(&raw[33..65])
+        )
+    };
+    let idp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let idp_addr = idp.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = idp.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{jwks}",
+                jwks.len()
+            );
+            let _ = s.write_all(answer.as_bytes()).await;
+        }
+    });
+    let token = tslm_auth::token::generate_token();
+    let srv = TestServer::start(&format!(
+        "{}[listener.secure]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Subscribe']\n\
+         tls_cert = '{}'\ntls_key = '{}'\n\
+         [publisher.feed]\ntoken_hashes = ['{}']\noperations = ['create', 'publish']\nchannels = ['*']\n\
+         [channel.\"small.*\"]\nbacklog_messages = 2\nreplies = true\n\
+         [issuer.shared]\nissuer = 'm'\naudiences = ['tslm']\nchannels_claim = 'c'\nsecret = '{}'\n\
+         [issuer.remote]\nissuer = 'http://{idp_addr}'\njwks_url = 'http://{idp_addr}/jwks'\naudiences = ['tslm']\nchannels_claim = 'c'\n",
+        config(),
+        cert.display(),
+        key.display(),
+        tslm_auth::token::hash_line(&token),
+        base64::engine::general_purpose::STANDARD.encode(b"metrics-test-secret-of-32-bytes-or-more"),
+    ))
+    .await;
+    // A publisher connected by token, named on the admin page.
+    let mut publisher = v1(&srv.url("private")).await;
+    let r = call(
+        &mut publisher,
+        &format!(r#"{{"op":"auth","token":"{token}"}}"#),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = call(&mut publisher, r#"{"op":"create","channel":"small.1"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let epoch = r["epoch"].as_str().unwrap().to_owned();
+    for i in 1..=5 {
+        let r = call(
+            &mut publisher,
+            &format!(r#"{{"op":"publish","channel":"small.1","data":{i}}}"#),
+        )
+        .await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    // A resume from offset 0: 1..=3 left the backlog of 2.
+    let mut sub = v1(&srv.url("public")).await;
+    let r = call(
+        &mut sub,
+        &format!(
+            r#"{{"op":"subscribe","channel":"small.1","start":{{"epoch":"{epoch}","offset":0}}}}"#
+        ),
+    )
+    .await;
+    assert_eq!(r["lost"]["reason"], "expired", "{r}");
+    // A reply from the subscriber reaches the publisher.
+    send(
+        &mut sub,
+        r#"{"op":"reply","channel":"small.1","offset":5,"data":"ack","id":7}"#,
+    )
+    .await;
+    let r = loop {
+        let m = recv_json(&mut sub).await;
+        if m["id"] == 7 {
+            break m;
+        }
+        assert_eq!(m["event"], "message", "the replay before it: {m}");
+    };
+    assert_eq!(r["ok"], true, "{r}");
+
+    let text = scrape(&srv).await;
+    promtool_check(&text);
+    assert_eq!(value(&text, "tslm_subscribes_total"), 1.0);
+    assert_eq!(value(&text, "tslm_resume_lost_messages_total"), 3.0);
+    assert_eq!(value(&text, "tslm_replies_total"), 1.0);
+    assert_eq!(value(&text, "tslm_backlog_messages"), 2.0);
+    assert_eq!(value(&text, "tslm_backlog_evictions_total"), 3.0);
+    assert_eq!(value(&text, "tslm_publish_duration_seconds_count"), 5.0);
+    assert!(value(&text, "tslm_publish_duration_seconds_sum") > 0.0);
+    // The fetched key set's age; a shared-secret issuer fetches nothing and has none.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut text = text;
+    while !text.contains("identity_provider_key_age_seconds{issuer=\"remote\"}") {
+        assert!(std::time::Instant::now() < deadline, "no key age: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        text = scrape(&srv).await;
+    }
+    let age = value(
+        &text,
+        "tslm_identity_provider_key_age_seconds{issuer=\"remote\"}",
+    );
+    assert!((0.0..60.0).contains(&age), "{age}");
+    assert!(
+        !text.contains("identity_provider_key_age_seconds{issuer=\"shared\"}"),
+        "{text}"
+    );
+    // The certificate's expiry, as rcgen made it (far in the future).
+    let expiry = value(
+        &text,
+        "tslm_tls_certificate_expiry_timestamp_seconds{listener=\"secure\"}",
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(expiry > now + 86_400.0, "{expiry}");
+
+    let (status, _, page) = get(&srv, "ops", "/admin", Some(OPS_TOKEN)).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<td id=\"ready\">yes</td>"), "{page}");
+    assert!(
+        page.contains("<tr><td>feed</td><td class=\"n\">1</td></tr>"),
+        "{page}"
+    );
+    drop(publisher);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, _, page) = get(&srv, "ops", "/admin", Some(OPS_TOKEN)).await;
+        if !page.contains("<td>feed</td>") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the publisher stays listed: {page}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    srv.shutdown().await;
+}

@@ -68,9 +68,10 @@ impl Backlog {
             .get(usize::try_from(offset.checked_sub(first)?).ok()?)
     }
 
-    /// Drops messages older than `age`.
-    pub(crate) fn expire(&mut self, now: Instant, age: Duration, budget: &Bound) {
+    /// Drops messages older than `age`; returns how many it dropped.
+    pub(crate) fn expire(&mut self, now: Instant, age: Duration, budget: &Bound) -> usize {
         let mut freed = 0;
+        let before = self.entries.len();
         while let Some(m) = self.entries.front() {
             if now.duration_since(m.at) < age {
                 break;
@@ -80,6 +81,7 @@ impl Backlog {
         }
         self.bytes -= freed;
         budget.give_back(freed);
+        before - self.entries.len()
     }
 
     /// Keeps a just-published message within `max_messages` and the hub's memory budget: over
@@ -94,7 +96,7 @@ impl Backlog {
         data: &Payload,
         max_messages: usize,
         budget: &Bound,
-    ) {
+    ) -> usize {
         // The payload is re-based onto the delivery (the encoder says where it lies) so that the
         // backlog holds one allocation per message and nothing of the publisher's request buffer.
         let payload = data.rebased(delivery.payload_bytes());
@@ -107,6 +109,7 @@ impl Backlog {
         };
         let cost = m.cost();
         let mut freed = 0;
+        let before = self.entries.len();
         while self.entries.len() >= max_messages {
             match self.entries.pop_front() {
                 Some(old) => freed += old.cost(),
@@ -129,11 +132,12 @@ impl Backlog {
             // Not even an empty backlog makes room: the message is not kept. The backlog is
             // empty now, so the first kept offset is past this one and resumes see the loss.
             budget.give_back(cost + freed);
-            return;
+            return before + 1;
         }
         budget.give_back(freed);
         self.bytes += cost;
         self.entries.push_back(m);
+        before + 1 - self.entries.len()
     }
 
     /// Frees everything (the channel was deleted).

@@ -15,6 +15,12 @@ pub(crate) struct Counters {
     pub(crate) resumes_recovered: AtomicU64,
     pub(crate) resumes_expired: AtomicU64,
     pub(crate) resumes_epoch_changed: AtomicU64,
+    /// Offsets resumes reported lost (`expired` ranges).
+    pub(crate) resume_lost_messages: AtomicU64,
+    pub(crate) subscribes: AtomicU64,
+    pub(crate) replies: AtomicU64,
+    /// Messages that left backlogs early (count, age or memory bound) or were never kept.
+    pub(crate) backlog_evicted: AtomicU64,
 }
 
 /// Adds `n` (nothing when 0, to spare the shared cache line).
@@ -34,7 +40,11 @@ impl Counters {
         let counter = match recovery {
             None => return,
             Some(Recovery::Complete) => &self.resumes_recovered,
-            Some(Recovery::Incomplete(Lost::Expired { .. })) => &self.resumes_expired,
+            Some(Recovery::Incomplete(Lost::Expired { from, to })) => {
+                let lost = to.0.saturating_sub(from.0).saturating_add(1);
+                self.resume_lost_messages.fetch_add(lost, Ordering::Relaxed);
+                &self.resumes_expired
+            }
             Some(Recovery::Incomplete(Lost::EpochChanged)) => &self.resumes_epoch_changed,
         };
         add(counter, 1);

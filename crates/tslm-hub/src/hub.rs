@@ -191,11 +191,12 @@ impl Hub {
         if st.deleted {
             return Err(HubError::NotFound(name.clone()));
         }
-        st.log.backlog.expire(
+        let evicted = st.log.backlog.expire(
             Instant::now(),
             ch.settings.backlog_age,
             &self.inner.backlog_bytes,
         );
+        add(&self.inner.counters.backlog_evicted, evicted);
         let last = st.log.last_offset;
         let subscribed = |from: u64, recovery, catching_up, already| Subscribed {
             already,
@@ -241,6 +242,7 @@ impl Hub {
         }
         drop(guard);
         self.inner.counters.resume(recovery);
+        add(&self.inner.counters.subscribes, 1);
         Ok(subscribed(from, recovery, catching_up, false))
     }
 
@@ -397,8 +399,9 @@ impl Hub {
         {
             let budget = &self.inner.backlog_bytes;
             let backlog = &mut st.log.backlog;
-            backlog.expire(now, settings.backlog_age, budget);
-            backlog.keep(offset, now, d, data, settings.backlog_messages, budget);
+            let evicted = backlog.expire(now, settings.backlog_age, budget)
+                + backlog.keep(offset, now, d, data, settings.backlog_messages, budget);
+            add(&self.inner.counters.backlog_evicted, evicted);
         }
         ch.mirror(st);
         drop(guard);
@@ -439,11 +442,12 @@ impl Hub {
             return Err(HubError::NotFound(name.clone()));
         }
         let log = &mut st.log;
-        log.backlog.expire(
+        let evicted = log.backlog.expire(
             Instant::now(),
             ch.settings.backlog_age,
             &self.inner.backlog_bytes,
         );
+        add(&self.inner.counters.backlog_evicted, evicted);
         let (from, recovery) = ch.start_at(log, start)?;
         let last = log.last_offset;
         let mut messages = Vec::new();
@@ -520,7 +524,10 @@ impl Hub {
             .reply(name, offset, &replier.to_string(), data)
             .ok_or_else(gone)?;
         match outbox.try_push(event) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                add(&self.inner.counters.replies, 1);
+                Ok(())
+            }
             Err(PushError::Full) => Err(ReplyError::Busy {
                 channel: name.clone(),
                 offset,
@@ -615,9 +622,11 @@ impl Hub {
             .collect();
         for ch in channels {
             let mut st = ch.lock();
-            st.log
-                .backlog
-                .expire(now, ch.settings.backlog_age, &self.inner.backlog_bytes);
+            let evicted =
+                st.log
+                    .backlog
+                    .expire(now, ch.settings.backlog_age, &self.inner.backlog_bytes);
+            add(&self.inner.counters.backlog_evicted, evicted);
             st.log.dedupe.expire(now, &ch.settings, &self.inner.msg_ids);
             st.shrink();
         }
@@ -655,6 +664,16 @@ impl Hub {
             resumes_recovered: get(&c.resumes_recovered),
             resumes_expired: get(&c.resumes_expired),
             resumes_epoch_changed: get(&c.resumes_epoch_changed),
+            resume_lost_messages: get(&c.resume_lost_messages),
+            subscribes: get(&c.subscribes),
+            replies: get(&c.replies),
+            backlog_evicted: get(&c.backlog_evicted),
+            backlog_messages: self
+                .inner
+                .channels
+                .iter()
+                .map(|e| e.value().lock().log.backlog.len())
+                .sum(),
         }
     }
 }

@@ -185,6 +185,17 @@ pub struct HubStats {
     pub resumes_expired: u64,
     /// Resumes across a change of epoch (`lost` reason `epoch_changed`).
     pub resumes_epoch_changed: u64,
+    /// Offsets that resumes reported lost (the sum of their `expired` ranges).
+    pub resume_lost_messages: u64,
+    /// Subscribes answered (every start position; resumes among them).
+    pub subscribes: u64,
+    /// Replies handed to a publisher's connection.
+    pub replies: u64,
+    /// Messages removed from backlogs (by their channel's count or age limit, or the memory
+    /// bound), or never kept for lack of memory.
+    pub backlog_evicted: u64,
+    /// Messages held by all backlogs together (counted when read).
+    pub backlog_messages: usize,
 }
 
 /// Hub-wide limits: every table the hub keeps is bounded, per channel by its settings and

@@ -147,6 +147,20 @@ impl Verifier {
         }
     }
 
+    /// How long ago each issuer's keys were fetched (by issuer name): `None` before the first
+    /// successful fetch. Issuers with a shared secret (nothing to fetch) are left out.
+    pub fn key_ages(&self) -> Vec<(String, Option<Duration>)> {
+        let now = Instant::now();
+        self.inner
+            .issuers
+            .iter()
+            .filter_map(|i| {
+                let cache = i.snapshot();
+                (!cache.is_static).then(|| (i.config.name.clone(), cache.age(now)))
+            })
+            .collect()
+    }
+
     /// Fetches every issuer's keys once, concurrently. Failures are logged (`warn`), not fatal:
     /// keys are fetched again on demand.
     pub async fn prefetch(&self) {

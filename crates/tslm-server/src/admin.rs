@@ -33,7 +33,15 @@ pub(crate) async fn metrics(State(ctx): Ctx, req: Request) -> Response {
     if let Err(e) = admit(&ctx, &req) {
         return error_response(&e);
     }
-    let body = crate::metrics::render(ctx.stats.snapshot(), ctx.hub.stats(), &ctx.node);
+    let body = crate::metrics::render(
+        ctx.stats.snapshot(),
+        ctx.hub.stats(),
+        &crate::metrics::Sources {
+            node: &ctx.node,
+            publish_seconds: &ctx.stats.publish_seconds,
+            verifier: ctx.verifier.as_ref(),
+        },
+    );
     (
         [(
             header::CONTENT_TYPE,
@@ -163,10 +171,15 @@ fn render_page(ctx: &ListenerCtx, after: Option<&ChannelName>) -> String {
          <h1>TSLM gateway</h1>\
          <table id=\"node\"><tr><th>version</th><td>{}</td></tr>\
          <tr><th>uptime</th><td>{}</td></tr>\
-         <tr><th>this page served by listener</th><td>{}</td></tr></table>",
+         <tr><th>this page served by listener</th><td>{}</td></tr>\
+         <tr><th>ready</th><td id=\"ready\">{}</td></tr></table>",
         escape(crate::node::VERSION),
         uptime(node.started_at.elapsed().as_secs()),
         escape(&ctx.cfg.name),
+        match ctx.health.readiness() {
+            Ok(()) => "yes".to_owned(),
+            Err(why) => format!("no: {}", escape(why.as_str())),
+        },
     );
 
     o.push_str(
@@ -211,6 +224,23 @@ fn render_page(ctx: &ListenerCtx, after: Option<&ChannelName>) -> String {
         ("messages dropped (latest)", h.dropped_latest),
     ] {
         let _ = write!(o, "<tr><th>{name}</th><td class=\"n\">{v}</td></tr>");
+    }
+    o.push_str("</table>");
+
+    o.push_str(
+        "<h2>Connected publishers</h2><table id=\"publishers\"><tr><th>publisher</th>\
+         <th>open WebSocket connections</th></tr>",
+    );
+    let publishers = ctx.stats.publishers_connected();
+    if publishers.is_empty() {
+        o.push_str("<tr><td colspan=\"2\">none</td></tr>");
+    }
+    for (name, n) in publishers {
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td class=\"n\">{n}</td></tr>",
+            escape(&name)
+        );
     }
     o.push_str("</table>");
 

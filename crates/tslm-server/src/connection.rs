@@ -90,6 +90,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.unsubscribe_all();
         self.ctx.hub.forget_publisher(self.id);
+        self.count_publisher(false);
     }
 }
 
@@ -106,7 +107,7 @@ impl Connection {
         // Whatever the handshake presented, only an identity the listener requires lifts the
         // deadline (a publisher's token on a subscribers' listener does not).
         let auth_deadline = (!identity.meets(cfg)).then(|| Instant::now() + cfg.auth_timeout);
-        Self {
+        let connection = Self {
             identity,
             challenge: None,
             auth_deadline,
@@ -121,7 +122,9 @@ impl Connection {
             abusive: None,
             credential: None,
             ctx,
-        }
+        };
+        connection.count_publisher(true);
+        connection
     }
 
     /// Moves the connection to `next`, its listener's context after a reload. The identity is
@@ -199,6 +202,22 @@ impl Connection {
         self.identity = identity;
         self.ctx = next;
         Ok(())
+    }
+
+    /// Counts this connection for its publisher on the admin page (`connected`), or stops.
+    fn count_publisher(&self, connected: bool) {
+        if let Identity::Publisher(i) = self.identity
+            && let Some(p) = self.ctx.publishers.get(i)
+        {
+            self.ctx.stats.publisher_connection(&p.name, connected);
+        }
+    }
+
+    /// Replaces the identity (an `auth` or `refresh`), keeping the publisher counts right.
+    fn set_identity(&mut self, identity: Identity) {
+        self.count_publisher(false);
+        self.identity = identity;
+        self.count_publisher(true);
     }
 
     /// Stops deliveries and ends every subscription (at the end of the connection, before a
@@ -560,7 +579,7 @@ impl Connection {
                         expires_at: Some(grant.expires_unix()),
                     },
                 );
-                self.identity = Identity::Subscriber(grant);
+                self.set_identity(Identity::Subscriber(grant));
                 self.deadline_met();
                 Ok(reply)
             }
@@ -592,7 +611,7 @@ impl Connection {
                 expires_at: None,
             },
         );
-        self.identity = Identity::Publisher(i);
+        self.set_identity(Identity::Publisher(i));
         self.credential = credential;
         self.ctx.audit.auth(
             Outcome::Accepted,
@@ -658,7 +677,7 @@ impl Connection {
                     .push(tslm_protocol::WsFrame::text(&closed).bytes().clone());
             }
         }
-        self.identity = Identity::Subscriber(Arc::new(grant));
+        self.set_identity(Identity::Subscriber(Arc::new(grant)));
         Ok(reply)
     }
 

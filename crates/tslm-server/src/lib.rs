@@ -336,6 +336,7 @@ impl Server {
             running.insert(cfg.name.clone(), r);
         }
         node.set_slots(running.values().flat_map(reload::Running::slots).collect());
+        node.set_tls(running.values().filter_map(reload::Running::tls).collect());
         // Age limits hold for idle channels too: expired backlog entries are swept every second.
         let sweeper = {
             let (hub, token) = (self.hub.clone(), token.clone());
@@ -388,6 +389,7 @@ impl Server {
                             tracing::info!(added = ?report.added, removed = ?report.removed, updated = ?report.updated, "configuration reloaded");
                             self.config = new;
                             self.verifier = verifier;
+                            node.set_tls(running.values().filter_map(reload::Running::tls).collect());
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "reload refused: the running configuration stays");

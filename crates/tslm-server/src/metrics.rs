@@ -29,16 +29,40 @@ struct Scrape {
     hub: HubStats,
     start_time_seconds: f64,
     listeners: Vec<crate::node::Occupancy>,
+    publish_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Seconds since each issuer's keys were fetched (by issuer name; never fetched: absent).
+    key_ages: Vec<(String, f64)>,
+    /// Each TLS listener's certificate expiry (Unix seconds).
+    certificates: Vec<(String, i64)>,
+}
+
+/// What a scrape reads besides the counters.
+pub(crate) struct Sources<'a> {
+    pub(crate) node: &'a Node,
+    pub(crate) publish_seconds: &'a crate::stats::Latency,
+    pub(crate) verifier: Option<&'a tslm_oidc::Verifier>,
 }
 
 /// Encodes the exposition of one snapshot.
-pub(crate) fn render(server: ServerStats, hub: HubStats, node: &Node) -> String {
+pub(crate) fn render(server: ServerStats, hub: HubStats, from: &Sources<'_>) -> String {
     let mut registry = Registry::with_prefix("tslm");
+    let key_ages = from
+        .verifier
+        .map(|v| {
+            v.key_ages()
+                .into_iter()
+                .filter_map(|(name, age)| Some((name, age?.as_secs_f64())))
+                .collect()
+        })
+        .unwrap_or_default();
     registry.register_collector(Box::new(Scrape {
         server,
         hub,
-        start_time_seconds: node.start_time_seconds(),
-        listeners: node.occupancy(),
+        start_time_seconds: from.node.start_time_seconds(),
+        listeners: from.node.occupancy(),
+        publish_seconds: from.publish_seconds.histogram().clone(),
+        key_ages,
+        certificates: from.node.certificate_expiry(),
     }));
     let mut out = String::new();
     // Writing to a `String` cannot fail, and every name and label here is fixed.
@@ -261,8 +285,69 @@ impl Collector for Scrape {
             ],
         )?;
 
+        single(
+            &mut e,
+            "resume_lost_messages",
+            "offsets that resumes reported lost (their expired ranges)",
+            &ConstCounter::new(h.resume_lost_messages),
+        )?;
+        single(
+            &mut e,
+            "subscribes",
+            "subscribes answered, at every start position",
+            &ConstCounter::new(h.subscribes),
+        )?;
+        single(
+            &mut e,
+            "replies",
+            "replies handed to a publisher's connection",
+            &ConstCounter::new(h.replies),
+        )?;
+        single(
+            &mut e,
+            "backlog_evictions",
+            "messages removed from backlogs by a count, age or memory bound, or never kept",
+            &ConstCounter::new(h.backlog_evicted),
+        )?;
+        single(
+            &mut e,
+            "publish_duration_seconds",
+            "accepted publishes, from admission to the offset assigned and the message queued for every subscriber (the fan-out)",
+            &self.publish_seconds,
+        )?;
+        let ages: Vec<(&str, ConstGauge<f64>)> = self
+            .key_ages
+            .iter()
+            .map(|(name, age)| (name.as_str(), ConstGauge::new(*age)))
+            .collect();
+        family(
+            &mut e,
+            "identity_provider_key_age_seconds",
+            "seconds since each identity provider's key set was fetched",
+            "issuer",
+            &ages,
+        )?;
+        let expiry: Vec<(&str, ConstGauge<i64>)> = self
+            .certificates
+            .iter()
+            .map(|(name, at)| (name.as_str(), ConstGauge::new(*at)))
+            .collect();
+        family(
+            &mut e,
+            "tls_certificate_expiry_timestamp_seconds",
+            "when each TLS listener's certificate expires, in seconds since the Unix epoch",
+            "listener",
+            &expiry,
+        )?;
+
         // The hub's tables.
         single(&mut e, "channels", "channels held", &g(h.channels))?;
+        single(
+            &mut e,
+            "backlog_messages",
+            "messages held by all channel backlogs together",
+            &g(h.backlog_messages),
+        )?;
         single(
             &mut e,
             "subscriptions",

@@ -25,6 +25,8 @@ pub(crate) struct Node {
     /// Each bound address's connection slots (`max_connections`), set once the listeners'
     /// contexts exist.
     slots: OnceLock<Vec<Slots>>,
+    /// The listeners' TLS, for their certificates' expiry (replaced after each reload).
+    tls: std::sync::Mutex<Vec<(String, Arc<crate::tls::TlsState>)>>,
 }
 
 /// One bound address's connection slots: an admitted connection holds one permit.
@@ -64,7 +66,26 @@ impl Node {
             started_at: Instant::now(),
             listeners,
             slots: OnceLock::new(),
+            tls: std::sync::Mutex::default(),
         }
+    }
+
+    /// Records the TLS of the running listeners (at start and after each reload).
+    pub(crate) fn set_tls(&self, tls: Vec<(String, Arc<crate::tls::TlsState>)>) {
+        *self.tls.lock().unwrap_or_else(|p| p.into_inner()) = tls;
+    }
+
+    /// When each TLS listener's certificate expires (Unix seconds), by listener name.
+    pub(crate) fn certificate_expiry(&self) -> Vec<(String, i64)> {
+        let mut out: Vec<(String, i64)> = self
+            .tls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|(name, t)| Some((name.clone(), t.not_after_unix()?)))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Records the listeners' connection slots (once; later calls are ignored).

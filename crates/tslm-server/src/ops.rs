@@ -313,6 +313,7 @@ pub(crate) async fn publish(
     msg_id: Option<&str>,
     publisher: Option<(ConnId, &Arc<Outbox>)>,
 ) -> Result<Published, ProtoError> {
+    let started = std::time::Instant::now();
     let class = admit(ctx, who, "publish", channel, Access::Publish)?;
     if data.len() > ctx.cfg.max_publish_bytes {
         return Err(ProtoError::new(
@@ -368,6 +369,7 @@ pub(crate) async fn publish(
             data.json(),
         );
     }
+    ctx.stats.publish_seconds.observe(started.elapsed());
     Ok(published)
 }
 

@@ -108,6 +108,13 @@ pub(crate) struct Running {
 }
 
 impl Running {
+    /// Its name and TLS, when it has TLS (for the node's certificate expiry figures).
+    pub(crate) fn tls(&self) -> Option<(String, Arc<TlsState>)> {
+        self.tls
+            .as_ref()
+            .map(|t| (self.cfg.name.clone(), Arc::clone(t)))
+    }
+
     /// The connection slots of each of its addresses (for the node's occupancy figures).
     pub(crate) fn slots(&self) -> Vec<crate::node::Slots> {
         self.lives

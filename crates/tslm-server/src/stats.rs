@@ -2,9 +2,39 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tslm_protocol::ErrorCode;
 
+/// A latency distribution (seconds), for the metrics endpoint: buckets from 10 µs to about 2.6 s,
+/// each four times the last. Observed once per operation (never per delivery).
+#[derive(Debug, Clone)]
+pub(crate) struct Latency(prometheus_client::metrics::histogram::Histogram);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self(prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1e-5, 4.0, 10),
+        ))
+    }
+}
+
+impl Latency {
+    pub(crate) fn observe(&self, d: std::time::Duration) {
+        self.0.observe(d.as_secs_f64());
+    }
+
+    /// The histogram, for encoding.
+    pub(crate) fn histogram(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.0
+    }
+}
+
 /// Live counters.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
+    /// Open WebSocket connections authenticated as each publisher (by name; bounded by the
+    /// configured publishers), for the admin page.
+    publishers: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+    /// Each accepted publish, from its admission to its offset assigned and the message queued
+    /// for every subscriber (the fan-out).
+    pub(crate) publish_seconds: Latency,
     connections: AtomicUsize,
     sessions: AtomicUsize,
     connections_accepted: AtomicUsize,
@@ -113,6 +143,29 @@ impl ServerStats {
 }
 
 impl Stats {
+    /// A connection authenticated as publisher `name` (`true`) or stopped being one (`false`).
+    pub(crate) fn publisher_connection(&self, name: &str, connected: bool) {
+        let mut map = self.publishers.lock().unwrap_or_else(|p| p.into_inner());
+        if connected {
+            *map.entry(name.to_owned()).or_default() += 1;
+        } else if let Some(n) = map.get_mut(name) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(name);
+            }
+        }
+    }
+
+    /// Connected publishers by name, with their open connections.
+    pub(crate) fn publishers_connected(&self) -> Vec<(String, usize)> {
+        self.publishers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
     pub(crate) fn snapshot(&self) -> ServerStats {
         ServerStats {
             connections: self.connections.load(Ordering::Relaxed),

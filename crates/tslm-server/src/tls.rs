@@ -78,6 +78,16 @@ pub(crate) struct TlsState {
     current: RwLock<Arc<ServerConfig>>,
     /// The files' stamps as they were just before the current config was read.
     loaded: Stamps,
+    /// When the current certificate expires (Unix seconds; `i64::MIN` when it could not be read).
+    not_after: std::sync::atomic::AtomicI64,
+}
+
+impl std::fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsState")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TlsState {
@@ -85,13 +95,19 @@ impl TlsState {
     pub(crate) fn load(listener: &str, files: &TlsConfig) -> Result<Self, TlsError> {
         // Stamps first: a file changed while it is read is seen as changed by the next poll.
         let loaded = Stamps::of(files);
-        let config = build_config(files)?;
+        let (config, not_after) = build_config(files)?;
         Ok(Self {
             listener: listener.to_owned(),
             files: files.clone(),
             current: RwLock::new(Arc::new(config)),
             loaded,
+            not_after: std::sync::atomic::AtomicI64::new(not_after.unwrap_or(i64::MIN)),
         })
+    }
+
+    /// When the certificate served now expires, in Unix seconds (for the metrics endpoint).
+    pub(crate) fn not_after_unix(&self) -> Option<i64> {
+        Some(self.not_after.load(std::sync::atomic::Ordering::Relaxed)).filter(|t| *t != i64::MIN)
     }
 
     /// Whether clients must present a certificate (mutual TLS).
@@ -136,8 +152,12 @@ impl TlsState {
             return None;
         }
         match build_config(&self.files) {
-            Ok(config) => {
+            Ok((config, not_after)) => {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+                self.not_after.store(
+                    not_after.unwrap_or(i64::MIN),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 tracing::info!(
                     listener = %self.listener,
                     cert = %self.files.cert.display(),
@@ -177,9 +197,15 @@ impl Stamps {
 
 /// The listener's rustls config from its files: the certificate chain and key and, with a
 /// client CA, a verifier that requires a client certificate issued by one of those CAs.
-fn build_config(files: &TlsConfig) -> Result<ServerConfig, TlsError> {
+/// The server config of `files`, and when its certificate expires (Unix seconds).
+fn build_config(files: &TlsConfig) -> Result<(ServerConfig, Option<i64>), TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = read_certs(TlsFile::Cert, &files.cert)?;
+    let not_after = chain.first().and_then(|der| {
+        x509_parser::parse_x509_certificate(der)
+            .ok()
+            .map(|(_, c)| c.validity().not_after.timestamp())
+    });
     let key = read_key(&files.key)?;
     let signing_key = provider
         .key_provider
@@ -215,7 +241,7 @@ fn build_config(files: &TlsConfig) -> Result<ServerConfig, TlsError> {
     };
     let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
     config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
-    Ok(config)
+    Ok((config, not_after))
 }
 
 /// Every certificate in the PEM file at `path` (at least one).

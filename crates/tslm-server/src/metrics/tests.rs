@@ -1,4 +1,5 @@
 use super::*;
+use crate::stats::Latency;
 
 fn server() -> ServerStats {
     crate::stats::Stats::default().snapshot()
@@ -39,12 +40,26 @@ fn every_figure_is_exported_under_its_name_and_labels() {
         resumes_recovered: 23,
         resumes_expired: 24,
         resumes_epoch_changed: 25,
+        resume_lost_messages: 28,
+        subscribes: 29,
+        replies: 30,
+        backlog_evicted: 31,
+        backlog_messages: 32,
     };
-    let text = render(s, h, &Node::starting(Vec::new()));
+    let text = render(
+        s,
+        h,
+        &sources(&Node::starting(Vec::new()), &Latency::default()),
+    );
     let got = lines(&text);
     for want in [
         format!("tslm_build_info{{version=\"{VERSION}\"}} 1"),
         "tslm_connections 3".to_owned(),
+        "tslm_resume_lost_messages_total 28".to_owned(),
+        "tslm_subscribes_total 29".to_owned(),
+        "tslm_replies_total 30".to_owned(),
+        "tslm_backlog_evictions_total 31".to_owned(),
+        "tslm_backlog_messages 32".to_owned(),
         "tslm_connections_accepted_total 11".to_owned(),
         "tslm_connections_refused_total{reason=\"over_capacity\"} 2".to_owned(),
         "tslm_connections_refused_total{reason=\"per_address_limit\"} 4".to_owned(),
@@ -79,13 +94,17 @@ fn every_figure_is_exported_under_its_name_and_labels() {
     }
     // Every series has a HELP and a TYPE line for its metric.
     let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-    assert_eq!(types, 21, "{text}");
+    assert_eq!(types, 27, "{text}");
 }
 
 #[test]
 fn the_start_time_is_the_nodes() {
     let node = Node::starting(Vec::new());
-    let text = render(server(), HubStats::default(), &node);
+    let text = render(
+        server(),
+        HubStats::default(),
+        &sources(&node, &Latency::default()),
+    );
     let line = lines(&text)
         .into_iter()
         .find(|l| l.starts_with("tslm_process_start_time_seconds "))
@@ -104,7 +123,11 @@ fn every_metric_is_in_the_operations_reference() {
         limit: std::sync::Arc::new(tokio::sync::Semaphore::new(3)),
         max: 3,
     }]);
-    let text = render(server(), HubStats::default(), &node);
+    let text = render(
+        server(),
+        HubStats::default(),
+        &sources(&node, &Latency::default()),
+    );
     assert!(
         lines(&text).contains(&"tslm_listener_max_connections{listener=\"public\"} 3"),
         "{text}"
@@ -114,11 +137,19 @@ fn every_metric_is_in_the_operations_reference() {
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split(' ').next())
         .collect();
-    assert_eq!(names.len(), 23, "{text}");
+    assert_eq!(names.len(), 29, "{text}");
     for name in names {
         assert!(
             doc.contains(&format!("| `{name}` |")),
             "`{name}` is not in the table of docs/operations.md, \"Metrics\""
         );
+    }
+}
+
+fn sources<'a>(node: &'a Node, publish_seconds: &'a Latency) -> Sources<'a> {
+    Sources {
+        node,
+        publish_seconds,
+        verifier: None,
     }
 }
