@@ -28,6 +28,7 @@ use crate::ops::{self, ReadVia};
 use crate::stats::AuthRefusalKind;
 
 mod longpoll;
+mod sse;
 
 type Ctx = State<Arc<ListenerCtx>>;
 
@@ -48,6 +49,7 @@ pub(crate) fn router(ctx: Arc<ListenerCtx>) -> Router {
         .route("/metrics", any(crate::admin::metrics))
         .route("/admin", any(crate::admin::page))
         .route("/v1/poll", get(longpoll::poll).options(longpoll::preflight))
+        .route("/v1/events", get(sse::events).options(longpoll::preflight))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(

@@ -29,6 +29,7 @@ mod ratelimit;
 mod registry;
 mod reload;
 mod session;
+mod sse;
 mod stats;
 mod tls;
 mod upgrade;

@@ -44,8 +44,9 @@ pub(crate) struct Poll {
 }
 
 impl Poll {
-    /// Reads the query string (`bad_request` naming what is wrong).
-    pub(crate) fn parse(query: &str) -> Result<Self, ProtoError> {
+    /// Reads the query string (`bad_request` naming what is wrong). A stream (`stream`: Server-Sent
+    /// Events) takes no `wait`.
+    pub(crate) fn parse(query: &str, stream: bool) -> Result<Self, ProtoError> {
         let mut poll = Poll {
             channels: Vec::new(),
             cursor: None,
@@ -69,7 +70,7 @@ impl Poll {
                     poll.channels.push((name, start));
                 }
                 "cursor" if poll.cursor.is_none() => poll.cursor = Some(v.into_owned()),
-                "wait" => {
+                "wait" if !stream => {
                     poll.wait = v
                         .parse::<u64>()
                         .ok()
@@ -110,7 +111,7 @@ impl Poll {
         Ok(poll)
     }
 
-    fn names(&self) -> Vec<ChannelName> {
+    pub(crate) fn names(&self) -> Vec<ChannelName> {
         self.channels.iter().map(|(n, _)| n.clone()).collect()
     }
 }
@@ -120,15 +121,26 @@ pub(crate) struct Answer {
     pub(crate) chunks: Vec<Bytes>,
 }
 
-/// One read of every channel: the events and the new positions (`more`: some channel has more
-/// to read now).
-struct Read {
-    events: Vec<Bytes>,
-    positions: Vec<Position>,
-    more: bool,
+/// One event of a read: its JSON (shared with the backlog for a message), its kind, and where
+/// its channel (by index in the request) stands once the client has it.
+pub(crate) struct Event {
+    pub(crate) channel: usize,
+    pub(crate) kind: &'static str,
+    pub(crate) position: Position,
+    pub(crate) json: Bytes,
 }
 
-async fn read(
+/// One read of every channel: the events and the new positions (`more`: some channel has more
+/// to read now).
+pub(crate) struct Read {
+    pub(crate) events: Vec<Event>,
+    pub(crate) positions: Vec<Position>,
+    pub(crate) more: bool,
+}
+
+/// Reads every channel of `poll` from `starts` (a start each, and whether to announce it with a
+/// `subscribed` event even when nothing was lost).
+pub(crate) async fn read(
     ctx: &ListenerCtx,
     who: &Identity,
     poll: &Poll,
@@ -141,7 +153,7 @@ async fn read(
         positions: Vec::with_capacity(starts.len()),
         more: false,
     };
-    for ((channel, _), (start, announce)) in poll.channels.iter().zip(starts) {
+    for (i, ((channel, _), (start, announce))) in poll.channels.iter().zip(starts).enumerate() {
         // Every channel is read, with at least one message when one follows (so that no channel
         // can be starved by the others); the rest of the answer's bounds are shared.
         let h = ops::read(ctx, who, channel, *start, left.max(1), budget.max(1)).await?;
@@ -149,9 +161,17 @@ async fn read(
             h.subscription.recovery,
             Some(tslm_protocol::Recovery::Incomplete(_))
         );
+        let sub = &h.subscription;
         if *announce || lost {
-            out.events
-                .push(v1::encode_subscribed(channel, &h.subscription));
+            out.events.push(Event {
+                channel: i,
+                kind: "subscribed",
+                position: Position {
+                    epoch: sub.epoch,
+                    offset: Offset(sub.from.0.saturating_sub(1)),
+                },
+                json: v1::encode_subscribed(channel, sub),
+            });
         }
         let last = h
             .messages
@@ -164,7 +184,17 @@ async fn read(
         left = left.saturating_sub(h.events.len());
         budget = budget.saturating_sub(h.events.iter().map(Bytes::len).sum());
         out.more |= h.more;
-        out.events.extend(h.events);
+        for (json, (offset, _)) in h.events.into_iter().zip(&h.messages) {
+            out.events.push(Event {
+                channel: i,
+                kind: "message",
+                position: Position {
+                    epoch: sub.epoch,
+                    offset: *offset,
+                },
+                json,
+            });
+        }
     }
     Ok(out)
 }
@@ -241,7 +271,7 @@ pub(crate) async fn run(
         if i > 0 {
             chunks.push(Bytes::from_static(b","));
         }
-        chunks.push(e);
+        chunks.push(e.json);
     }
     chunks.push(Bytes::from(format!(
         "],\"cursor\":\"{cursor}\",\"more\":{}}}",
@@ -256,7 +286,16 @@ mod tests {
 
     #[test]
     fn queries_are_read_strictly() {
-        let p = Poll::parse("channel=a&channel=b%40oldest&wait=0&limit=5&cursor=x").unwrap();
+        let p = Poll::parse(
+            "channel=a&channel=b%40oldest&wait=0&limit=5&cursor=x",
+            false,
+        )
+        .unwrap();
+        assert!(
+            Poll::parse("channel=a&wait=0", true).is_err(),
+            "a stream does not wait"
+        );
+        assert!(Poll::parse("channel=a&limit=5", true).is_ok());
         assert_eq!(p.channels.len(), 2);
         assert_eq!(p.channels[1].1, Start::Oldest);
         assert_eq!(
@@ -280,7 +319,7 @@ mod tests {
             "channel=%20",
             many.as_str(),
         ] {
-            assert!(Poll::parse(bad).is_err(), "{bad:?}");
+            assert!(Poll::parse(bad, false).is_err(), "{bad:?}");
         }
     }
 }

@@ -45,7 +45,7 @@ async fn answer(ctx: Arc<ListenerCtx>, req: Request) -> Result<Body, ProtoError>
         "long-polling",
         None,
     )?;
-    let poll = crate::poll::Poll::parse(req.uri().query().unwrap_or(""))?;
+    let poll = crate::poll::Poll::parse(req.uri().query().unwrap_or(""), false)?;
     let conn = slot(req.extensions())
         .ok_or_else(|| ProtoError::new(ErrorCode::Internal, "internal error"))?;
     let headers = req.headers().clone();
@@ -90,7 +90,7 @@ pub(super) async fn preflight(req: Request) -> Response {
 }
 
 /// Lets the page of an allowed origin read the answer.
-fn cors(h: &mut HeaderMap, origin: Option<HeaderValue>) {
+pub(super) fn cors(h: &mut HeaderMap, origin: Option<HeaderValue>) {
     if let Some(o) = origin {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
         h.insert(header::VARY, HeaderValue::from_static("Origin"));

@@ -1,0 +1,279 @@
+//! Server-Sent Events: `GET /v1/events?channel=A[@START]&channel=B…` streams the events of up to
+//! 16 channels on one response, for browsers whose network breaks WebSockets but passes a
+//! streaming HTTP response (the browser's `EventSource`, or `fetch` with a reader).
+//!
+//! Each event carries an `id:` that is a cursor ([`tslm_protocol::cursor`]) naming the position
+//! of **every** channel of the stream once the client has that event, so the browser's own
+//! reconnect (`Last-Event-ID`) resumes all of them with no gap and no duplicate. A stream is a
+//! sequence of log reads (the long-poll's, [`crate::poll::read`]): woken by a publish on one of
+//! its channels, it reads from its positions, writes what it read, and waits again. Messages are
+//! the JSON each publish encoded once, shared with the backlog (split into `data:` lines where a
+//! payload has line breaks); a position the backlog no longer holds is reported by a
+//! `subscribed` event with `lost`, as a v1 resume reports it.
+//!
+//! A stream ends with an `end` event: `token_expired` when the subscriber's token expires, the
+//! shutdown reason (with its `retry:`) when the gateway stops, `reload` when the configuration
+//! was reloaded (the client reconnects and is checked again), or an error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tslm_hub::{ConnId, Outbox, OutboxLimits};
+use tslm_protocol::cursor::{self, Position};
+use tslm_protocol::{ChannelName, ProtoError, Start, Wire};
+
+use crate::context::ListenerCtx;
+use crate::identity::Identity;
+use crate::poll::{self, Poll};
+
+/// A comment line this often when nothing else was sent, so that proxies keep the stream open.
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(15);
+/// The reconnect delay the stream asks of `EventSource` (`retry:`), in milliseconds.
+pub(crate) const RETRY_MS: u64 = 3000;
+/// Chunks waiting for the client's socket; past it, the stream waits (the client reads slowly)
+/// and reads nothing more, so a slow reader costs no more than this.
+pub(crate) const QUEUE: usize = 64;
+
+/// The lines of one event: `event:`, `id:` and the JSON as `data:` lines (a line break in the
+/// JSON, which can only be whitespace between its tokens, starts a new `data:` line; the client
+/// joins them with `\n`). The JSON is shared, never copied here.
+pub(crate) fn event(kind: &str, id: &str, json: &Bytes) -> Vec<Bytes> {
+    let mut out = vec![Bytes::from(format!("event: {kind}\nid: {id}\ndata: "))];
+    let mut start = 0;
+    let bytes = json.as_ref();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\n' || bytes[i] == b'\r' {
+            out.push(json.slice(start..i));
+            out.push(Bytes::from_static(b"\ndata: "));
+            // `\r\n` is one line break.
+            if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+                i += 1;
+            }
+            start = i + 1;
+        }
+        i += 1;
+    }
+    out.push(json.slice(start..));
+    out.push(Bytes::from_static(b"\n\n"));
+    out
+}
+
+/// The last event of a stream: `reason`, and the reconnect delay to ask for.
+fn end(reason: &str, retry_ms: u64) -> Bytes {
+    let json = serde_json::json!({ "event": "end", "reason": reason }).to_string();
+    Bytes::from(format!("retry: {retry_ms}\nevent: end\ndata: {json}\n\n"))
+}
+
+/// The temporary subscriptions that wake a stream when one of its channels gets a message.
+struct Wake<'a> {
+    ctx: &'a ListenerCtx,
+    id: ConnId,
+    channels: Vec<ChannelName>,
+    outbox: Arc<Outbox>,
+}
+
+impl<'a> Wake<'a> {
+    fn new(ctx: &'a ListenerCtx, channels: &[ChannelName]) -> Result<Self, ProtoError> {
+        let mut wake = Wake {
+            ctx,
+            id: ctx.hub.next_conn_id(),
+            channels: Vec::new(),
+            outbox: Self::outbox(),
+        };
+        wake.subscribe(channels)?;
+        Ok(wake)
+    }
+
+    fn outbox() -> Arc<Outbox> {
+        // Frames are only counted (refcounts of shared bytes): a few, so that a burst between two
+        // reads does not close it; when it does close, it is made again (nothing is lost: the
+        // stream reads the log).
+        Arc::new(Outbox::new(OutboxLimits {
+            max_bytes: usize::MAX,
+            max_messages: 64,
+        }))
+    }
+
+    fn subscribe(&mut self, channels: &[ChannelName]) -> Result<(), ProtoError> {
+        for c in channels {
+            self.ctx
+                .hub
+                .subscribe(c, self.id, Wire::V1Ws, &self.outbox, Start::New)
+                .map_err(crate::ops::hub_error)?;
+            self.channels.push(c.clone());
+        }
+        Ok(())
+    }
+
+    /// Waits for a publish; then forgets what was queued (the stream reads the log), making the
+    /// subscriptions again if the queue overflowed meanwhile.
+    async fn wait(&mut self) -> Result<(), ProtoError> {
+        self.outbox.ready().await;
+        let mut frames = std::collections::VecDeque::new();
+        if self.outbox.take(&mut frames).is_some() {
+            let channels = std::mem::take(&mut self.channels);
+            for c in &channels {
+                self.ctx.hub.unsubscribe(c, self.id);
+            }
+            self.outbox = Self::outbox();
+            self.subscribe(&channels)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Wake<'_> {
+    fn drop(&mut self) {
+        self.outbox.close();
+        for c in &self.channels {
+            self.ctx.hub.unsubscribe(c, self.id);
+        }
+    }
+}
+
+/// Sends `chunks`; `false` when the client is gone.
+async fn send(tx: &mpsc::Sender<Bytes>, chunks: Vec<Bytes>) -> bool {
+    for c in chunks {
+        if tx.send(c).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Runs one stream until its client goes or it ends (see the module documentation). `resume`:
+/// the cursor to start from (`Last-Event-ID`, or the `cursor` parameter).
+pub(crate) async fn run(
+    ctx: Arc<ListenerCtx>,
+    who: Identity,
+    poll: Poll,
+    resume: Option<Vec<Position>>,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let names = poll.names();
+    let (mut starts, mut positions): (Vec<(Start, bool)>, Vec<Position>) = match resume {
+        Some(p) => (p.iter().map(|p| (p.start(), false)).collect(), p),
+        None => (
+            poll.channels.iter().map(|(_, s)| (*s, true)).collect(),
+            // Set by each channel's `subscribed` event, which comes first.
+            Vec::new(),
+        ),
+    };
+    if !send(&tx, vec![Bytes::from(format!("retry: {RETRY_MS}\n\n"))]).await {
+        return;
+    }
+    let mut wake = match Wake::new(&ctx, &names) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = send(&tx, vec![end(e.code.as_str(), RETRY_MS)]).await;
+            return;
+        }
+    };
+    let expires = match &who {
+        Identity::Subscriber(g) => Some(g.expiry_deadline(Instant::now())),
+        _ => None,
+    };
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    loop {
+        let got = match poll::read(&ctx, &who, &poll, &starts).await {
+            Ok(got) => got,
+            Err(e) => {
+                let _ = send(&tx, vec![end(e.code.as_str(), RETRY_MS)]).await;
+                return;
+            }
+        };
+        if positions.is_empty() {
+            positions = got.positions.clone();
+        }
+        // `subscribed` events first, so that every message's id names a known position for
+        // every channel.
+        let (announced, messages): (Vec<_>, Vec<_>) =
+            got.events.into_iter().partition(|e| e.kind == "subscribed");
+        for e in announced.into_iter().chain(messages) {
+            positions[e.channel] = e.position;
+            let id = cursor::encode(&names, &positions);
+            if !send(&tx, event(e.kind, &id, &e.json)).await {
+                return;
+            }
+        }
+        positions = got.positions;
+        starts = positions.iter().map(|p| (p.start(), false)).collect();
+        if got.more {
+            continue;
+        }
+        // Nothing more now: wait for a publish, keeping the stream alive meanwhile.
+        loop {
+            tokio::select! {
+                r = wake.wait() => {
+                    if let Err(e) = r {
+                        let _ = send(&tx, vec![end(e.code.as_str(), RETRY_MS)]).await;
+                        return;
+                    }
+                    break;
+                }
+                _ = tokio::time::sleep(KEEPALIVE) => {
+                    if !send(&tx, vec![Bytes::from_static(b": keep-alive\n\n")]).await {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(expires.unwrap_or(far)) => {
+                    let _ = send(&tx, vec![end("token_expired", RETRY_MS)]).await;
+                    return;
+                }
+                _ = ctx.generation.cancelled() => {
+                    if ctx.shutdown.is_cancelled() {
+                        // This stream's turn to close, spread like the sessions'.
+                        let turn = ctx.closing.take_turn();
+                        tokio::time::sleep_until(turn.at).await;
+                        let retry = tslm_protocol::close::parse_shutdown_reason(&turn.reason)
+                            .unwrap_or(RETRY_MS);
+                        let _ = send(&tx, vec![end(&turn.reason, retry)]).await;
+                    } else {
+                        let _ = send(&tx, vec![end("reload", 1000)]).await;
+                    }
+                    return;
+                }
+                _ = tx.closed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(chunks: &[Bytes]) -> String {
+        chunks
+            .iter()
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_event_splits_line_breaks_into_data_lines_and_shares_the_json() {
+        let json = Bytes::from_static(b"{\"a\":\n1,\r\n\"b\":\r2}");
+        let chunks = event("message", "x.1:2", &json);
+        assert_eq!(
+            text(&chunks),
+            "event: message\nid: x.1:2\ndata: {\"a\":\ndata: 1,\ndata: \"b\":\ndata: 2}\n\n"
+        );
+        // The JSON's slices point into the same buffer.
+        assert!(chunks.iter().any(|c| c.as_ptr() == json.as_ptr()));
+        let one = event("message", "i", &Bytes::from_static(b"{}"));
+        assert_eq!(text(&one), "event: message\nid: i\ndata: {}\n\n");
+    }
+
+    #[test]
+    fn the_end_event_names_its_reason_and_retry() {
+        let e = end("token_expired", 3000);
+        assert_eq!(
+            std::str::from_utf8(&e).unwrap(),
+            "retry: 3000\nevent: end\ndata: {\"event\":\"end\",\"reason\":\"token_expired\"}\n\n"
+        );
+    }
+}

@@ -1,0 +1,422 @@
+//! Server-Sent Events (`GET /v1/events`) over real sockets: several channels on one stream, ids
+//! that resume every channel with `Last-Event-ID` while publishes race the reconnect, loss
+//! reports, bad ids, headers, payloads with line breaks, token expiry and shutdown.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One event as a client sees it: its `event`, `id` and `data` (lines joined by `\n`).
+#[derive(Debug, Clone)]
+struct Ev {
+    event: String,
+    id: String,
+    data: String,
+    retry: Option<u64>,
+}
+
+impl Ev {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {:?}", self.data))
+    }
+}
+
+/// A raw SSE client: the response head, then events as they come (the body's chunked encoding
+/// decoded as it arrives).
+struct Stream {
+    tcp: TcpStream,
+    /// Bytes read and not yet decoded.
+    raw: Vec<u8>,
+    /// The decoded body not yet consumed.
+    body: Vec<u8>,
+    head: String,
+}
+
+impl Stream {
+    async fn open(
+        addr: SocketAddr,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Stream, (u16, String)> {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let mut req = format!(
+            "GET /v1/events?{query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n"
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut s = Stream {
+            tcp,
+            raw: Vec::new(),
+            body: Vec::new(),
+            head: String::new(),
+        };
+        while !s.raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            s.read_more().await;
+        }
+        let i = s.raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head: Vec<u8> = s.raw.drain(..i + 4).collect();
+        let head = String::from_utf8(head).unwrap();
+        let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        if status != 200 {
+            return Err((status, head));
+        }
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "{head}"
+        );
+        s.head = head;
+        Ok(s)
+    }
+
+    async fn read_more(&mut self) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(T, self.tcp.read(&mut chunk))
+            .await
+            .expect("stream data in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "stream ended; undecoded: {:?}",
+            String::from_utf8_lossy(&self.raw)
+        );
+        self.raw.extend_from_slice(&chunk[..n]);
+    }
+
+    /// Moves every complete chunk of `raw` into `body`.
+    fn decode(&mut self) {
+        loop {
+            let Some(i) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return;
+            };
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&self.raw[..i]).unwrap().trim(), 16)
+                    .expect("a chunk size");
+            if self.raw.len() < i + 2 + size + 2 {
+                return;
+            }
+            self.body.extend_from_slice(&self.raw[i + 2..i + 2 + size]);
+            self.raw.drain(..i + 2 + size + 2);
+        }
+    }
+
+    /// Body text up to and including `end`.
+    async fn until(&mut self, end: &[u8]) -> String {
+        loop {
+            self.decode();
+            if let Some(i) = self.body.windows(end.len()).position(|w| w == end) {
+                let out: Vec<u8> = self.body.drain(..i + end.len()).collect();
+                return String::from_utf8(out).unwrap();
+            }
+            self.read_more().await;
+        }
+    }
+
+    /// The next event (comments and the first `retry:` block skipped).
+    async fn next(&mut self) -> Ev {
+        loop {
+            let block = self.until(b"\n\n").await;
+            let mut ev = Ev {
+                event: String::new(),
+                id: String::new(),
+                data: String::new(),
+                retry: None,
+            };
+            let mut data = Vec::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    ev.event = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("id: ") {
+                    ev.id = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push(v);
+                } else if let Some(v) = line.strip_prefix("retry: ") {
+                    ev.retry = v.parse().ok();
+                }
+            }
+            ev.data = data.join("\n");
+            if !ev.event.is_empty() {
+                return ev;
+            }
+        }
+    }
+}
+
+async fn create(s: &TestServer, channel: &str) {
+    let (status, _, body) = http(
+        s.addr("private"),
+        "PUT",
+        &format!("/v1/channels/{channel}"),
+        &[],
+        "",
+    )
+    .await;
+    assert!(status == 201 || status == 200, "{body}");
+}
+
+async fn publish(s: &TestServer, channel: &str, data: &str) -> u64 {
+    let (status, _, body) = http(
+        s.addr("private"),
+        "POST",
+        &format!("/v1/channels/{channel}/messages"),
+        &[],
+        data,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["offset"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn one_stream_carries_several_channels_with_ids_that_resume_them_all() {
+    let s = TestServer::default().await;
+    create(&s, "a").await;
+    create(&s, "b").await;
+    publish(&s, "b", "1").await;
+    publish(&s, "b", "{\"k\":\n [1,\r\n 2]}").await;
+    let mut st = Stream::open(s.addr("public"), "channel=a&channel=b@oldest", &[])
+        .await
+        .unwrap();
+    let head = st.head.to_ascii_lowercase();
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(
+        head.contains("cache-control: no-cache, no-transform"),
+        "{head}"
+    );
+    assert!(head.contains("x-accel-buffering: no"), "{head}");
+    assert!(!head.contains("content-encoding"), "{head}");
+    let (e1, e2) = (st.next().await, st.next().await);
+    assert_eq!(
+        (e1.event.as_str(), e1.json()["channel"].as_str()),
+        ("subscribed", Some("a"))
+    );
+    assert_eq!(
+        (e2.event.as_str(), e2.json()["channel"].as_str()),
+        ("subscribed", Some("b"))
+    );
+    let m1 = st.next().await;
+    assert_eq!(
+        (m1.json()["channel"].as_str(), m1.json()["offset"].as_u64()),
+        (Some("b"), Some(1))
+    );
+    let m2 = st.next().await;
+    // A payload with line breaks came as several `data:` lines; joined, it is the JSON.
+    assert_eq!(m2.json()["data"]["k"][1], 2, "{m2:?}");
+    // Live: a publish on `a` arrives on the same stream.
+    publish(&s, "a", "\"live\"").await;
+    let m3 = st.next().await;
+    assert_eq!(
+        (m3.json()["channel"].as_str(), m3.json()["data"].as_str()),
+        (Some("a"), Some("live"))
+    );
+    // Its id names both channels' positions: resuming from it gives what follows, nothing else.
+    let last_id = m3.id.clone();
+    drop(st);
+    publish(&s, "b", "3").await;
+    publish(&s, "a", "\"after\"").await;
+    let mut again = Stream::open(
+        s.addr("public"),
+        "channel=a&channel=b@oldest",
+        &[("Last-Event-ID", &last_id)],
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let e = again.next().await;
+        assert_eq!(e.event, "message", "{e:?}");
+        got.push((
+            e.json()["channel"].as_str().unwrap().to_owned(),
+            e.json()["offset"].as_u64().unwrap(),
+        ));
+    }
+    got.sort();
+    assert_eq!(got, [("a".to_owned(), 2), ("b".to_owned(), 3)]);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reconnect_racing_publishes_gets_every_offset_exactly_once() {
+    let s = TestServer::default().await;
+    create(&s, "r").await;
+    let mut seen = Vec::new();
+    let mut id = String::new();
+    let addr = s.addr("public");
+    for round in 0..4 {
+        let mut st = if id.is_empty() {
+            Stream::open(addr, "channel=r", &[]).await.unwrap()
+        } else {
+            Stream::open(addr, "channel=r", &[("Last-Event-ID", &id)])
+                .await
+                .unwrap()
+        };
+        if round == 0 {
+            assert_eq!(st.next().await.event, "subscribed");
+        }
+        // Publishes race the stream: some land before it reads, some after.
+        for _ in 0..5 {
+            publish(&s, "r", "1").await;
+        }
+        for _ in 0..3 {
+            let e = st.next().await;
+            assert_eq!(e.event, "message", "{e:?}");
+            seen.push(e.json()["offset"].as_u64().unwrap());
+            id = e.id.clone();
+        }
+        drop(st); // the network drops with messages in flight
+    }
+    let mut st = Stream::open(addr, "channel=r", &[("Last-Event-ID", &id)])
+        .await
+        .unwrap();
+    while seen.len() < 20 {
+        let e = st.next().await;
+        seen.push(e.json()["offset"].as_u64().unwrap());
+    }
+    assert_eq!(seen, (1..=20).collect::<Vec<_>>());
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn losses_are_reported_and_bad_ids_refused() {
+    let s = TestServer::start(&format!(
+        "{}[channel.\"small.*\"]\nbacklog_messages = 2\n",
+        two_listeners("")
+    ))
+    .await;
+    create(&s, "small.1").await;
+    let mut st = Stream::open(s.addr("public"), "channel=small.1", &[])
+        .await
+        .unwrap();
+    let first = st.next().await;
+    drop(st);
+    for i in 1..=5 {
+        publish(&s, "small.1", &i.to_string()).await;
+    }
+    let mut st = Stream::open(
+        s.addr("public"),
+        "channel=small.1",
+        &[("Last-Event-ID", &first.id)],
+    )
+    .await
+    .unwrap();
+    let lost = st.next().await;
+    assert_eq!(lost.event, "subscribed");
+    assert_eq!(lost.json()["lost"]["reason"], "expired", "{lost:?}");
+    assert_eq!(
+        (
+            lost.json()["lost"]["from"].as_u64(),
+            lost.json()["lost"]["to"].as_u64()
+        ),
+        (Some(1), Some(3))
+    );
+    assert_eq!(st.next().await.json()["offset"], 4);
+    assert_eq!(st.next().await.json()["offset"], 5);
+    drop(st);
+    // Malformed, foreign (another channel list) and non-UTF-8-free ids: 400, never a fresh start.
+    create(&s, "other").await;
+    for id in ["nonsense", first.id.as_str()] {
+        let q = if id == "nonsense" {
+            "channel=small.1"
+        } else {
+            "channel=other"
+        };
+        let (status, head) = Stream::open(s.addr("public"), q, &[("Last-Event-ID", id)])
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status, 400, "{id}: {head}");
+    }
+    let (status, _) = Stream::open(s.addr("public"), "channel=nope", &[])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, 404);
+    let (status, _) = Stream::open(s.addr("public"), "channel=small.1&wait=5", &[])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, 400);
+    let (status, _) = Stream::open(s.addr("private"), "channel=small.1", &[])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, 403);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_its_token_expires() {
+    use base64::Engine;
+    let secret = b"sse-test-secret-of-at-least-32-bytes!!";
+    let s = TestServer::start(&format!(
+        "{}[issuer.shared]\nissuer = 'sse'\naudiences = ['tslm']\nchannels_claim = 'c'\nsecret = '{}'\nleeway_seconds = 0\n\
+         [channel.\"secure.*\"]\nsubscribers = 'authenticated'\n",
+        two_listeners(""),
+        base64::engine::general_purpose::STANDARD.encode(secret)
+    ))
+    .await;
+    create(&s, "secure.1").await;
+    let (status, _) = Stream::open(s.addr("public"), "channel=secure.1", &[])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, 401);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"iss":"sse","aud":"tslm","sub":"u","exp":now+2,"iat":now,"c":["secure.*"]}),
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap();
+    let auth = format!("Bearer {token}");
+    let mut st = Stream::open(
+        s.addr("public"),
+        "channel=secure.1",
+        &[("Authorization", &auth)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(st.next().await.event, "subscribed");
+    let end = st.next().await;
+    assert_eq!(end.event, "end", "{end:?}");
+    assert_eq!(end.json()["reason"], "token_expired");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_ends_at_shutdown_with_when_to_come_back() {
+    let s = TestServer::default().await;
+    create(&s, "a").await;
+    let mut st = Stream::open(s.addr("public"), "channel=a", &[])
+        .await
+        .unwrap();
+    assert_eq!(st.next().await.event, "subscribed");
+    let stopping = tokio::spawn(s.shutdown());
+    let end = st.next().await;
+    assert_eq!(end.event, "end", "{end:?}");
+    let reason = end.json()["reason"].as_str().unwrap().to_owned();
+    let retry = tslm_protocol::close::parse_shutdown_reason(&reason).expect("a shutdown reason");
+    assert_eq!(
+        end.retry,
+        Some(retry),
+        "EventSource waits what the reason says"
+    );
+    tokio::time::timeout(Duration::from_secs(30), stopping)
+        .await
+        .unwrap()
+        .unwrap();
+}
