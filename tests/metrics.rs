@@ -679,9 +679,19 @@ async fn latency_backlog_resume_key_age_and_certificate_metrics() {
         .as_secs_f64();
     assert!(expiry > now + 86_400.0, "{expiry}");
 
+    // A refusal, listed on the page among the recent ones.
+    let (status, _, _) = get(&srv, "guarded", "/v1/channels", None).await;
+    assert_eq!(status, 401);
     let (status, _, page) = get(&srv, "ops", "/admin", Some(OPS_TOKEN)).await;
     assert_eq!(status, 200);
     assert!(page.contains("<td id=\"ready\">yes</td>"), "{page}");
+    let recent = page.split("<table id=\"recent\">").nth(1).unwrap();
+    let recent = recent.split("</table>").next().unwrap();
+    assert!(
+        recent.contains("authentication refused (HTTP 401)"),
+        "{recent}"
+    );
+    assert!(recent.contains("s ago</td>"), "{recent}");
     assert!(
         page.contains("<tr><td>feed</td><td class=\"n\">1</td></tr>"),
         "{page}"

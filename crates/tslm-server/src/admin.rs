@@ -244,9 +244,26 @@ fn render_page(ctx: &ListenerCtx, after: Option<&ChannelName>) -> String {
     }
     o.push_str("</table>");
 
+    o.push_str("<h2>Recent refusals</h2><table id=\"recent\"><tr><th>when</th><th>what</th></tr>");
+    let recent = ctx.stats.recent_refusals();
+    if recent.is_empty() {
+        o.push_str("<tr><td colspan=\"2\">none</td></tr>");
+    }
+    let now = std::time::SystemTime::now();
+    for (at, what) in recent {
+        let ago = now.duration_since(at).map_or(0, |d| d.as_secs());
+        let _ = write!(
+            o,
+            "<tr><td>{} ago</td><td>{}</td></tr>",
+            uptime(ago),
+            escape(what)
+        );
+    }
+    o.push_str("</table>");
+
     o.push_str(
-        "<h2>Refusals since start</h2><p class=\"note\">Counts only: single refusals are \
-         not recorded (the log has one line per 10 s at most for failed authentications).</p>\
+        "<h2>Refusals since start</h2><p class=\"note\">Counts by reason; the last 20 are listed \
+         above (the log has one line per 10 s at most for failed authentications).</p>\
          <table id=\"refusals\">",
     );
     for (name, v) in [

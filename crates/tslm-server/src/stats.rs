@@ -26,12 +26,17 @@ impl Latency {
     }
 }
 
+/// Refusals the admin page lists (a bounded ring: a flood costs no more).
+pub(crate) const RECENT_REFUSALS: usize = 20;
+
 /// Live counters.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     /// Open WebSocket connections authenticated as each publisher (by name; bounded by the
     /// configured publishers), for the admin page.
     publishers: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+    /// The last [`RECENT_REFUSALS`] refusals, newest last, for the admin page.
+    recent: std::sync::Mutex<std::collections::VecDeque<(std::time::SystemTime, &'static str)>>,
     /// Each accepted publish, from its admission to its offset assigned and the message queued
     /// for every subscriber (the fan-out).
     pub(crate) publish_seconds: Latency,
@@ -217,8 +222,29 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Remembers a refusal for the admin page (the oldest goes past [`RECENT_REFUSALS`]).
+    fn remember(&self, what: &'static str) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_REFUSALS {
+            recent.pop_front();
+        }
+        recent.push_back((std::time::SystemTime::now(), what));
+    }
+
+    /// The last refusals, newest first.
+    pub(crate) fn recent_refusals(&self) -> Vec<(std::time::SystemTime, &'static str)> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().rev().copied().collect()
+    }
+
     /// Counts one refused authentication.
     pub(crate) fn count_auth_refusal(&self, kind: AuthRefusalKind) {
+        self.remember(match kind {
+            AuthRefusalKind::Http => "authentication refused (HTTP 401)",
+            AuthRefusalKind::Handshake => "authentication refused at a WebSocket handshake (401)",
+            AuthRefusalKind::Command => "authentication refused (auth or refresh command)",
+            AuthRefusalKind::OverBudget => "over a failed-authentication budget (429)",
+        });
         let counter = match kind {
             AuthRefusalKind::Http => &self.auth_refusals_http,
             AuthRefusalKind::Handshake => &self.auth_refusals_handshake,
@@ -236,14 +262,17 @@ impl Stats {
     }
 
     pub(crate) fn count_ip_refusal(&self) {
+        self.remember("connection over a per-address limit (429)");
         self.ip_refusals.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_overload_close(&self) {
+        self.remember("connection closed unanswered (overload)");
         self.overload_closes.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_over_capacity(&self) {
+        self.remember("connection over capacity (503)");
         self.over_capacity_rejections
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -410,5 +439,19 @@ mod tests {
             ],
             [1, 2, 3, 4]
         );
+    }
+
+    #[test]
+    fn recent_refusals_are_a_bounded_ring_newest_first() {
+        let stats = Stats::default();
+        for _ in 0..100 {
+            stats.count_ip_refusal();
+        }
+        stats.count_over_capacity();
+        let recent = stats.recent_refusals();
+        assert_eq!(recent.len(), RECENT_REFUSALS);
+        assert_eq!(recent[0].1, "connection over capacity (503)");
+        assert!(recent[1..].iter().all(|r| r.1.contains("per-address")));
+        assert_eq!(stats.snapshot().ip_refusals, 100);
     }
 }
