@@ -271,6 +271,11 @@ impl Glob {
         }
     }
 
+    /// The pattern as written.
+    pub fn pattern(&self) -> String {
+        self.parts.join("*")
+    }
+
     pub fn matches(&self, name: &str) -> bool {
         if name.len() < self.literal_len {
             return false;

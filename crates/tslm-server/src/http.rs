@@ -29,6 +29,7 @@ use crate::stats::AuthRefusalKind;
 
 mod longpoll;
 mod sse;
+mod tickets;
 
 type Ctx = State<Arc<ListenerCtx>>;
 
@@ -50,6 +51,10 @@ pub(crate) fn router(ctx: Arc<ListenerCtx>) -> Router {
         .route("/admin", any(crate::admin::page))
         .route("/v1/poll", get(longpoll::poll).options(longpoll::preflight))
         .route("/v1/events", get(sse::events).options(longpoll::preflight))
+        .route(
+            "/v1/tickets",
+            axum::routing::post(tickets::issue).options(tickets::preflight),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(

@@ -31,6 +31,7 @@ mod reload;
 mod session;
 mod sse;
 mod stats;
+mod ticket;
 mod tls;
 mod upgrade;
 

@@ -39,6 +39,8 @@ pub(crate) const DEFAULT_LIMIT: usize = 100;
 pub(crate) struct Poll {
     pub(crate) channels: Vec<(ChannelName, Start)>,
     pub(crate) cursor: Option<String>,
+    /// A ticket (`POST /v1/tickets`) instead of an `Authorization` header.
+    pub(crate) ticket: Option<String>,
     pub(crate) wait: Duration,
     pub(crate) limit: usize,
 }
@@ -50,6 +52,7 @@ impl Poll {
         let mut poll = Poll {
             channels: Vec::new(),
             cursor: None,
+            ticket: None,
             wait: DEFAULT_WAIT,
             limit: DEFAULT_LIMIT,
         };
@@ -70,6 +73,7 @@ impl Poll {
                     poll.channels.push((name, start));
                 }
                 "cursor" if poll.cursor.is_none() => poll.cursor = Some(v.into_owned()),
+                "ticket" if poll.ticket.is_none() => poll.ticket = Some(v.into_owned()),
                 "wait" if !stream => {
                     poll.wait = v
                         .parse::<u64>()

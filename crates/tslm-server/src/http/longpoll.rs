@@ -50,7 +50,7 @@ async fn answer(ctx: Arc<ListenerCtx>, req: Request) -> Result<Body, ProtoError>
         .ok_or_else(|| ProtoError::new(ErrorCode::Internal, "internal error"))?;
     let headers = req.headers().clone();
     drop(req);
-    let (who, _credential) = crate::upgrade::initial_identity(&ctx, &conn, &headers).await?;
+    let who = subscriber_identity(&ctx, &conn, &headers, poll.ticket.as_deref()).await?;
     if !who.meets(&ctx.cfg) {
         return Err(identity::unauthorized(
             "this listener requires an access token: send `Authorization: Bearer <token>`",
@@ -65,6 +65,30 @@ async fn answer(ctx: Arc<ListenerCtx>, req: Request) -> Result<Body, ProtoError>
         body.extend_from_slice(c);
     }
     Ok(Body::from(body))
+}
+
+/// Who reads: the grant of a `ticket` (`POST /v1/tickets`), or the identity the headers prove,
+/// as for a WebSocket handshake. A ticket and an access token together are refused (400).
+pub(super) async fn subscriber_identity(
+    ctx: &ListenerCtx,
+    conn: &crate::context::ConnSlot,
+    headers: &HeaderMap,
+    ticket: Option<&str>,
+) -> Result<identity::Identity, ProtoError> {
+    match ticket {
+        Some(t) => {
+            if ctx.cfg.auth_tokens.is_empty() && headers.contains_key(header::AUTHORIZATION) {
+                return Err(ProtoError::bad_request(
+                    "send either a ticket or an `Authorization` header, not both",
+                ));
+            }
+            let grant = crate::ticket::redeem(&ctx.cfg.name, t, std::time::SystemTime::now())?;
+            Ok(identity::Identity::Subscriber(Arc::new(grant)))
+        }
+        None => Ok(crate::upgrade::initial_identity(ctx, conn, headers)
+            .await?
+            .0),
+    }
 }
 
 /// `OPTIONS /v1/poll`: the CORS preflight of a browser's poll with an `Authorization` header

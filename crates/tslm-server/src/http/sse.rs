@@ -76,7 +76,8 @@ async fn start(ctx: Arc<ListenerCtx>, req: Request) -> Result<Body, ProtoError> 
         .ok_or_else(|| ProtoError::new(ErrorCode::Internal, "internal error"))?;
     let headers = req.headers().clone();
     drop(req);
-    let (who, _credential) = crate::upgrade::initial_identity(&ctx, &conn, &headers).await?;
+    let who =
+        super::longpoll::subscriber_identity(&ctx, &conn, &headers, poll.ticket.as_deref()).await?;
     if !who.meets(&ctx.cfg) {
         return Err(identity::unauthorized(
             "this listener requires an access token: send `Authorization: Bearer <token>`",
