@@ -62,6 +62,16 @@ fi
 log "JavaScript client: build with tsc, then node --test against the real binary and headless Chromium"
 TSLM_BIN="$PWD/target/debug/tslm" npm test --prefix clients/js
 
+# --- the AsyncAPI document (docs/asyncapi.yaml) -------------------------------------------------
+# Parsed by @asyncapi/parser (pinned in tests/asyncapi), and every golden fixture of
+# crates/tslm-protocol/fixtures/v1 checked against its schemas.
+if [ ! -d tests/asyncapi/node_modules ]; then
+  log "installing the AsyncAPI parser (npm ci --prefix tests/asyncapi)"
+  npm ci --prefix tests/asyncapi --no-audit --no-fund
+fi
+log "AsyncAPI: docs/asyncapi.yaml valid, the golden fixtures match it"
+node tests/asyncapi/check.mjs
+
 # --- packaging (packaging/container-test.sh) --------------------------------------------------
 # Installs what it needs (apt: podman, runc, musl-tools, systemd; the rust musl target), builds
 # the static binary and the FROM scratch image, smoke-tests the image under podman (health check,
