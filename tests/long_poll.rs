@@ -243,6 +243,18 @@ async fn bad_requests_are_refused_with_a_clear_error() {
         let msg = body["error"]["message"].as_str().unwrap();
         assert!(msg.contains(want), "{query}: {msg}");
     }
+    // More channels than a connection may subscribe to.
+    let capped = TestServer::start(&two_listeners("max_subscriptions_per_connection = 2")).await;
+    create(&capped, "a").await;
+    let (status, _, body) = poll_with(
+        capped.addr("public"),
+        "channel=a&channel=b&channel=c&wait=0",
+        &[],
+    )
+    .await;
+    assert_eq!(body["error"]["code"], "limit_exceeded", "{body}");
+    assert_ne!(status, 200);
+    capped.shutdown().await;
     let (status, _, body) = poll_with(s.addr("public"), "channel=nope&wait=0", &[]).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
@@ -318,6 +330,10 @@ async fn browsers_of_allowed_origins_can_read_answers() {
         "{head}"
     );
     assert!(head.contains("cache-control: no-store"), "{head}");
+    assert!(
+        head.contains("content-length:"),
+        "an answer of known length: {head}"
+    );
     let (status, head, _) = http_raw(
         s.addr("public"),
         "OPTIONS /v1/poll HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example.com\r\nAccess-Control-Request-Method: GET\r\nAccess-Control-Request-Headers: authorization\r\nConnection: close\r\n\r\n",

@@ -243,6 +243,12 @@ async fn one_stream_carries_several_channels_with_ids_that_resume_them_all() {
     }
     got.sort();
     assert_eq!(got, [("a".to_owned(), 2), ("b".to_owned(), 3)]);
+    // A client that goes leaves no subscription behind.
+    drop(again);
+    s.wait_for("the stream's subscriptions to end", |s| {
+        s.hub.stats().subscriptions == 0
+    })
+    .await;
     s.shutdown().await;
 }
 

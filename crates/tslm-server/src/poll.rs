@@ -34,8 +34,7 @@ pub(crate) const DEFAULT_WAIT: Duration = Duration::from_secs(25);
 /// Messages per answer by default (`limit` may ask for 1..=1000).
 pub(crate) const DEFAULT_LIMIT: usize = 100;
 
-/// A validated poll request.
-#[derive(Debug)]
+/// A validated poll request (its `Debug` leaves the ticket out: it is a credential).
 pub(crate) struct Poll {
     pub(crate) channels: Vec<(ChannelName, Start)>,
     pub(crate) cursor: Option<String>,
@@ -43,6 +42,18 @@ pub(crate) struct Poll {
     pub(crate) ticket: Option<String>,
     pub(crate) wait: Duration,
     pub(crate) limit: usize,
+}
+
+impl std::fmt::Debug for Poll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Poll")
+            .field("channels", &self.channels)
+            .field("cursor", &self.cursor)
+            .field("ticket", &self.ticket.as_ref().map(|_| "<redacted>"))
+            .field("wait", &self.wait)
+            .field("limit", &self.limit)
+            .finish()
+    }
 }
 
 impl Poll {
@@ -262,7 +273,9 @@ pub(crate) async fn run(
             tokio::select! {
                 _ = waiting.outbox.ready() => {}
                 _ = tokio::time::sleep(poll.wait) => {}
-                _ = ctx.shutdown.cancelled() => {}
+                // Shutdown, or a reload: answer now; the next poll is judged by the new
+                // configuration.
+                _ = ctx.generation.cancelled() => {}
             }
             drop(waiting);
             got = read(ctx, who, poll, &here).await?;

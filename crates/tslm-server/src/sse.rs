@@ -35,7 +35,7 @@ pub(crate) const KEEPALIVE: Duration = Duration::from_secs(15);
 pub(crate) const RETRY_MS: u64 = 3000;
 /// Chunks waiting for the client's socket; past it, the stream waits (the client reads slowly)
 /// and reads nothing more, so a slow reader costs no more than this.
-pub(crate) const QUEUE: usize = 64;
+pub(crate) const QUEUE: usize = 16;
 
 /// The lines of one event: `event:`, `id:` and the JSON as `data:` lines (a line break in the
 /// JSON, which can only be whitespace between its tokens, starts a new `data:` line; the client
@@ -135,11 +135,17 @@ impl Drop for Wake<'_> {
     }
 }
 
-/// Sends `chunks`; `false` when the client is gone.
+/// How long a client may leave the stream's queue full (not reading) before the stream ends:
+/// like a WebSocket session's write deadline, so a reader that stops costs its slot and its
+/// subscriptions for a bounded time only.
+pub(crate) const STALL: Duration = Duration::from_secs(30);
+
+/// Sends `chunks`; `false` when the client is gone or has not read for [`STALL`].
 async fn send(tx: &mpsc::Sender<Bytes>, chunks: Vec<Bytes>) -> bool {
     for c in chunks {
-        if tx.send(c).await.is_err() {
-            return false;
+        match tokio::time::timeout(STALL, tx.send(c)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return false,
         }
     }
     true

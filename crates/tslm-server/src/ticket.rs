@@ -36,8 +36,10 @@ struct Claims {
     i: String,
     s: Option<String>,
     c: Vec<String>,
-    /// Expiry, Unix seconds.
+    /// Until when it may be redeemed (opening a stream or a poll), Unix seconds: a minute.
     e: u64,
+    /// When the token's grant ends, Unix seconds: what a stream opened with the ticket lasts.
+    x: u64,
 }
 
 /// The process's key: drawn once, at random.
@@ -58,13 +60,15 @@ fn unix(t: SystemTime) -> u64 {
 
 /// A ticket for `grant` on listener `listener`; returns it with its lifetime in seconds.
 pub(crate) fn issue(listener: &str, grant: &SubscriberGrant, now: SystemTime) -> (String, u64) {
-    let expires = unix(grant.expires_at).min(unix(now) + LIFETIME.as_secs());
+    let grant_ends = unix(grant.expires_at);
+    let expires = grant_ends.min(unix(now) + LIFETIME.as_secs());
     let claims = Claims {
         l: listener.to_owned(),
         i: grant.issuer.clone(),
         s: grant.subject.clone(),
         c: grant.channels.iter().map(Glob::pattern).collect(),
         e: expires,
+        x: grant_ends,
     };
     let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
     let tag = URL_SAFE_NO_PAD.encode(mac(&payload).finalize().into_bytes());
@@ -74,9 +78,11 @@ pub(crate) fn issue(listener: &str, grant: &SubscriberGrant, now: SystemTime) ->
     )
 }
 
-/// The grant of `ticket` on listener `listener`, or 401.
+/// The grant of `ticket` on listener `listener` (issued by one of `issuers`, still configured),
+/// or 401. The grant lasts as long as the token it came from.
 pub(crate) fn redeem(
     listener: &str,
+    issuers: &[crate::auth_config::Issuer],
     ticket: &str,
     now: SystemTime,
 ) -> Result<SubscriberGrant, ProtoError> {
@@ -98,10 +104,15 @@ pub(crate) fn redeem(
     if claims.e <= unix(now) {
         return Err(unauthorized("ticket expired: ask for a new one"));
     }
+    if !issuers.iter().any(|i| i.name == claims.i) {
+        return Err(unauthorized(
+            "ticket refused: its token's issuer is no longer configured",
+        ));
+    }
     Ok(SubscriberGrant {
         issuer: claims.i,
         subject: claims.s,
-        expires_at: UNIX_EPOCH + Duration::from_secs(claims.e),
+        expires_at: UNIX_EPOCH + Duration::from_secs(claims.x),
         channels: claims
             .c
             .iter()
@@ -113,6 +124,15 @@ pub(crate) fn redeem(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn idp() -> Vec<crate::auth_config::Issuer> {
+        let toml = "[listener.a]\nip='127.0.0.1'\nport=0\n[issuer.idp]\nissuer = 'x'\naudiences = ['a']\nchannels_claim = 'c'\nsecret = 'cmVsb2FkLXRlc3Qtc2VjcmV0LWEtb2YtMzItYnl0ZXMtb3ItbW9yZQ=='\n";
+        crate::config::Config::from_toml_str(toml, "t")
+            .unwrap()
+            .issuers
+            .as_ref()
+            .clone()
+    }
 
     fn grant(expires_in: u64, now: SystemTime) -> SubscriberGrant {
         SubscriberGrant {
@@ -128,7 +148,7 @@ mod tests {
         let now = SystemTime::now();
         let (t, ttl) = issue("public", &grant(3600, now), now);
         assert_eq!(ttl, 60);
-        let g = redeem("public", &t, now).unwrap();
+        let g = redeem("public", &idp(), &t, now).unwrap();
         assert_eq!(
             (g.issuer.as_str(), g.subject.as_deref()),
             ("idp", Some("alice"))
@@ -138,16 +158,38 @@ mod tests {
         // A token that expires sooner: the ticket with it.
         let (t, ttl) = issue("public", &grant(5, now), now);
         assert_eq!(ttl, 5);
-        assert!(redeem("public", &t, now + Duration::from_secs(5)).is_err());
-        assert!(redeem("public", &t, now + Duration::from_secs(4)).is_ok());
+        assert!(redeem("public", &idp(), &t, now + Duration::from_secs(5)).is_err());
+        assert!(redeem("public", &idp(), &t, now + Duration::from_secs(4)).is_ok());
+    }
+
+    #[test]
+    fn a_stream_opened_with_a_ticket_lasts_as_long_as_the_token() {
+        let now = SystemTime::now();
+        let (t, _) = issue("public", &grant(3600, now), now);
+        let g = redeem("public", &idp(), &t, now).unwrap();
+        assert_eq!(
+            unix(g.expires_at),
+            unix(now) + 3600,
+            "the token's expiry, not the ticket's"
+        );
+        assert!(
+            redeem("public", &[], &t, now).is_err(),
+            "its issuer was removed"
+        );
     }
 
     #[test]
     fn tampered_foreign_and_malformed_tickets_are_refused() {
         let now = SystemTime::now();
         let (t, _) = issue("public", &grant(3600, now), now);
-        assert!(redeem("other", &t, now).is_err(), "another listener");
-        assert!(redeem("public", &t, now + LIFETIME).is_err(), "expired");
+        assert!(
+            redeem("other", &idp(), &t, now).is_err(),
+            "another listener"
+        );
+        assert!(
+            redeem("public", &idp(), &t, now + LIFETIME).is_err(),
+            "expired"
+        );
         // Any change to the payload breaks the signature.
         let (payload, tag) = t.split_once('.').unwrap();
         let forged_claims = Claims {
@@ -156,13 +198,14 @@ mod tests {
             s: None,
             c: vec!["*".into()],
             e: unix(now) + 60,
+            x: unix(now) + 60,
         };
         let forged = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged_claims).unwrap());
-        assert!(redeem("public", &format!("{forged}.{tag}"), now).is_err());
+        assert!(redeem("public", &idp(), &format!("{forged}.{tag}"), now).is_err());
         let mut flipped = payload.as_bytes().to_vec();
         flipped[3] ^= 1;
         let flipped = String::from_utf8(flipped).unwrap();
-        assert!(redeem("public", &format!("{flipped}.{tag}"), now).is_err());
+        assert!(redeem("public", &idp(), &format!("{flipped}.{tag}"), now).is_err());
         for bad in [
             "",
             ".",
@@ -171,7 +214,7 @@ mod tests {
             &"a".repeat(MAX_BYTES + 1),
             &format!("{payload}."),
         ] {
-            let e = redeem("public", bad, now).unwrap_err();
+            let e = redeem("public", &idp(), bad, now).unwrap_err();
             assert_eq!(e.code, tslm_protocol::ErrorCode::Unauthorized, "{bad:?}");
         }
     }

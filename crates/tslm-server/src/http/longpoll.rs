@@ -46,6 +46,7 @@ async fn answer(ctx: Arc<ListenerCtx>, req: Request) -> Result<Body, ProtoError>
         None,
     )?;
     let poll = crate::poll::Poll::parse(req.uri().query().unwrap_or(""), false)?;
+    within_subscription_limit(&ctx, &poll)?;
     let conn = slot(req.extensions())
         .ok_or_else(|| ProtoError::new(ErrorCode::Internal, "internal error"))?;
     let headers = req.headers().clone();
@@ -57,14 +58,64 @@ async fn answer(ctx: Arc<ListenerCtx>, req: Request) -> Result<Body, ProtoError>
         ));
     }
     let answer = crate::poll::run(&ctx, &who, &poll).await?;
-    // One buffer with its length (proxies and clients handle it best): the messages are copied
-    // into it as they were encoded at publish, never encoded again.
-    let len = answer.chunks.iter().map(bytes::Bytes::len).sum();
-    let mut body = Vec::with_capacity(len);
-    for c in &answer.chunks {
-        body.extend_from_slice(c);
+    // The shared bytes as they are (no copy), with their exact length (proxies and clients
+    // handle a `Content-Length` best).
+    Ok(Body::new(Chunks::new(answer.chunks)))
+}
+
+/// A body of shared chunks with an exact length.
+struct Chunks {
+    chunks: std::collections::VecDeque<bytes::Bytes>,
+    left: u64,
+}
+
+impl Chunks {
+    fn new(chunks: Vec<bytes::Bytes>) -> Self {
+        let left = chunks.iter().map(|c| c.len() as u64).sum();
+        Self {
+            chunks: chunks.into(),
+            left,
+        }
     }
-    Ok(Body::from(body))
+}
+
+impl http_body::Body for Chunks {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let next = self.chunks.pop_front();
+        if let Some(c) = &next {
+            self.left = self.left.saturating_sub(c.len() as u64);
+        }
+        std::task::Poll::Ready(next.map(|c| Ok(http_body::Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}
+
+/// The per-connection bound of subscriptions applies to the channels of one poll or stream.
+pub(super) fn within_subscription_limit(
+    ctx: &ListenerCtx,
+    poll: &crate::poll::Poll,
+) -> Result<(), ProtoError> {
+    let max = ctx.cfg.abuse.max_subscriptions_per_connection;
+    if poll.channels.len() > max {
+        return Err(ProtoError::new(
+            ErrorCode::LimitExceeded,
+            format!("this listener allows at most {max} channels per connection"),
+        ));
+    }
+    Ok(())
 }
 
 /// Who reads: the grant of a `ticket` (`POST /v1/tickets`), or the identity the headers prove,
@@ -82,7 +133,12 @@ pub(super) async fn subscriber_identity(
                     "send either a ticket or an `Authorization` header, not both",
                 ));
             }
-            let grant = crate::ticket::redeem(&ctx.cfg.name, t, std::time::SystemTime::now())?;
+            let grant = crate::ticket::redeem(
+                &ctx.cfg.name,
+                &ctx.issuers,
+                t,
+                std::time::SystemTime::now(),
+            )?;
             Ok(identity::Identity::Subscriber(Arc::new(grant)))
         }
         None => Ok(crate::upgrade::initial_identity(ctx, conn, headers)

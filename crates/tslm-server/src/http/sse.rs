@@ -54,6 +54,7 @@ async fn start(ctx: Arc<ListenerCtx>, req: Request) -> Result<Body, ProtoError> 
         None,
     )?;
     let mut poll = crate::poll::Poll::parse(req.uri().query().unwrap_or(""), true)?;
+    super::longpoll::within_subscription_limit(&ctx, &poll)?;
     // The browser's reconnect names where it stopped; it wins over a `cursor` in the URL (the
     // URL of the first connection, which the browser reuses).
     let last = req
