@@ -15,7 +15,8 @@ export interface TransportHandlers {
   message(text: string): void;
   /** The connection ended. Called at most once, and never after {@link TransportConnection.close}
    * was called by the client (the client then handles the end itself). `code` follows the
-   * WebSocket close codes: 1006 for an end without a close frame. */
+   * WebSocket close codes: 1006 for an end without a close frame. `immediate`: reconnect without
+   * a backoff (an SSE `end` event `reload`). */
   close(info: { code: number; reason: string; immediate?: boolean }): void;
 }
 
@@ -192,9 +193,16 @@ function httpConnection(
   };
 }
 
-/** The close that an HTTP error answer stands for: 429 and 5xx back off longer. */
-function httpError(res: Response): { code: number; reason: string } {
-  return { code: res.status === 429 || res.status >= 500 ? 1011 : 1006, reason: `HTTP ${res.status}` };
+/** The close that an HTTP error answer stands for (429 and 5xx back off longer), its reason the
+ * status and the gateway's error code (docs/protocol.md, section 4) when it sent one. */
+async function httpError(res: Response): Promise<{ code: number; reason: string }> {
+  let code = '';
+  try {
+    code = (await res.json()).error.code;
+  } catch {
+    /* not the gateway's error object */
+  }
+  return { code: res.status === 429 || res.status >= 500 ? 1011 : 1006, reason: `HTTP ${res.status}${code ? ` ${code}` : ''}` };
 }
 
 const idle = () => new Promise<void>(() => {});

@@ -111,6 +111,21 @@ for (const [name, make] of [
       }
     });
 
+    test('a refused stream is reported with its HTTP status and the gateway\'s error code, and retried', async () => {
+      const client = new TslmClient({ url: gw.publicUrl, transports: [make()], ...fast });
+      const log = record(client);
+      try {
+        client.subscribe(`secure.${name}.none`); // needs a token; none given
+        await waitFor(() => log.disconnects.length >= 2, 'two refusals');
+        assert.equal(log.disconnects[0].reason, 'HTTP 401 unauthorized', JSON.stringify(log.disconnects));
+        assert.ok(log.disconnects.every((d) => d.reaction === 'resume' && d.delayMs >= 0));
+        assert.deepEqual(log.opens.filter((o) => o.transport !== name), []);
+        assert.deepEqual(log.messages, []);
+      } finally {
+        client.close();
+      }
+    });
+
     test('sends the token from the callback in an Authorization header', async () => {
       const ch = `secure.${name}`;
       await gw.createChannel(ch);
