@@ -575,8 +575,10 @@ export class TslmClient extends Emitter<ClientEvents> {
       message: (text) => {
         if (gen === this.generation) this.onFrame(text);
       },
-      close: ({ code, reason, immediate }) => {
-        if (gen === this.generation) this.onClose(code, reason, immediate);
+      close: ({ code, reason, immediate, error }) => {
+        if (gen !== this.generation) return;
+        if (error) this.onStreamRefused(error);
+        this.onClose(code, reason, immediate);
       },
     }, stream);
   }
@@ -651,6 +653,22 @@ export class TslmClient extends Emitter<ClientEvents> {
     this.emit('open', { transport: this.transports[this.transportIndex].name });
     // Subscriptions changed while the stream was opening: a new one with the current list.
     if (this.streaming && (this.streamChannels.length !== this.subs.size || this.streamChannels.some((c) => !this.subs.has(c)))) this.restartStream();
+  }
+
+  /** A stream refused for one channel (the gateway's message names it): the refusal is an `error`
+   * event; a `forbidden` or `unauthorized` channel is dropped, as a refused `subscribe` is, so
+   * that the other channels can flow; a missing one is retried with the stream. */
+  private onStreamRefused(error: { code: string; message: string }): void {
+    const channel = /channel `([^`]+)`/.exec(error.message)?.[1];
+    const sub = channel === undefined ? undefined : this.subs.get(channel);
+    const e = new TslmError(error.code, error.message, sub ? { channel: sub.channel, op: 'subscribe' } : { op: 'subscribe' });
+    this.emit('error', e);
+    if (!sub || (error.code !== 'forbidden' && !(error.code === 'unauthorized' && !this.opts.token))) return;
+    this.subs.delete(sub.channel);
+    if (!sub.readySettled) {
+      sub.readySettled = true;
+      sub.rejectReady(e);
+    }
   }
 
   private async authenticatePublisher(gen: number): Promise<any> {

@@ -17,7 +17,7 @@ export interface TransportHandlers {
    * was called by the client (the client then handles the end itself). `code` follows the
    * WebSocket close codes: 1006 for an end without a close frame. `immediate`: reconnect without
    * a backoff (an SSE `end` event `reload`). */
-  close(info: { code: number; reason: string; immediate?: boolean }): void;
+  close(info: { code: number; reason: string; immediate?: boolean; error?: { code: string; message: string } }): void;
 }
 
 /** One open (or opening) connection of a transport. */
@@ -150,13 +150,13 @@ function httpUrl(url: string, path: string, channels: string[], extra: Record<st
 function httpConnection(
   handlers: TransportHandlers,
   stream: StreamRequest,
-  body: (ctx: { signal: AbortSignal; fetch: typeof fetch; headers(): Promise<Record<string, string>>; open(): void }) => Promise<void | { code: number; reason: string; immediate?: boolean }>,
+  body: (ctx: { signal: AbortSignal; fetch: typeof fetch; headers(): Promise<Record<string, string>>; open(): void }) => Promise<void | Parameters<TransportHandlers['close']>[0]>,
   options: HttpTransportOptions,
 ): TransportConnection {
   const ac = new AbortController();
   let done = false;
   let opened = false;
-  const finish = (info: { code: number; reason: string; immediate?: boolean }) => {
+  const finish = (info: Parameters<TransportHandlers['close']>[0]) => {
     if (done) return;
     done = true;
     ac.abort();
@@ -195,14 +195,15 @@ function httpConnection(
 
 /** The close that an HTTP error answer stands for (429 and 5xx back off longer), its reason the
  * status and the gateway's error code (docs/protocol.md, section 4) when it sent one. */
-async function httpError(res: Response): Promise<{ code: number; reason: string }> {
-  let code = '';
+async function httpError(res: Response): Promise<{ code: number; reason: string; error?: { code: string; message: string } }> {
+  let error: { code: string; message: string } | undefined;
   try {
-    code = (await res.json()).error.code;
+    const e = (await res.json()).error;
+    if (typeof e.code === 'string') error = { code: e.code, message: String(e.message) };
   } catch {
     /* not the gateway's error object */
   }
-  return { code: res.status === 429 || res.status >= 500 ? 1011 : 1006, reason: `HTTP ${res.status}${code ? ` ${code}` : ''}` };
+  return { code: res.status === 429 || res.status >= 500 ? 1011 : 1006, reason: `HTTP ${res.status}${error ? ` ${error.code}` : ''}`, error };
 }
 
 const idle = () => new Promise<void>(() => {});

@@ -111,16 +111,30 @@ for (const [name, make] of [
       }
     });
 
-    test('a refused stream is reported with its HTTP status and the gateway\'s error code, and retried', async () => {
+    test('a refused channel: forbidden is dropped with an error, a missing one is retried until it exists', async () => {
       const client = new TslmClient({ url: gw.publicUrl, transports: [make()], ...fast });
       const log = record(client);
       try {
-        client.subscribe(`secure.${name}.none`); // needs a token; none given
-        await waitFor(() => log.disconnects.length >= 2, 'two refusals');
+        // Needs a token, and the client has no callback: the subscription ends, as on a WebSocket.
+        const secure = client.subscribe(`secure.${name}.none`);
+        await assert.rejects(secure.ready, (e) => e.code === 'unauthorized' && e.channel === `secure.${name}.none`);
         assert.equal(log.disconnects[0].reason, 'HTTP 401 unauthorized', JSON.stringify(log.disconnects));
-        assert.ok(log.disconnects.every((d) => d.reaction === 'resume' && d.delayMs >= 0));
-        assert.deepEqual(log.opens.filter((o) => o.transport !== name), []);
-        assert.deepEqual(log.messages, []);
+        assert.equal(client.position(`secure.${name}.none`), undefined);
+
+        // A channel that does not exist yet, beside one that does: errors, retried with backoff.
+        const here = `fb.${name}.here`;
+        const later = `fb.${name}.later`;
+        await gw.createChannel(here);
+        const laterSub = client.subscribe(later);
+        client.subscribe(here);
+        await waitFor(() => log.errors.filter((e) => e.code === 'not_found' && e.channel === later).length >= 2, 'not_found twice');
+        await gw.createChannel(later);
+        await laterSub.ready;
+        await gw.publish(later, 'l1');
+        await gw.publish(here, 'h1');
+        await waitFor(() => log.messages.length === 2, 'both channels');
+        assert.deepEqual(log.messages.map((m) => [m.channel, m.data]).sort(), [[here, 'h1'], [later, 'l1']]);
+        assert.ok(log.opens.every((o) => o.transport === name));
       } finally {
         client.close();
       }
