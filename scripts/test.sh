@@ -12,7 +12,8 @@ log() { printf '\n== %s ==\n' "$*"; }
 # keyring (it downloads Python 2.7 from Debian's archive), procps (`kill`, used by the signal tests),
 # nodejs and npm (the OpenID Connect provider the OIDC tests run, tests/oidc), chromium (Debian's
 # Chromium, headless, driven by playwright-core from tests/browser for the browser tests),
-# prometheus (for `promtool check metrics`, which parses `GET /metrics` in tests/metrics.rs).
+# prometheus (for `promtool check metrics`, which parses `GET /metrics` in tests/metrics.rs),
+# nginx (the reverse proxy the JavaScript client's fallback test puts in front of the gateway).
 missing=()
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
@@ -22,6 +23,7 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+[ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

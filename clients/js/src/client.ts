@@ -3,6 +3,9 @@ import { Emitter } from './emitter.js';
 import { TslmError } from './errors.js';
 import { webSocket, type Transport, type TransportConnection } from './transport.js';
 
+const startText = (s: Start): string =>
+  typeof s === 'string' ? s : 'last' in s ? `last:${s.last}` : `${s.epoch}:${s.offset}`;
+
 /** Where a subscription starts (docs/protocol.md, "Start positions"). */
 export type Start = 'new' | 'oldest' | { last: number } | Position;
 
@@ -113,9 +116,11 @@ interface EventTargetLike {
 export interface ClientOptions {
   /** The gateway's address, `ws://host:port/` or `wss://…`. */
   url: string;
-  /** Transports in order of preference (default `[webSocket()]`). The client falls back to the
-   * next one only when a connection fails before the server's first frame, and goes back to the
-   * first one after `upgradeRetryMs` or after a drop. */
+  /** Transports in order of preference (default `[webSocket()]`; for fallbacks
+   * `[webSocket(), serverSentEvents(), longPoll()]`). The client falls back to the next one only
+   * when a connection fails before the server's first frame, and goes back to the first one after
+   * `upgradeRetryMs` or after a drop. On a stream transport (SSE, long-poll) only subscriptions
+   * work: other requests reject with `unsupported`. */
   transports?: Transport[];
   /** Returns an access token (or a publisher token) for `auth`; called on every connection and
    * before the token expires (`refresh`). */
@@ -267,6 +272,9 @@ export class TslmClient extends Emitter<ClientEvents> {
   private lastReceived = 0;
   private pingSentAt = 0;
   private detach: Array<() => void> = [];
+  private restarting = false;
+  /** The channels the current stream connection reads. */
+  private streamChannels: string[] = [];
 
   constructor(options: ClientOptions) {
     super();
@@ -280,6 +288,31 @@ export class TslmClient extends Emitter<ClientEvents> {
   /** The connection state. */
   get state(): ConnectionState {
     return this._state;
+  }
+
+  /** The name of the transport in use (`websocket`, `sse`, `longpoll`) while open. */
+  get transport(): string | undefined {
+    return this.ready ? this.transports[this.transportIndex].name : undefined;
+  }
+
+  private get streaming(): boolean {
+    return this.transports[this.transportIndex].stream === true;
+  }
+
+  /** On a stream transport, opens a new stream with the current channel list (each channel
+   * resumes from its position); several changes in one tick make one new stream. */
+  private restartStream(): void {
+    if (this.restarting) return;
+    this.restarting = true;
+    queueMicrotask(() => {
+      this.restarting = false;
+      if (!this.ready || !this.streaming) return;
+      this.generation++;
+      this.conn?.close(1000, '');
+      this.conn = null;
+      this.cleanupConnection();
+      this.openConnection();
+    });
   }
 
   /** The stored position of a subscribed channel. */
@@ -364,7 +397,10 @@ export class TslmClient extends Emitter<ClientEvents> {
       rejectReady(new TslmError('closed', 'the client is closed', { channel, op: 'subscribe' }));
     } else {
       this.subs.set(channel, sub);
-      if (this.ready) this.sendSubscribe(sub);
+      if (this.ready) {
+        if (this.streaming) this.restartStream();
+        else this.sendSubscribe(sub);
+      }
     }
     return {
       channel,
@@ -385,6 +421,10 @@ export class TslmClient extends Emitter<ClientEvents> {
       sub.rejectReady(new TslmError('closed', 'unsubscribed before the subscription started', { channel, op: 'subscribe' }));
     }
     if (!this.ready) return Promise.resolve();
+    if (this.streaming) {
+      this.restartStream();
+      return Promise.resolve();
+    }
     return handled(this.send({ op: 'unsubscribe', channel }, true).then(() => undefined, () => undefined));
   }
 
@@ -453,6 +493,7 @@ export class TslmClient extends Emitter<ClientEvents> {
     if (this.userClosed || this._state === 'closed') {
       return Promise.reject(new TslmError('closed', 'the client is closed', { op: String(frame.op) }));
     }
+    if (!internal && this.ready && this.streaming) return Promise.reject(this.unsupported(frame));
     const id = ++this.seq;
     return new Promise((resolve, reject) => {
       const p: Pending = { frame, resolve, reject, sent: false, internal };
@@ -469,6 +510,11 @@ export class TslmClient extends Emitter<ClientEvents> {
     if (!this.conn) return;
     p.sent = true;
     this.conn.send(JSON.stringify({ ...p.frame, id }));
+  }
+
+  private unsupported(frame: Record<string, unknown>): TslmError {
+    const op = String(frame.op);
+    return new TslmError('unsupported', `\`${op}\` needs a WebSocket; the client is on ${this.transports[this.transportIndex].name}`, { op });
   }
 
   private failPending(which: (p: Pending) => boolean, code: string, message: string): void {
@@ -512,6 +558,16 @@ export class TslmClient extends Emitter<ClientEvents> {
     this.connectTimer = this.timers.setTimeout(() => {
       if (gen === this.generation && !this.ready) this.abandon(1006, 'connection attempt timed out');
     }, this.opts.connectTimeoutMs ?? 10000);
+    this.streamChannels = [...this.subs.keys()];
+    const stream = transport.stream
+      ? {
+          channels: [...this.subs.values()].map((s) => {
+            const start = s.position ?? s.start;
+            return start === 'new' ? s.channel : `${s.channel}@${startText(start)}`;
+          }),
+          token: () => (this.opts.token ? this.getToken() : Promise.resolve(undefined)),
+        }
+      : undefined;
     this.conn = transport.open(this.opts.url, protocols, {
       open: () => {
         if (gen === this.generation) this.onOpen(gen);
@@ -519,10 +575,12 @@ export class TslmClient extends Emitter<ClientEvents> {
       message: (text) => {
         if (gen === this.generation) this.onFrame(text);
       },
-      close: ({ code, reason }) => {
-        if (gen === this.generation) this.onClose(code, reason);
+      close: ({ code, reason, immediate, error }) => {
+        if (gen !== this.generation) return;
+        if (error) this.onStreamRefused(error);
+        this.onClose(code, reason, immediate);
       },
-    });
+    }, stream);
   }
 
   /** Gives the current connection up as if it had ended with `code` (a dead network may never
@@ -540,7 +598,11 @@ export class TslmClient extends Emitter<ClientEvents> {
     // The first exchange: `auth` with the token, or a `ping`. Its reply is the server's first
     // frame; only then is the connection open for subscriptions and requests.
     try {
-      if (this.opts.publisher) {
+      if (this.streaming) {
+        // No first exchange: the token went in the request, the stream says where each channel starts.
+        for (const sub of this.subs.values()) sub.generation = gen;
+        this.failPending((p) => !p.sent && !p.internal, 'unsupported', 'needs a WebSocket');
+      } else if (this.opts.publisher) {
         const r = await this.authenticatePublisher(gen);
         if (r === undefined) return;
         this.onTokenAccepted(r, gen);
@@ -568,7 +630,7 @@ export class TslmClient extends Emitter<ClientEvents> {
     this.connectTimer = undefined;
     this.ready = true;
     this.attempt = 0;
-    this.scheduleLiveness();
+    if (!this.streaming) this.scheduleLiveness();
     if (this.transportIndex > 0) {
       this.clear(this.upgradeTimer);
       this.upgradeTimer = this.timers.setTimeout(() => {
@@ -589,6 +651,24 @@ export class TslmClient extends Emitter<ClientEvents> {
     for (const [id, p] of this.pending) if (!p.sent) this.transmit(id, p);
     this.setState('open');
     this.emit('open', { transport: this.transports[this.transportIndex].name });
+    // Subscriptions changed while the stream was opening: a new one with the current list.
+    if (this.streaming && (this.streamChannels.length !== this.subs.size || this.streamChannels.some((c) => !this.subs.has(c)))) this.restartStream();
+  }
+
+  /** A stream refused for one channel (the gateway's message names it): the refusal is an `error`
+   * event; a `forbidden` or `unauthorized` channel is dropped, as a refused `subscribe` is, so
+   * that the other channels can flow; a missing one is retried with the stream. */
+  private onStreamRefused(error: { code: string; message: string }): void {
+    const channel = /channel `([^`]+)`/.exec(error.message)?.[1];
+    const sub = channel === undefined ? undefined : this.subs.get(channel);
+    const e = new TslmError(error.code, error.message, sub ? { channel: sub.channel, op: 'subscribe' } : { op: 'subscribe' });
+    this.emit('error', e);
+    if (!sub || (error.code !== 'forbidden' && !(error.code === 'unauthorized' && !this.opts.token))) return;
+    this.subs.delete(sub.channel);
+    if (!sub.readySettled) {
+      sub.readySettled = true;
+      sub.rejectReady(e);
+    }
   }
 
   private async authenticatePublisher(gen: number): Promise<any> {
@@ -671,7 +751,7 @@ export class TslmClient extends Emitter<ClientEvents> {
     }
   }
 
-  private onClose(code: number, reason: string): void {
+  private onClose(code: number, reason: string, immediate = false): void {
     this.conn = null;
     const hadFrame = this.gotFrame;
     this.cleanupConnection();
@@ -699,7 +779,7 @@ export class TslmClient extends Emitter<ClientEvents> {
       return;
     }
     let delayMs: number;
-    if (reaction === 'token') {
+    if (reaction === 'token' || immediate) {
       delayMs = 0;
     } else {
       delayMs = backoffDelay(this.attempt, this.opts.backoff, this.random);
@@ -762,7 +842,7 @@ export class TslmClient extends Emitter<ClientEvents> {
     if (this._state === 'waiting') {
       this.attempt = 0;
       this.openConnection();
-    } else if (this._state === 'open' && this.pingSentAt === 0) {
+    } else if (this._state === 'open' && this.pingSentAt === 0 && !this.streaming) {
       this.livenessPing();
       const gen = this.generation;
       const timeout = this.opts.pingTimeoutMs ?? 10000;
@@ -902,6 +982,12 @@ export class TslmClient extends Emitter<ClientEvents> {
           sub.rejectReady(new TslmError(msg.reason === 'unauthorized' ? 'unauthorized' : 'gone', `subscription ended: ${msg.reason}`, { channel: msg.channel, op: 'subscribe' }));
         }
         this.emit('ended', { channel: msg.channel, reason: msg.reason });
+        return;
+      }
+      case 'subscribed': {
+        // A stream transport's start (or restart, after a loss) of a channel.
+        const sub = this.subs.get(msg.channel);
+        if (sub) this.onSubscribed(sub, msg);
         return;
       }
       case 'reply':

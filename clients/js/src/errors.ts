@@ -11,7 +11,9 @@
  * - `token`: the token callback threw or returned something that is not a non-empty string;
  * - `protocol`: the server sent something this client cannot read;
  * - `fatal_close`: the gateway closed the connection with a code whose documented reaction is to
- *   stop (1002, 1007, 1008 `too many control frames`, 4002 without a token callback).
+ *   stop (1002, 1007, 1008 `too many control frames`, 4002 without a token callback);
+ * - `unsupported`: the client is on a stream transport (SSE, long-poll), which only receives:
+ *   every request but subscribing and unsubscribing needs a WebSocket.
  */
 export type ErrorCode =
   | 'bad_request'
@@ -32,7 +34,8 @@ export type ErrorCode =
   | 'closed'
   | 'token'
   | 'protocol'
-  | 'fatal_close';
+  | 'fatal_close'
+  | 'unsupported';
 
 /** Every error this library rejects a promise with or emits as an `error` event. */
 export class TslmError extends Error {

@@ -18,8 +18,10 @@ export { TslmError } from './errors.js';
 export type { ErrorCode } from './errors.js';
 export { backoffDelay } from './backoff.js';
 export type { BackoffOptions } from './backoff.js';
-export { webSocket } from './transport.js';
+export { webSocket, serverSentEvents, longPoll } from './transport.js';
 export type {
+  HttpTransportOptions,
+  StreamRequest,
   Transport,
   TransportConnection,
   TransportHandlers,
