@@ -80,6 +80,22 @@ async fn a_ticket_stands_for_its_token_on_its_listener_for_a_minute_at_most() {
     create(&s, "secure.1").await;
     create(&s, "secure.2").await;
     let public = s.addr("public");
+    // A browser's preflight of the POST with its token.
+    let (status, head, _) = http_raw(
+        public,
+        "OPTIONS /v1/tickets HTTP/1.1\r\nHost: x\r\nAccess-Control-Request-Method: POST\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 204, "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("access-control-allow-methods: post"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-headers: authorization"),
+        "{head}"
+    );
     // Only for an access token.
     assert_eq!(ticket_for(public, None).await.0, 401);
     assert_eq!(ticket_for(public, Some("not-a-token")).await.0, 401);

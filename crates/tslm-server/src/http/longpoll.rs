@@ -147,15 +147,20 @@ pub(super) async fn subscriber_identity(
     }
 }
 
-/// `OPTIONS /v1/poll`: the CORS preflight of a browser's poll with an `Authorization` header
-/// (the origin was checked before routing, as for every request).
+/// `OPTIONS /v1/poll` and `/v1/events`: the CORS preflight of a browser's `GET` with an
+/// `Authorization` header (the origin was checked before routing, as for every request).
 pub(super) async fn preflight(req: Request) -> Response {
+    preflight_for("GET", &req)
+}
+
+/// A CORS preflight answer allowing `method` with an `Authorization` header.
+pub(super) fn preflight_for(method: &'static str, req: &Request) -> Response {
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET"),
+        HeaderValue::from_static(method),
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use tslm_protocol::{ErrorCode, ProtoError};
 
@@ -54,21 +54,5 @@ async fn answer(ctx: Arc<ListenerCtx>, req: Request) -> Result<String, ProtoErro
 
 /// `OPTIONS /v1/tickets`: the CORS preflight of a `POST` with an `Authorization` header.
 pub(super) async fn preflight(req: Request) -> Response {
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::NO_CONTENT;
-    let h = resp.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("600"),
-    );
-    cors(h, req.headers().get(header::ORIGIN).cloned());
-    resp
+    super::longpoll::preflight_for("POST", &req)
 }
