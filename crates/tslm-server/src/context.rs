@@ -210,6 +210,9 @@ pub(crate) struct ConnSlot {
     /// `tls::cert_names`), for mapping the connection to a publisher. Empty otherwise.
     pub peer_cert_names: Vec<String>,
     pub bucket: Mutex<Option<TokenBucket>>,
+    /// Replies sent over HTTP on this connection in the current one-second window (start,
+    /// count): the class's `replies_per_second` holds per connection, as for a WebSocket one.
+    replies: Mutex<(tokio::time::Instant, u32)>,
     /// The address's slot, and the budgets of failed authentications (connection, address).
     pub ip: IpGuard,
     _permit: OwnedSemaphorePermit,
@@ -244,11 +247,24 @@ impl ConnSlot {
             peer,
             peer_cert_names,
             bucket: Mutex::new(cfg.rate_limit_per_second.map(TokenBucket::new)),
+            replies: Mutex::new((tokio::time::Instant::now(), 0)),
             ip,
             _permit: permit,
             _open: open,
             _gauge: gauge,
         }
+    }
+
+    /// Counts one HTTP reply in this connection's fixed one-second window; `true` when the
+    /// window now holds more than `max` (the reply is refused).
+    pub(crate) fn reply_over(&self, max: u32) -> bool {
+        let mut w = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        if now.duration_since(w.0) >= std::time::Duration::from_secs(1) {
+            *w = (now, 0);
+        }
+        w.1 = w.1.saturating_add(1);
+        w.1 > max
     }
 
     /// Takes a token from this connection's rate limit; `true` when the command may run.

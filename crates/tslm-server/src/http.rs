@@ -29,6 +29,7 @@ use crate::stats::AuthRefusalKind;
 
 mod longpoll;
 mod sse;
+mod subscriber;
 mod tickets;
 
 type Ctx = State<Arc<ListenerCtx>>;
@@ -45,6 +46,15 @@ pub(crate) fn router(ctx: Arc<ListenerCtx>) -> Router {
         .route(
             "/v1/channels/{name}/messages",
             get(read_history).post(publish),
+        )
+        // The subscriber's calls beside the one-way transports (listeners with `Subscribe`).
+        .route(
+            "/v1/channels/{name}/history",
+            get(subscriber::history).options(subscriber::history_preflight),
+        )
+        .route(
+            "/v1/channels/{name}/messages/{offset}/reply",
+            axum::routing::post(subscriber::reply).options(subscriber::reply_preflight),
         )
         // The operator's routes (404 on listeners without the `Admin` permission).
         .route("/metrics", any(crate::admin::metrics))
@@ -694,7 +704,7 @@ async fn method_not_allowed(State(ctx): Ctx, req: Request) -> Response {
     }
     error_response(&ProtoError::new(
         ErrorCode::MethodNotAllowed,
-        "method not allowed: GET /v1/channels lists; PUT /v1/channels/{name} creates, DELETE deletes; POST /v1/channels/{name}/messages publishes, GET reads history",
+        "method not allowed: GET /v1/channels lists; PUT /v1/channels/{name} creates, DELETE deletes; POST /v1/channels/{name}/messages publishes, GET reads history; GET /v1/channels/{name}/history and POST /v1/channels/{name}/messages/{offset}/reply are a subscriber's",
     ))
 }
 

@@ -143,24 +143,27 @@ pub(crate) async fn initial_identity(
     Ok((Identity::Anonymous, None))
 }
 
-/// The audit record of a handshake's authentication: accepted for a publisher, refused for any
-/// credential refused.
-fn audit_handshake(
+/// The audit record of an authentication by headers ([`initial_identity`]): accepted for a
+/// publisher, refused for any credential refused. `transport` and `via` say where: a WebSocket
+/// handshake, or an HTTP request of a subscriber's route (`/v1/poll`, `/v1/events`, history,
+/// reply), which authenticates the same way.
+pub(crate) fn audit_login(
     ctx: &ListenerCtx,
     conn: &ConnSlot,
     headers: &HeaderMap,
     result: &Result<(Identity, Option<Arc<str>>), ProtoError>,
+    (transport, via): (crate::audit::Transport, crate::audit::Via),
 ) {
     if !ctx.audit.is_on() {
         return;
     }
-    let mut actor = crate::audit::Actor::new(crate::audit::Transport::Websocket, Some(conn.peer));
+    let mut actor = crate::audit::Actor::new(transport, Some(conn.peer));
     match result {
         Ok((who @ Identity::Publisher(_), credential)) => {
             actor.credential = credential.clone();
             ctx.audit.auth(
                 crate::audit::Outcome::Accepted,
-                crate::audit::Via::Handshake,
+                via,
                 &actor,
                 who,
                 None,
@@ -180,7 +183,7 @@ fn audit_handshake(
             };
             ctx.audit.auth(
                 crate::audit::Outcome::Refused,
-                crate::audit::Via::Handshake,
+                via,
                 &actor,
                 &Identity::Anonymous,
                 None,
@@ -246,7 +249,16 @@ pub(crate) async fn websocket(ctx: Arc<ListenerCtx>, mut req: Request) -> Respon
         return error_response(&ProtoError::new(ErrorCode::Internal, "internal error"));
     };
     let result = Box::pin(initial_identity(&ctx, &conn, req.headers())).await;
-    audit_handshake(&ctx, &conn, req.headers(), &result);
+    audit_login(
+        &ctx,
+        &conn,
+        req.headers(),
+        &result,
+        (
+            crate::audit::Transport::Websocket,
+            crate::audit::Via::Handshake,
+        ),
+    );
     let (identity, credential) = match result {
         Ok(i) => i,
         Err(e) => {

@@ -119,7 +119,8 @@ pub(super) fn within_subscription_limit(
 }
 
 /// Who reads: the grant of a `ticket` (`POST /v1/tickets`), or the identity the headers prove,
-/// as for a WebSocket handshake. A ticket and an access token together are refused (400).
+/// as for a WebSocket handshake (publisher logins and refusals written to the audit log). A
+/// ticket and an access token together are refused (400).
 pub(super) async fn subscriber_identity(
     ctx: &ListenerCtx,
     conn: &crate::context::ConnSlot,
@@ -141,9 +142,18 @@ pub(super) async fn subscriber_identity(
             )?;
             Ok(identity::Identity::Subscriber(Arc::new(grant)))
         }
-        None => Ok(crate::upgrade::initial_identity(ctx, conn, headers)
-            .await?
-            .0),
+        None => {
+            let result = crate::upgrade::initial_identity(ctx, conn, headers).await;
+            // Publisher logins (and refused credentials) are audited as on every other route.
+            crate::upgrade::audit_login(
+                ctx,
+                conn,
+                headers,
+                &result,
+                (crate::audit::Transport::Http, crate::audit::Via::Request),
+            );
+            Ok(result?.0)
+        }
     }
 }
 
