@@ -506,3 +506,100 @@ async fn refused_tokens_count_against_the_failed_authentication_budget() {
     assert_eq!(status, 429, "{body}");
     s.shutdown().await;
 }
+
+/// Sends `request` and returns the answer's head (for streams, which do not end).
+async fn head_of(addr: SocketAddr, request: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(T, tcp.read(&mut chunk))
+            .await
+            .expect("a head in time")
+            .unwrap();
+        assert!(n > 0, "closed before the head");
+        raw.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// The audit log's records of type `auth` in `file`, once there are `n` of them.
+async fn auth_records(file: &std::path::Path, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let recs: Vec<Value> = std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["type"] == "auth")
+            .collect();
+        if recs.len() >= n {
+            return recs;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} auth records of {n}: {recs:?}",
+            recs.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn publisher_logins_on_the_subscriber_routes_are_audited() {
+    use tslm_auth::token as tk;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let secret = tk::generate_token();
+    let s = TestServer::start(&format!(
+        "{}[publisher.ops]\ntoken_hashes = ['{}']\noperations = ['publish']\nchannels = ['orders.*']\n\
+         [audit]\nfile = '{}'\nsync = 'every'\n",
+        config(""),
+        tk::hash_line(&secret),
+        log.display()
+    ))
+    .await;
+    create(&s, "orders.1").await;
+    let pub_ = s.addr("public");
+    let bearer = format!("Bearer {secret}");
+    let auth = [("Authorization", bearer.as_str())];
+    let (status, _, body) = http(pub_, "GET", "/v1/poll?channel=orders.1&wait=0", &auth, "").await;
+    assert_eq!(status, 200, "{body}");
+    // An event stream: its head is enough (the login is recorded before the stream starts).
+    let head = head_of(
+        pub_,
+        &format!(
+            "GET /v1/events?channel=orders.1 HTTP/1.1\r\nHost: {pub_}\r\nAuthorization: {bearer}\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (status, _, body) = history(pub_, "orders.1", "", &auth).await;
+    assert_eq!(status, 200, "{body}");
+    // A refused token on the poll route.
+    let (status, _, _) = http(
+        pub_,
+        "GET",
+        "/v1/poll?channel=orders.1&wait=0",
+        &[("Authorization", "Bearer not-a-token")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 401);
+    let recs = auth_records(&log, 4).await;
+    let credential = format!("token:{}", &tk::hash_line(&secret)[..19]);
+    for r in &recs[..3] {
+        assert_eq!(r["outcome"], "accepted", "{r}");
+        assert_eq!(r["via"], "request", "{r}");
+        assert_eq!(r["transport"], "http", "{r}");
+        assert_eq!(r["listener"], "public", "{r}");
+        assert_eq!(r["publisher"], "ops", "{r}");
+        assert_eq!(r["credential"], credential.as_str(), "{r}");
+    }
+    assert_eq!(recs[3]["outcome"], "refused", "{}", recs[3]);
+    assert_eq!(recs[3]["transport"], "http", "{}", recs[3]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(&secret), "a token reached the audit log");
+    s.shutdown().await;
+}
