@@ -377,3 +377,60 @@ async fn a_waiting_poll_answers_at_shutdown_and_leaves_no_subscription() {
     assert!(messages(&body).is_empty());
     assert_eq!(hub.stats().subscriptions, 0);
 }
+
+/// An answer its client never reads does not hold the connection: once the socket has taken
+/// nothing for the write deadline (`ping_interval_seconds + pong_timeout_seconds` and 2 s), the
+/// connection ends, its slot freed, the answer cut short.
+#[tokio::test]
+async fn an_answer_never_read_ends_its_connection_at_the_write_deadline() {
+    let s = TestServer::start(&format!(
+        "[listener.public]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Subscribe']\n\
+         ping_interval_seconds = 1\npong_timeout_seconds = 1\noutbound_queue_bytes = 67108864\n\
+         [listener.private]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['CreateChannel','NotifyChannel']\n"
+    ))
+    .await;
+    create(&s, "big").await;
+    // About 6 MB of backlog: far more than the socket buffers of a reader that reads nothing.
+    let blob = format!("\"{}\"", "x".repeat(60_000));
+    for _ in 0..100 {
+        publish(&s, "big", &blob).await;
+    }
+    let addr = s.addr("public");
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(
+        format!(
+            "GET /v1/poll?channel=big@oldest&wait=0&limit=100 HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.wait_for("the poll's connection", |s| s.stats().connections == 1)
+        .await;
+    // The client reads nothing; the gateway gives the connection up.
+    s.wait_for("the unread answer's connection to end", |s| {
+        s.stats().connections == 0
+    })
+    .await;
+    // What did arrive: less than the answer's announced length, then the end.
+    let mut got = Vec::new();
+    tokio::time::timeout(T, tcp.read_to_end(&mut got))
+        .await
+        .expect("the connection is closed")
+        .ok();
+    let text = String::from_utf8_lossy(&got[..got.len().min(4096)]).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    let length: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(length > 5_000_000, "{length}");
+    assert!(got.len() < length, "{} of {length}", got.len());
+    s.shutdown().await;
+}

@@ -34,6 +34,7 @@ mod stats;
 mod ticket;
 mod tls;
 mod upgrade;
+mod write_deadline;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -253,7 +253,12 @@ where
     });
     // The header deadline starts now, after any TLS handshake.
     let conn = http_builder(ctx)
-        .serve_connection(TokioIo::new(io), svc)
+        .serve_connection(
+            TokioIo::new(crate::write_deadline::WriteDeadline::for_listener(
+                io, &ctx.cfg,
+            )),
+            svc,
+        )
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
