@@ -403,6 +403,78 @@ async fn a_stream_ends_when_its_token_expires() {
     s.shutdown().await;
 }
 
+/// Token refresh on SSE: a stream carries one token, so a client with a new token opens a new
+/// stream with it and the `Last-Event-ID` of the last event it had; every channel resumes from
+/// there, with nothing lost and nothing twice, also for what was published in between.
+#[tokio::test]
+async fn a_new_token_resumes_the_stream_with_last_event_id_and_loses_nothing() {
+    use base64::Engine;
+    let secret = b"sse-test-secret-of-at-least-32-bytes!!";
+    let s = TestServer::start(&format!(
+        "{}[issuer.shared]\nissuer = 'sse'\naudiences = ['tslm']\nchannels_claim = 'c'\nsecret = '{}'\nleeway_seconds = 0\n\
+         [channel.\"secure.*\"]\nsubscribers = 'authenticated'\n",
+        two_listeners(""),
+        base64::engine::general_purpose::STANDARD.encode(secret)
+    ))
+    .await;
+    let token = |lifetime: u64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"iss":"sse","aud":"tslm","sub":"u","exp":now+lifetime,"iat":now,"c":["secure.*"]}),
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    };
+    create(&s, "secure.1").await;
+    let first = format!("Bearer {}", token(2));
+    let mut st = Stream::open(
+        s.addr("public"),
+        "channel=secure.1",
+        &[("Authorization", &first)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(st.next().await.event, "subscribed");
+    publish(&s, "secure.1", "1").await;
+    let m1 = st.next().await;
+    assert_eq!(m1.json()["offset"], 1, "{m1:?}");
+    // The token runs out; messages published meanwhile wait in the backlog.
+    let end = st.next().await;
+    assert_eq!(end.json()["reason"], "token_expired", "{end:?}");
+    publish(&s, "secure.1", "2").await;
+    publish(&s, "secure.1", "3").await;
+    // The old token is refused; the new one with `Last-Event-ID` resumes after offset 1.
+    let (status, _) = Stream::open(
+        s.addr("public"),
+        "channel=secure.1",
+        &[("Authorization", &first), ("Last-Event-ID", &m1.id)],
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(status, 401);
+    let second = format!("Bearer {}", token(300));
+    let mut st = Stream::open(
+        s.addr("public"),
+        "channel=secure.1",
+        &[("Authorization", &second), ("Last-Event-ID", &m1.id)],
+    )
+    .await
+    .unwrap();
+    let a = st.next().await;
+    let b = st.next().await;
+    assert_eq!((a.event.as_str(), b.event.as_str()), ("message", "message"));
+    assert_eq!(
+        (a.json()["offset"].as_u64(), b.json()["offset"].as_u64()),
+        (Some(2), Some(3))
+    );
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_stream_ends_at_shutdown_with_when_to_come_back() {
     let s = TestServer::default().await;
