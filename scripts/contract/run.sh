@@ -27,7 +27,7 @@ cat > "$WORK/tslm.toml" <<TOML
 [listener.private]
 ip = "127.0.0.1"
 port = $PORT
-default_endpoint_permissions = ["CreateChannel", "NotifyChannel"]
+default_endpoint_permissions = ["CreateChannel", "NotifyChannel", "Subscribe"]
 max_message_size = 65536
 handshakes_per_ip_per_second = 1000000
 max_connections_per_ip = 1000000
