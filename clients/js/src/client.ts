@@ -119,11 +119,13 @@ export interface ClientOptions {
   /** Transports in order of preference (default `[webSocket()]`; for fallbacks
    * `[webSocket(), serverSentEvents(), longPoll()]`). The client falls back to the next one only
    * when a connection fails before the server's first frame, and goes back to the first one after
-   * `upgradeRetryMs` or after a drop. On a stream transport (SSE, long-poll) only subscriptions
-   * work: other requests reject with `unsupported`. */
+   * `upgradeRetryMs` or after a drop. On a stream transport (SSE, long-poll) subscriptions,
+   * `history` and `reply` work (the last two over the gateway's HTTP calls); other requests
+   * reject with `unsupported`. */
   transports?: Transport[];
   /** Returns an access token (or a publisher token) for `auth`; called on every connection and
-   * before the token expires (`refresh`). */
+   * before the token expires (`refresh`). On SSE, before a JWT's `exp` the client opens a new
+   * stream with a new token (resuming every channel); long-polls ask for it on every poll. */
   token?: () => string | Promise<string>;
   /** A publisher's Ed25519 key: on every connection the client asks for a `challenge` and sends
    * `auth` with `name` and the signature `sign` makes of the bytes
@@ -493,6 +495,7 @@ export class TslmClient extends Emitter<ClientEvents> {
     if (this.userClosed || this._state === 'closed') {
       return Promise.reject(new TslmError('closed', 'the client is closed', { op: String(frame.op) }));
     }
+    if (!internal && this.streaming && this.beside(frame)) return this.overHttp(frame);
     if (!internal && this.ready && this.streaming) return Promise.reject(this.unsupported(frame));
     const id = ++this.seq;
     return new Promise((resolve, reject) => {
@@ -510,6 +513,50 @@ export class TslmClient extends Emitter<ClientEvents> {
     if (!this.conn) return;
     p.sent = true;
     this.conn.send(JSON.stringify({ ...p.frame, id }));
+  }
+
+  /** Whether `frame` is a request the stream transports make over HTTP beside their stream. */
+  private beside(frame: Record<string, unknown>): boolean {
+    return (frame.op === 'history' || frame.op === 'reply') && this.transports[this.transportIndex].fetch !== undefined;
+  }
+
+  /** `history` and `reply` over the gateway's HTTP calls (docs/protocol.md, "Subscriber calls
+   * over HTTP"), with the token and the errors of the WebSocket request. */
+  private async overHttp(frame: Record<string, any>): Promise<any> {
+    const { op, channel } = frame;
+    const where = { op, channel };
+    const headers: Record<string, string> = {};
+    const init: RequestInit = { headers, cache: 'no-store' };
+    const name = encodeURIComponent(channel);
+    let path: string;
+    if (op === 'reply') {
+      path = `v1/channels/${name}/messages/${frame.offset}/reply`;
+      init.method = 'POST';
+      init.body = JSON.stringify(frame.data);
+      headers['content-type'] = 'application/json';
+    } else {
+      const q = new URLSearchParams();
+      const s = frame.start;
+      if (typeof s === 'string') q.set('start', s);
+      else if (s && 'last' in s) q.set('last', String(s.last));
+      else if (s) q.set('epoch', s.epoch), q.set('offset', String(s.offset));
+      if (frame.limit !== undefined) q.set('limit', String(frame.limit));
+      path = `v1/channels/${name}/history?${q}`;
+    }
+    if (this.opts.token) headers.authorization = `Bearer ${await this.getToken()}`;
+    const ac = new AbortController();
+    init.signal = ac.signal;
+    const timer = this.timers.setTimeout(() => ac.abort(), this.opts.requestTimeoutMs ?? 15000);
+    let body: any;
+    try {
+      body = await (await this.transports[this.transportIndex].fetch!(this.opts.url, path, init)).json();
+    } catch (error) {
+      throw new TslmError(ac.signal.aborted ? 'timeout' : 'disconnected', `\`${op}\` over HTTP failed: ${error instanceof Error ? error.message : String(error)}`, where);
+    } finally {
+      this.clear(timer);
+    }
+    if (body?.ok === true) return body;
+    throw new TslmError(body?.error?.code ?? 'protocol', body?.error?.message ?? 'not an answer of the gateway', where);
   }
 
   private unsupported(frame: Record<string, unknown>): TslmError {
@@ -565,7 +612,13 @@ export class TslmClient extends Emitter<ClientEvents> {
             const start = s.position ?? s.start;
             return start === 'new' ? s.channel : `${s.channel}@${startText(start)}`;
           }),
-          token: () => (this.opts.token ? this.getToken() : Promise.resolve(undefined)),
+          token: () =>
+            this.opts.token
+              ? this.getToken().then((t) => {
+                  if (gen === this.generation) this.renewStream(t, gen);
+                  return t;
+                })
+              : Promise.resolve(undefined),
         }
       : undefined;
     this.conn = transport.open(this.opts.url, protocols, {
@@ -601,6 +654,12 @@ export class TslmClient extends Emitter<ClientEvents> {
       if (this.streaming) {
         // No first exchange: the token went in the request, the stream says where each channel starts.
         for (const sub of this.subs.values()) sub.generation = gen;
+        for (const [id, p] of [...this.pending]) {
+          if (p.sent || p.internal || !this.beside(p.frame)) continue;
+          this.pending.delete(id);
+          this.clear(p.timer);
+          this.overHttp(p.frame).then(p.resolve, p.reject);
+        }
         this.failPending((p) => !p.sent && !p.internal, 'unsupported', 'needs a WebSocket');
       } else if (this.opts.publisher) {
         const r = await this.authenticatePublisher(gen);
@@ -705,16 +764,34 @@ export class TslmClient extends Emitter<ClientEvents> {
 
   private onTokenAccepted(r: any, gen: number): void {
     this.emit('token', { expiresAt: r.expires_at, subject: r.subject, publisher: r.publisher });
+    this.refreshAt(r.expires_at, gen, () => void this.refreshToken(gen));
+  }
+
+  /** Runs `renew` `refreshBeforeMs` before `expiresAt` (Unix seconds; nothing when it is not a
+   * number). */
+  private refreshAt(expiresAt: unknown, gen: number, renew: () => void): void {
     this.clear(this.refreshTimer);
     this.refreshTimer = undefined;
-    if (typeof r.expires_at !== 'number') return;
-    const life = r.expires_at * 1000 - this.timers.now();
+    if (typeof expiresAt !== 'number') return;
+    const life = expiresAt * 1000 - this.timers.now();
     const before = this.opts.refreshBeforeMs ?? 30000;
     // At least a second apart: a client clock far ahead of the gateway's must not refresh in a loop.
     const delay = Math.max(1000, life > 2 * before ? life - before : life / 2);
     this.refreshTimer = this.timers.setTimeout(() => {
-      if (gen === this.generation) void this.refreshToken(gen);
+      if (gen === this.generation) renew();
     }, delay);
+  }
+
+  /** A stream carries the token it was opened with: before that token (a JWT) expires, a new
+   * stream is opened with a new one, every channel resuming from its position. */
+  private renewStream(token: string, gen: number): void {
+    let exp: unknown;
+    try {
+      exp = JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/'))).exp;
+    } catch {
+      return; // not a JWT: the stream's `end` event says when it expired
+    }
+    this.refreshAt(exp, gen, () => this.restartStream());
   }
 
   private async refreshToken(gen: number): Promise<void> {

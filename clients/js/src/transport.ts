@@ -37,6 +37,9 @@ export interface Transport {
   open(url: string, protocols: string[], handlers: TransportHandlers, stream?: StreamRequest): TransportConnection;
   /** True for a transport that only receives (no command channel): it is given a {@link StreamRequest}. */
   readonly stream?: boolean;
+  /** A stream transport's way to make the subscriber's HTTP calls beside its stream (`history`,
+   * `reply`): `path` (with its query) next to the gateway's address `url`. */
+  fetch?(url: string, path: string, init: RequestInit): Promise<Response>;
 }
 
 /** What a stream transport reads: `channel` values (`NAME` or `NAME@START`) and the token. */
@@ -208,6 +211,12 @@ async function httpError(res: Response): Promise<{ code: number; reason: string;
 
 const idle = () => new Promise<void>(() => {});
 
+/** The `fetch` method of a stream transport (called as a plain function: a browser's `fetch`
+ * refuses any other `this`). */
+function fetchBeside(options: HttpTransportOptions): Transport['fetch'] {
+  return (url, path, init) => (options.fetch ?? globalThis.fetch)(new URL(path, url.replace(/^ws/, 'http')).href, init);
+}
+
 /**
  * Server-Sent Events (`GET /v1/events`), read with `fetch` so the token goes in an
  * `Authorization` header. Receives only; an `end` event closes the connection with the reaction it
@@ -218,6 +227,7 @@ export function serverSentEvents(options: HttpTransportOptions & { idleTimeoutMs
   return {
     name: 'sse',
     stream: true,
+    fetch: fetchBeside(options),
     open(url, _protocols, handlers, stream) {
       return httpConnection(
         handlers,
@@ -306,6 +316,7 @@ export function longPoll(options: HttpTransportOptions & { waitSeconds?: number 
   return {
     name: 'longpoll',
     stream: true,
+    fetch: fetchBeside(options),
     open(url, _protocols, handlers, stream) {
       return httpConnection(
         handlers,
