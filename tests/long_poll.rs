@@ -383,11 +383,11 @@ async fn a_waiting_poll_answers_at_shutdown_and_leaves_no_subscription() {
 /// connection ends, its slot freed, the answer cut short.
 #[tokio::test]
 async fn an_answer_never_read_ends_its_connection_at_the_write_deadline() {
-    let s = TestServer::start(&format!(
+    let s = TestServer::start(
         "[listener.public]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Subscribe']\n\
          ping_interval_seconds = 1\npong_timeout_seconds = 1\noutbound_queue_bytes = 67108864\n\
-         [listener.private]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['CreateChannel','NotifyChannel']\n"
-    ))
+         [listener.private]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['CreateChannel','NotifyChannel']\n",
+    )
     .await;
     create(&s, "big").await;
     // About 6 MB of backlog: far more than the socket buffers of a reader that reads nothing.
