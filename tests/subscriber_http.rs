@@ -26,7 +26,8 @@ fn config(extra: &str) -> String {
          [issuer.shared]\nissuer = 'sh'\naudiences = ['tslm']\nchannels_claim = 'c'\nsecret = '{}'\nleeway_seconds = 0\n\
          [channel.\"secure.*\"]\nsubscribers = 'authenticated'\n\
          [channel.\"rpc.*\"]\nreplies = true\nmax_reply_bytes = 64\nreplies_per_second = 2\n\
-         [channel.\"inside.*\"]\nsubscribe_from = ['private']\nreplies = true\n",
+         [channel.\"inside.*\"]\nsubscribe_from = ['private']\nreplies = true\n\
+         [channel.\"srpc.*\"]\nsubscribers = 'authenticated'\nreplies = true\n",
         base64::engine::general_purpose::STANDARD.encode(SECRET)
     )
 }
@@ -601,5 +602,55 @@ async fn publisher_logins_on_the_subscriber_routes_are_audited() {
     assert_eq!(recs[3]["transport"], "http", "{}", recs[3]);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains(&secret), "a token reached the audit log");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reply_to_an_authenticated_channel_takes_the_token_or_its_ticket() {
+    let s = TestServer::start(&config("")).await;
+    let mut svc = v1(&s.url("private")).await;
+    call(&mut svc, r#"{"op":"create","id":1,"channel":"srpc.a"}"#).await;
+    let p = call(
+        &mut svc,
+        r#"{"op":"publish","id":2,"channel":"srpc.a","data":"q"}"#,
+    )
+    .await;
+    assert_eq!(p["offset"], 1, "{p}");
+    let pub_ = s.addr("public");
+    let (status, _, body) = reply(pub_, "srpc.a", "1", &[], "0").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{body}"
+    );
+    let other = format!("Bearer {}", token(&["srpc.b"], 300));
+    let (status, _, body) = reply(pub_, "srpc.a", "1", &[("Authorization", &other)], "0").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    let good = format!("Bearer {}", token(&["srpc.*"], 300));
+    let (status, _, body) = reply(pub_, "srpc.a", "1", &[("Authorization", &good)], "1").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, _, t) = http(pub_, "POST", "/v1/tickets", &[("Authorization", &good)], "").await;
+    let ticket = t["ticket"].as_str().unwrap();
+    let (status, _, body) = http(
+        pub_,
+        "POST",
+        &format!("/v1/channels/srpc.a/messages/1/reply?ticket={ticket}"),
+        &[],
+        "2",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for want in [1, 2] {
+        let ev = recv_json(&mut svc).await;
+        assert_eq!(
+            (ev["event"].as_str(), ev["data"].as_u64()),
+            (Some("reply"), Some(want)),
+            "{ev}"
+        );
+    }
     s.shutdown().await;
 }
