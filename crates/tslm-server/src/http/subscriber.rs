@@ -56,18 +56,20 @@ fn answer(
     resp
 }
 
-/// Admission (listener token, `Subscribe`, command rate, channel name), then who asks: a
-/// ticket's grant or what the headers prove, which the listener must accept. Returns the
-/// request's parts and body apart (a request cannot be held across an `.await`).
+/// Admission (listener token, `Subscribe`, command rate, channel name), then the query (the
+/// `ticket` it names, or why it is refused), then who asks: a ticket's grant or what the headers
+/// prove, which the listener must accept. Returns the request whole again (it cannot be held
+/// by reference across an `.await`).
 async fn subscriber(
     ctx: &ListenerCtx,
     req: Request,
     what: &str,
     name: Result<Path<String>, PathRejection>,
-    ticket: Option<&str>,
+    ticket: Result<Option<&str>, ProtoError>,
 ) -> Result<(ChannelName, Identity, Arc<ConnSlot>, Request), ProtoError> {
     let channel = admit(ctx, &req, ctx.cfg.permissions.subscribe, what, Some(name))?
         .ok_or_else(|| ProtoError::bad_request("missing channel name"))?;
+    let ticket = ticket?;
     let conn = slot(req.extensions())
         .ok_or_else(|| ProtoError::new(ErrorCode::Internal, "internal error"))?;
     let (parts, body) = req.into_parts();
@@ -92,9 +94,13 @@ pub(super) async fn history(
     }
     let origin = req.headers().get(header::ORIGIN).cloned();
     let result = async {
-        let Query(q) = query.map_err(query_error)?;
-        let (channel, who, _, _) =
-            subscriber(&ctx, req, "history", name, q.ticket.as_deref()).await?;
+        let query = query.map(|Query(q)| q).map_err(query_error);
+        let ticket = query
+            .as_ref()
+            .map(|q| q.ticket.as_deref())
+            .map_err(Clone::clone);
+        let (channel, who, _, _) = subscriber(&ctx, req, "history", name, ticket).await?;
+        let q = query?;
         let limit = page_limit(q.limit)?;
         let start = HistoryQuery {
             start: q.start,
@@ -137,11 +143,15 @@ pub(super) async fn reply(
     let result = async {
         let Path((name, offset)) =
             path.map_err(|_| ProtoError::bad_request("bad channel name or offset in path"))?;
-        let Query(q) = query.map_err(|_| {
+        let query = query.map(|Query(q)| q).map_err(|_| {
             ProtoError::bad_request("bad query: the only parameter allowed is `ticket`")
-        })?;
+        });
+        let ticket = query
+            .as_ref()
+            .map(|q| q.ticket.as_deref())
+            .map_err(Clone::clone);
         let (channel, who, conn, req) =
-            subscriber(&ctx, req, "reply", Ok(Path(name)), q.ticket.as_deref()).await?;
+            subscriber(&ctx, req, "reply", Ok(Path(name)), ticket).await?;
         let offset = offset
             .parse::<u64>()
             .ok()
