@@ -37,6 +37,7 @@ failed_auths_per_ip_per_minute = 1000000
 [channel."*"]
 auto_create = true
 backlog_messages = 100
+replies = true
 TOML
 RUST_LOG=warn target/debug/tslm serve --config "$WORK/tslm.toml" 2>"$WORK/server.log" &
 SERVER=$!
