@@ -1,0 +1,151 @@
+//! A real `redis-server` for a test: started on a free loopback port in its own directory,
+//! killed (by its PID) when dropped. Raw RESP commands over TCP for the faults the tests cause.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    persistence: bool,
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    l.local_addr().expect("addr").port()
+}
+
+impl Redis {
+    /// A Redis without persistence.
+    pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// A Redis that saves an RDB snapshot only when told (`SAVE`).
+    pub async fn start_with(persistence: bool) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+            dir,
+            persistence,
+        };
+        r.spawn().await;
+        r
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--appendonly")
+            .arg("no")
+            .arg("--save")
+            .arg("")
+            .arg("--protected-mode")
+            .arg("no")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.persistence {
+            cmd.arg("--dbfilename").arg("dump.rdb");
+        }
+        let child = cmd
+            .spawn()
+            .expect("redis-server (Debian package redis-server) must be installed");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if let Ok(reply) = self.try_cmd(&["PING"]).await
+                && reply.starts_with("+PONG")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not answer on port {}", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL, and wait for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory (an RDB snapshot there is loaded).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// Sends a signal by number to the server (SIGSTOP 19, SIGCONT 18) with `kill`.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+
+    /// One command, its first reply line (`+OK`, `:3`, `$5` ...).
+    pub async fn try_cmd(&self, args: &[&str]) -> std::io::Result<String> {
+        let s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(self.addr()))
+            .await
+            .map_err(|_| std::io::Error::other("connect timeout"))??;
+        let mut s = BufReader::new(s);
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.get_mut().write_all(req.as_bytes()).await?;
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(2), s.read_line(&mut line))
+            .await
+            .map_err(|_| std::io::Error::other("reply timeout"))??;
+        Ok(line)
+    }
+
+    pub async fn cmd(&self, args: &[&str]) -> String {
+        self.try_cmd(args).await.expect("redis command")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // A stopped server does not die of SIGKILL until continued? It does: SIGKILL is
+            // delivered to stopped processes too.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
