@@ -6,7 +6,7 @@ mod common;
 #[path = "support/redis.rs"]
 mod redis;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
@@ -276,4 +276,353 @@ async fn a_publish_on_one_node_reaches_every_nodes_subscribers_once_in_order() {
     }
     let r = publish(&mut p, "feed", 1).await;
     assert_eq!(r["error"]["code"], "not_found", "{r}");
+}
+
+/// Publishes `count` messages `{"n": i}` with msg_id `m-<i>` through `url`, retrying an
+/// `unavailable` answer with the same msg_id (at most `deadline`); returns each message's
+/// acknowledged (epoch, offset).
+async fn publish_through(
+    url: String,
+    channel: &'static str,
+    count: u64,
+    pace: Duration,
+) -> Vec<(String, u64)> {
+    let mut ws = v1(&url).await;
+    let mut acked = Vec::new();
+    for n in 1..=count {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = call(
+                &mut ws,
+                &format!(r#"{{"op":"publish","channel":"{channel}","data":{{"n":{n}}},"msg_id":"m-{n}"}}"#),
+            )
+            .await;
+            if r["ok"] == true {
+                acked.push((
+                    r["epoch"].as_str().unwrap().to_owned(),
+                    r["offset"].as_u64().unwrap(),
+                ));
+                break;
+            }
+            assert!(
+                r["error"]["code"] == "unavailable" || r["error"]["code"] == "not_found",
+                "{r}"
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never published {n}: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(pace).await;
+    }
+    acked
+}
+
+fn auto_create(redis: &[String]) -> String {
+    cluster_config(redis, "").replace(
+        "[channel.\"*\"]\nbacklog_messages = 1000",
+        "[channel.\"*\"]\nbacklog_messages = 1000\nauto_create = true",
+    )
+}
+
+#[tokio::test]
+async fn a_killed_pubsub_connection_is_healed_from_the_stream_with_nothing_lost() {
+    let redis = Redis::start().await;
+    let urls = [redis.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let mut p = v1(&a.url("private")).await;
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"feed"}"#).await["ok"],
+        true
+    );
+    let mut subs = Vec::new();
+    for n in [&a, &b] {
+        let mut s = Sub::new(&n.url("public")).await;
+        s.subscribe("feed", r#""new""#).await;
+        subs.push(s);
+    }
+    let publisher = tokio::spawn(publish_through(
+        a.url("private"),
+        "feed",
+        300,
+        Duration::from_millis(2),
+    ));
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let killed = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+        assert!(killed.starts_with(':'), "{killed}");
+    }
+    let acked = publisher.await.unwrap();
+    let last = acked.last().unwrap().1;
+    assert_eq!(last, 300, "every publish acknowledged once");
+    for s in &mut subs {
+        s.until("feed", last).await;
+        assert_eq!(
+            s.offsets("feed"),
+            (1..=last).collect::<Vec<_>>(),
+            "healed, not lost"
+        );
+    }
+    check_no_hole_no_repeat(&subs.iter().collect::<Vec<_>>(), "feed", 1, last);
+}
+
+#[tokio::test]
+async fn a_stopped_redis_makes_writes_unavailable_and_not_ready_then_everything_resumes() {
+    let redis = Redis::start().await;
+    let urls = [redis.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let mut p = v1(&a.url("private")).await;
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"feed"}"#).await["ok"],
+        true
+    );
+    let mut s = Sub::new(&b.url("public")).await;
+    s.subscribe("feed", r#""new""#).await;
+    for n in 1..=10 {
+        assert_eq!(publish(&mut p, "feed", n).await["ok"], true);
+    }
+    redis.signal("STOP");
+    // A publish is refused within the command timeout: never a hang, never acknowledged.
+    let late = r#"{"op":"publish","channel":"feed","data":{"n":11},"msg_id":"late"}"#;
+    let r = call(&mut p, late).await;
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    // Over HTTP: 503 with Retry-After.
+    let (status, head, body) = http(
+        a.addr("private"),
+        "POST",
+        "/v1/channels/feed/messages",
+        &[("Content-Type", "application/json")],
+        r#"{"data":{"n":11},"msg_id":"late"}"#,
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    assert_eq!(body["error"]["code"], "unavailable");
+    // Readiness turns false once the PUB/SUB ping goes unanswered.
+    let deadline = tokio::time::Instant::now() + T;
+    while readyz(&b).await != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready with Redis stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    redis.signal("CONT");
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    // A refused publish may still be applied once Redis resumes (it had the command): retried
+    // with its msg_id it is published exactly once either way.
+    let r = call(&mut p, late).await;
+    assert_eq!(
+        (r["ok"].as_bool(), r["offset"].as_u64()),
+        (Some(true), Some(11)),
+        "{r}"
+    );
+    for n in 12..=15 {
+        assert_eq!(publish(&mut p, "feed", n).await["offset"], n);
+    }
+    s.until("feed", 15).await;
+    assert_eq!(s.offsets("feed"), (1..=15).collect::<Vec<_>>());
+    check_no_hole_no_repeat(&[&s], "feed", 1, 15);
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_ends_subscriptions_explicitly_and_offsets_start_a_new_epoch() {
+    let mut redis = Redis::start().await;
+    let urls = [redis.url()];
+    let a = TestServer::start(&auto_create(&urls)).await;
+    wait_ready(&a).await;
+    let b = TestServer::start(&auto_create(&urls)).await;
+    wait_ready(&b).await;
+    let mut p = v1(&a.url("private")).await;
+    let first = publish(&mut p, "feed", 1).await;
+    assert_eq!(first["ok"], true, "{first}");
+    let old_epoch = first["epoch"].as_str().unwrap().to_owned();
+    let mut s = Sub::new(&b.url("public")).await;
+    s.subscribe("feed", r#""oldest""#).await;
+    s.until("feed", 1).await;
+    redis.kill();
+    let r = publish(&mut p, "feed", 2).await;
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    redis.restart().await;
+    wait_ready(&b).await;
+    // The channel is gone with Redis's memory: its subscribers are told, not left waiting.
+    s.until("feed", u64::MAX).await;
+    assert!(s.log.iter().any(|v| v["event"] == "closed"), "{:?}", s.log);
+    let again = publish_through(a.url("private"), "feed", 1, Duration::ZERO).await;
+    assert_ne!(again[0].0, old_epoch, "a new log is a new epoch");
+    assert_eq!(again[0].1, 1);
+    let r = s
+        .call(&format!(
+            r#"{{"op":"subscribe","channel":"feed","start":{{"epoch":"{old_epoch}","offset":1}}}}"#
+        ))
+        .await;
+    assert_eq!(
+        (r["recovered"].as_bool(), r["lost"]["reason"].as_str()),
+        (Some(false), Some("epoch_changed")),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn redis_restarted_from_an_older_snapshot_never_reuses_an_offset() {
+    let mut redis = Redis::start_with(true).await;
+    let urls = [redis.url()];
+    let a = node(&urls).await;
+    let mut p = v1(&a.url("private")).await;
+    let r = call(&mut p, r#"{"op":"create","channel":"feed"}"#).await;
+    let old_epoch = r["epoch"].as_str().unwrap().to_owned();
+    let mut s = Sub::new(&a.url("public")).await;
+    s.subscribe("feed", r#""new""#).await;
+    for n in 1..=5 {
+        publish(&mut p, "feed", n).await;
+    }
+    assert!(redis.cmd(&["SAVE"]).await.starts_with("+OK"));
+    for n in 6..=8 {
+        publish(&mut p, "feed", n).await;
+    }
+    s.until("feed", 8).await;
+    // Redis comes back with offsets 1..5 only, and a new run_id.
+    redis.restart().await;
+    wait_ready(&a).await;
+    let acked = publish_through(a.url("private"), "feed", 1, Duration::ZERO).await;
+    let (epoch, offset) = acked[0].clone();
+    assert_ne!(
+        epoch, old_epoch,
+        "offset {offset} would otherwise name a second message"
+    );
+    assert_eq!(offset, 1);
+    // The subscriber that saw 1..8 of the old epoch is told its log restarted.
+    s.until("feed", u64::MAX).await;
+    let closed = s
+        .log
+        .iter()
+        .find(|v| v["event"] == "closed")
+        .expect("closed");
+    assert_eq!(closed["reason"], "epoch_changed", "{closed}");
+    check_no_hole_no_repeat(&[&s], "feed", 1, 8);
+}
+
+#[tokio::test]
+async fn clients_of_a_node_that_stopped_resume_on_another_with_nothing_missed() {
+    let redis = Redis::start().await;
+    let urls = [redis.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let mut p = v1(&b.url("private")).await;
+    let epoch = call(&mut p, r#"{"op":"create","channel":"feed"}"#).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut s = Sub::new(&a.url("public")).await;
+    s.subscribe("feed", r#""new""#).await;
+    for n in 1..=20 {
+        publish(&mut p, "feed", n).await;
+    }
+    s.until("feed", 20).await;
+    drop(s);
+    a.shutdown().await;
+    for n in 21..=40 {
+        publish(&mut p, "feed", n).await;
+    }
+    let mut s = Sub::new(&b.url("public")).await;
+    let r = s
+        .subscribe("feed", &format!(r#"{{"epoch":"{epoch}","offset":20}}"#))
+        .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    s.until("feed", 40).await;
+    assert_eq!(s.offsets("feed"), (21..=40).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_reply_from_a_subscriber_on_one_node_reaches_the_publisher_on_another() {
+    let redis = Redis::start().await;
+    let urls = [redis.url()];
+    let cfg = cluster_config(&urls, "").replace(
+        "[channel.\"*\"]\nbacklog_messages = 1000",
+        "[channel.\"*\"]\nbacklog_messages = 1000\nreplies = true",
+    );
+    let a = TestServer::start(&cfg).await;
+    wait_ready(&a).await;
+    let b = TestServer::start(&cfg).await;
+    wait_ready(&b).await;
+    let mut p = v1(&a.url("private")).await;
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"ask"}"#).await["ok"],
+        true
+    );
+    let mut s = Sub::new(&b.url("public")).await;
+    s.subscribe("ask", r#""new""#).await;
+    let r = publish(&mut p, "ask", 1).await;
+    let offset = r["offset"].as_u64().unwrap();
+    s.until("ask", offset).await;
+    let r = s
+        .call(&format!(
+            r#"{{"op":"reply","channel":"ask","offset":{offset},"data":{{"answer":42}}}}"#
+        ))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let event = recv_json(&mut p).await;
+    assert_eq!(event["event"], "reply", "{event}");
+    assert_eq!(event["offset"], offset);
+    assert_eq!(event["data"]["answer"], 42);
+    // A reply to a message that is not there is refused on the replier's node.
+    let r = s
+        .call(r#"{"op":"reply","channel":"ask","offset":99,"data":1}"#)
+        .await;
+    assert_eq!(r["error"]["code"], "not_found", "{r}");
+}
+
+#[tokio::test]
+async fn channels_spread_over_two_redis_shards_and_are_listed_together() {
+    let (r1, r2) = (Redis::start().await, Redis::start().await);
+    let urls = [r1.url(), r2.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let mut p = v1(&a.url("private")).await;
+    let names: Vec<String> = (0..12).map(|i| format!("room.{i:02}")).collect();
+    for n in &names {
+        assert_eq!(
+            call(&mut p, &format!(r#"{{"op":"create","channel":"{n}"}}"#)).await["ok"],
+            true
+        );
+        assert_eq!(publish(&mut p, n, 1).await["offset"], 1);
+    }
+    let on = |line: String| line.trim_start_matches(':').trim().parse::<u64>().unwrap();
+    let c1 = on(r1.cmd(&["ZCARD", "tslm:channels"]).await);
+    let c2 = on(r2.cmd(&["ZCARD", "tslm:channels"]).await);
+    assert_eq!(c1 + c2, 12);
+    assert!(c1 > 0 && c2 > 0, "both shards hold channels: {c1} and {c2}");
+    let mut p_b = v1(&b.url("private")).await;
+    let l = call(
+        &mut p_b,
+        r#"{"op":"channels","prefix":"room.","limit":100}"#,
+    )
+    .await;
+    let listed: Vec<&str> = l["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        names.iter().map(String::as_str).collect::<Vec<_>>(),
+        "{l}"
+    );
+    // Paging across shards keeps byte order.
+    let l = call(&mut p_b, r#"{"op":"channels","prefix":"room.","limit":5}"#).await;
+    assert_eq!(l["more"], true, "{l}");
+    assert_eq!(l["channels"][4]["channel"], "room.04");
+    // Fan-out works for channels of both shards.
+    let mut s = Sub::new(&b.url("public")).await;
+    for n in &names {
+        s.subscribe(n, r#""oldest""#).await;
+    }
+    for n in &names {
+        s.until(n, 1).await;
+        assert_eq!(s.offsets(n), vec![1]);
+    }
 }
