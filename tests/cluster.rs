@@ -2,6 +2,8 @@
 //! and several gateways sharing it: one channel space, offsets assigned once, replies and
 //! resumes across nodes, and the delivery guarantee through Redis faults.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 #[path = "support/redis.rs"]
 mod redis;

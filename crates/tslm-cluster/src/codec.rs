@@ -130,6 +130,10 @@ pub(crate) fn parse_reply(bytes: &[u8]) -> Option<Reply> {
     })
 }
 
+fn text(p: Option<&[u8]>) -> Option<&str> {
+    p.and_then(|p| std::str::from_utf8(p).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,7 +166,7 @@ mod tests {
                 assert_eq!(epoch, Epoch(255));
                 assert_eq!(offset, Offset(7));
                 assert_eq!(route, None);
-                assert_eq!(data.json(), b"{\"a\": 1}");
+                assert_eq!(&data.json()[..], b"{\"a\": 1}");
             }
             Note::Deleted => panic!("not a deletion"),
         }
@@ -187,15 +191,11 @@ mod tests {
             (ConnId(5), Offset(2), ConnId(9))
         );
         assert_eq!(back.channel, "a.b");
-        assert_eq!(back.data.json(), b"[1, 2]");
+        assert_eq!(&back.data.json()[..], b"[1, 2]");
         assert!(parse_reply(b"1 2 3").is_none());
     }
 
     fn payload(s: &str) -> Payload {
         Payload::from_json_bytes(bytes::Bytes::copy_from_slice(s.as_bytes())).expect("json")
     }
-}
-
-fn text(p: Option<&[u8]>) -> Option<&str> {
-    p.and_then(|p| std::str::from_utf8(p).ok())
 }

@@ -73,6 +73,9 @@ pub enum ClusterError {
     NoRedis,
 }
 
+/// Told whether every shard is followed (readiness).
+pub type ReadyFn = Arc<dyn Fn(bool) + Send + Sync>;
+
 /// Messages a mirror reads from Redis at once when it heals or opens.
 const READ_BATCH: usize = 1000;
 
@@ -98,7 +101,7 @@ pub(crate) struct Inner {
     /// Mirrors seen without subscribers at the last housekeeping (dropped at the next).
     idle: Mutex<Vec<ChannelName>>,
     /// Told `true` when every shard's PUB/SUB connection is up, `false` when one is not.
-    ready: Mutex<Option<Arc<dyn Fn(bool) + Send + Sync>>>,
+    ready: Mutex<Option<ReadyFn>>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -165,7 +168,7 @@ impl Cluster {
 
     /// Starts following the shards (PUB/SUB, probes, periodic sync) until `stop`; `ready` is told
     /// whether every shard is followed.
-    pub fn run(&self, stop: CancellationToken, ready: Arc<dyn Fn(bool) + Send + Sync>) {
+    pub fn run(&self, stop: CancellationToken, ready: ReadyFn) {
         *self.inner.ready.lock().unwrap_or_else(|p| p.into_inner()) = Some(ready);
         for i in 0..self.inner.shards.len() {
             tokio::spawn(follow::follow(Arc::clone(&self.inner), i, stop.clone()));

@@ -385,8 +385,7 @@ impl Shard {
                     .map_ok_unit(),
             )
             .await?;
-        let rows: Vec<Option<(String, u64, u64, u64, u64)>> =
-            self.timed(pipe.query_async(&mut l.conn)).await?;
+        let rows: Vec<Option<InfoRow>> = self.timed(pipe.query_async(&mut l.conn)).await?;
         Ok(names
             .iter()
             .zip(rows)
@@ -542,6 +541,9 @@ where
         futures_util::TryFutureExt::map_ok(self, drop as fn(T))
     }
 }
+
+/// Epoch, head, backlog messages, first kept offset, subscribers (see `scripts::INFO`).
+type InfoRow = (String, u64, u64, u64, u64);
 
 fn parse_epoch(s: &str) -> Result<Epoch, StoreError> {
     Epoch::parse(s).ok_or_else(|| StoreError::Unavailable(format!("malformed epoch `{s}`")))
