@@ -628,3 +628,66 @@ async fn channels_spread_over_two_redis_shards_and_are_listed_together() {
         assert_eq!(s.offsets(n), vec![1]);
     }
 }
+
+/// Reads an SSE response from `tcp` until its body holds `needle`; returns what was read.
+async fn sse_until(tcp: &mut tokio::net::TcpStream, seen: &mut String, needle: &str) {
+    use tokio::io::AsyncReadExt;
+    while !seen.contains(needle) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(T, tcp.read(&mut buf))
+            .await
+            .expect("SSE data in time")
+            .unwrap();
+        assert!(n > 0, "stream ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+#[tokio::test]
+async fn sse_and_long_poll_subscribers_of_another_node_get_the_messages() {
+    use tokio::io::AsyncWriteExt;
+    let redis = Redis::start().await;
+    let urls = [redis.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let mut p = v1(&a.url("private")).await;
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"feed"}"#).await["ok"],
+        true
+    );
+    assert_eq!(publish(&mut p, "feed", 1).await["offset"], 1);
+    // A stream on B of a channel B has never seen: opened from Redis, then live.
+    let addr = b.addr("public");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET /v1/events?channel=feed@oldest HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut seen = String::new();
+    sse_until(&mut tcp, &mut seen, "\"offset\":1").await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert_eq!(publish(&mut p, "feed", 2).await["offset"], 2);
+    sse_until(&mut tcp, &mut seen, "\"offset\":2").await;
+    // Long-polling on B reads the same log.
+    let (status, _, body) = http(
+        b.addr("public"),
+        "GET",
+        "/v1/poll?channel=feed@oldest",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let offsets: Vec<u64> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "message")
+        .map(|e| e["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, vec![1, 2], "{body}");
+    // A channel that exists nowhere is refused as on a single node.
+    let (status, _, body) =
+        http(b.addr("public"), "GET", "/v1/poll?channel=nowhere", &[], "").await;
+    assert_eq!(status, 404, "{body}");
+}
