@@ -15,6 +15,7 @@ pub struct Redis {
     child: Option<Child>,
     dir: tempfile::TempDir,
     persistence: bool,
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -36,6 +37,25 @@ impl Redis {
             child: None,
             dir,
             persistence,
+            extra: Vec::new(),
+        };
+        r.spawn().await;
+        r
+    }
+
+    /// A replica of `master`.
+    pub async fn replica_of(master: &Redis) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+            dir,
+            persistence: false,
+            extra: vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                master.port.to_string(),
+            ],
         };
         r.spawn().await;
         r
@@ -55,8 +75,12 @@ impl Redis {
             .arg("")
             .arg("--protected-mode")
             .arg("no")
+            // A replica syncs at once (the default waits 5 s for more replicas).
+            .arg("--repl-diskless-sync-delay")
+            .arg("0")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        cmd.args(&self.extra);
         if self.persistence {
             cmd.arg("--dbfilename").arg("dump.rdb");
         }
@@ -146,6 +170,99 @@ impl Drop for Redis {
             // delivered to stopped processes too.
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+/// A `redis-sentinel` watching `master` as `mymaster` (quorum 1, quick failover).
+pub struct Sentinel {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    pub async fn start(master: &Redis) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+                 sentinel monitor mymaster 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds mymaster 400\n\
+                 sentinel failover-timeout mymaster 2000\n",
+                dir.path().display(),
+                master.port
+            ),
+        )
+        .expect("sentinel.conf");
+        let child = Command::new("redis-sentinel")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-sentinel (Debian package redis-sentinel) must be installed");
+        let s = Sentinel {
+            port,
+            child,
+            _dir: dir,
+        };
+        let probe = Redis::probe(port);
+        for _ in 0..200 {
+            if let Ok(r) = probe.try_cmd(&["PING"]).await
+                && r.starts_with("+PONG")
+            {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-sentinel did not answer on port {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port of the master it names now.
+    pub async fn master_port(&self) -> Option<u16> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .ok()?;
+        let mut s = BufReader::new(s);
+        let req = "*3\r\n$8\r\nSENTINEL\r\n$23\r\nGET-MASTER-ADDR-BY-NAME\r\n$8\r\nmymaster\r\n";
+        s.get_mut().write_all(req.as_bytes()).await.ok()?;
+        let mut lines = Vec::new();
+        for _ in 0..5 {
+            let mut l = String::new();
+            tokio::time::timeout(Duration::from_secs(2), s.read_line(&mut l))
+                .await
+                .ok()?
+                .ok()?;
+            lines.push(l.trim().to_owned());
+        }
+        lines.get(4)?.parse().ok()
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Redis {
+    /// A handle for raw commands to any server on `port` (it owns no process).
+    pub fn probe(port: u16) -> Redis {
+        Redis {
+            port,
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+            persistence: false,
+            extra: Vec::new(),
         }
     }
 }

@@ -28,9 +28,13 @@ pub(crate) async fn follow(inner: Arc<Inner>, i: usize, stop: CancellationToken)
     let node_channel = node_topic(&prefix, inner.hub.node());
     loop {
         let shard = &inner.shards[i];
+        let connect = async {
+            let client = shard.client().await.map_err(|e| e.to_string())?;
+            client.get_async_pubsub().await.map_err(|e| e.to_string())
+        };
         let connected = tokio::select! {
             _ = stop.cancelled() => return,
-            r = tokio::time::timeout(shard.timeout(), shard.client().get_async_pubsub()) => r,
+            r = tokio::time::timeout(shard.timeout(), connect) => r,
         };
         let pubsub = match connected {
             Ok(Ok(p)) => p,

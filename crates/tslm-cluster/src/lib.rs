@@ -33,8 +33,15 @@ use crate::shard::{Shard, StoreError};
 /// What `[cluster]` configures (validated by the server's configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
-    /// Redis URLs (`redis://`, `rediss://`); several: channels are spread over them.
+    /// Redis URLs (`redis://`, `rediss://`); several: channels are spread over them. Empty
+    /// with [`ClusterConfig::sentinel`].
     pub redis: Vec<String>,
+    /// Redis Sentinel instead of fixed URLs: the master is asked of the sentinels on every
+    /// (re)connection, so a failover is followed.
+    pub sentinel: Option<SentinelConfig>,
+    /// A PEM file of the certificate authorities that sign the Redis servers' certificates
+    /// (`rediss://`); `None`: the system's.
+    pub tls_ca: Option<Vec<u8>>,
     /// The prefix of every key and PUB/SUB channel.
     pub prefix: String,
     /// How the gateway notices a Redis that lost writes (restart from a snapshot, failover).
@@ -49,6 +56,13 @@ pub struct ClusterConfig {
     /// An ACL user and password (the password read from a file by the configuration).
     pub username: Option<String>,
     pub password: Option<String>,
+}
+
+/// Redis Sentinel: the sentinels' URLs and the name of the master they watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    pub sentinels: Vec<String>,
+    pub master: String,
 }
 
 /// See [`ClusterConfig::fence`].
@@ -134,14 +148,20 @@ impl Cluster {
         cfg: ClusterConfig,
         limits: HubLimits,
     ) -> Result<(Cluster, Hub), ClusterError> {
-        if cfg.redis.is_empty() {
+        // rustls needs a process-wide provider for the Redis client's TLS: the one the
+        // listeners use (an error only says one is installed already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let shards = match &cfg.sentinel {
+            Some(s) => vec![Shard::sentinel(s, &cfg)?],
+            None => cfg
+                .redis
+                .iter()
+                .map(|url| Shard::open(url, &cfg))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        if shards.is_empty() {
             return Err(ClusterError::NoRedis);
         }
-        let shards = cfg
-            .redis
-            .iter()
-            .map(|url| Shard::open(url, &cfg))
-            .collect::<Result<Vec<_>, _>>()?;
         let node = match shards[0].next_node(&cfg.prefix).await {
             Ok(n) => n,
             Err(e) => {

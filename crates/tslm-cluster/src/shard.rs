@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{MultiplexedConnection, PubSubSink};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
 use tslm_hub::{ChannelSettings, ConnId, Created, HubError, MirrorEntry, Published};
 use tslm_protocol::{ChannelInfo, ChannelName, Epoch, Offset, Payload};
@@ -56,8 +57,19 @@ struct Scripts {
     info: Script,
 }
 
+/// Where a shard's Redis is.
+enum Target {
+    Direct(Client),
+    /// The master of `master`, asked of the sentinels at every (re)connection.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        node: SentinelNodeConnectionInfo,
+    },
+}
+
 pub(crate) struct Shard {
-    client: Client,
+    target: Target,
     link: Mutex<Option<Link>>,
     sink: Mutex<Option<PubSubSink>>,
     up: AtomicBool,
@@ -99,25 +111,57 @@ fn is_connection_error(e: &RedisError) -> bool {
 
 impl Shard {
     pub(crate) fn open(url: &str, cfg: &ClusterConfig) -> Result<Self, ClusterError> {
-        let mut info: redis::ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(|source| ClusterError::Url {
-                url: redact(url),
-                source,
-            })?;
-        let mut redis_info = info.redis_settings().clone();
-        if let Some(u) = &cfg.username {
-            redis_info = redis_info.set_username(u.clone());
-        }
-        if let Some(p) = &cfg.password {
-            redis_info = redis_info.set_password(p.clone());
-        }
-        info = info.set_redis_settings(redis_info);
-        let client = Client::open(info).map_err(|source| ClusterError::Url {
+        let bad = |source| ClusterError::Url {
             url: redact(url),
             source,
+        };
+        let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(bad)?;
+        let settings = credentials(info.redis_settings().clone(), cfg);
+        let info = info.set_redis_settings(settings);
+        let client = match &cfg.tls_ca {
+            Some(ca) => Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => Client::open(info),
+        }
+        .map_err(bad)?;
+        Ok(Self::with_target(Target::Direct(client), cfg))
+    }
+
+    pub(crate) fn sentinel(
+        s: &crate::SentinelConfig,
+        cfg: &ClusterConfig,
+    ) -> Result<Self, ClusterError> {
+        let node = SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(credentials(redis::RedisConnectionInfo::default(), cfg));
+        // Checked once here, so that a bad URL fails the start rather than every connection.
+        SentinelClient::build(
+            s.sentinels.clone(),
+            s.master.clone(),
+            Some(node.clone()),
+            SentinelServerType::Master,
+        )
+        .map_err(|source| ClusterError::Url {
+            url: s.sentinels.join(", "),
+            source,
         })?;
-        Ok(Self {
-            client,
+        Ok(Self::with_target(
+            Target::Sentinel {
+                sentinels: s.sentinels.clone(),
+                master: s.master.clone(),
+                node,
+            },
+            cfg,
+        ))
+    }
+
+    fn with_target(target: Target, cfg: &ClusterConfig) -> Self {
+        Self {
+            target,
             link: Mutex::new(None),
             sink: Mutex::new(None),
             up: AtomicBool::new(false),
@@ -130,7 +174,36 @@ impl Shard {
                 delete: Script::new(scripts::DELETE),
                 info: Script::new(scripts::INFO),
             },
-        })
+        }
+    }
+
+    /// A client of the shard's Redis: the fixed one, or the master the sentinels name now.
+    pub(crate) async fn client(&self) -> Result<Client, StoreError> {
+        match &self.target {
+            Target::Direct(c) => Ok(c.clone()),
+            Target::Sentinel {
+                sentinels,
+                master,
+                node,
+            } => {
+                let mut s = SentinelClient::build(
+                    sentinels.clone(),
+                    master.clone(),
+                    Some(node.clone()),
+                    SentinelServerType::Master,
+                )
+                .map_err(|e| StoreError::Unavailable(format!("sentinel: {e}")))?;
+                match tokio::time::timeout(self.timeout, s.async_get_client()).await {
+                    Ok(Ok(c)) => Ok(c),
+                    Ok(Err(e)) => Err(StoreError::Unavailable(format!(
+                        "no master `{master}` from the sentinels: {e}"
+                    ))),
+                    Err(_) => Err(StoreError::Unavailable(format!(
+                        "the sentinels did not name master `{master}` in time"
+                    ))),
+                }
+            }
+        }
     }
 
     pub(crate) fn is_up(&self) -> bool {
@@ -140,10 +213,6 @@ impl Shard {
     pub(crate) fn set_up(&self, up: bool, sink: Option<PubSubSink>) {
         *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = sink;
         self.up.store(up, Ordering::SeqCst);
-    }
-
-    pub(crate) fn client(&self) -> &Client {
-        &self.client
     }
 
     pub(crate) fn timeout(&self) -> Duration {
@@ -158,11 +227,9 @@ impl Shard {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
+        let client = self.client().await?;
         let mut conn = self
-            .timed(
-                self.client
-                    .get_multiplexed_async_connection_with_config(&config),
-            )
+            .timed(client.get_multiplexed_async_connection_with_config(&config))
             .await?;
         let fence: Arc<str> = match self.fence {
             Fence::None => Arc::from(""),
@@ -203,6 +270,12 @@ impl Shard {
                     "ERR" => detail.split_once(' ').unwrap_or((detail, "")),
                     _ => (code, detail),
                 };
+                if matches!(code, "READONLY" | "MASTERDOWN" | "LOADING") {
+                    // A demoted master or one still loading: ask again (a Sentinel names the
+                    // new master), and answer `unavailable` meanwhile.
+                    self.forget();
+                    return Err(StoreError::Unavailable(format!("redis: {code} {detail}")));
+                }
                 Err(StoreError::Refused(code.to_owned(), detail.to_owned()))
             }
             Ok(Err(e)) => {
@@ -581,6 +654,20 @@ fn parse_read(v: Value) -> Option<Read> {
         settings,
         entries,
     })
+}
+
+/// `info` with the configured ACL user and password.
+fn credentials(
+    mut info: redis::RedisConnectionInfo,
+    cfg: &ClusterConfig,
+) -> redis::RedisConnectionInfo {
+    if let Some(u) = &cfg.username {
+        info = info.set_username(u.clone());
+    }
+    if let Some(p) = &cfg.password {
+        info = info.set_password(p.clone());
+    }
+    info
 }
 
 /// A URL without its password, for messages.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tslm_cluster::{ClusterConfig, Fence};
+use tslm_cluster::{ClusterConfig, Fence, SentinelConfig};
 
 pub const DEFAULT_PREFIX: &str = "tslm";
 pub const DEFAULT_COMMAND_TIMEOUT_MS: u64 = 2000;
@@ -24,6 +24,9 @@ pub(crate) enum OneOrMany {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawCluster {
     redis: Option<OneOrMany>,
+    sentinels: Option<Vec<String>>,
+    sentinel_master: Option<String>,
+    tls_ca_file: Option<PathBuf>,
     prefix: Option<String>,
     fence: Option<String>,
     command_timeout_ms: Option<u64>,
@@ -36,32 +39,72 @@ pub(crate) struct RawCluster {
 impl RawCluster {
     pub(crate) fn validate(self) -> Result<ClusterConfig, String> {
         let at = |key: &str, m: String| format!("table [cluster], key `{key}`: {m}");
-        let redis = match self.redis {
-            None => return Err(at("redis", "missing: give one Redis URL or a list".into())),
-            Some(OneOrMany::One(u)) => vec![u],
-            Some(OneOrMany::Many(v)) => v,
+        let url_ok = |u: &str| {
+            ["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|s| u.starts_with(s))
         };
-        if redis.is_empty() {
+        let sentinel = match (self.sentinels, self.sentinel_master) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(at(
+                    "sentinel_master",
+                    "missing: the name of the master the sentinels watch".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(at("sentinels", "missing: the sentinels' URLs".into()));
+            }
+            (Some(sentinels), Some(master)) => {
+                if sentinels.is_empty() || sentinels.iter().any(|u| !url_ok(u)) {
+                    return Err(at(
+                        "sentinels",
+                        "one or more URLs, each starting with redis://".into(),
+                    ));
+                }
+                if master.is_empty() {
+                    return Err(at("sentinel_master", "must not be empty".into()));
+                }
+                Some(SentinelConfig { sentinels, master })
+            }
+        };
+        let redis = match (self.redis, &sentinel) {
+            (None, None) => {
+                return Err(at(
+                    "redis",
+                    "missing: give one Redis URL or a list (or `sentinels`)".into(),
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(at(
+                    "redis",
+                    "give either `redis` or `sentinels`, not both".into(),
+                ));
+            }
+            (None, Some(_)) => Vec::new(),
+            (Some(OneOrMany::One(u)), None) => vec![u],
+            (Some(OneOrMany::Many(v)), None) => v,
+        };
+        if redis.is_empty() && sentinel.is_none() {
             return Err(at("redis", "the list is empty".into()));
         }
         if redis.len() > 64 {
             return Err(at("redis", format!("{} shards; at most 64", redis.len())));
         }
-        for u in &redis {
-            if !(u.starts_with("redis://")
-                || u.starts_with("rediss://")
-                || u.starts_with("redis+unix://")
-                || u.starts_with("unix://"))
-            {
+        for u in redis
+            .iter()
+            .chain(sentinel.iter().flat_map(|s| &s.sentinels))
+        {
+            if !url_ok(u) {
                 return Err(at(
                     "redis",
-                    "each URL starts with redis://, rediss:// or unix://".into(),
+                    format!("`{u}`: each URL starts with redis://, rediss:// or unix://"),
                 ));
             }
             if u.contains('@') {
                 return Err(at(
                     "redis",
-                    "put no credentials in the URL: use `username` and `password_file`".into(),
+                    "put no credentials in a URL: use `username` and `password_file`".into(),
                 ));
             }
         }
@@ -129,8 +172,24 @@ impl RawCluster {
                 Some(p)
             }
         };
+        let tls_ca = match self.tls_ca_file {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(&path)
+                    .map_err(|e| at("tls_ca_file", format!("{}: {e}", path.display())))?;
+                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                    return Err(at(
+                        "tls_ca_file",
+                        format!("{} holds no PEM certificate", path.display()),
+                    ));
+                }
+                Some(pem)
+            }
+        };
         Ok(ClusterConfig {
             redis,
+            sentinel,
+            tls_ca,
             prefix,
             fence,
             command_timeout: Duration::from_millis(timeout),
