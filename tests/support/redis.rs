@@ -43,6 +43,47 @@ impl Redis {
         r
     }
 
+    /// A Redis that also (only, for clients) listens with TLS on [`Redis::tls_port`], with a
+    /// certificate signed by `ca`; the plain port stays for the test's own commands.
+    pub async fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls_port = free_port();
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+            dir,
+            persistence: false,
+            extra: vec![
+                "--tls-port".into(),
+                tls_port.to_string(),
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                ca.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+        };
+        r.spawn().await;
+        r
+    }
+
+    /// The TLS port of a server made by [`Redis::start_tls`].
+    pub fn tls_port(&self) -> u16 {
+        self.extra
+            .iter()
+            .position(|a| a == "--tls-port")
+            .and_then(|i| self.extra.get(i + 1))
+            .and_then(|p| p.parse().ok())
+            .expect("a TLS server")
+    }
+
     /// A replica of `master`.
     pub async fn replica_of(master: &Redis) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -264,5 +305,29 @@ impl Redis {
             persistence: false,
             extra: Vec::new(),
         }
+    }
+}
+
+impl Redis {
+    /// One command whose reply is a bulk string (`INFO`): its text.
+    pub async fn text(&self, args: &[&str]) -> String {
+        use tokio::io::AsyncReadExt;
+        let s = TcpStream::connect(self.addr()).await.expect("connect");
+        let mut s = BufReader::new(s);
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.get_mut().write_all(req.as_bytes()).await.expect("send");
+        let mut head = String::new();
+        s.read_line(&mut head).await.expect("reply");
+        let len: usize = head
+            .trim()
+            .strip_prefix('$')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not a bulk reply: {head}"));
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.expect("body");
+        String::from_utf8_lossy(&body).into_owned()
     }
 }
