@@ -319,3 +319,23 @@ async fn a_gateway_talks_tls_to_redis_with_a_private_ca() {
     let r = call(&mut q, r#"{"op":"publish","channel":"feed","data":2}"#).await;
     assert_eq!(r["error"]["code"], "unavailable", "{r}");
 }
+
+#[tokio::test]
+async fn the_cluster_table_cannot_change_on_a_reload() {
+    let redis = Redis::start().await;
+    let a = TestServer::start(&config(&redis.url(), "")).await;
+    wait_ready(a.addr("public")).await;
+    let other = config(&redis.url(), "prefix = \"other\"");
+    let e = a
+        .reloader
+        .reload(tslm_server::Config::from_toml_str(&other, "test").unwrap())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("[cluster] cannot change"), "{e}");
+    // The same table reloads fine.
+    let same = config(&redis.url(), "");
+    a.reloader
+        .reload(tslm_server::Config::from_toml_str(&same, "test").unwrap())
+        .await
+        .unwrap();
+}

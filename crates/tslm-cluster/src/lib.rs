@@ -30,8 +30,9 @@ use tslm_protocol::{ChannelInfo, ChannelName, Epoch, Offset, Payload, Start};
 
 use crate::shard::{Shard, StoreError};
 
-/// What `[cluster]` configures (validated by the server's configuration).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What `[cluster]` configures (validated by the server's configuration). Its `Debug` never
+/// shows the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// Redis URLs (`redis://`, `rediss://`); several: channels are spread over them. Empty
     /// with [`ClusterConfig::sentinel`].
@@ -56,6 +57,23 @@ pub struct ClusterConfig {
     /// An ACL user and password (the password read from a file by the configuration).
     pub username: Option<String>,
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis", &self.redis)
+            .field("sentinel", &self.sentinel)
+            .field("tls_ca", &self.tls_ca.as_ref().map(|c| c.len()))
+            .field("prefix", &self.prefix)
+            .field("fence", &self.fence)
+            .field("command_timeout", &self.command_timeout)
+            .field("sync_interval", &self.sync_interval)
+            .field("probe_interval", &self.probe_interval)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// Redis Sentinel: the sentinels' URLs and the name of the master they watch.
