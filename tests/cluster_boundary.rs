@@ -339,3 +339,70 @@ async fn the_cluster_table_cannot_change_on_a_reload() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_gateway_authenticates_as_a_redis_acl_user_limited_to_its_prefix() {
+    let redis = Redis::start().await;
+    let set = redis
+        .cmd(&[
+            "ACL",
+            "SETUSER",
+            "gw",
+            "on",
+            ">pa55word",
+            "~tslm:*",
+            "&tslm:*",
+            "+@read",
+            "+@write",
+            "+@pubsub",
+            "+@scripting",
+            "+info",
+            "+ping",
+        ])
+        .await;
+    assert!(set.starts_with("+OK"), "{set}");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "pa55word\n").unwrap();
+    let auth = format!(
+        "username = \"gw\"\npassword_file = {:?}",
+        pw.to_str().unwrap()
+    );
+    let a = TestServer::start(&config(&redis.url(), &auth)).await;
+    wait_ready(a.addr("public")).await;
+    let b = TestServer::start(&config(&redis.url(), &auth)).await;
+    wait_ready(b.addr("public")).await;
+    let mut p = v1(&a.url("private")).await;
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"feed"}"#).await["ok"],
+        true
+    );
+    let mut s = v1(&b.url("public")).await;
+    assert_eq!(
+        call(&mut s, r#"{"op":"subscribe","channel":"feed"}"#).await["ok"],
+        true
+    );
+    let r = call(
+        &mut p,
+        r#"{"op":"publish","channel":"feed","data":1,"msg_id":"x"}"#,
+    )
+    .await;
+    assert_eq!(r["offset"], 1, "{r}");
+    assert_eq!(recv_json(&mut s).await["offset"], 1);
+    let l = call(&mut p, r#"{"op":"channels"}"#).await;
+    assert_eq!(l["channels"][0]["channel"], "feed", "{l}");
+    assert_eq!(
+        call(&mut p, r#"{"op":"delete","channel":"feed"}"#).await["ok"],
+        true
+    );
+    // A wrong password: nothing is accepted, and nothing is acknowledged.
+    std::fs::write(&pw, "wrong\n").unwrap();
+    let c = TestServer::start(&config(&redis.url(), &auth)).await;
+    let mut q = v1(&c.url("private")).await;
+    let r = call(&mut q, r#"{"op":"create","channel":"other"}"#).await;
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    assert!(
+        !r.to_string().contains("wrong"),
+        "the password reached a client: {r}"
+    );
+}
