@@ -13,7 +13,9 @@ log() { printf '\n== %s ==\n' "$*"; }
 # nodejs and npm (the OpenID Connect provider the OIDC tests run, tests/oidc), chromium (Debian's
 # Chromium, headless, driven by playwright-core from tests/browser for the browser tests),
 # prometheus (for `promtool check metrics`, which parses `GET /metrics` in tests/metrics.rs),
-# nginx (the reverse proxy the JavaScript client's fallback test puts in front of the gateway).
+# nginx (the reverse proxy the JavaScript client's fallback test puts in front of the gateway),
+# redis-server, redis-sentinel and redis-tools (the cluster-mode tests start their own Redis,
+# Sentinel and Redis Cluster on loopback: tests/cluster*.rs).
 missing=()
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
@@ -24,6 +26,9 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -1053,6 +1053,12 @@ export class TslmClient extends Emitter<ClientEvents> {
       case 'closed': {
         const sub = this.subs.get(msg.channel);
         if (!sub) return;
+        if (msg.reason === 'epoch_changed' && sub.position) {
+          // The channel's log restarted (a cluster's Redis lost it): resume from where this
+          // client was; the answer reports the loss as `epoch_changed`.
+          this.sendSubscribe(sub);
+          return;
+        }
         this.subs.delete(msg.channel);
         if (!sub.readySettled) {
           sub.readySettled = true;

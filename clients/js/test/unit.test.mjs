@@ -252,6 +252,24 @@ describe('positions and losses', () => {
     assert.deepEqual(client.position('c'), { epoch: 'dddddddddddddddd', offset: 0 });
     client.close();
   });
+  test('closed with epoch_changed (a cluster whose store lost the log): resumed, the loss reported once', async () => {
+    const { transport, client, log } = make({ random: () => 0 });
+    await openConn(transport.last);
+    const sub = client.subscribe('c');
+    server.answer(transport.last, 'subscribe', { epoch: 'cccccccccccccccc', offset: 4, from: 5 });
+    await sub.ready;
+    server.frame(transport.last, { event: 'message', channel: 'c', offset: 5, data: 1 });
+    server.frame(transport.last, { event: 'closed', channel: 'c', reason: 'epoch_changed' });
+    await flush();
+    const again = transport.last.sent.filter((r) => r.op === 'subscribe');
+    assert.equal(again.length, 2, 'subscribed again');
+    assert.deepEqual(again[1].start, { epoch: 'cccccccccccccccc', offset: 5 });
+    server.answer(transport.last, 'subscribe', { epoch: 'dddddddddddddddd', offset: 0, from: 1, recovered: false, lost: { reason: 'epoch_changed' } });
+    await flush();
+    assert.deepEqual(log.losses, [{ channel: 'c', reason: 'epoch_changed', epoch: 'dddddddddddddddd', previousEpoch: 'cccccccccccccccc' }]);
+    assert.deepEqual(client.position('c'), { epoch: 'dddddddddddddddd', offset: 0 });
+    client.close();
+  });
 });
 
 describe('transports, liveness, page events, tokens', () => {

@@ -66,10 +66,15 @@ impl State {
 
 impl Channel {
     pub(crate) fn new(name: ChannelName, settings: ChannelSettings) -> Self {
+        Self::with_epoch(name, settings, Epoch(rand::random()))
+    }
+
+    /// A channel whose epoch was chosen elsewhere (a mirror of a shared store's channel).
+    pub(crate) fn with_epoch(name: ChannelName, settings: ChannelSettings, epoch: Epoch) -> Self {
         Self {
             name,
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
-            epoch: Epoch(rand::random()),
+            epoch,
             settings,
             state: Mutex::new(State::default()),
             last_offset: AtomicU64::new(0),

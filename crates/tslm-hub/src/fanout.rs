@@ -130,6 +130,15 @@ impl Fanout {
         }
     }
 
+    /// Pushes `frame` (an event that is not a message, e.g. a `gap`) to every live subscriber of
+    /// `wire`, removing those whose outbox closed; returns how many were removed.
+    pub(crate) fn announce(&mut self, wire: Wire, frame: &Bytes) -> usize {
+        let subs = &mut self.live[wire.index()];
+        let before = subs.len();
+        subs.retain(|s| s.outbox.push(frame.clone()).is_ok());
+        before - subs.len()
+    }
+
     /// Ends every subscription with the `closed` bytes of its wire (by [`Wire::index`]); returns
     /// how many ended.
     pub(crate) fn close_all(&mut self, closed: &[Bytes; Wire::COUNT]) -> usize {

@@ -15,8 +15,9 @@ use tslm_protocol::{
 use crate::backlog::BACKLOG_WIRE;
 use crate::budget::Bound;
 use crate::channel::Channel;
+use crate::channel::State;
 use crate::counters::{Counters, add, get};
-use crate::fanout::{Catching, Sub};
+use crate::fanout::{Catching, Pushed, Sub};
 use crate::outbox::{Outbox, PushError};
 use crate::replay::Step;
 use crate::replies::Publishers;
@@ -25,6 +26,9 @@ use crate::types::{
     CHANNEL_INFO_BYTES, CatchUp, ConnId, Created, HISTORY_ENTRY_BYTES, History, HubError,
     HubLimits, HubStats, PublishOptions, Published, ReplyError, Subscribed,
 };
+
+mod mirror;
+pub use mirror::{Appended, MirrorEntry};
 
 /// The channel registry and fan-out engine. Cloning is cheap and shares the hub.
 #[derive(Clone)]
@@ -91,7 +95,7 @@ impl Hub {
         ConnId::on_node(self.inner.node, n)
     }
 
-    fn channel(&self, name: &ChannelName) -> Result<Arc<Channel>, HubError> {
+    pub(crate) fn channel(&self, name: &ChannelName) -> Result<Arc<Channel>, HubError> {
         self.inner
             .channels
             .get(name)
@@ -155,8 +159,16 @@ impl Hub {
             .channels
             .remove(name)
             .ok_or_else(|| HubError::NotFound(name.clone()))?;
+        self.retire(&ch, "deleted");
+        Ok(())
+    }
+
+    /// Frees a channel taken out of the registry: its subscribers get a `closed` event with
+    /// `reason` and lose their subscription.
+    pub(crate) fn retire(&self, ch: &Channel, reason: &str) -> usize {
         self.inner.channel_count.give_back(1);
-        let closed = Wire::ALL.map(|w| w.closed(name, "deleted"));
+        let name = &ch.name;
+        let closed = Wire::ALL.map(|w| w.closed(name, reason));
         let mut guard = ch.lock();
         let st = &mut *guard;
         st.deleted = true;
@@ -167,8 +179,8 @@ impl Hub {
         ch.mirror(st);
         drop(guard);
         self.inner.subscriptions.give_back(subs);
-        tracing::debug!(channel = %name, subscribers = subs, "channel deleted");
-        Ok(())
+        tracing::debug!(channel = %name, subscribers = subs, reason, "channel ended");
+        subs
     }
 
     /// Subscribes connection `conn` to `name`, starting at `start`: from then on every message
@@ -368,16 +380,47 @@ impl Hub {
         }
         log.last_offset += 1;
         let offset = Offset(log.last_offset);
+        let route = opts.publisher.map(|(c, _)| c);
+        let pushed = self.append_locked(&ch, st, offset, guess, data, &mut deliveries, now, route);
+        ch.mirror(st);
+        drop(guard);
+        self.count_append(settings, pushed);
+        if let Some((conn, outbox)) = opts.publisher.filter(|_| settings.replies) {
+            self.inner.publishers.register(conn, outbox);
+        }
+        Ok(Published {
+            epoch: ch.epoch,
+            offset,
+            duplicate: false,
+        })
+    }
+
+    /// The part of a publish after the offset is taken (by this hub, or by a shared store for a
+    /// mirror): the reply route, the fan-out of the shared bytes to live subscribers (re-encoded
+    /// when `offset` is not the `guess` they were encoded for) and the backlog. Under the
+    /// channel's lock; the caller updates the mirrors, unlocks and calls [`Hub::count_append`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn append_locked(
+        &self,
+        ch: &Channel,
+        st: &mut State,
+        offset: Offset,
+        guess: Offset,
+        data: &Payload,
+        deliveries: &mut [Option<Delivery>; Wire::COUNT],
+        now: Option<Instant>,
+        route: Option<ConnId>,
+    ) -> Pushed {
+        let settings = &ch.settings;
+        let keeps = settings.backlog_messages > 0;
+        let needs = |wire: Wire, live: usize| live > 0 || (keeps && wire == BACKLOG_WIRE);
         if settings.replies {
-            log.routes.keep(
-                offset.0,
-                opts.publisher.map(|(c, _)| c),
-                settings.reply_window,
-                &self.inner.routes,
-            );
+            st.log
+                .routes
+                .keep(offset.0, route, settings.reply_window, &self.inner.routes);
         }
         let fanout = &mut st.fanout;
-        let (mut removed, mut delivered, mut dropped) = (0, 0, 0);
+        let mut total = Pushed::default();
         for wire in Wire::ALL {
             if !needs(wire, fanout.live(wire)) {
                 continue;
@@ -388,40 +431,35 @@ impl Hub {
                 Some(d) if !stale => d,
                 _ => slot.insert(wire.delivery(&ch.name, offset, data)),
             };
-            let channel = (ch.key, name);
+            let channel = (ch.key, &ch.name);
             let pushed = fanout.deliver(wire, &d.bytes, offset, channel, settings.slow_policy);
-            removed += pushed.removed;
-            delivered += pushed.delivered;
-            dropped += pushed.dropped;
+            total.removed += pushed.removed;
+            total.delivered += pushed.delivered;
+            total.dropped += pushed.dropped;
         }
         if let (Some(d), Some(now)) = (deliveries[BACKLOG_WIRE.index()].take(), now)
             && keeps
         {
             let budget = &self.inner.backlog_bytes;
             let backlog = &mut st.log.backlog;
-            let evicted = backlog.expire(now, settings.backlog_age, budget)
+            let evicted = backlog.expire(Instant::now(), settings.backlog_age, budget)
                 + backlog.keep(offset, now, d, data, settings.backlog_messages, budget);
             add(&self.inner.counters.backlog_evicted, evicted);
         }
-        ch.mirror(st);
-        drop(guard);
-        self.inner.subscriptions.give_back(removed);
+        total
+    }
+
+    /// The counters of an append, outside the channel's lock.
+    pub(crate) fn count_append(&self, settings: &ChannelSettings, pushed: Pushed) {
+        self.inner.subscriptions.give_back(pushed.removed);
         let counters = &self.inner.counters;
         add(&counters.publishes, 1);
-        add(&counters.deliveries, delivered);
+        add(&counters.deliveries, pushed.delivered);
         match settings.slow_policy {
-            SlowPolicy::DropOldest => add(&counters.dropped_oldest, dropped),
-            SlowPolicy::Latest => add(&counters.dropped_latest, dropped),
+            SlowPolicy::DropOldest => add(&counters.dropped_oldest, pushed.dropped),
+            SlowPolicy::Latest => add(&counters.dropped_latest, pushed.dropped),
             SlowPolicy::Disconnect => {}
         }
-        if let Some((conn, outbox)) = opts.publisher.filter(|_| settings.replies) {
-            self.inner.publishers.register(conn, outbox);
-        }
-        Ok(Published {
-            epoch: ch.epoch,
-            offset,
-            duplicate: false,
-        })
     }
 
     /// Reads the backlog of `name` from `start`: at most `limit` messages, and no more than

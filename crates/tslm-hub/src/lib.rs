@@ -26,10 +26,10 @@ pub mod settings;
 mod types;
 
 pub use broker::{Broker, BrokerFuture, Head, MemoryBroker};
-pub use hub::Hub;
+pub use hub::{Appended, Hub, MirrorEntry};
 pub use outbox::{CloseReason, Outbox, OutboxLimits, PushError};
 pub use settings::{ChannelSettings, SlowPolicy};
 pub use types::{
-    CatchUp, ConnId, Created, History, HubError, HubLimits, HubStats, PublishOptions, Published,
-    ReplyError, Subscribed,
+    CHANNEL_INFO_BYTES, CatchUp, ConnId, Created, History, HubError, HubLimits, HubStats,
+    PublishOptions, Published, ReplyError, Subscribed,
 };

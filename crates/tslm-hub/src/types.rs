@@ -59,6 +59,9 @@ pub enum HubError {
         "the gateway remembers {max} msg_ids, the most it allows; publish without one, or retry once older ones expire"
     )]
     TooManyMsgIds { max: usize },
+    /// The shared store (cluster mode) did not answer: nothing was done; retry later.
+    #[error("the cluster's store is unavailable ({0}); retry later")]
+    Unavailable(String),
 }
 
 /// Why a reply could not be handed over.
@@ -93,6 +96,9 @@ pub enum ReplyError {
         len: usize,
         max: usize,
     },
+    /// The shared store (cluster mode) did not answer.
+    #[error("the cluster's store is unavailable ({0}); retry later")]
+    Unavailable(String),
 }
 
 /// The outcome of a subscribe.

@@ -115,6 +115,8 @@ pub struct Config {
     pub issuers: Arc<Vec<crate::auth_config::Issuer>>,
     /// The audit log (`[audit]`); `None`: no audit log.
     pub audit: Option<AuditConfig>,
+    /// Cluster mode (`[cluster]`): the channel log in Redis; `None`: the in-memory single node.
+    pub cluster: Option<tslm_cluster::ClusterConfig>,
 }
 
 /// Per-listener limits against abusive clients (docs/configuration.md, "Abuse limits").
@@ -185,6 +187,7 @@ pub struct TlsConfig {
 }
 
 mod audit;
+mod cluster;
 mod listener;
 mod origin;
 mod raw;

@@ -32,6 +32,11 @@ pub(crate) fn error_response(e: &ProtoError) -> Response {
         resp.extensions_mut()
             .insert(AuthRefusal(e.message.to_string()));
     }
+    if e.code == ErrorCode::Unavailable {
+        // Every `unavailable` is worth retrying soon (a busy publisher, a store that is down).
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     resp
 }
 

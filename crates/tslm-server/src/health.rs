@@ -42,17 +42,25 @@ pub enum NotReady {
     /// Shutdown has begun: readiness turns false first so load balancers stop sending new
     /// clients while existing sessions are still served (see `drain_delay_seconds`).
     Draining,
+    /// Cluster mode: this node is not following every Redis shard (PUB/SUB down or not
+    /// answering its pings); publishes may still fail with `unavailable`.
+    ClusterStore,
 }
 
 impl NotReady {
     /// Every reason, in the order `/readyz` reports the first one present.
-    pub const ALL: [NotReady; 2] = [NotReady::Draining, NotReady::Starting];
+    pub const ALL: [NotReady; 3] = [
+        NotReady::Draining,
+        NotReady::Starting,
+        NotReady::ClusterStore,
+    ];
 
     /// The reason's name in `/readyz` bodies and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             NotReady::Starting => "starting",
             NotReady::Draining => "draining",
+            NotReady::ClusterStore => "cluster_store",
         }
     }
 
@@ -60,6 +68,7 @@ impl NotReady {
         match self {
             NotReady::Starting => 1,
             NotReady::Draining => 2,
+            NotReady::ClusterStore => 4,
         }
     }
 }

@@ -67,6 +67,9 @@ pub enum ServerError {
     /// The audit log cannot be opened, or its last line cannot be continued.
     #[error(transparent)]
     Audit(#[from] audit::OpenError),
+    /// `[cluster]` names a Redis URL that does not parse.
+    #[error("[cluster]: {0}")]
+    Cluster(#[from] tslm_cluster::ClusterError),
 }
 
 /// A bound, not yet serving, gateway.
@@ -76,6 +79,8 @@ pub struct Server {
     hub: Hub,
     /// The channel log's store: the hub's own, in memory (a cluster's would be shared).
     broker: Arc<dyn Broker>,
+    /// Cluster mode: the Redis broker, followed while the server runs.
+    cluster: Option<tslm_cluster::Cluster>,
     verifier: Option<tslm_oidc::Verifier>,
     stats: Arc<stats::Stats>,
     tls_reload_interval: Duration,
@@ -134,20 +139,31 @@ impl Server {
                 });
             }
         }
-        let hub = Hub::with_limits(HubLimits {
+        let limits = HubLimits {
             backlog_memory_bytes: config.backlog_memory_bytes,
             max_channels: config.max_channels,
             max_msg_ids: config.max_msg_ids,
             max_reply_routes: config.max_reply_routes,
             max_subscriptions: config.max_subscriptions,
-        });
+        };
+        let (hub, broker, cluster): (Hub, Arc<dyn Broker>, _) = match &config.cluster {
+            None => {
+                let hub = Hub::with_limits(limits);
+                (hub.clone(), Arc::new(MemoryBroker::new(hub)), None)
+            }
+            Some(c) => {
+                let (cluster, hub) = tslm_cluster::Cluster::connect(c.clone(), limits).await?;
+                (hub, Arc::new(cluster.clone()), Some(cluster))
+            }
+        };
         let verifier = (!config.issuers.is_empty())
             .then(|| tslm_oidc::Verifier::new(config.issuers.as_ref().clone()));
         Ok(Self {
             verifier,
             config,
             listeners,
-            broker: Arc::new(MemoryBroker::new(hub.clone())),
+            broker,
+            cluster,
             hub,
             stats: Arc::default(),
             tls_reload_interval: TLS_RELOAD_INTERVAL,
@@ -316,6 +332,21 @@ impl Server {
             replay: Arc::clone(&replay),
             issuers: Arc::clone(&config.issuers),
         };
+        if let Some(cluster) = &self.cluster {
+            // Not ready until every shard is followed; the cluster says when that changes.
+            self.health.raise(NotReady::ClusterStore);
+            let health = Arc::clone(&self.health);
+            cluster.run(
+                token.clone(),
+                Arc::new(move |up| {
+                    if up {
+                        health.clear(NotReady::ClusterStore);
+                    } else {
+                        health.raise(NotReady::ClusterStore);
+                    }
+                }),
+            );
+        }
         let mut running = std::collections::BTreeMap::new();
         // Every listener is bound (`bind` is all or nothing) and is about to accept: ready before
         // the first connection can be answered, so no probe sees `starting` once accepting.

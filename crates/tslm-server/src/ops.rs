@@ -47,6 +47,7 @@ pub(crate) fn hub_error(e: HubError) -> ProtoError {
         | HubError::TooManySubscriptions { .. }) => {
             ProtoError::new(ErrorCode::LimitExceeded, e.to_string())
         }
+        e @ HubError::Unavailable(_) => ProtoError::new(ErrorCode::Unavailable, e.to_string()),
     }
 }
 
@@ -426,7 +427,7 @@ pub(crate) fn reply_error(e: ReplyError) -> ProtoError {
         ReplyError::NotFound(_) | ReplyError::NoSuchMessage { .. } => ErrorCode::NotFound,
         ReplyError::NotAllowed(_) => ErrorCode::Forbidden,
         ReplyError::Gone { .. } => ErrorCode::Gone,
-        ReplyError::Busy { .. } => ErrorCode::Unavailable,
+        ReplyError::Busy { .. } | ReplyError::Unavailable(_) => ErrorCode::Unavailable,
         ReplyError::TooLarge { .. } => ErrorCode::TooLarge,
     };
     ProtoError::new(code, e.to_string())

@@ -263,6 +263,9 @@ fn fixed_keys(old: &Config, new: &Config) -> Result<(), ReloadError> {
     if old.audit != new.audit {
         return Err(ReloadError::NeedsRestartTable("audit"));
     }
+    if old.cluster != new.cluster {
+        return Err(ReloadError::NeedsRestartTable("cluster"));
+    }
     match checks.into_iter().find(|(_, same)| !same) {
         Some((key, _)) => Err(ReloadError::NeedsRestart(key)),
         None => Ok(()),

@@ -18,6 +18,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     channel: BTreeMap<String, RawChannelClass>,
     audit: Option<super::audit::RawAudit>,
+    cluster: Option<super::cluster::RawCluster>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -262,8 +263,13 @@ impl RawConfig {
             .audit
             .map(super::audit::RawAudit::validate)
             .transpose()?;
+        let cluster = self
+            .cluster
+            .map(super::cluster::RawCluster::validate)
+            .transpose()?;
         Ok(Config {
             audit,
+            cluster,
             listeners,
             shutdown_grace: Duration::from_secs(grace),
             drain_delay: Duration::from_secs(drain_delay),

@@ -316,3 +316,96 @@ fn drain_delay_seconds() {
     let e = err(&format!("[server]\ndrain_delay_seconds = -1\n{listener}"));
     assert!(e.contains("drain_delay_seconds"), "{e}");
 }
+
+const ONE_LISTENER: &str = "[listener.a]\nip='127.0.0.1'\nport=0\n";
+
+#[test]
+fn cluster_table_is_validated_before_anything_binds() {
+    let with = |t: &str| format!("{ONE_LISTENER}[cluster]\n{t}\n");
+    let c = Config::from_toml_str(&with("redis = 'redis://127.0.0.1:6379'"), "t.toml").unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.redis, ["redis://127.0.0.1:6379"]);
+    assert_eq!(cluster.prefix, "tslm");
+    assert_eq!(cluster.fence, tslm_cluster::Fence::RunId);
+    assert!(
+        Config::from_toml_str(ONE_LISTENER, "t.toml")
+            .unwrap()
+            .cluster
+            .is_none()
+    );
+    let cases = [
+        ("", "key `redis`: missing"),
+        ("redis = []", "the list is empty"),
+        ("redis = ['http://x']", "each URL starts with redis://"),
+        (
+            "redis = ['redis://u:secret@h:1']",
+            "no credentials in a URL",
+        ),
+        ("redis = ['redis://a:1', 'redis://a:1']", "listed twice"),
+        (
+            "redis = ['redis://a:1']\nsentinels = ['redis://b:1']\nsentinel_master = 'm'",
+            "not both",
+        ),
+        (
+            "sentinels = ['redis://b:1']",
+            "key `sentinel_master`: missing",
+        ),
+        ("sentinel_master = 'm'", "key `sentinels`: missing"),
+        ("redis = ['redis://a:1']\nfence = 'maybe'", "key `fence`"),
+        ("redis = ['redis://a:1']\nprefix = 'a b'", "key `prefix`"),
+        (
+            "redis = ['redis://a:1']\ncommand_timeout_ms = 1",
+            "out of range 50..=60000",
+        ),
+        (
+            "redis = ['redis://a:1']\nprobe_interval_ms = 0",
+            "out of range 100..=60000",
+        ),
+        (
+            "redis = ['redis://a:1']\npassword_file = '/nonexistent/pw'",
+            "key `password_file`",
+        ),
+        (
+            "redis = ['redis://a:1']\ntls_ca_file = '/nonexistent/ca.pem'",
+            "key `tls_ca_file`",
+        ),
+        (
+            "redis = ['redis://a:1']\nshards = 2",
+            "unknown field `shards`",
+        ),
+    ];
+    for (table, want) in cases {
+        let e = err(&with(table));
+        assert!(e.contains(want), "{table:?}: {e}");
+        assert!(!e.contains("secret"), "a password reached a message: {e}");
+    }
+}
+
+#[test]
+fn the_redis_password_comes_from_a_file_and_never_reaches_a_debug_print() {
+    let dir = std::env::temp_dir().join(format!("tslm-pw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pw");
+    std::fs::write(&file, "s3cret-pass\n").unwrap();
+    let c = Config::from_toml_str(
+        &format!(
+            "{ONE_LISTENER}[cluster]\nredis = 'redis://127.0.0.1:6379'\nusername = 'gw'\npassword_file = {:?}\n",
+            file.to_str().unwrap()
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    let cluster = c.cluster.as_ref().unwrap();
+    assert_eq!(cluster.password.as_deref(), Some("s3cret-pass"));
+    assert!(
+        !format!("{c:?}").contains("s3cret"),
+        "Debug shows the password"
+    );
+    std::fs::write(&file, "\n").unwrap();
+    let e = err(&format!(
+        "{ONE_LISTENER}[cluster]\nredis = 'redis://127.0.0.1:6379'\npassword_file = {:?}\n",
+        file.to_str().unwrap()
+    ));
+    assert!(e.contains("is empty"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

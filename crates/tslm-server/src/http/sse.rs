@@ -87,12 +87,8 @@ async fn start(ctx: Arc<ListenerCtx>, req: Request) -> Result<Body, ProtoError> 
     // Every channel must be readable before the stream starts (the answer is still an error).
     for (c, _) in &poll.channels {
         crate::ops::admit_read(&ctx, &who, "subscribe", c, crate::ops::ReadVia::Subscriber)?;
-        if !ctx.hub.exists(c) {
-            return Err(ProtoError::new(
-                ErrorCode::NotFound,
-                format!("channel `{c}` does not exist"),
-            ));
-        }
+        // Not found is an error too; in cluster mode this opens the node's mirror of it.
+        crate::ops::prepare_subscribe(&ctx, c, tslm_protocol::Start::New).await?;
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(crate::sse::QUEUE);
     let task_ctx = Arc::clone(&ctx);

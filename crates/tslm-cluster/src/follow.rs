@@ -1,0 +1,311 @@
+//! Following Redis: one PUB/SUB connection per shard feeds this node's mirrors, holes are healed
+//! from the streams, and a housekeeping task writes subscriber counts, drops idle mirrors and
+//! compares every mirror with Redis now and then.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tslm_hub::{Appended, MirrorEntry};
+use tslm_protocol::{ChannelName, Epoch, Offset};
+
+use crate::codec::{self, Note};
+use crate::shard::{node_topic, topic};
+use crate::{COUNT_TTL, HOUSEKEEPING, Inner, READ_BATCH};
+
+/// Channels subscribed per SUBSCRIBE command when a connection is (re)made.
+const SUBSCRIBE_BATCH: usize = 512;
+
+/// Follows shard `i` until `stop`: connects, subscribes to every mirrored channel it owns (and,
+/// on the first shard, to this node's reply channel), heals every mirror (messages may have
+/// been missed while the connection was down), then applies messages as they come. A ping
+/// every probe interval notices a Redis that stopped answering; any failure reconnects with a
+/// capped backoff, and readiness says so meanwhile.
+pub(crate) async fn follow(inner: Arc<Inner>, i: usize, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(50);
+    let prefix = inner.cfg.prefix.clone();
+    let node_channel = node_topic(&prefix, inner.hub.node());
+    loop {
+        let shard = &inner.shards[i];
+        let connect = async {
+            let client = shard.client().await.map_err(|e| e.to_string())?;
+            client.get_async_pubsub().await.map_err(|e| e.to_string())
+        };
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = tokio::time::timeout(shard.timeout(), connect) => r,
+        };
+        let pubsub = match connected {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::warn!(shard = i, error = %e, "cluster: cannot follow Redis; retrying");
+                if pause(&stop, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    shard = i,
+                    "cluster: Redis did not accept a PUB/SUB connection in time; retrying"
+                );
+                if pause(&stop, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let mut topics: Vec<String> = inner
+            .hub
+            .channel_names()
+            .into_iter()
+            .filter(|n| inner.shard_index(n) == i)
+            .map(|n| topic(&prefix, &n))
+            .collect();
+        if i == 0 {
+            topics.push(node_channel.clone());
+        }
+        let mut ok = true;
+        for chunk in topics.chunks(SUBSCRIBE_BATCH) {
+            let sent = tokio::time::timeout(shard.timeout(), sink.subscribe(chunk)).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            tracing::warn!(shard = i, "cluster: subscribing failed; retrying");
+            if pause(&stop, &mut backoff).await {
+                return;
+            }
+            continue;
+        }
+        shard.set_up(true, Some(sink.clone()));
+        tracing::info!(
+            shard = i,
+            channels = topics.len(),
+            "cluster: following Redis"
+        );
+        // Whatever was published while this node was not listening.
+        for name in inner.hub.channel_names() {
+            if inner.shard_index(&name) == i {
+                heal(&inner, &name).await;
+            }
+        }
+        inner.tell_ready();
+        backoff = Duration::from_millis(50);
+        let mut probe = tokio::time::interval(inner.cfg.probe_interval);
+        probe.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                m = stream.next() => match m {
+                    Some(m) => handle(&inner, &node_channel, m).await,
+                    None => {
+                        tracing::warn!(shard = i, "cluster: the PUB/SUB connection to Redis closed; reconnecting");
+                        break;
+                    }
+                },
+                _ = probe.tick() => {
+                    let pong = tokio::time::timeout(shard.timeout(), sink.ping::<String>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        tracing::warn!(shard = i, "cluster: Redis did not answer a ping on the PUB/SUB connection; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+        shard.set_up(false, None);
+        inner.tell_ready();
+    }
+}
+
+/// Waits `backoff` (doubled up to 2 s for next time); `true` when stopped meanwhile.
+async fn pause(stop: &CancellationToken, backoff: &mut Duration) -> bool {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(wait) => false,
+    }
+}
+
+async fn handle(inner: &Inner, node_channel: &str, m: redis::Msg) {
+    let channel = m.get_channel_name();
+    if channel == node_channel {
+        let Some(r) = codec::parse_reply(m.get_payload_bytes()) else {
+            tracing::debug!("cluster: malformed reply frame ignored");
+            return;
+        };
+        let Ok(name) = ChannelName::new(&r.channel) else {
+            return;
+        };
+        if let Err(e) = inner
+            .hub
+            .deliver_reply(r.conn, &name, r.offset, r.replier, &r.data)
+        {
+            tracing::debug!(error = %e, "cluster: a forwarded reply found no publisher");
+        }
+        return;
+    }
+    let Some(name) = channel
+        .strip_prefix(inner.cfg.prefix.as_str())
+        .and_then(|s| s.strip_prefix(":{"))
+        .and_then(|s| s.strip_suffix('}'))
+        .and_then(|s| ChannelName::new(s).ok())
+    else {
+        return;
+    };
+    match codec::parse_note(m.get_payload_bytes()) {
+        Some(Note::Deleted) => {
+            inner.hub.mirror_close(&name, "deleted");
+        }
+        Some(Note::Message {
+            epoch,
+            offset,
+            at_ms,
+            route,
+            data,
+        }) => {
+            let entry = MirrorEntry {
+                offset,
+                data,
+                age: Duration::from_millis(crate::now_ms().saturating_sub(at_ms)),
+                route,
+            };
+            {
+                let mut opening = inner.opening.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(buffer) = opening.get_mut(&name) {
+                    // Bounded: a mirror that opens slowly heals the rest from the stream.
+                    if buffer.len() < READ_BATCH {
+                        buffer.push((epoch, entry));
+                    }
+                    return;
+                }
+            }
+            apply(inner, &name, epoch, entry).await;
+        }
+        None => tracing::debug!(channel = %name, "cluster: malformed message ignored"),
+    }
+}
+
+/// Applies one message to the mirror of `name`; heals it first when messages are missing
+/// before it or the epoch differs.
+pub(crate) async fn apply(inner: &Inner, name: &ChannelName, epoch: Epoch, entry: MirrorEntry) {
+    match inner.hub.mirror_append(name, epoch, &entry) {
+        Appended::Applied | Appended::Stale | Appended::Missing => {}
+        Appended::Ahead { .. } | Appended::OtherEpoch { .. } => heal(inner, name).await,
+    }
+}
+
+/// Brings the mirror of `name` up to Redis's head: reads what follows its newest offset and
+/// applies it; messages Redis no longer has are announced as one `gap`; a different epoch in
+/// Redis (its log restarted) ends the mirror's subscriptions with `closed` `epoch_changed`, a
+/// channel gone from Redis with `closed` `deleted`. When Redis does not answer, the mirror stays
+/// as it is (the next reconnect or sync heals it).
+pub(crate) async fn heal(inner: &Inner, name: &ChannelName) {
+    let shard = inner.shard(name);
+    for _ in 0..1000 {
+        let Some((epoch, last)) = inner.hub.mirror_head(name) else {
+            return;
+        };
+        let read = match shard.read(&inner.cfg, name, Some(last), READ_BATCH).await {
+            Ok(r) => r,
+            Err(crate::shard::StoreError::Refused(code, _)) if code == "NOTFOUND" => {
+                inner.hub.mirror_close(name, "deleted");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(channel = %name, error = %e, "cluster: heal postponed");
+                return;
+            }
+        };
+        if read.epoch != epoch {
+            tracing::info!(channel = %name, old = %epoch, new = %read.epoch, "cluster: the channel's log restarted in Redis");
+            inner.hub.mirror_close(name, "epoch_changed");
+            return;
+        }
+        let first = read.entries.first().map(|e| e.offset.0);
+        match first {
+            Some(f) if f > last.0 + 1 => {
+                inner.hub.mirror_skip(name, epoch, Offset(f - 1));
+            }
+            None if read.head > last.0 => {
+                inner.hub.mirror_skip(name, epoch, Offset(read.head));
+            }
+            _ => {}
+        }
+        let full = read.entries.len() >= READ_BATCH;
+        for e in &read.entries {
+            inner.hub.mirror_append(name, epoch, e);
+        }
+        if !full {
+            return;
+        }
+    }
+}
+
+/// Every few seconds: writes this node's subscriber counts, drops mirrors nobody here has read
+/// for two rounds, and (every sync interval) compares each mirror's head with Redis's.
+pub(crate) async fn housekeeping(inner: Arc<Inner>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING);
+    let mut last_sync = tokio::time::Instant::now();
+    let prefix = inner.cfg.prefix.clone();
+    let node = inner.hub.node();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let names = inner.hub.channel_names();
+        let mut idle_now = Vec::new();
+        for (i, shard) in inner.shards.iter().enumerate() {
+            let mine: Vec<(ChannelName, usize)> = names
+                .iter()
+                .filter(|n| inner.shard_index(n) == i)
+                .filter_map(|n| Some((n.clone(), inner.hub.subscriber_count(n).ok()?)))
+                .collect();
+            if let Err(e) = shard.counts(&prefix, node, &mine, COUNT_TTL).await {
+                tracing::debug!(shard = i, error = %e, "cluster: subscriber counts not written");
+            }
+            idle_now.extend(mine.into_iter().filter(|(_, n)| *n == 0).map(|(c, _)| c));
+        }
+        let was_idle = std::mem::replace(
+            &mut *inner.idle.lock().unwrap_or_else(|p| p.into_inner()),
+            idle_now.clone(),
+        );
+        for name in was_idle.iter().filter(|n| idle_now.contains(n)) {
+            if inner.hub.mirror_drop_idle(name) {
+                inner.shard(name).unsubscribe(&prefix, name).await;
+            }
+        }
+        if last_sync.elapsed() >= inner.cfg.sync_interval {
+            last_sync = tokio::time::Instant::now();
+            sync(&inner, &names).await;
+        }
+    }
+}
+
+/// Compares every mirror's epoch and head with Redis's and heals those behind.
+async fn sync(inner: &Inner, names: &[ChannelName]) {
+    for (i, shard) in inner.shards.iter().enumerate() {
+        let mine: Vec<ChannelName> = names
+            .iter()
+            .filter(|n| inner.shard_index(n) == i)
+            .cloned()
+            .collect();
+        for chunk in mine.chunks(SUBSCRIBE_BATCH) {
+            let Ok(heads) = shard.heads(&inner.cfg.prefix, chunk).await else {
+                return;
+            };
+            for (name, head) in chunk.iter().zip(heads) {
+                let local = inner.hub.mirror_head(name);
+                if local.is_some() && local != head {
+                    heal(inner, name).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The Lua scripts that change a channel's shared log. Each runs atomically on the Redis that
+//! owns the channel (all of a channel's keys share the hash tag `{<channel>}`), in one round trip.
+//!
+//! Keys of a channel (prefix `P`, channel `C`):
+//!
+//! - `P:{C}:m`: HASH, `e` epoch (16 hex digits), `s` newest offset, `f` fence (the Redis
+//!   instance's `run_id` when the log was last written), `o` settings (JSON), and the settings
+//!   the scripts enforce: `x` max message bytes, `b` backlog messages, `a` backlog age (ms),
+//!   `w` de-duplication window (ms), `k` most `msg_id`s kept;
+//! - `P:{C}:s`: STREAM, the backlog; entry id `<offset>-0`, fields `d` data, `t` publish time
+//!   (ms), `r` the publisher's connection id (0: none);
+//! - `P:{C}:d` / `P:{C}:dz`: HASH `msg_id` -> offset and ZSET `msg_id` -> publish time;
+//! - `P:{C}:n`: HASH node -> `<local subscribers>:<valid until, ms>`;
+//! - `P:channels`: ZSET of channel names (score 0: listed in byte order).
+//!
+//! Messages go out on the PUB/SUB channel `P:{C}` as `M <epoch> <offset> <ms> <route> <data>`;
+//! a deletion as `D`.
+//!
+//! **Fence.** A Redis restarted from an older snapshot, or a replica promoted before it had
+//! everything, would hand out offsets again that already named other messages. Every script
+//! compares the stored fence with the one the gateway read from the instance it talks to
+//! (`INFO server` `run_id`, which changes on every restart); when they differ the channel starts
+//! a new epoch (its old backlog and `msg_id`s are dropped), so an `(epoch, offset)` never names
+//! two messages. An empty fence (`fence = "none"`) skips the check.
+
+/// The prelude every script shares: reads the meta hash, rotates the epoch when the fence
+/// differs. ARGV[1] is the fence, ARGV[2] a fresh epoch.
+const PRELUDE: &str = r#"
+local m = redis.call('HMGET', KEYS[1], 'e', 'f', 's')
+local epoch = m[1]
+local rotated = 0
+if epoch and ARGV[1] ~= '' and m[2] ~= ARGV[1] then
+  epoch = ARGV[2]
+  rotated = 1
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0, 'f', ARGV[1])
+end
+"#;
+
+/// Creates a channel. KEYS: m s d dz channels. ARGV: fence, epoch, settings JSON, now ms,
+/// name, max channels (0: no limit), x, b, a, w, k.
+/// Returns `{created (0|1), epoch}`; errors `TOOMANY`.
+pub(crate) fn create() -> String {
+    format!(
+        r#"{PRELUDE}
+if epoch then return {{0, epoch}} end
+if tonumber(ARGV[6]) > 0 and redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[6]) then
+  return redis.error_reply('TOOMANY')
+end
+redis.call('HSET', KEYS[1], 'e', ARGV[2], 's', 0, 'f', ARGV[1], 'o', ARGV[3], 't', ARGV[4],
+  'x', ARGV[7], 'b', ARGV[8], 'a', ARGV[9], 'w', ARGV[10], 'k', ARGV[11])
+redis.call('ZADD', KEYS[5], 0, ARGV[5])
+return {{1, ARGV[2]}}
+"#
+    )
+}
+
+/// Publishes. KEYS: m s d dz. ARGV: fence, epoch (used if the fence rotates), data, now ms,
+/// msg_id ('' = none), route, PUB/SUB channel, data length.
+/// Returns `{offset, epoch, duplicate (0|1)}`; errors `NOTFOUND`, `TOOLARGE <max>`.
+pub(crate) fn publish() -> String {
+    format!(
+        r#"{PRELUDE}
+if not epoch then return redis.error_reply('NOTFOUND') end
+local c = redis.call('HMGET', KEYS[1], 'x', 'b', 'a', 'w', 'k')
+if tonumber(ARGV[8]) > tonumber(c[1]) then return redis.error_reply('TOOLARGE ' .. c[1]) end
+local now = tonumber(ARGV[4])
+local id = ARGV[5]
+local window = tonumber(c[4])
+local keep_ids = tonumber(c[5])
+local dedupe = id ~= '' and window > 0 and keep_ids > 0
+if dedupe then
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - window, 'LIMIT', 0, 64)
+  if #expired > 0 then
+    redis.call('HDEL', KEYS[3], unpack(expired))
+    redis.call('ZREM', KEYS[4], unpack(expired))
+  end
+  local prev = redis.call('HGET', KEYS[3], id)
+  if prev then return {{tonumber(prev), epoch, 1}} end
+end
+local off = redis.call('HINCRBY', KEYS[1], 's', 1)
+local backlog = tonumber(c[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', backlog, off .. '-0', 'd', ARGV[3], 't', ARGV[4], 'r', ARGV[6])
+if backlog > 0 then redis.call('PEXPIRE', KEYS[2], tonumber(c[3])) end
+if dedupe then
+  redis.call('HSET', KEYS[3], id, off)
+  redis.call('ZADD', KEYS[4], now, id)
+  local over = redis.call('ZCARD', KEYS[4]) - keep_ids
+  if over > 0 then
+    local old = redis.call('ZRANGE', KEYS[4], 0, over - 1)
+    redis.call('HDEL', KEYS[3], unpack(old))
+    redis.call('ZREM', KEYS[4], unpack(old))
+  end
+  redis.call('PEXPIRE', KEYS[3], window)
+  redis.call('PEXPIRE', KEYS[4], window)
+end
+redis.call('PUBLISH', ARGV[7], 'M ' .. epoch .. ' ' .. off .. ' ' .. ARGV[4] .. ' ' .. ARGV[6] .. ' ' .. ARGV[3])
+return {{off, epoch, 0}}
+"#
+    )
+}
+
+/// Reads the log. KEYS: m s d dz. ARGV: fence, epoch (used if the fence rotates), after
+/// (read entries after this offset; `-1`: the newest `count`), count.
+/// Returns `{epoch, head, settings JSON, first kept offset, entries...}` where each entry is
+/// `{offset, data, t, route}`; errors `NOTFOUND`.
+pub(crate) fn read() -> String {
+    format!(
+        r#"{PRELUDE}
+if not epoch then return redis.error_reply('NOTFOUND') end
+local head = tonumber(redis.call('HGET', KEYS[1], 's'))
+local o = redis.call('HGET', KEYS[1], 'o')
+local count = tonumber(ARGV[4])
+if count <= 0 then count = math.max(tonumber(redis.call('HGET', KEYS[1], 'b')) or 1, 1) end
+local after = tonumber(ARGV[3])
+local raw
+if after < 0 then
+  raw = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', count)
+  local n = #raw
+  for i = 1, math.floor(n / 2) do raw[i], raw[n - i + 1] = raw[n - i + 1], raw[i] end
+else
+  raw = redis.call('XRANGE', KEYS[2], '(' .. after .. '-0', '+', 'COUNT', count)
+end
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+local first_kept = head + 1
+if #first > 0 then first_kept = tonumber(string.match(first[1][1], '^(%d+)')) end
+local out = {{epoch, head, o, first_kept}}
+for _, e in ipairs(raw) do
+  local f = {{}}
+  for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
+  table.insert(out, {{tonumber(string.match(e[1], '^(%d+)')), f['d'], f['t'], f['r']}})
+end
+return out
+"#
+    )
+}
+
+/// Deletes a channel. KEYS: m s d dz n channels. ARGV: name, PUB/SUB channel.
+/// Returns 1, or 0 when it did not exist.
+pub(crate) const DELETE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('ZREM', KEYS[6], ARGV[1])
+redis.call('PUBLISH', ARGV[2], 'D')
+return 1
+"#;
+
+/// A channel's description for a listing or its head. KEYS: m s n. ARGV: now ms.
+/// Returns `{epoch, head, backlog messages, first kept offset, subscribers}` or nil.
+pub(crate) const INFO: &str = r#"
+local m = redis.call('HMGET', KEYS[1], 'e', 's')
+if not m[1] then return false end
+local head = tonumber(m[2])
+local len = redis.call('XLEN', KEYS[2])
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+local first_kept = head + 1
+if #first > 0 then first_kept = tonumber(string.match(first[1][1], '^(%d+)')) end
+local subs = 0
+local now = tonumber(ARGV[1])
+local nodes = redis.call('HGETALL', KEYS[3])
+for i = 1, #nodes, 2 do
+  local n, untill = string.match(nodes[i + 1], '^(%d+):(%d+)$')
+  if n and tonumber(untill) > now then subs = subs + tonumber(n) else redis.call('HDEL', KEYS[3], nodes[i]) end
+end
+return {m[1], head, len, first_kept, subs}
+"#;

@@ -1,0 +1,699 @@
+//! One Redis server of the cluster: its command connection (with the fence read from it), its
+//! PUB/SUB sink, and the operations on the channels it owns. No lock is held across `.await`:
+//! connections are cloned out of their slot.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{MultiplexedConnection, PubSubSink};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
+use tslm_hub::{ChannelSettings, ConnId, Created, HubError, MirrorEntry, Published};
+use tslm_protocol::{ChannelInfo, ChannelName, Epoch, Offset, Payload};
+
+use crate::{ClusterConfig, ClusterError, Fence, now_ms, scripts};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    /// Redis did not answer (down, unreachable, too slow): `unavailable`.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A script refused: its error code and the rest of the message.
+    #[error("{0} {1}")]
+    Refused(String, String),
+}
+
+impl StoreError {
+    pub(crate) fn into_hub(self) -> HubError {
+        match self {
+            StoreError::Unavailable(m) => HubError::Unavailable(m),
+            StoreError::Refused(c, d) => HubError::Unavailable(format!("{c} {d}")),
+        }
+    }
+
+    /// `NOTFOUND` as the hub's not-found error, anything else as [`StoreError::into_hub`].
+    pub(crate) fn or_not_found(self, name: &ChannelName) -> HubError {
+        match self {
+            StoreError::Refused(c, _) if c == "NOTFOUND" => HubError::NotFound(name.clone()),
+            e => e.into_hub(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Link {
+    conn: MultiplexedConnection,
+    /// The instance's `run_id` (empty without a fence).
+    fence: Arc<str>,
+}
+
+struct Scripts {
+    create: Script,
+    publish: Script,
+    read: Script,
+    delete: Script,
+    info: Script,
+}
+
+/// Where a shard's Redis is.
+enum Target {
+    Direct(Client),
+    /// The master of `master`, asked of the sentinels at every (re)connection.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        node: SentinelNodeConnectionInfo,
+    },
+}
+
+pub(crate) struct Shard {
+    target: Target,
+    link: Mutex<Option<Link>>,
+    sink: Mutex<Option<PubSubSink>>,
+    up: AtomicBool,
+    timeout: Duration,
+    fence: Fence,
+    scripts: Scripts,
+}
+
+/// What a read of a channel's log found.
+pub(crate) struct Read {
+    pub(crate) epoch: Epoch,
+    pub(crate) head: u64,
+    pub(crate) settings: String,
+    pub(crate) entries: Vec<MirrorEntry>,
+}
+
+pub(crate) fn keys(prefix: &str, name: &ChannelName) -> [String; 5] {
+    let base = format!("{prefix}:{{{name}}}");
+    [
+        format!("{base}:m"),
+        format!("{base}:s"),
+        format!("{base}:d"),
+        format!("{base}:dz"),
+        format!("{base}:n"),
+    ]
+}
+
+pub(crate) fn topic(prefix: &str, name: &ChannelName) -> String {
+    format!("{prefix}:{{{name}}}")
+}
+
+pub(crate) fn node_topic(prefix: &str, node: u16) -> String {
+    format!("{prefix}:node:{node}")
+}
+
+fn is_connection_error(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
+}
+
+impl Shard {
+    pub(crate) fn open(url: &str, cfg: &ClusterConfig) -> Result<Self, ClusterError> {
+        let bad = |source| ClusterError::Url {
+            url: redact(url),
+            source,
+        };
+        let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(bad)?;
+        let settings = credentials(info.redis_settings().clone(), cfg);
+        let info = info.set_redis_settings(settings);
+        let client = match &cfg.tls_ca {
+            Some(ca) => Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => Client::open(info),
+        }
+        .map_err(bad)?;
+        Ok(Self::with_target(Target::Direct(client), cfg))
+    }
+
+    pub(crate) fn sentinel(
+        s: &crate::SentinelConfig,
+        cfg: &ClusterConfig,
+    ) -> Result<Self, ClusterError> {
+        let node = SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(credentials(redis::RedisConnectionInfo::default(), cfg));
+        // Checked once here, so that a bad URL fails the start rather than every connection.
+        SentinelClient::build(
+            s.sentinels.clone(),
+            s.master.clone(),
+            Some(node.clone()),
+            SentinelServerType::Master,
+        )
+        .map_err(|source| ClusterError::Url {
+            url: s.sentinels.join(", "),
+            source,
+        })?;
+        Ok(Self::with_target(
+            Target::Sentinel {
+                sentinels: s.sentinels.clone(),
+                master: s.master.clone(),
+                node,
+            },
+            cfg,
+        ))
+    }
+
+    fn with_target(target: Target, cfg: &ClusterConfig) -> Self {
+        Self {
+            target,
+            link: Mutex::new(None),
+            sink: Mutex::new(None),
+            up: AtomicBool::new(false),
+            timeout: cfg.command_timeout,
+            fence: cfg.fence,
+            scripts: Scripts {
+                create: Script::new(&scripts::create()),
+                publish: Script::new(&scripts::publish()),
+                read: Script::new(&scripts::read()),
+                delete: Script::new(scripts::DELETE),
+                info: Script::new(scripts::INFO),
+            },
+        }
+    }
+
+    /// A client of the shard's Redis: the fixed one, or the master the sentinels name now.
+    pub(crate) async fn client(&self) -> Result<Client, StoreError> {
+        match &self.target {
+            Target::Direct(c) => Ok(c.clone()),
+            Target::Sentinel {
+                sentinels,
+                master,
+                node,
+            } => {
+                let mut s = SentinelClient::build(
+                    sentinels.clone(),
+                    master.clone(),
+                    Some(node.clone()),
+                    SentinelServerType::Master,
+                )
+                .map_err(|e| StoreError::Unavailable(format!("sentinel: {e}")))?;
+                match tokio::time::timeout(self.timeout, s.async_get_client()).await {
+                    Ok(Ok(c)) => Ok(c),
+                    Ok(Err(e)) => Err(StoreError::Unavailable(format!(
+                        "no master `{master}` from the sentinels: {e}"
+                    ))),
+                    Err(_) => Err(StoreError::Unavailable(format!(
+                        "the sentinels did not name master `{master}` in time"
+                    ))),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_up(&self, up: bool, sink: Option<PubSubSink>) {
+        *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = sink;
+        self.up.store(up, Ordering::SeqCst);
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The command connection, made (and its fence read) when there is none.
+    async fn link(&self) -> Result<Link, StoreError> {
+        if let Some(l) = self.link.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(l);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let client = self.client().await?;
+        let mut conn = self
+            .timed(client.get_multiplexed_async_connection_with_config(&config))
+            .await?;
+        let fence: Arc<str> = match self.fence {
+            Fence::None => Arc::from(""),
+            Fence::RunId => {
+                let info: String = self
+                    .timed(redis::cmd("INFO").arg("server").query_async(&mut conn))
+                    .await?;
+                let id = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("run_id:"))
+                    .map(str::trim)
+                    .unwrap_or("");
+                if id.is_empty() {
+                    return Err(StoreError::Unavailable(
+                        "Redis did not tell its run_id (INFO server)".into(),
+                    ));
+                }
+                Arc::from(id)
+            }
+        };
+        let link = Link { conn, fence };
+        *self.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link.clone());
+        Ok(link)
+    }
+
+    /// Runs `fut` within the command timeout; a connection error forgets the connection, so the
+    /// next operation reconnects and reads the fence again (a restarted Redis has a new one).
+    async fn timed<T>(
+        &self,
+        fut: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.code().is_some() && !is_connection_error(&e) => {
+                // A script's `error_reply('CODE detail')` may come back as `ERR CODE detail`.
+                let (code, detail) = (e.code().unwrap_or(""), e.detail().unwrap_or(""));
+                let (code, detail) = match code {
+                    "ERR" => detail.split_once(' ').unwrap_or((detail, "")),
+                    _ => (code, detail),
+                };
+                if matches!(code, "READONLY" | "MASTERDOWN" | "LOADING") {
+                    // A demoted master or one still loading: ask again (a Sentinel names the
+                    // new master), and answer `unavailable` meanwhile.
+                    self.forget();
+                    return Err(StoreError::Unavailable(format!("redis: {code} {detail}")));
+                }
+                Err(StoreError::Refused(code.to_owned(), detail.to_owned()))
+            }
+            Ok(Err(e)) => {
+                self.forget();
+                Err(StoreError::Unavailable(format!("redis: {e}")))
+            }
+            Err(_) => {
+                self.forget();
+                Err(StoreError::Unavailable(format!(
+                    "redis did not answer within {} ms",
+                    self.timeout.as_millis()
+                )))
+            }
+        }
+    }
+
+    fn forget(&self) {
+        *self.link.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// A node number for this gateway, unique among the gateways that asked this Redis.
+    pub(crate) async fn next_node(&self, prefix: &str) -> Result<u16, StoreError> {
+        let mut l = self.link().await?;
+        let n: u64 = self
+            .timed(
+                redis::cmd("INCR")
+                    .arg(format!("{prefix}:nodeseq"))
+                    .query_async(&mut l.conn),
+            )
+            .await?;
+        Ok(u16::try_from(n % 65_535).unwrap_or(0) + 1)
+    }
+
+    pub(crate) async fn create(
+        &self,
+        cfg: &ClusterConfig,
+        name: &ChannelName,
+        settings: &ChannelSettings,
+        max_channels: usize,
+    ) -> Result<Created, StoreError> {
+        let mut l = self.link().await?;
+        let k = keys(&cfg.prefix, name);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut inv = self.scripts.create.prepare_invoke();
+        inv.key(&k[0])
+            .key(&k[1])
+            .key(&k[2])
+            .key(&k[3])
+            .key(format!("{}:channels", cfg.prefix))
+            .arg(&*l.fence)
+            .arg(Epoch(rand::random()).to_string())
+            .arg(crate::codec::encode_settings(settings))
+            .arg(now_ms())
+            .arg(name.as_str())
+            .arg(max_channels)
+            .arg(settings.max_message_bytes)
+            .arg(settings.backlog_messages)
+            .arg(ms(settings.backlog_age).max(1))
+            .arg(ms(settings.dedupe_window))
+            .arg(settings.dedupe_max_ids);
+        let (created, epoch): (u8, String) = self.timed(inv.invoke_async(&mut l.conn)).await?;
+        Ok(Created {
+            created: created == 1,
+            epoch: parse_epoch(&epoch)?,
+        })
+    }
+
+    pub(crate) async fn publish(
+        &self,
+        cfg: &ClusterConfig,
+        name: &ChannelName,
+        data: &Payload,
+        msg_id: Option<&str>,
+        route: Option<ConnId>,
+    ) -> Result<Published, StoreError> {
+        let mut l = self.link().await?;
+        let k = keys(&cfg.prefix, name);
+        let mut inv = self.scripts.publish.prepare_invoke();
+        inv.key(&k[0])
+            .key(&k[1])
+            .key(&k[2])
+            .key(&k[3])
+            .arg(&*l.fence)
+            .arg(Epoch(rand::random()).to_string())
+            .arg(data.json().as_ref())
+            .arg(now_ms())
+            .arg(msg_id.unwrap_or(""))
+            .arg(route.map_or(0, |c| c.0))
+            .arg(topic(&cfg.prefix, name))
+            .arg(data.len());
+        let (offset, epoch, duplicate): (u64, String, u8) =
+            self.timed(inv.invoke_async(&mut l.conn)).await?;
+        Ok(Published {
+            epoch: parse_epoch(&epoch)?,
+            offset: Offset(offset),
+            duplicate: duplicate == 1,
+        })
+    }
+
+    /// Reads the log of `name`: the entries after `after` (`None`: the newest `count`, or the
+    /// channel's whole backlog when `count` is 0).
+    pub(crate) async fn read(
+        &self,
+        cfg: &ClusterConfig,
+        name: &ChannelName,
+        after: Option<Offset>,
+        count: usize,
+    ) -> Result<Read, StoreError> {
+        let mut l = self.link().await?;
+        let k = keys(&cfg.prefix, name);
+        let mut inv = self.scripts.read.prepare_invoke();
+        inv.key(&k[0])
+            .key(&k[1])
+            .key(&k[2])
+            .key(&k[3])
+            .arg(&*l.fence)
+            .arg(Epoch(rand::random()).to_string())
+            .arg(after.map_or(-1, |o| i64::try_from(o.0).unwrap_or(i64::MAX)))
+            .arg(count);
+        let v: Value = self.timed(inv.invoke_async(&mut l.conn)).await?;
+        parse_read(v).ok_or_else(|| StoreError::Unavailable("malformed answer to a read".into()))
+    }
+
+    pub(crate) async fn delete(
+        &self,
+        prefix: &str,
+        name: &ChannelName,
+    ) -> Result<bool, StoreError> {
+        let mut l = self.link().await?;
+        let k = keys(prefix, name);
+        let mut inv = self.scripts.delete.prepare_invoke();
+        for key in &k {
+            inv.key(key);
+        }
+        inv.key(format!("{prefix}:channels"))
+            .arg(name.as_str())
+            .arg(topic(prefix, name));
+        let n: u8 = self.timed(inv.invoke_async(&mut l.conn)).await?;
+        Ok(n == 1)
+    }
+
+    pub(crate) async fn settings(
+        &self,
+        prefix: &str,
+        name: &ChannelName,
+    ) -> Result<Option<String>, StoreError> {
+        let mut l = self.link().await?;
+        let k = keys(prefix, name);
+        self.timed(
+            redis::cmd("HGET")
+                .arg(&k[0])
+                .arg("o")
+                .query_async(&mut l.conn),
+        )
+        .await
+    }
+
+    /// Descriptions of `names` (all on this shard), `None` for those that do not exist.
+    pub(crate) async fn info(
+        &self,
+        prefix: &str,
+        names: &[ChannelName],
+    ) -> Result<Vec<Option<ChannelInfo>>, StoreError> {
+        let mut l = self.link().await?;
+        let mut pipe = redis::pipe();
+        let now = now_ms();
+        for name in names {
+            let k = keys(prefix, name);
+            let mut inv = self.scripts.info.key(&k[0]);
+            inv.key(&k[1]).key(&k[4]).arg(now);
+            pipe.invoke_script(&inv);
+        }
+        // Loaded first: a pipeline cannot fall back from EVALSHA to EVAL.
+        let _: () = self
+            .timed(
+                self.scripts
+                    .info
+                    .prepare_invoke()
+                    .load_async(&mut l.conn)
+                    .map_ok_unit(),
+            )
+            .await?;
+        let rows: Vec<Option<InfoRow>> = self.timed(pipe.query_async(&mut l.conn)).await?;
+        Ok(names
+            .iter()
+            .zip(rows)
+            .map(|(name, row)| {
+                let (e, head, len, first, subs) = row?;
+                Some(ChannelInfo {
+                    channel: name.clone(),
+                    epoch: Epoch::parse(&e)?,
+                    offset: Offset(head),
+                    subscribers: usize::try_from(subs).unwrap_or(usize::MAX),
+                    backlog_messages: usize::try_from(len).unwrap_or(usize::MAX),
+                    backlog_bytes: 0,
+                    first_offset: Offset(first),
+                })
+            })
+            .collect())
+    }
+
+    /// Channel names of this shard in byte order: those starting with `prefix`, after `after`,
+    /// at most `count`.
+    pub(crate) async fn names(
+        &self,
+        key_prefix: &str,
+        prefix: Option<&str>,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut l = self.link().await?;
+        let min = match (after, prefix) {
+            (Some(a), Some(p)) if a < p => format!("[{p}"),
+            (Some(a), _) => format!("({a}"),
+            (None, Some(p)) => format!("[{p}"),
+            (None, None) => "-".to_owned(),
+        };
+        let max = prefix.map_or_else(|| "+".to_owned(), |p| format!("[{p}\u{7f}"));
+        self.timed(
+            redis::cmd("ZRANGEBYLEX")
+                .arg(format!("{key_prefix}:channels"))
+                .arg(min)
+                .arg(max)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(count)
+                .query_async(&mut l.conn),
+        )
+        .await
+    }
+
+    /// Writes this node's subscriber count of each channel (valid for `ttl`).
+    pub(crate) async fn counts(
+        &self,
+        prefix: &str,
+        node: u16,
+        counts: &[(ChannelName, usize)],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let mut l = self.link().await?;
+        let until = now_ms() + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut pipe = redis::pipe();
+        for (name, n) in counts {
+            let k = keys(prefix, name);
+            pipe.cmd("HSET")
+                .arg(&k[4])
+                .arg(node)
+                .arg(format!("{n}:{until}"))
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&k[4])
+                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+                .ignore();
+        }
+        self.timed(pipe.query_async::<()>(&mut l.conn)).await
+    }
+
+    /// The epoch and head of each of `names` in Redis (`None`: it does not exist).
+    pub(crate) async fn heads(
+        &self,
+        prefix: &str,
+        names: &[ChannelName],
+    ) -> Result<Vec<Option<(Epoch, Offset)>>, StoreError> {
+        let mut l = self.link().await?;
+        let mut pipe = redis::pipe();
+        for name in names {
+            pipe.cmd("HMGET")
+                .arg(&keys(prefix, name)[0])
+                .arg("e")
+                .arg("s");
+        }
+        let rows: Vec<(Option<String>, Option<u64>)> =
+            self.timed(pipe.query_async(&mut l.conn)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(e, s)| Some((Epoch::parse(&e?)?, Offset(s?))))
+            .collect())
+    }
+
+    /// Publishes a reply frame to node `node`; whether a node heard it.
+    pub(crate) async fn forward(
+        &self,
+        prefix: &str,
+        node: u16,
+        frame: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let mut l = self.link().await?;
+        let n: u64 = self
+            .timed(
+                redis::cmd("PUBLISH")
+                    .arg(node_topic(prefix, node))
+                    .arg(frame)
+                    .query_async(&mut l.conn),
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Subscribes this shard's PUB/SUB connection to `name`'s channel (confirmed by Redis).
+    pub(crate) async fn subscribe(
+        &self,
+        prefix: &str,
+        name: &ChannelName,
+    ) -> Result<(), StoreError> {
+        let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(mut sink) = sink else {
+            return Err(StoreError::Unavailable(
+                "not following the channel's Redis".into(),
+            ));
+        };
+        self.timed(sink.subscribe(topic(prefix, name))).await
+    }
+
+    pub(crate) async fn unsubscribe(&self, prefix: &str, name: &ChannelName) {
+        let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(mut sink) = sink {
+            let _ = self.timed(sink.unsubscribe(topic(prefix, name))).await;
+        }
+    }
+}
+
+trait MapOkUnit {
+    type Out;
+    fn map_ok_unit(self) -> Self::Out;
+}
+
+impl<F, T> MapOkUnit for F
+where
+    F: Future<Output = Result<T, RedisError>>,
+{
+    type Out = futures_util::future::MapOk<F, fn(T)>;
+    fn map_ok_unit(self) -> Self::Out {
+        futures_util::TryFutureExt::map_ok(self, drop as fn(T))
+    }
+}
+
+/// Epoch, head, backlog messages, first kept offset, subscribers (see `scripts::INFO`).
+type InfoRow = (String, u64, u64, u64, u64);
+
+fn parse_epoch(s: &str) -> Result<Epoch, StoreError> {
+    Epoch::parse(s).ok_or_else(|| StoreError::Unavailable(format!("malformed epoch `{s}`")))
+}
+
+fn parse_read(v: Value) -> Option<Read> {
+    let Value::Array(items) = v else { return None };
+    let mut it = items.into_iter();
+    let text = |v: Value| -> Option<String> { redis::from_redis_value(v).ok() };
+    let num = |v: Value| -> Option<u64> { redis::from_redis_value(v).ok() };
+    let epoch = Epoch::parse(&text(it.next()?)?)?;
+    let head = num(it.next()?)?;
+    let settings = text(it.next()?).unwrap_or_default();
+    let _first_kept = num(it.next()?)?;
+    let now = now_ms();
+    let mut entries = Vec::new();
+    for e in it {
+        let Value::Array(f) = e else { return None };
+        let mut f = f.into_iter();
+        let offset = Offset(num(f.next()?)?);
+        let data: Vec<u8> = redis::from_redis_value(f.next()?).ok()?;
+        let t = f.next().and_then(num).unwrap_or(now);
+        let route = f.next().and_then(num).unwrap_or(0);
+        let data = Payload::from_json_bytes(bytes::Bytes::from(data)).ok()?;
+        entries.push(MirrorEntry {
+            offset,
+            data,
+            age: Duration::from_millis(now.saturating_sub(t)),
+            route: (route != 0).then_some(ConnId(route)),
+        });
+    }
+    Some(Read {
+        epoch,
+        head,
+        settings,
+        entries,
+    })
+}
+
+/// `info` with the configured ACL user and password.
+fn credentials(
+    mut info: redis::RedisConnectionInfo,
+    cfg: &ClusterConfig,
+) -> redis::RedisConnectionInfo {
+    if let Some(u) = &cfg.username {
+        info = info.set_username(u.clone());
+    }
+    if let Some(p) = &cfg.password {
+        info = info.set_password(p.clone());
+    }
+    info
+}
+
+/// A URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn a_channels_keys_share_its_hash_tag() {
+        let n = ChannelName::new("a.b").expect("name");
+        for k in keys("tslm", &n) {
+            assert!(k.starts_with("tslm:{a.b}:"), "{k}");
+        }
+        assert_eq!(topic("tslm", &n), "tslm:{a.b}");
+    }
+}

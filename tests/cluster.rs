@@ -1,0 +1,744 @@
+//! Cluster mode against a real `redis-server` (started by each test on a free loopback port)
+//! and several gateways sharing it: one channel space, offsets assigned once, replies and
+//! resumes across nodes, and the delivery guarantee through Redis faults.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+#[path = "support/redis.rs"]
+mod redis;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use redis::Redis;
+use serde_json::Value;
+
+fn cluster_config(redis: &[String], extra_server: &str) -> String {
+    let urls = redis
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{}\n[channel.\"*\"]\nbacklog_messages = 1000\n{extra_server}\n\
+         [cluster]\nredis = [{urls}]\ncommand_timeout_ms = 500\nprobe_interval_ms = 200\nsync_interval_seconds = 1\n",
+        two_listeners("")
+    )
+}
+
+async fn node(redis: &[String]) -> TestServer {
+    let srv = TestServer::start(&cluster_config(redis, "")).await;
+    wait_ready(&srv).await;
+    srv
+}
+
+/// Until `/readyz` answers 200 (the node follows every shard).
+async fn wait_ready(srv: &TestServer) {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let (status, _, _) = http_raw(
+            srv.addr("public"),
+            "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if status == 200 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn readyz(srv: &TestServer) -> u16 {
+    http_raw(
+        srv.addr("public"),
+        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .0
+}
+
+/// A v1 subscriber that records everything it is sent, per channel.
+struct Sub {
+    ws: Ws,
+    log: Vec<Value>,
+}
+
+impl Sub {
+    async fn new(url: &str) -> Self {
+        Sub {
+            ws: v1(url).await,
+            log: Vec::new(),
+        }
+    }
+
+    /// Sends a request; returns its reply, keeping events that come before it.
+    async fn call(&mut self, req: &str) -> Value {
+        send(&mut self.ws, req).await;
+        loop {
+            let v = recv_json(&mut self.ws).await;
+            if v.get("event").is_some() {
+                self.log.push(v);
+            } else {
+                return v;
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, channel: &str, start: &str) -> Value {
+        let r = self
+            .call(&format!(
+                r#"{{"op":"subscribe","channel":"{channel}","start":{start}}}"#
+            ))
+            .await;
+        assert_eq!(r["ok"], true, "{r}");
+        r
+    }
+
+    /// Reads events until one of `channel` reaches `offset` (or a `closed`).
+    async fn until(&mut self, channel: &str, offset: u64) {
+        if self.reached(channel, offset) {
+            return;
+        }
+        loop {
+            let v = recv_json(&mut self.ws).await;
+            self.log.push(v);
+            if self.reached(channel, offset) {
+                return;
+            }
+        }
+    }
+
+    fn reached(&self, channel: &str, offset: u64) -> bool {
+        self.log.iter().any(|v| {
+            v["channel"] == channel
+                && ((v["event"] == "message" && v["offset"].as_u64() >= Some(offset))
+                    || (v["event"] == "gap" && v["to"].as_u64() >= Some(offset))
+                    || v["event"] == "closed")
+        })
+    }
+
+    fn offsets(&self, channel: &str) -> Vec<u64> {
+        self.log
+            .iter()
+            .filter(|v| v["channel"] == channel && v["event"] == "message")
+            .map(|v| v["offset"].as_u64().unwrap())
+            .collect()
+    }
+}
+
+/// The guarantee, per subscriber of `channel` that started at `from`: every offset up to `to`
+/// arrived exactly once and in order, or inside a `gap` it was told of; and across all
+/// subscribers, an offset names one payload.
+fn check_no_hole_no_repeat(subs: &[&Sub], channel: &str, from: u64, to: u64) {
+    let mut payloads: HashMap<u64, String> = HashMap::new();
+    for (i, s) in subs.iter().enumerate() {
+        let mut next = from;
+        for v in s.log.iter().filter(|v| v["channel"] == channel) {
+            match v["event"].as_str() {
+                Some("message") => {
+                    let o = v["offset"].as_u64().unwrap();
+                    assert_eq!(o, next, "subscriber {i}: offset {o} where {next} was due");
+                    let data = v["data"].to_string();
+                    let seen = payloads.entry(o).or_insert_with(|| data.clone());
+                    assert_eq!(*seen, data, "offset {o} names two payloads");
+                    next += 1;
+                }
+                Some("gap") => {
+                    assert_eq!(v["from"].as_u64(), Some(next), "subscriber {i}: {v}");
+                    next = v["to"].as_u64().unwrap() + 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(
+            next > to,
+            "subscriber {i} stopped at {next}, {to} was published"
+        );
+    }
+}
+
+async fn publish(ws: &mut Ws, channel: &str, n: u64) -> Value {
+    call(
+        ws,
+        &format!(r#"{{"op":"publish","channel":"{channel}","data":{{"n":{n}}}}}"#),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_publish_on_one_node_reaches_every_nodes_subscribers_once_in_order() {
+    let redis = Redis::start().await;
+    let urls = [redis.url()];
+    let (a, b, c) = (node(&urls).await, node(&urls).await, node(&urls).await);
+    let mut p = v1(&a.url("private")).await;
+    let r = call(&mut p, r#"{"op":"create","channel":"feed"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let epoch = r["epoch"].as_str().unwrap().to_owned();
+    // Created on A, it exists on C.
+    let mut p_c = v1(&c.url("private")).await;
+    let r = call(&mut p_c, r#"{"op":"create","channel":"feed"}"#).await;
+    assert_eq!(
+        (r["created"].as_bool(), r["epoch"].as_str()),
+        (Some(false), Some(&*epoch)),
+        "{r}"
+    );
+    let mut subs = Vec::new();
+    for n in [&a, &b, &c] {
+        let mut s = Sub::new(&n.url("public")).await;
+        s.subscribe("feed", r#""new""#).await;
+        subs.push(s);
+    }
+    // Publishes from two nodes interleave: offsets come from Redis, once for the cluster.
+    for n in 1..=100u64 {
+        let via = if n % 2 == 0 { &mut p } else { &mut p_c };
+        let r = publish(via, "feed", n).await;
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["offset"], n, "{r}");
+        assert_eq!(r["epoch"], epoch.as_str());
+    }
+    for s in &mut subs {
+        s.until("feed", 100).await;
+        assert_eq!(s.offsets("feed"), (1..=100).collect::<Vec<_>>());
+    }
+    check_no_hole_no_repeat(&subs.iter().collect::<Vec<_>>(), "feed", 1, 100);
+
+    // msg_id de-duplication is cluster-wide.
+    let first = call(
+        &mut p,
+        r#"{"op":"publish","channel":"feed","data":1,"msg_id":"m-1"}"#,
+    )
+    .await;
+    let again = call(
+        &mut p_c,
+        r#"{"op":"publish","channel":"feed","data":1,"msg_id":"m-1"}"#,
+    )
+    .await;
+    assert_eq!(first["offset"], 101, "{first}");
+    assert_eq!(
+        (again["offset"].as_u64(), again["duplicate"].as_bool()),
+        (Some(101), Some(true)),
+        "{again}"
+    );
+
+    // History and resume through another node than the one that published.
+    let mut late = Sub::new(&b.url("public")).await;
+    let h = late
+        .call(&format!(
+            r#"{{"op":"history","channel":"feed","start":{{"epoch":"{epoch}","offset":95}},"limit":10}}"#
+        ))
+        .await;
+    assert_eq!(h["ok"], true, "{h}");
+    let offs: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offs, (96..=101).collect::<Vec<_>>(), "{h}");
+    let r = late
+        .subscribe("feed", &format!(r#"{{"epoch":"{epoch}","offset":90}}"#))
+        .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    late.until("feed", 101).await;
+    assert_eq!(late.offsets("feed"), (91..=101).collect::<Vec<_>>());
+
+    // Listing and subscriber counts are the cluster's (counts are written every few seconds).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let l = call(&mut p_c, r#"{"op":"channels"}"#).await;
+        assert_eq!(l["ok"], true, "{l}");
+        let feed = &l["channels"][0];
+        assert_eq!(feed["channel"], "feed", "{l}");
+        assert_eq!(feed["offset"], 101, "{l}");
+        if feed["subscribers"] == 4 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "subscriber count never 4: {l}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Deleting on B closes the subscriptions on every node.
+    let mut p_b = v1(&b.url("private")).await;
+    let r = call(&mut p_b, r#"{"op":"delete","channel":"feed"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    for s in subs.iter_mut().chain(std::iter::once(&mut late)) {
+        s.until("feed", u64::MAX).await;
+        let closed = s
+            .log
+            .iter()
+            .find(|v| v["event"] == "closed")
+            .expect("closed");
+        assert_eq!(closed["reason"], "deleted", "{closed}");
+    }
+    let r = publish(&mut p, "feed", 1).await;
+    assert_eq!(r["error"]["code"], "not_found", "{r}");
+}
+
+/// Publishes `count` messages `{"n": i}` with msg_id `m-<i>` through `url`, retrying an
+/// `unavailable` answer with the same msg_id (at most `deadline`); returns each message's
+/// acknowledged (epoch, offset).
+async fn publish_through(
+    url: String,
+    channel: &'static str,
+    count: u64,
+    pace: Duration,
+) -> Vec<(String, u64)> {
+    let mut ws = v1(&url).await;
+    let mut acked = Vec::new();
+    for n in 1..=count {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = call(
+                &mut ws,
+                &format!(r#"{{"op":"publish","channel":"{channel}","data":{{"n":{n}}},"msg_id":"m-{n}"}}"#),
+            )
+            .await;
+            if r["ok"] == true {
+                acked.push((
+                    r["epoch"].as_str().unwrap().to_owned(),
+                    r["offset"].as_u64().unwrap(),
+                ));
+                break;
+            }
+            assert!(
+                r["error"]["code"] == "unavailable" || r["error"]["code"] == "not_found",
+                "{r}"
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never published {n}: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(pace).await;
+    }
+    acked
+}
+
+fn auto_create(redis: &[String]) -> String {
+    cluster_config(redis, "").replace(
+        "[channel.\"*\"]\nbacklog_messages = 1000",
+        "[channel.\"*\"]\nbacklog_messages = 1000\nauto_create = true",
+    )
+}
+
+#[tokio::test]
+async fn a_killed_pubsub_connection_is_healed_from_the_stream_with_nothing_lost() {
+    let redis = Redis::start().await;
+    let urls = [redis.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let mut p = v1(&a.url("private")).await;
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"feed"}"#).await["ok"],
+        true
+    );
+    let mut subs = Vec::new();
+    for n in [&a, &b] {
+        let mut s = Sub::new(&n.url("public")).await;
+        s.subscribe("feed", r#""new""#).await;
+        subs.push(s);
+    }
+    let publisher = tokio::spawn(publish_through(
+        a.url("private"),
+        "feed",
+        300,
+        Duration::from_millis(2),
+    ));
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let killed = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+        assert!(killed.starts_with(':'), "{killed}");
+    }
+    let acked = publisher.await.unwrap();
+    let last = acked.last().unwrap().1;
+    assert_eq!(last, 300, "every publish acknowledged once");
+    for s in &mut subs {
+        s.until("feed", last).await;
+        assert_eq!(
+            s.offsets("feed"),
+            (1..=last).collect::<Vec<_>>(),
+            "healed, not lost"
+        );
+    }
+    check_no_hole_no_repeat(&subs.iter().collect::<Vec<_>>(), "feed", 1, last);
+}
+
+#[tokio::test]
+async fn a_stopped_redis_makes_writes_unavailable_and_not_ready_then_everything_resumes() {
+    let redis = Redis::start().await;
+    let urls = [redis.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let mut p = v1(&a.url("private")).await;
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"feed"}"#).await["ok"],
+        true
+    );
+    let mut s = Sub::new(&b.url("public")).await;
+    s.subscribe("feed", r#""new""#).await;
+    for n in 1..=10 {
+        assert_eq!(publish(&mut p, "feed", n).await["ok"], true);
+    }
+    redis.signal("STOP");
+    // A publish is refused within the command timeout: never a hang, never acknowledged.
+    let late = r#"{"op":"publish","channel":"feed","data":{"n":11},"msg_id":"late"}"#;
+    let r = call(&mut p, late).await;
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    // Over HTTP: 503 with Retry-After.
+    let (status, head, body) = http(
+        a.addr("private"),
+        "POST",
+        "/v1/channels/feed/messages",
+        &[("Content-Type", "application/json")],
+        r#"{"data":{"n":11},"msg_id":"late"}"#,
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    assert_eq!(body["error"]["code"], "unavailable");
+    // Readiness turns false once the PUB/SUB ping goes unanswered.
+    let deadline = tokio::time::Instant::now() + T;
+    while readyz(&b).await != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready with Redis stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    redis.signal("CONT");
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    // A refused publish may still be applied once Redis resumes (it had the command): retried
+    // with its msg_id it is published exactly once either way.
+    let r = call(&mut p, late).await;
+    assert_eq!(
+        (r["ok"].as_bool(), r["offset"].as_u64()),
+        (Some(true), Some(11)),
+        "{r}"
+    );
+    for n in 12..=15 {
+        assert_eq!(publish(&mut p, "feed", n).await["offset"], n);
+    }
+    s.until("feed", 15).await;
+    assert_eq!(s.offsets("feed"), (1..=15).collect::<Vec<_>>());
+    check_no_hole_no_repeat(&[&s], "feed", 1, 15);
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_ends_subscriptions_explicitly_and_offsets_start_a_new_epoch() {
+    let mut redis = Redis::start().await;
+    let urls = [redis.url()];
+    let a = TestServer::start(&auto_create(&urls)).await;
+    wait_ready(&a).await;
+    let b = TestServer::start(&auto_create(&urls)).await;
+    wait_ready(&b).await;
+    let mut p = v1(&a.url("private")).await;
+    let first = publish(&mut p, "feed", 1).await;
+    assert_eq!(first["ok"], true, "{first}");
+    let old_epoch = first["epoch"].as_str().unwrap().to_owned();
+    let mut s = Sub::new(&b.url("public")).await;
+    s.subscribe("feed", r#""oldest""#).await;
+    s.until("feed", 1).await;
+    redis.kill();
+    let r = publish(&mut p, "feed", 2).await;
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    redis.restart().await;
+    wait_ready(&b).await;
+    // The channel is gone with Redis's memory: its subscribers are told, not left waiting.
+    s.until("feed", u64::MAX).await;
+    assert!(s.log.iter().any(|v| v["event"] == "closed"), "{:?}", s.log);
+    let again = publish_through(a.url("private"), "feed", 1, Duration::ZERO).await;
+    assert_ne!(again[0].0, old_epoch, "a new log is a new epoch");
+    assert_eq!(again[0].1, 1);
+    let r = s
+        .call(&format!(
+            r#"{{"op":"subscribe","channel":"feed","start":{{"epoch":"{old_epoch}","offset":1}}}}"#
+        ))
+        .await;
+    assert_eq!(
+        (r["recovered"].as_bool(), r["lost"]["reason"].as_str()),
+        (Some(false), Some("epoch_changed")),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn redis_restarted_from_an_older_snapshot_never_reuses_an_offset() {
+    let mut redis = Redis::start_with(true).await;
+    let urls = [redis.url()];
+    let a = node(&urls).await;
+    let mut p = v1(&a.url("private")).await;
+    let r = call(&mut p, r#"{"op":"create","channel":"feed"}"#).await;
+    let old_epoch = r["epoch"].as_str().unwrap().to_owned();
+    let mut s = Sub::new(&a.url("public")).await;
+    s.subscribe("feed", r#""new""#).await;
+    for n in 1..=5 {
+        publish(&mut p, "feed", n).await;
+    }
+    assert!(redis.cmd(&["SAVE"]).await.starts_with("+OK"));
+    for n in 6..=8 {
+        publish(&mut p, "feed", n).await;
+    }
+    s.until("feed", 8).await;
+    // Redis comes back with offsets 1..5 only, and a new run_id.
+    redis.restart().await;
+    wait_ready(&a).await;
+    let acked = publish_through(a.url("private"), "feed", 1, Duration::ZERO).await;
+    let (epoch, offset) = acked[0].clone();
+    assert_ne!(
+        epoch, old_epoch,
+        "offset {offset} would otherwise name a second message"
+    );
+    assert_eq!(offset, 1);
+    // The subscriber that saw 1..8 of the old epoch is told its log restarted.
+    s.until("feed", u64::MAX).await;
+    let closed = s
+        .log
+        .iter()
+        .find(|v| v["event"] == "closed")
+        .expect("closed");
+    assert_eq!(closed["reason"], "epoch_changed", "{closed}");
+    check_no_hole_no_repeat(&[&s], "feed", 1, 8);
+}
+
+#[tokio::test]
+async fn clients_of_a_node_that_stopped_resume_on_another_with_nothing_missed() {
+    let redis = Redis::start().await;
+    let urls = [redis.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let mut p = v1(&b.url("private")).await;
+    let epoch = call(&mut p, r#"{"op":"create","channel":"feed"}"#).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut s = Sub::new(&a.url("public")).await;
+    s.subscribe("feed", r#""new""#).await;
+    for n in 1..=20 {
+        publish(&mut p, "feed", n).await;
+    }
+    s.until("feed", 20).await;
+    drop(s);
+    a.shutdown().await;
+    for n in 21..=40 {
+        publish(&mut p, "feed", n).await;
+    }
+    let mut s = Sub::new(&b.url("public")).await;
+    let r = s
+        .subscribe("feed", &format!(r#"{{"epoch":"{epoch}","offset":20}}"#))
+        .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    s.until("feed", 40).await;
+    assert_eq!(s.offsets("feed"), (21..=40).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_reply_from_a_subscriber_on_one_node_reaches_the_publisher_on_another() {
+    let redis = Redis::start().await;
+    let urls = [redis.url()];
+    let cfg = cluster_config(&urls, "").replace(
+        "[channel.\"*\"]\nbacklog_messages = 1000",
+        "[channel.\"*\"]\nbacklog_messages = 1000\nreplies = true",
+    );
+    let a = TestServer::start(&cfg).await;
+    wait_ready(&a).await;
+    let b = TestServer::start(&cfg).await;
+    wait_ready(&b).await;
+    let mut p = v1(&a.url("private")).await;
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"ask"}"#).await["ok"],
+        true
+    );
+    let mut s = Sub::new(&b.url("public")).await;
+    s.subscribe("ask", r#""new""#).await;
+    let r = publish(&mut p, "ask", 1).await;
+    let offset = r["offset"].as_u64().unwrap();
+    s.until("ask", offset).await;
+    let r = s
+        .call(&format!(
+            r#"{{"op":"reply","channel":"ask","offset":{offset},"data":{{"answer":42}}}}"#
+        ))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let event = recv_json(&mut p).await;
+    assert_eq!(event["event"], "reply", "{event}");
+    assert_eq!(event["offset"], offset);
+    assert_eq!(event["data"]["answer"], 42);
+    // A reply to a message that is not there is refused on the replier's node.
+    let r = s
+        .call(r#"{"op":"reply","channel":"ask","offset":99,"data":1}"#)
+        .await;
+    assert_eq!(r["error"]["code"], "not_found", "{r}");
+}
+
+#[tokio::test]
+async fn channels_spread_over_two_redis_shards_and_are_listed_together() {
+    let (r1, r2) = (Redis::start().await, Redis::start().await);
+    let urls = [r1.url(), r2.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let mut p = v1(&a.url("private")).await;
+    let names: Vec<String> = (0..12).map(|i| format!("room.{i:02}")).collect();
+    for n in &names {
+        assert_eq!(
+            call(&mut p, &format!(r#"{{"op":"create","channel":"{n}"}}"#)).await["ok"],
+            true
+        );
+        assert_eq!(publish(&mut p, n, 1).await["offset"], 1);
+    }
+    let on = |line: String| line.trim_start_matches(':').trim().parse::<u64>().unwrap();
+    let c1 = on(r1.cmd(&["ZCARD", "tslm:channels"]).await);
+    let c2 = on(r2.cmd(&["ZCARD", "tslm:channels"]).await);
+    assert_eq!(c1 + c2, 12);
+    assert!(c1 > 0 && c2 > 0, "both shards hold channels: {c1} and {c2}");
+    let mut p_b = v1(&b.url("private")).await;
+    let l = call(
+        &mut p_b,
+        r#"{"op":"channels","prefix":"room.","limit":100}"#,
+    )
+    .await;
+    let listed: Vec<&str> = l["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        names.iter().map(String::as_str).collect::<Vec<_>>(),
+        "{l}"
+    );
+    // Paging across shards keeps byte order.
+    let l = call(&mut p_b, r#"{"op":"channels","prefix":"room.","limit":5}"#).await;
+    assert_eq!(l["more"], true, "{l}");
+    assert_eq!(l["channels"][4]["channel"], "room.04");
+    // Fan-out works for channels of both shards.
+    let mut s = Sub::new(&b.url("public")).await;
+    for n in &names {
+        s.subscribe(n, r#""oldest""#).await;
+    }
+    for n in &names {
+        s.until(n, 1).await;
+        assert_eq!(s.offsets(n), vec![1]);
+    }
+}
+
+/// Reads an SSE response from `tcp` until its body holds `needle`; returns what was read.
+async fn sse_until(tcp: &mut tokio::net::TcpStream, seen: &mut String, needle: &str) {
+    use tokio::io::AsyncReadExt;
+    while !seen.contains(needle) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(T, tcp.read(&mut buf))
+            .await
+            .expect("SSE data in time")
+            .unwrap();
+        assert!(n > 0, "stream ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+#[tokio::test]
+async fn sse_and_long_poll_subscribers_of_another_node_get_the_messages() {
+    use tokio::io::AsyncWriteExt;
+    let redis = Redis::start().await;
+    let urls = [redis.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let mut p = v1(&a.url("private")).await;
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"feed"}"#).await["ok"],
+        true
+    );
+    assert_eq!(publish(&mut p, "feed", 1).await["offset"], 1);
+    // A stream on B of a channel B has never seen: opened from Redis, then live.
+    let addr = b.addr("public");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET /v1/events?channel=feed@oldest HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut seen = String::new();
+    sse_until(&mut tcp, &mut seen, "\"offset\":1").await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert_eq!(publish(&mut p, "feed", 2).await["offset"], 2);
+    sse_until(&mut tcp, &mut seen, "\"offset\":2").await;
+    // Long-polling on B reads the same log.
+    let (status, _, body) = http(
+        b.addr("public"),
+        "GET",
+        "/v1/poll?channel=feed@oldest",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let offsets: Vec<u64> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "message")
+        .map(|e| e["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, vec![1, 2], "{body}");
+    // A channel that exists nowhere is refused as on a single node.
+    let (status, _, body) =
+        http(b.addr("public"), "GET", "/v1/poll?channel=nowhere", &[], "").await;
+    assert_eq!(status, 404, "{body}");
+}
+
+#[tokio::test]
+async fn a_sentinel_failover_is_followed_and_never_reuses_an_offset() {
+    let mut master = Redis::start().await;
+    let replica = Redis::replica_of(&master).await;
+    let sentinel = redis::Sentinel::start(&master).await;
+    let cfg = cluster_config(&[], "").replace(
+        "redis = []",
+        &format!(
+            "sentinels = [{:?}]\nsentinel_master = \"mymaster\"",
+            sentinel.url()
+        ),
+    );
+    let a = TestServer::start(&cfg).await;
+    wait_ready(&a).await;
+    let mut p = v1(&a.url("private")).await;
+    let r = call(&mut p, r#"{"op":"create","channel":"feed"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let old_epoch = r["epoch"].as_str().unwrap().to_owned();
+    let mut s = Sub::new(&a.url("public")).await;
+    s.subscribe("feed", r#""new""#).await;
+    for n in 1..=10 {
+        assert_eq!(publish(&mut p, "feed", n).await["offset"], n);
+    }
+    s.until("feed", 10).await;
+    // The replica has everything the master acknowledged (replication is asynchronous: without
+    // this the fence would still hold, with fewer messages behind it).
+    let acks = master.cmd(&["WAIT", "1", "1500"]).await;
+    assert_eq!(acks.trim(), ":1", "the replica caught up");
+    master.kill();
+    // Publishes are refused until the sentinel promotes the replica, then accepted there.
+    let acked = publish_through(a.url("private"), "feed", 3, Duration::ZERO).await;
+    assert_eq!(
+        sentinel.master_port().await,
+        Some(replica.port),
+        "failed over"
+    );
+    let (epoch, first) = acked[0].clone();
+    // The promoted replica is another instance: a new epoch, never offset 11 of the old one
+    // twice (what it had may lag behind what the master acknowledged).
+    assert_ne!(epoch, old_epoch);
+    assert_eq!(first, 1);
+    s.until("feed", u64::MAX).await;
+    let closed = s
+        .log
+        .iter()
+        .find(|v| v["event"] == "closed")
+        .expect("closed");
+    assert_eq!(closed["reason"], "epoch_changed", "{closed}");
+    check_no_hole_no_repeat(&[&s], "feed", 1, 10);
+}
