@@ -82,6 +82,7 @@ impl Pki {
             .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
         TlsConnector::from(Arc::new(config))
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
@@ -168,6 +169,7 @@ const DATA: u8 = 0;
 const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
+const PING: u8 = 6;
 const GOAWAY: u8 = 7;
 const CONTINUATION: u8 = 9;
 const END_STREAM: u8 = 1;
@@ -431,6 +433,69 @@ async fn a_rapid_reset_flood_ends_in_goaway_and_another_clients_stream_is_unharm
     s.shutdown().await;
 }
 
+#[tokio::test]
+async fn cancelling_requests_already_accepted_too_fast_ends_in_goaway() {
+    let pki = Pki::new();
+    let s = pki.server("").await;
+    create(&s, "c").await;
+    // A cursor, so that a poll waits for a publish instead of answering at once.
+    let mut send = pki.h2(s.addr("public")).await;
+    let req = http::Request::get("https://localhost/v1/poll?channel=c")
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    let cursor = serde_json::from_slice::<serde_json::Value>(&text).unwrap()["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let block = get_block(&format!("/v1/poll?channel=c&cursor={cursor}"));
+    // Polls accepted and waiting (a PING answered after them is the barrier), then cancelled:
+    // the rapid reset the pending-accept count cannot see. 20 a second are allowed.
+    let (mut raw, _) = Raw::connect(&pki, s.addr("public")).await;
+    let mut batch = |ids: std::ops::Range<u32>| {
+        let mut opened = Vec::new();
+        let mut cancelled = Vec::new();
+        for id in ids.map(|i| 1 + 2 * i) {
+            opened.extend(frame(HEADERS, END_STREAM | END_HEADERS, id, &block));
+            cancelled.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+        }
+        opened.extend(frame(PING, 0, 0, &[7; 8]));
+        (opened, cancelled)
+    };
+    let mut goaway = None;
+    for (round, ids) in [0..10, 10..60].into_iter().enumerate() {
+        let (opened, cancelled) = batch(ids);
+        raw.send(&opened).await;
+        loop {
+            match raw.next().await.expect("frames") {
+                (PING, ACK, _, _) => break,
+                (GOAWAY, ..) => panic!("GOAWAY before the streams were cancelled"),
+                _ => {}
+            }
+        }
+        raw.send(&cancelled).await;
+        if round == 0 {
+            // Ten cancels are within the budget: the connection still serves.
+            raw.send(&frame(PING, 0, 0, &[8; 8])).await;
+            loop {
+                match raw.next().await.expect("frames") {
+                    (PING, ACK, _, _) => break,
+                    (GOAWAY, ..) => panic!("GOAWAY within the budget"),
+                    _ => {}
+                }
+            }
+        } else {
+            goaway = raw.goaway().await;
+        }
+    }
+    assert_eq!(goaway, Some(0), "GOAWAY with NO_ERROR");
+    s.shutdown().await;
+}
 #[tokio::test]
 async fn a_continuation_flood_ends_the_connection() {
     let pki = Pki::new();

@@ -11,9 +11,10 @@
 //! whatever the transport.
 
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -30,6 +31,7 @@ use crate::config::Http2Config;
 use crate::context::{ConnSlot, ListenerCtx};
 use crate::errors;
 use crate::iplimit::IpPlace;
+use crate::ratelimit::TokenBucket;
 use crate::stats::Stats;
 
 /// The largest header block a client may send (SETTINGS_MAX_HEADER_LIST_SIZE), the bound of an
@@ -51,6 +53,11 @@ const MAX_SEND_BUF_BYTES: usize = 64 * 1024;
 /// Streams the client opened and reset before we accepted them (the rapid-reset attack,
 /// CVE-2023-44487); past it the connection ends with GOAWAY `ENHANCE_YOUR_CALM`.
 const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Requests a client may cancel (RST_STREAM) before they are answered, per second (bursts of as
+/// many): the rapid reset of streams we had already accepted, each of which cost us the start of
+/// its request. Past it the connection ends with GOAWAY. A browser cancels a request when a page
+/// goes away or a script aborts it: a few, not dozens a second.
+const MAX_CANCELLED_REQUESTS_PER_SECOND: u32 = 20;
 /// Streams we reset because the client misbehaved on them (among them the streams refused over
 /// the concurrency limit); past it the connection ends with GOAWAY `ENHANCE_YOUR_CALM`.
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 64;
@@ -99,6 +106,8 @@ pub(crate) struct Streams {
     stats: Arc<Stats>,
     /// The connection's own place is free for one stream: `true` while no stream uses it.
     spare: Arc<AtomicBool>,
+    /// Requests cancelled before their answer: [`MAX_CANCELLED_REQUESTS_PER_SECOND`].
+    cancels: Mutex<TokenBucket>,
     goaway: CancellationToken,
 }
 
@@ -109,6 +118,9 @@ impl Streams {
             conn_limit: Arc::clone(&ctx.conn_limit),
             stats: Arc::clone(&ctx.stats),
             spare: Arc::new(AtomicBool::new(true)),
+            cancels: Mutex::new(TokenBucket::new(
+                NonZeroU32::new(MAX_CANCELLED_REQUESTS_PER_SECOND).unwrap_or(NonZeroU32::MIN),
+            )),
             goaway: CancellationToken::new(),
         }
     }
@@ -140,6 +152,20 @@ impl Streams {
         })
     }
 
+    /// A watch on one request, to be [`Unanswered::answered`] when its answer is ready; dropped
+    /// before that (the client reset the stream), it spends one of the connection's cancels.
+    pub(crate) fn unanswered(self: &Arc<Self>) -> Unanswered {
+        Unanswered(Some(Arc::clone(self)))
+    }
+
+    fn cancelled(&self) {
+        let mut cancels = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        if !cancels.try_take() && !self.goaway.is_cancelled() {
+            tracing::debug!(peer = %self.slot.peer, "http/2 client cancels requests too fast (rapid reset): goaway");
+            self.goaway.cancel();
+        }
+    }
+
     /// The response of a stream, holding its place until its body ends. `Connection: close`
     /// (an answer that ends the connection, such as over the failed-authentication budget) has
     /// no meaning in HTTP/2: it is removed and the connection ends with GOAWAY instead.
@@ -156,6 +182,23 @@ impl Streams {
                 _place: place,
             }),
         )
+    }
+}
+
+/// A request not yet answered (see [`Streams::unanswered`]).
+pub(crate) struct Unanswered(Option<Arc<Streams>>);
+
+impl Unanswered {
+    pub(crate) fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(streams) = self.0.take() {
+            streams.cancelled();
+        }
     }
 }
 

@@ -299,8 +299,11 @@ async fn serve_http<I>(
                         return Either::Left(std::future::ready(Ok(errors::error_response(&e))));
                     }
                 };
-                let streams = Arc::clone(&streams);
-                Either::Right(route(&slot, req).map_ok(move |resp| streams.respond(resp, place)))
+                let (streams, unanswered) = (Arc::clone(&streams), streams.unanswered());
+                Either::Right(route(&slot, req).map_ok(move |resp| {
+                    unanswered.answered();
+                    streams.respond(resp, place)
+                }))
             });
             let conn = crate::http2::builder(ctx, h2).serve_connection(TokioIo::new(io), svc);
             drive(ctx, peer, conn, |c| c.graceful_shutdown(), Some(goaway)).await;
