@@ -101,6 +101,7 @@ where
 /// One HTTP/2 connection's streams: the places they take, and the request to end the connection
 /// (GOAWAY) that an answer with `Connection: close` makes.
 pub(crate) struct Streams {
+    listener: Arc<crate::config::ListenerConfig>,
     slot: Arc<ConnSlot>,
     conn_limit: Arc<Semaphore>,
     stats: Arc<Stats>,
@@ -114,6 +115,7 @@ pub(crate) struct Streams {
 impl Streams {
     pub(crate) fn new(ctx: &ListenerCtx, slot: Arc<ConnSlot>) -> Self {
         Self {
+            listener: Arc::clone(&ctx.cfg),
             slot,
             conn_limit: Arc::clone(&ctx.conn_limit),
             stats: Arc::clone(&ctx.stats),
@@ -138,12 +140,12 @@ impl Streams {
         }
         let ip = self.slot.ip.another().map_err(|why| {
             self.stats.count_ip_refusal();
-            tracing::debug!(peer = %self.slot.peer, ?why, "http/2 stream over a per-address limit: answering 429");
+            tracing::debug!(listener = %self.listener.name, peer = %self.slot.peer, ?why, "http/2 stream over a per-address limit: answering 429");
             errors::address_refused(why)
         })?;
         let Ok(permit) = Arc::clone(&self.conn_limit).try_acquire_owned() else {
             self.stats.count_over_capacity();
-            tracing::debug!(peer = %self.slot.peer, "http/2 stream over max_connections: answering 503");
+            tracing::debug!(listener = %self.listener.name, peer = %self.slot.peer, "http/2 stream over max_connections: answering 503");
             return Err(errors::listener_full());
         };
         Ok(StreamPlace::Own {
@@ -161,7 +163,7 @@ impl Streams {
     fn cancelled(&self) {
         let mut cancels = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
         if !cancels.try_take() && !self.goaway.is_cancelled() {
-            tracing::debug!(peer = %self.slot.peer, "http/2 client cancels requests too fast (rapid reset): goaway");
+            tracing::debug!(listener = %self.listener.name, peer = %self.slot.peer, "http/2 client cancels requests too fast (rapid reset): goaway");
             self.goaway.cancel();
         }
     }
@@ -172,7 +174,7 @@ impl Streams {
     pub(crate) fn respond(&self, resp: Response, place: StreamPlace) -> Response {
         let (mut parts, body) = resp.into_parts();
         if parts.headers.remove(header::CONNECTION).is_some() {
-            tracing::debug!(peer = %self.slot.peer, "answer ends the http/2 connection: goaway");
+            tracing::debug!(listener = %self.listener.name, peer = %self.slot.peer, "answer ends the http/2 connection: goaway");
             self.goaway.cancel();
         }
         Response::from_parts(
