@@ -457,7 +457,7 @@ async fn cancelling_requests_already_accepted_too_fast_ends_in_goaway() {
     // Polls accepted and waiting (a PING answered after them is the barrier), then cancelled:
     // the rapid reset the pending-accept count cannot see. 20 a second are allowed.
     let (mut raw, _) = Raw::connect(&pki, s.addr("public")).await;
-    let mut batch = |ids: std::ops::Range<u32>| {
+    let batch = |ids: std::ops::Range<u32>| {
         let mut opened = Vec::new();
         let mut cancelled = Vec::new();
         for id in ids.map(|i| 1 + 2 * i) {
