@@ -575,8 +575,11 @@ async fn streams_count_against_the_per_address_connection_cap() {
         text.contains("too many connections from your address"),
         "{text}"
     );
-    // Nor can the address open another connection meanwhile (refused with 429 at once).
-    let mut tls = pki.connect(s.addr("public"), &[b"http/1.1"]).await;
+    // Nor can the address open another connection meanwhile: refused with 429 at once, in
+    // HTTP/1.1 even to a client offering h2 (the refusal's TLS offers only `http/1.1`, so a
+    // browser reads the answer instead of failing on HTTP/1.1 bytes in an HTTP/2 connection).
+    let mut tls = pki.connect(s.addr("public"), &[b"h2", b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let mut answer = String::new();
     tls.read_to_string(&mut answer).await.unwrap_or_default();
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");

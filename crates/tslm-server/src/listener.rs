@@ -266,48 +266,75 @@ async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = slot.peer;
-    let cfg = Arc::clone(&ctx.cfg);
-    let route = move |slot: &Arc<ConnSlot>, mut req: hyper::Request<Incoming>| {
-        // Cross-site checks, once for every route and every WebSocket handshake (but the
-        // probes, which reveal nothing).
-        let probe = crate::health::is_probe(req.uri().path())
-            && !crate::upgrade::is_upgrade_request(req.headers());
-        if !probe && let Err(e) = crate::cross_site::check(&cfg, req.headers(), req.uri()) {
-            tracing::debug!(listener = %cfg.name, %peer, origin = ?req.headers().get(hyper::header::ORIGIN), host = ?req.headers().get(hyper::header::HOST), "cross-site request refused");
-            return Either::Left(std::future::ready(Ok(errors::error_response(&e))));
-        }
-        req.extensions_mut().insert(Arc::clone(slot));
-        Either::Right(router.clone().oneshot(req))
+    let route = Route {
+        cfg: Arc::clone(&ctx.cfg),
+        router,
+        slot,
     };
     match version {
         Version::Http1 => {
-            let svc = service_fn(move |req| route(&slot, req));
+            let svc = service_fn(move |req| route.call(req));
             // The header deadline starts now, after any TLS handshake.
             let conn = http_builder(ctx)
                 .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades();
             drive(ctx, peer, conn, |c| c.graceful_shutdown(), None).await;
         }
-        Version::Http2(h2) => {
-            // Each stream takes its place before it is routed (see `crate::http2`).
-            let streams = Arc::new(crate::http2::Streams::new(ctx, Arc::clone(&slot)));
-            let goaway = streams.goaway();
-            let svc = service_fn(move |req| {
-                let place = match streams.admit() {
-                    Ok(place) => place,
-                    Err(e) => {
-                        return Either::Left(std::future::ready(Ok(errors::error_response(&e))));
-                    }
-                };
-                let (streams, unanswered) = (Arc::clone(&streams), streams.unanswered());
-                Either::Right(route(&slot, req).map_ok(move |resp| {
-                    unanswered.answered();
-                    streams.respond(resp, place)
-                }))
-            });
-            let conn = crate::http2::builder(ctx, h2).serve_connection(TokioIo::new(io), svc);
-            drive(ctx, peer, conn, |c| c.graceful_shutdown(), Some(goaway)).await;
+        // Boxed, so that the HTTP/2 connection's state is no part of the task of every HTTP/1.1
+        // connection.
+        Version::Http2(h2) => Box::pin(serve_http2(ctx, route, io, h2)).await,
+    }
+}
+
+/// Serves HTTP/2 on `io`: each stream takes its place before it is routed, and holds it until
+/// its answer ends (see [`crate::http2`]).
+async fn serve_http2<I>(ctx: &ListenerCtx, route: Route, io: I, h2: Http2Config)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = route.slot.peer;
+    let streams = Arc::new(crate::http2::Streams::new(ctx, Arc::clone(&route.slot)));
+    let goaway = streams.goaway();
+    let svc = service_fn(move |req| {
+        let place = match streams.admit() {
+            Ok(place) => place,
+            Err(e) => return Either::Left(std::future::ready(Ok(errors::error_response(&e)))),
+        };
+        let (streams, unanswered) = (Arc::clone(&streams), streams.unanswered());
+        Either::Right(route.call(req).map_ok(move |resp| {
+            unanswered.answered();
+            streams.respond(resp, place)
+        }))
+    });
+    let conn = crate::http2::builder(ctx, h2).serve_connection(TokioIo::new(io), svc);
+    drive(ctx, peer, conn, |c| c.graceful_shutdown(), Some(goaway)).await;
+}
+
+/// What every request of a connection goes through before the router: the cross-site check
+/// (once for every route and every WebSocket handshake, but the probes, which reveal nothing),
+/// then the connection's slot in the request's extensions.
+struct Route {
+    cfg: Arc<ListenerConfig>,
+    router: Router,
+    slot: Arc<ConnSlot>,
+}
+
+type Routed = Either<
+    std::future::Ready<Result<axum::response::Response, std::convert::Infallible>>,
+    tower::util::Oneshot<Router, hyper::Request<Incoming>>,
+>;
+
+impl Route {
+    fn call(&self, mut req: hyper::Request<Incoming>) -> Routed {
+        let (cfg, peer) = (&self.cfg, self.slot.peer);
+        let probe = crate::health::is_probe(req.uri().path())
+            && !crate::upgrade::is_upgrade_request(req.headers());
+        if !probe && let Err(e) = crate::cross_site::check(cfg, req.headers(), req.uri()) {
+            tracing::debug!(listener = %cfg.name, %peer, origin = ?req.headers().get(hyper::header::ORIGIN), host = ?req.headers().get(hyper::header::HOST), "cross-site request refused");
+            return Either::Left(std::future::ready(Ok(errors::error_response(&e))));
         }
+        req.extensions_mut().insert(Arc::clone(&self.slot));
+        Either::Right(self.router.clone().oneshot(req))
     }
 }
 
