@@ -264,6 +264,11 @@ impl Raw {
     }
 
     /// Reads until a GOAWAY; returns its error code (`None`: closed without one).
+    ///
+    /// A server that ends a connection while the client's flood is still unread in its socket
+    /// closes it with a TCP reset, which may destroy the GOAWAY before the client reads it: the
+    /// hostile tests accept that (the connection ended either way; without the limit under test
+    /// it would stay open and the read would time out, failing the test).
     async fn goaway(&mut self) -> Option<u32> {
         while let Some((kind, _, _, payload)) = self.next().await {
             if kind == GOAWAY {
@@ -401,7 +406,8 @@ async fn the_stream_beyond_the_limit_is_refused_and_a_flood_of_them_ends_the_con
         ))
         .await;
     }
-    assert_eq!(raw.goaway().await, Some(ENHANCE_YOUR_CALM));
+    let end = raw.goaway().await;
+    assert!(matches!(end, Some(ENHANCE_YOUR_CALM) | None), "{end:?}");
     assert!(answered.len() <= 4, "{answered:?}");
     s.shutdown().await;
 }
@@ -426,7 +432,14 @@ async fn a_rapid_reset_flood_ends_in_goaway_and_another_clients_stream_is_unharm
         burst.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes())); // CANCEL
     }
     raw.send(&burst).await;
-    assert_eq!(raw.goaway().await, Some(ENHANCE_YOUR_CALM));
+    // Streams reset before we accepted them end it with ENHANCE_YOUR_CALM (the `h2` crate's
+    // count); any the server accepted before their reset arrived spend the cancel budget, which
+    // ends it with NO_ERROR.
+    let end = raw.goaway().await;
+    assert!(
+        matches!(end, Some(ENHANCE_YOUR_CALM) | Some(0) | None),
+        "{end:?}"
+    );
 
     publish(&s, "c", "\"still here\"").await;
     read_until(&mut victim, "still here").await;
@@ -508,7 +521,8 @@ async fn a_continuation_flood_ends_the_connection() {
         flood.extend(frame(CONTINUATION, 0, 1, &[]));
     }
     raw.send(&flood).await;
-    assert_eq!(raw.goaway().await, Some(ENHANCE_YOUR_CALM));
+    let end = raw.goaway().await;
+    assert!(matches!(end, Some(ENHANCE_YOUR_CALM) | None), "{end:?}");
     s.shutdown().await;
 }
 
