@@ -379,6 +379,8 @@ async fn the_stream_beyond_the_limit_is_refused_and_a_flood_of_them_ends_the_con
     // SETTINGS_MAX_CONCURRENT_STREAMS (3) and SETTINGS_MAX_HEADER_LIST_SIZE (6) announced.
     assert!(settings.contains(&(3, 4)), "{settings:?}");
     assert!(settings.contains(&(6, 16 * 1024)), "{settings:?}");
+    // No SETTINGS_ENABLE_CONNECT_PROTOCOL (8): browsers open WebSockets over HTTP/1.1.
+    assert!(!settings.iter().any(|(id, _)| *id == 8), "{settings:?}");
     let block = get_block("/v1/events?channel=c");
     for id in [1u32, 3, 5, 7, 9] {
         raw.send(&frame(HEADERS, END_STREAM | END_HEADERS, id, &block))
