@@ -76,6 +76,60 @@ async def h2_streams(addr, ctx, count, keep):
     keep.append((reader, writer))
 
 
+async def measure(d, cert, key, mode, streams, per_conn):
+    """A fresh gateway for each mode: freed memory stays with the allocator, so a second run in
+    the same process would reuse it and look cheaper."""
+    cfg = os.path.join(d, "tslm.toml")
+    with open(cfg, "w") as f:
+        f.write(
+            "[listener.public]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Subscribe']\n"
+            f"tls_cert='{cert}'\ntls_key='{key}'\n"
+            "max_connections_per_ip=1000000\nhandshakes_per_ip_per_second=1000000\n"
+            "[listener.private]\nip='127.0.0.1'\nport=0\n"
+            "default_endpoint_permissions=['CreateChannel','NotifyChannel']\n")
+    ready = os.path.join(d, "ready.json")
+    if os.path.exists(ready):
+        os.remove(ready)
+    server = subprocess.Popen([BIN, "--config", cfg, "--ready-file", ready],
+                              stderr=subprocess.DEVNULL)
+    try:
+        while not os.path.exists(ready):
+            time.sleep(0.05)
+        with open(ready) as f:
+            info = json.load(f)
+        pub = info["listeners"]["public"][0].rsplit(":", 1)
+        priv = info["listeners"]["private"][0].rsplit(":", 1)
+        r, w = await asyncio.open_connection(priv[0], int(priv[1]))
+        w.write(b"PUT /v1/channels/idle HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await r.read()
+        addr = (pub[0], int(pub[1]))
+        ctx = ssl.create_default_context(cafile=cert)
+        ctx.set_alpn_protocols(["http/1.1"] if mode == "http/1.1" else ["h2"])
+        await asyncio.sleep(1)
+        before = rss(server.pid)
+        keep = []
+        sem = asyncio.Semaphore(100)
+
+        async def one(coro):
+            async with sem:
+                await coro
+
+        if mode == "http/1.1":
+            await asyncio.gather(*(one(h1_stream(addr, ctx, keep)) for _ in range(streams)))
+        else:
+            await asyncio.gather(*(one(h2_streams(addr, ctx, per_conn, keep))
+                                   for _ in range(streams // per_conn)))
+        await asyncio.sleep(2)
+        after = rss(server.pid)
+        print(f"{mode:8} x{per_conn:<3} {streams} streams on {len(keep)} connections: "
+              f"{(after - before) / streams:,.0f} bytes per stream", flush=True)
+        for _, w in keep:
+            w.close()
+    finally:
+        server.terminate()
+        server.wait()
+
+
 async def run(streams, per_conn):
     with tempfile.TemporaryDirectory() as d:
         cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
@@ -84,58 +138,8 @@ async def run(streams, per_conn):
              "-nodes", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
              "-keyout", key, "-out", cert, "-days", "1"],
             check=True, capture_output=True)
-        cfg = os.path.join(d, "tslm.toml")
-        with open(cfg, "w") as f:
-            f.write(
-                "[listener.public]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Subscribe']\n"
-                f"tls_cert='{cert}'\ntls_key='{key}'\n"
-                "max_connections_per_ip=1000000\nhandshakes_per_ip_per_second=1000000\n"
-                "[listener.private]\nip='127.0.0.1'\nport=0\n"
-                "default_endpoint_permissions=['CreateChannel','NotifyChannel']\n")
-        ready = os.path.join(d, "ready.json")
-        server = subprocess.Popen([BIN, "--config", cfg, "--ready-file", ready],
-                                  stderr=subprocess.DEVNULL)
-        try:
-            while not os.path.exists(ready):
-                time.sleep(0.05)
-            with open(ready) as f:
-                info = json.load(f)
-            pub = info["listeners"]["public"][0].rsplit(":", 1)
-            priv = info["listeners"]["private"][0].rsplit(":", 1)
-            r, w = await asyncio.open_connection(priv[0], int(priv[1]))
-            w.write(b"PUT /v1/channels/idle HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            await r.read()
-            addr = (pub[0], int(pub[1]))
-            results = {}
-            for mode in ("http/1.1", "h2 x1", f"h2 x{per_conn}"):
-                ctx = ssl.create_default_context(cafile=cert)
-                ctx.set_alpn_protocols(["http/1.1"] if mode == "http/1.1" else ["h2"])
-                await asyncio.sleep(1)
-                before = rss(server.pid)
-                keep = []
-                sem = asyncio.Semaphore(100)
-
-                async def one(coro):
-                    async with sem:
-                        await coro
-
-                if mode == "http/1.1":
-                    await asyncio.gather(*(one(h1_stream(addr, ctx, keep)) for _ in range(streams)))
-                else:
-                    k = 1 if mode == "h2 x1" else per_conn
-                    await asyncio.gather(*(one(h2_streams(addr, ctx, k, keep)) for _ in range(streams // k)))
-                await asyncio.sleep(2)
-                after = rss(server.pid)
-                results[mode] = (after - before) / streams
-                print(f"{mode:10} {streams} streams on {len(keep)} connections: "
-                      f"{(after - before) / streams:,.0f} bytes per stream", flush=True)
-                for _, w in keep:
-                    w.close()
-                await asyncio.sleep(3)
-            return results
-        finally:
-            server.terminate()
-            server.wait()
+        for mode, k in (("http/1.1", 1), ("h2", 1), ("h2", per_conn)):
+            await measure(d, cert, key, mode, streams, k)
 
 
 if __name__ == "__main__":
