@@ -9,6 +9,12 @@
 //! (an event stream: until it closes). Six event streams cost the same places on one HTTP/2
 //! connection as on six HTTP/1.1 connections, and the per-address and per-listener caps hold
 //! whatever the transport.
+//!
+//! Two more rules keep HTTP/1.1's guarantees: a request the client cancels before its answer
+//! spends a per-connection budget (rapid reset of streams already accepted, which the `h2` crate
+//! does not count), and an answer that would close an HTTP/1.1 connection (`Connection: close`)
+//! ends the HTTP/2 connection with GOAWAY. Both end the connection gracefully: running streams
+//! finish, within the 5 seconds the listener gives a closing connection.
 
 use std::future::Future;
 use std::num::NonZeroU32;
