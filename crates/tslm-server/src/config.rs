@@ -184,6 +184,17 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// When set, clients must present a certificate issued by one of these CAs (mutual TLS).
     pub client_ca: Option<PathBuf>,
+    /// HTTP/2 (offered in ALPN beside HTTP/1.1) and its limits; `None`: HTTP/1.1 only.
+    pub http2: Option<Http2Config>,
+}
+
+/// A TLS listener's HTTP/2 settings (`http2`, `http2_max_concurrent_streams`). The other limits
+/// of an HTTP/2 connection are fixed (`crate::listener`'s HTTP/2 builder, docs/security.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Config {
+    /// Streams a client may have open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// a stream beyond it is refused (`REFUSED_STREAM`).
+    pub max_concurrent_streams: u32,
 }
 
 mod audit;

@@ -274,6 +274,37 @@ impl IpGuard {
     pub(crate) fn limits(&self) -> &IpLimits {
         &self.limits
     }
+
+    /// One more place of this connection's address under `max_connections_per_ip`, for a
+    /// request that runs beside others on the same connection (an HTTP/2 stream): counted as a
+    /// connection would be, so that streams cannot get round the per-address cap. It takes no
+    /// token of `handshakes_per_ip_per_second` (no new connection was made).
+    pub(crate) fn another(&self) -> Result<IpPlace, Refusal> {
+        let mut e = self.limits.held_entry(self.key);
+        if e.conns >= self.limits.limits().max_connections_per_ip {
+            return Err(Refusal::TooManyConnections);
+        }
+        e.conns += 1;
+        drop(e);
+        Ok(IpPlace {
+            limits: Arc::clone(&self.limits),
+            key: self.key,
+        })
+    }
+}
+
+/// One place of an address under `max_connections_per_ip` taken by [`IpGuard::another`].
+pub(crate) struct IpPlace {
+    limits: Arc<IpLimits>,
+    key: IpAddr,
+}
+
+impl Drop for IpPlace {
+    fn drop(&mut self) {
+        if let Some(mut e) = self.limits.table.get_mut(&self.key) {
+            e.conns = e.conns.saturating_sub(1);
+        }
+    }
 }
 
 impl Drop for IpGuard {
@@ -320,6 +351,25 @@ mod tests {
             },
             max_connections,
         ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn places_beside_a_connection_count_as_connections_without_a_handshake_token() {
+        let l = limits(3, 1);
+        let ip = IpAddr::from([10, 0, 0, 1]);
+        let conn = l.admit(ip).unwrap();
+        // The handshake budget (1 a second) is spent, yet places beside the connection are
+        // given, up to the cap of 3, which they share with connections.
+        let a = conn.another().unwrap();
+        let b = conn.another().unwrap();
+        assert_eq!(conn.another().err(), Some(Refusal::TooManyConnections));
+        drop(a);
+        let c = conn.another().unwrap();
+        drop((b, c));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Given back: another connection fits again.
+        let other = l.admit(ip).unwrap();
+        drop((conn, other));
     }
 
     #[tokio::test(start_paused = true)]

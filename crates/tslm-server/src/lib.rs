@@ -18,6 +18,7 @@ pub mod drain;
 mod errors;
 pub mod health;
 mod http;
+mod http2;
 mod identity;
 mod iplimit;
 mod listener;
@@ -45,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tslm_hub::{Broker, Hub, HubLimits, MemoryBroker};
 
-pub use config::{Config, ConfigError, ListenerConfig, Permission, Permissions};
+pub use config::{Config, ConfigError, Http2Config, ListenerConfig, Permission, Permissions};
 pub use health::{Health, NotReady};
 pub use reload::{ReloadError, ReloadReport, Reloader};
 pub use stats::ServerStats;

@@ -3,13 +3,17 @@
 //! Each accepted connection gets its own task: the TLS handshake (on TLS listeners) runs there,
 //! under `handshake_timeout`, so a slow client never holds up the accept loop. HTTP serving is
 //! generic over the stream, so plain connections are served on the `TcpStream` itself, with no
-//! wrapper or indirection.
+//! wrapper or indirection. HTTP/1.1 everywhere; HTTP/2 on TLS connections that chose it in ALPN
+//! (its settings and per-stream places in [`crate::http2`]); no HTTP/2 over plain TCP (h2c).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use futures_util::TryFutureExt;
 use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -18,11 +22,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tslm_protocol::ProtoError;
 
 use crate::admission::{Pending, REFUSAL_DEADLINE};
-use crate::config::ListenerConfig;
+use crate::config::{Http2Config, ListenerConfig};
 use crate::context::{Admitted, ConnSlot, ListenerCtx};
 use crate::errors;
 use crate::iplimit::RefusalGuard;
@@ -175,7 +180,7 @@ async fn serve_connection(
     // against `max_connections` and the per-address limits.
     let slot = |peer_cert_names| Arc::new(ConnSlot::new(&ctx.cfg, peer, peer_cert_names, admitted));
     match &ctx.tls {
-        None => serve_http(&ctx, router, stream, slot(Vec::new())).await,
+        None => serve_http(&ctx, router, stream, slot(Vec::new()), Version::Http1).await,
         // Boxed, so that the TLS session state (kilobytes) is no part of the task of every
         // plain connection: the plain path stays as it was.
         Some(tls) => Box::pin(serve_tls(&ctx, tls, router, stream, peer, slot)).await,
@@ -196,7 +201,8 @@ async fn serve_tls(
         return;
     };
     let slot = slot(crate::tls::peer_cert_names(stream.get_ref().1));
-    serve_http(ctx, router, stream, slot).await;
+    let version = negotiated(tls, &stream);
+    serve_http(ctx, router, stream, slot, version).await;
 }
 
 /// Runs the server side of the TLS handshake under `handshake_timeout`; `None` (logged at
@@ -231,48 +237,142 @@ async fn tls_handshake(
     }
 }
 
-/// Serves HTTP/1.1 (and upgrades to WebSocket) on `io` until the client goes or the server
-/// shuts down. Generic so that plain TCP is served on the socket itself.
-async fn serve_http<I>(ctx: &ListenerCtx, router: Router, io: I, slot: Arc<ConnSlot>)
-where
+/// The HTTP version a connection speaks: HTTP/2 when TLS negotiated `h2` (ALPN), else HTTP/1.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    Http1,
+    Http2(Http2Config),
+}
+
+/// The version of a TLS connection: HTTP/2 only when the listener offers it and the client
+/// chose it in ALPN.
+fn negotiated(tls: &TlsState, stream: &TlsStream<TcpStream>) -> Version {
+    match (tls.http2(), stream.get_ref().1.alpn_protocol()) {
+        (Some(cfg), Some(crate::tls::ALPN_H2)) => Version::Http2(cfg),
+        _ => Version::Http1,
+    }
+}
+
+/// Serves HTTP on `io` until the client goes or the server shuts down: HTTP/1.1 (and upgrades
+/// to WebSocket), or HTTP/2 on a TLS connection that negotiated it. Generic so that plain TCP
+/// is served on the socket itself.
+async fn serve_http<I>(
+    ctx: &ListenerCtx,
+    router: Router,
+    io: I,
+    slot: Arc<ConnSlot>,
+    version: Version,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = slot.peer;
-    let cfg = Arc::clone(&ctx.cfg);
-    let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
-        // Cross-site checks, once for every route and every WebSocket handshake (but the
-        // probes, which reveal nothing).
+    // A client that stops reading its answers ends its connection (see `write_deadline`), on
+    // either version.
+    let io = crate::write_deadline::WriteDeadline::for_listener(io, &ctx.cfg);
+    let route = Route {
+        cfg: Arc::clone(&ctx.cfg),
+        router,
+        slot,
+    };
+    match version {
+        Version::Http1 => {
+            let svc = service_fn(move |req| route.call(req));
+            // The header deadline starts now, after any TLS handshake.
+            let conn = http_builder(ctx)
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades();
+            drive(ctx, peer, conn, |c| c.graceful_shutdown(), None).await;
+        }
+        // Boxed, so that the HTTP/2 connection's state is no part of the task of every HTTP/1.1
+        // connection.
+        Version::Http2(h2) => Box::pin(serve_http2(ctx, route, io, h2)).await,
+    }
+}
+
+/// Serves HTTP/2 on `io`: each stream takes its place before it is routed, and holds it until
+/// its answer ends (see [`crate::http2`]).
+async fn serve_http2<I>(ctx: &ListenerCtx, route: Route, io: I, h2: Http2Config)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = route.slot.peer;
+    let streams = Arc::new(crate::http2::Streams::new(ctx, Arc::clone(&route.slot)));
+    let goaway = streams.goaway();
+    let svc = service_fn(move |req| {
+        let place = match streams.admit() {
+            Ok(place) => place,
+            Err(e) => return Either::Left(std::future::ready(Ok(errors::error_response(&e)))),
+        };
+        let (streams, unanswered) = (Arc::clone(&streams), streams.unanswered());
+        Either::Right(route.call(req).map_ok(move |resp| {
+            unanswered.answered();
+            streams.respond(resp, place)
+        }))
+    });
+    let conn = crate::http2::builder(ctx, h2).serve_connection(TokioIo::new(io), svc);
+    drive(ctx, peer, conn, |c| c.graceful_shutdown(), Some(goaway)).await;
+}
+
+/// What every request of a connection goes through before the router: the cross-site check
+/// (once for every route and every WebSocket handshake, but the probes, which reveal nothing),
+/// then the connection's slot in the request's extensions.
+struct Route {
+    cfg: Arc<ListenerConfig>,
+    router: Router,
+    slot: Arc<ConnSlot>,
+}
+
+type Routed = Either<
+    std::future::Ready<Result<axum::response::Response, std::convert::Infallible>>,
+    tower::util::Oneshot<Router, hyper::Request<Incoming>>,
+>;
+
+impl Route {
+    fn call(&self, mut req: hyper::Request<Incoming>) -> Routed {
+        let (cfg, peer) = (&self.cfg, self.slot.peer);
         let probe = crate::health::is_probe(req.uri().path())
             && !crate::upgrade::is_upgrade_request(req.headers());
-        if !probe && let Err(e) = crate::cross_site::check(&cfg, req.headers(), req.uri()) {
+        if !probe && let Err(e) = crate::cross_site::check(cfg, req.headers(), req.uri()) {
             tracing::debug!(listener = %cfg.name, %peer, origin = ?req.headers().get(hyper::header::ORIGIN), host = ?req.headers().get(hyper::header::HOST), "cross-site request refused");
             return Either::Left(std::future::ready(Ok(errors::error_response(&e))));
         }
-        req.extensions_mut().insert(Arc::clone(&slot));
-        Either::Right(router.clone().oneshot(req))
-    });
-    // The header deadline starts now, after any TLS handshake.
-    let conn = http_builder(ctx)
-        .serve_connection(
-            TokioIo::new(crate::write_deadline::WriteDeadline::for_listener(
-                io, &ctx.cfg,
-            )),
-            svc,
-        )
-        .with_upgrades();
+        req.extensions_mut().insert(Arc::clone(&self.slot));
+        Either::Right(self.router.clone().oneshot(req))
+    }
+}
+
+/// Runs a connection until it ends; at shutdown or reload (or when `goaway` is cancelled) ends
+/// it gracefully with `shut` (HTTP/1.1: after the request in progress; HTTP/2: GOAWAY, then the
+/// streams running finish), giving it 5 seconds.
+async fn drive<C>(
+    ctx: &ListenerCtx,
+    peer: SocketAddr,
+    conn: C,
+    shut: impl FnOnce(Pin<&mut C>),
+    goaway: Option<CancellationToken>,
+) where
+    C: Future<Output = hyper::Result<()>>,
+{
     let mut conn = std::pin::pin!(conn);
+    let goaway = async {
+        match goaway {
+            Some(token) => token.cancelled_owned().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(listener = %ctx.cfg.name, %peer, error = %e, "http connection ended with an error");
             }
+            return;
         }
         // Shutdown, or a reload (the client's next connection gets the new configuration).
-        _ = ctx.generation.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-        }
+        _ = ctx.generation.cancelled() => {}
+        _ = goaway => {}
     }
+    shut(conn.as_mut());
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
 }
 
 /// Refuses a connection with `error` (503 over `max_connections` or the descriptor budget, 429
@@ -295,7 +395,7 @@ async fn refuse(
         match &ctx.tls {
             None => answer_and_close(stream, &answer).await,
             Some(tls) => {
-                let stream = tls.acceptor().accept(stream).await?;
+                let stream = tls.refusal_acceptor().accept(stream).await?;
                 answer_and_close(stream, &answer).await
             }
         }

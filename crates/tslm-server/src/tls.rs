@@ -30,7 +30,10 @@ use crate::config::TlsConfig;
 /// [`crate::Server::set_tls_reload_interval`].
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The only application protocol the listeners speak (offered in ALPN).
+/// The application protocols offered in ALPN: HTTP/2 where the listener serves it (preferred,
+/// so a browser that speaks it picks it), and HTTP/1.1 always (WebSocket handshakes, and every
+/// client without HTTP/2).
+pub(crate) const ALPN_H2: &[u8] = b"h2";
 const ALPN_HTTP_1_1: &[u8] = b"http/1.1";
 
 /// Which of a listener's TLS files an error is about (displayed as its configuration key).
@@ -75,7 +78,7 @@ impl TlsError {
 pub(crate) struct TlsState {
     listener: String,
     files: TlsConfig,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Configs>,
     /// The files' stamps as they were just before the current config was read.
     loaded: Stamps,
     /// When the current certificate expires (Unix seconds; `i64::MIN` when it could not be read).
@@ -99,7 +102,7 @@ impl TlsState {
         Ok(Self {
             listener: listener.to_owned(),
             files: files.clone(),
-            current: RwLock::new(Arc::new(config)),
+            current: RwLock::new(Configs::of(config)),
             loaded,
             not_after: std::sync::atomic::AtomicI64::new(not_after.unwrap_or(i64::MIN)),
         })
@@ -110,6 +113,11 @@ impl TlsState {
         Some(self.not_after.load(std::sync::atomic::Ordering::Relaxed)).filter(|t| *t != i64::MIN)
     }
 
+    /// The listener's HTTP/2 settings, when it offers HTTP/2 in ALPN.
+    pub(crate) fn http2(&self) -> Option<crate::config::Http2Config> {
+        self.files.http2
+    }
+
     /// Whether clients must present a certificate (mutual TLS).
     pub(crate) fn requires_client_cert(&self) -> bool {
         self.files.client_ca.is_some()
@@ -117,8 +125,15 @@ impl TlsState {
 
     /// An acceptor with the current config, for one new connection.
     pub(crate) fn acceptor(&self) -> TlsAcceptor {
-        let config = self.current.read().unwrap_or_else(|p| p.into_inner());
-        TlsAcceptor::from(Arc::clone(&config))
+        let configs = self.current.read().unwrap_or_else(|p| p.into_inner());
+        TlsAcceptor::from(Arc::clone(&configs.serving))
+    }
+
+    /// An acceptor for a connection refused before its request: HTTP/1.1 only in ALPN, since
+    /// the refusal is an HTTP/1.1 answer written at once (a browser that offered `h2` reads it).
+    pub(crate) fn refusal_acceptor(&self) -> TlsAcceptor {
+        let configs = self.current.read().unwrap_or_else(|p| p.into_inner());
+        TlsAcceptor::from(Arc::clone(&configs.refusing))
     }
 
     /// Polls the files every `every` and reloads them when they change, until `shutdown`.
@@ -153,7 +168,7 @@ impl TlsState {
         }
         match build_config(&self.files) {
             Ok((config, not_after)) => {
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Configs::of(config);
                 self.not_after.store(
                     not_after.unwrap_or(i64::MIN),
                     std::sync::atomic::Ordering::Relaxed,
@@ -192,6 +207,24 @@ impl Stamps {
             stamp(&files.key),
             files.client_ca.as_deref().and_then(stamp),
         ])
+    }
+}
+
+/// The configs of one load of the files: the one connections are served with, and the same
+/// offering only HTTP/1.1, for refusals.
+struct Configs {
+    serving: Arc<ServerConfig>,
+    refusing: Arc<ServerConfig>,
+}
+
+impl Configs {
+    fn of(serving: ServerConfig) -> Self {
+        let mut refusing = serving.clone();
+        refusing.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+        Self {
+            serving: Arc::new(serving),
+            refusing: Arc::new(refusing),
+        }
     }
 }
 
@@ -240,7 +273,10 @@ fn build_config(files: &TlsConfig) -> Result<(ServerConfig, Option<i64>), TlsErr
         Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, &provider)?),
     };
     let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
-    config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
+    config.alpn_protocols = match files.http2 {
+        Some(_) => vec![ALPN_H2.to_vec(), ALPN_HTTP_1_1.to_vec()],
+        None => vec![ALPN_HTTP_1_1.to_vec()],
+    };
     Ok((config, not_after))
 }
 
@@ -396,6 +432,7 @@ mod tests {
             cert: dir.write("cert.pem", cert),
             key: dir.write("key.pem", key),
             client_ca: None,
+            http2: None,
         }
     }
 

@@ -29,3 +29,5 @@ pub const FAILED_AUTHS_PER_IP_PER_MINUTE: u64 = 30;
 pub const AUTH_TIMEOUT_SECONDS: u64 = 10;
 /// `[server] max_pending_connections`: refusals in progress, all listeners together.
 pub const MAX_PENDING_CONNECTIONS: u64 = 1024;
+/// HTTP/2 streams open at once on one connection (TLS listeners with `http2`).
+pub const HTTP2_MAX_CONCURRENT_STREAMS: u64 = 100;

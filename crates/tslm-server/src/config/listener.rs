@@ -38,6 +38,8 @@ pub(super) struct RawListener {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
+    http2: Option<bool>,
+    http2_max_concurrent_streams: Option<u64>,
 }
 
 impl RawListener {
@@ -316,11 +318,15 @@ impl RawListener {
                 })
                 .collect::<Result<_, _>>()?,
             tls: match (self.tls_cert, self.tls_key, self.tls_client_ca) {
-                (None, None, None) => None,
+                (None, None, None) => {
+                    plain_http(n, self.http2, self.http2_max_concurrent_streams)?;
+                    None
+                }
                 (Some(cert), Some(key), client_ca) => Some(TlsConfig {
                     cert,
                     key,
                     client_ca,
+                    http2: http2(n, self.http2, self.http2_max_concurrent_streams)?,
                 }),
                 (None, _, _) => {
                     return Err(format!(
@@ -335,4 +341,47 @@ impl RawListener {
             },
         })
     }
+}
+
+/// A TLS listener's HTTP/2: on unless `http2 = false`; its stream limit only where it is on.
+fn http2(
+    n: &str,
+    on: Option<bool>,
+    max_streams: Option<u64>,
+) -> Result<Option<Http2Config>, String> {
+    if on == Some(false) {
+        if max_streams.is_some() {
+            return Err(format!(
+                "listener `{n}`, key `http2_max_concurrent_streams`: set, but `http2 = false`"
+            ));
+        }
+        return Ok(None);
+    }
+    let max = ranged(
+        n,
+        "http2_max_concurrent_streams",
+        max_streams,
+        defaults::HTTP2_MAX_CONCURRENT_STREAMS,
+        1,
+        10_000,
+    )?;
+    Ok(Some(Http2Config {
+        max_concurrent_streams: u32::try_from(max).unwrap_or(u32::MAX),
+    }))
+}
+
+/// A plain-TCP listener serves HTTP/1.1 only: HTTP/2 without TLS (h2c) is not served, so asking
+/// for it is an error rather than a setting silently ignored.
+fn plain_http(n: &str, on: Option<bool>, max_streams: Option<u64>) -> Result<(), String> {
+    if on == Some(true) {
+        return Err(format!(
+            "listener `{n}`, key `http2`: HTTP/2 is served on TLS listeners only (set `tls_cert` and `tls_key`); browsers speak HTTP/2 only over TLS"
+        ));
+    }
+    if max_streams.is_some() {
+        return Err(format!(
+            "listener `{n}`, key `http2_max_concurrent_streams`: HTTP/2 is served on TLS listeners only"
+        ));
+    }
+    Ok(())
 }

@@ -409,3 +409,44 @@ fn the_redis_password_comes_from_a_file_and_never_reaches_a_debug_print() {
     assert!(e.contains("is empty"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn http2_is_on_for_tls_listeners_and_refused_on_plain_ones() {
+    let tls = "[listener.a]\nip='127.0.0.1'\nport=1\ntls_cert='c.pem'\ntls_key='k.pem'\n";
+    let http2 = |extra: &str| {
+        let c = Config::from_toml_str(&format!("{tls}{extra}"), "t.toml").unwrap();
+        c.listeners[0].tls.as_ref().unwrap().http2
+    };
+    assert_eq!(
+        http2(""),
+        Some(Http2Config {
+            max_concurrent_streams: 100
+        })
+    );
+    assert_eq!(
+        http2("http2_max_concurrent_streams = 8"),
+        Some(Http2Config {
+            max_concurrent_streams: 8
+        })
+    );
+    assert_eq!(http2("http2 = false"), None);
+    let e = err(&format!(
+        "{tls}http2 = false\nhttp2_max_concurrent_streams = 8"
+    ));
+    assert!(
+        e.contains("`http2_max_concurrent_streams`: set, but `http2 = false`"),
+        "{e}"
+    );
+    let e = err(&format!("{tls}http2_max_concurrent_streams = 0"));
+    assert!(e.contains("out of range 1..=10000"), "{e}");
+    // Plain TCP: HTTP/1.1 only (no h2c); asking for HTTP/2 there is an error, not ignored.
+    let plain = "[listener.a]\nip='127.0.0.1'\nport=1\n";
+    let e = err(&format!("{plain}http2 = true"));
+    assert!(
+        e.contains("listener `a`, key `http2`: HTTP/2 is served on TLS listeners only"),
+        "{e}"
+    );
+    let e = err(&format!("{plain}http2_max_concurrent_streams = 8"));
+    assert!(e.contains("key `http2_max_concurrent_streams`"), "{e}");
+    assert!(Config::from_toml_str(&format!("{plain}http2 = false"), "t.toml").is_ok());
+}
