@@ -8,7 +8,7 @@ mod common;
 #[path = "support/redis.rs"]
 mod redis;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -75,12 +75,14 @@ fn sockets(pid: u32) -> Vec<(String, u16, u16)> {
     out
 }
 
-#[tokio::test]
-async fn the_only_connections_a_gateway_opens_go_to_the_redis_it_names() {
-    let redis = Redis::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tslm.toml");
-    std::fs::write(&file, config(&redis.url(), "")).unwrap();
+/// A `tslm serve` process on `config`; returns it and its two listeners' addresses (in log
+/// order) once both are ready.
+async fn spawn_gateway(
+    dir: &std::path::Path,
+    config: &str,
+) -> (tokio::process::Child, HashMap<String, std::net::SocketAddr>) {
+    let file = dir.join(format!("tslm-{}.toml", rand_suffix()));
+    std::fs::write(&file, config).unwrap();
     let mut child = tokio::process::Command::new(BIN)
         .args(["serve", "--config", file.to_str().unwrap()])
         .env("RUST_LOG", "info")
@@ -89,7 +91,6 @@ async fn the_only_connections_a_gateway_opens_go_to_the_redis_it_names() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let pid = child.id().unwrap();
     let log = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let sink = Arc::clone(&log);
@@ -99,21 +100,23 @@ async fn the_only_connections_a_gateway_opens_go_to_the_redis_it_names() {
         }
     });
     let deadline = tokio::time::Instant::now() + T;
-    let addrs: Vec<std::net::SocketAddr> = loop {
-        let found: Vec<std::net::SocketAddr> = log
+    let field = |l: &str, key: &str| -> Option<String> {
+        let at = l.find(&format!("{key}="))? + key.len() + 1;
+        Some(
+            l[at..]
+                .split_whitespace()
+                .next()?
+                .trim_matches('"')
+                .to_owned(),
+        )
+    };
+    let addrs: HashMap<String, std::net::SocketAddr> = loop {
+        let found: HashMap<String, std::net::SocketAddr> = log
             .lock()
             .unwrap()
             .iter()
             .filter(|l| l.contains(" listening "))
-            .filter_map(|l| {
-                let at = l.find("addr=")? + 5;
-                l[at..]
-                    .split_whitespace()
-                    .next()?
-                    .trim_matches('"')
-                    .parse()
-                    .ok()
-            })
+            .filter_map(|l| Some((field(l, "listener")?, field(l, "addr")?.parse().ok()?)))
             .collect();
         if found.len() >= 2 {
             break found;
@@ -125,27 +128,30 @@ async fn the_only_connections_a_gateway_opens_go_to_the_redis_it_names() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    for a in &addrs {
+    for a in addrs.values() {
         wait_ready(*a).await;
     }
-    let listener_ports: HashSet<u16> = addrs.iter().map(|a| a.port()).collect();
+    (child, addrs)
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn the_only_connections_a_gateway_opens_go_to_the_redis_it_names() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addrs) = spawn_gateway(dir.path(), &config(&redis.url(), "")).await;
+    let pid = child.id().unwrap();
+    let listener_ports: HashSet<u16> = addrs.values().map(|a| a.port()).collect();
     // Traffic of every kind: a publisher, subscribers, a history read, a listing.
-    let (private, public) = if addrs.len() == 2 {
-        (addrs[0], addrs[1])
-    } else {
-        unreachable!()
-    };
-    let mut p = v1(&format!("ws://{private}/")).await;
-    let mut s = v1(&format!("ws://{public}/")).await;
+    let mut p = v1(&format!("ws://{}/", addrs["private"])).await;
+    let mut s = v1(&format!("ws://{}/", addrs["public"])).await;
     let created = call(&mut p, r#"{"op":"create","channel":"feed"}"#).await;
-    let (mut p, mut s) = if created["ok"] == true {
-        (p, s)
-    } else {
-        // The listeners came up the other way round.
-        let created = call(&mut s, r#"{"op":"create","channel":"feed"}"#).await;
-        assert_eq!(created["ok"], true, "{created}");
-        (s, p)
-    };
+    assert_eq!(created["ok"], true, "{created}");
     assert_eq!(
         call(&mut s, r#"{"op":"subscribe","channel":"feed"}"#).await["ok"],
         true
@@ -405,4 +411,67 @@ async fn a_gateway_authenticates_as_a_redis_acl_user_limited_to_its_prefix() {
         !r.to_string().contains("wrong"),
         "the password reached a client: {r}"
     );
+}
+
+#[tokio::test]
+async fn clients_of_a_killed_gateway_resume_on_another_with_recovered_true() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, a_addrs) = spawn_gateway(dir.path(), &config(&redis.url(), "")).await;
+    let b = TestServer::start(&config(&redis.url(), "")).await;
+    wait_ready(b.addr("public")).await;
+    let mut p = v1(&b.url("private")).await;
+    let created = call(&mut p, r#"{"op":"create","channel":"feed"}"#).await;
+    let epoch = created["epoch"].as_str().unwrap().to_owned();
+    let mut s = v1(&format!("ws://{}/", a_addrs["public"])).await;
+    assert_eq!(
+        call(&mut s, r#"{"op":"subscribe","channel":"feed"}"#).await["ok"],
+        true
+    );
+    for n in 1..=10 {
+        let r = call(
+            &mut p,
+            &format!(r#"{{"op":"publish","channel":"feed","data":{n}}}"#),
+        )
+        .await;
+        assert_eq!(r["offset"], n, "{r}");
+    }
+    let mut last = 0;
+    while last < 10 {
+        let v = recv_json(&mut s).await;
+        assert_eq!(v["offset"].as_u64(), Some(last + 1), "{v}");
+        last += 1;
+    }
+    // SIGKILL: no goodbye, no drain.
+    a.start_kill().unwrap();
+    a.wait().await.unwrap();
+    for n in 11..=25 {
+        let r = call(
+            &mut p,
+            &format!(r#"{{"op":"publish","channel":"feed","data":{n}}}"#),
+        )
+        .await;
+        assert_eq!(r["offset"], n, "{r}");
+    }
+    let mut s = v1(&b.url("public")).await;
+    let r = call(
+        &mut s,
+        &format!(
+            r#"{{"op":"subscribe","channel":"feed","start":{{"epoch":"{epoch}","offset":{last}}}}}"#
+        ),
+    )
+    .await;
+    assert_eq!(
+        (r["ok"].as_bool(), r["recovered"].as_bool()),
+        (Some(true), Some(true)),
+        "{r}"
+    );
+    for n in 11..=25u64 {
+        let v = recv_json(&mut s).await;
+        assert_eq!(
+            (v["offset"].as_u64(), v["data"].as_u64()),
+            (Some(n), Some(n)),
+            "{v}"
+        );
+    }
 }
