@@ -484,16 +484,26 @@ async fn an_original_protocol_subscriber_of_another_node_gets_the_messages() {
     let b = TestServer::start(&config(&redis.url(), "")).await;
     wait_ready(b.addr("public")).await;
     let mut p = v1(&a.url("private")).await;
-    assert_eq!(call(&mut p, r#"{"op":"create","channel":"leg.a"}"#).await["ok"], true);
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"leg.a"}"#).await["ok"],
+        true
+    );
     // B has never seen the channel: the original protocol's subscribe opens it there too.
     let mut s = legacy(&b.url("public")).await;
     send(&mut s, r#"{"Subscribe":"leg.a"}"#).await;
     let r = recv(&mut s).await;
     assert!(r.contains("Success"), "{r}");
-    let r = call(&mut p, r#"{"op":"publish","channel":"leg.a","data":"hello"}"#).await;
+    let r = call(
+        &mut p,
+        r#"{"op":"publish","channel":"leg.a","data":"hello"}"#,
+    )
+    .await;
     assert_eq!(r["offset"], 1, "{r}");
     let m = recv(&mut s).await;
     assert!(m.contains("hello"), "{m}");
     send(&mut s, r#"{"Subscribe":"leg.nowhere"}"#).await;
-    assert_eq!(recv(&mut s).await, r#"{"Error":"Channel not found: leg.nowhere"}"#);
+    assert_eq!(
+        recv(&mut s).await,
+        r#"{"Error":"Channel not found: leg.nowhere"}"#
+    );
 }
