@@ -364,6 +364,7 @@ async fn a_gateway_authenticates_as_a_redis_acl_user_limited_to_its_prefix() {
             "+@scripting",
             "+info",
             "+ping",
+            "+time",
         ])
         .await;
     assert!(set.starts_with("+OK"), "{set}");
@@ -505,5 +506,195 @@ async fn an_original_protocol_subscriber_of_another_node_gets_the_messages() {
     assert_eq!(
         recv(&mut s).await,
         r#"{"Error":"Channel not found: leg.nowhere"}"#
+    );
+}
+
+/// A counter of `INFO` section `section` (e.g. `cmdstat_xrevrange` `calls`), 0 when absent.
+async fn stat(redis: &Redis, section: &str, line: &str, field: &str) -> u64 {
+    let info = redis.text(&["INFO", section]).await;
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{line}:")))
+        .and_then(|rest| {
+            rest.split(',').find_map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or(("", kv));
+                (k == field || field.is_empty()).then(|| v.trim().parse().ok())?
+            })
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_idle_node_keeps_its_pubsub_connection_across_probes() {
+    let redis = Redis::start().await;
+    let a = TestServer::start(&config(&redis.url(), "")).await;
+    wait_ready(a.addr("public")).await;
+    let mut p = v1(&a.url("private")).await;
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"feed"}"#).await["ok"],
+        true
+    );
+    let mut s = v1(&a.url("public")).await;
+    assert_eq!(
+        call(&mut s, r#"{"op":"subscribe","channel":"feed"}"#).await["ok"],
+        true
+    );
+    let before = connections(&redis).await;
+    // Ten probes (every 200 ms) on a subscribed connection.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let after = connections(&redis).await;
+    assert_eq!(
+        after,
+        before + 1,
+        "the node reconnected (only this count's own connection is new)"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_first_subscribes_open_a_channel_once_with_bounded_reads() {
+    let redis = Redis::start().await;
+    let cfg = config(&redis.url(), "").replace("backlog_messages = 1000", "backlog_messages = 300");
+    let a = TestServer::start(&cfg).await;
+    wait_ready(a.addr("public")).await;
+    let b = TestServer::start(&cfg).await;
+    wait_ready(b.addr("public")).await;
+    let mut p = v1(&a.url("private")).await;
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"big"}"#).await["ok"],
+        true
+    );
+    let pad = "x".repeat(1000);
+    for n in 1..=300 {
+        let r = call(
+            &mut p,
+            &format!(r#"{{"op":"publish","channel":"big","data":"{pad}{n}"}}"#),
+        )
+        .await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let reads_before = stat(&redis, "commandstats", "cmdstat_xrevrange", "calls").await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let url = b.url("public");
+        tasks.push(tokio::spawn(async move {
+            let mut s = v1(&url).await;
+            call(
+                &mut s,
+                r#"{"op":"subscribe","channel":"big","start":"oldest"}"#,
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(
+            (r["ok"].as_bool(), r["from"].as_u64()),
+            (Some(true), Some(1)),
+            "{r}"
+        );
+    }
+    // One open: the 300 newest messages in pages of 100.
+    let reads = stat(&redis, "commandstats", "cmdstat_xrevrange", "calls").await - reads_before;
+    assert!(
+        (1..=4).contains(&reads),
+        "{reads} XREVRANGE calls for one channel"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_open_leaves_no_subscription_behind() {
+    let redis = Redis::start().await;
+    let a = TestServer::start(&config(&redis.url(), "")).await;
+    wait_ready(a.addr("public")).await;
+    let mut s = v1(&a.url("public")).await;
+    for i in 0..5 {
+        let r = call(
+            &mut s,
+            &format!(r#"{{"op":"subscribe","channel":"nothing.{i}"}}"#),
+        )
+        .await;
+        assert_eq!(r["error"]["code"], "not_found", "{r}");
+    }
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let n = stat(&redis, "stats", "pubsub_channels", "").await;
+        // The node's own reply channel stays.
+        if n == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} PUB/SUB channels left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn nodes_lease_distinct_numbers() {
+    let redis = Redis::start().await;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let n = TestServer::start(&config(&redis.url(), "")).await;
+        wait_ready(n.addr("public")).await;
+        nodes.push(n);
+    }
+    let mut ids = HashSet::new();
+    for n in &nodes {
+        let mut ws = v1(&n.url("private")).await;
+        assert_eq!(
+            call(&mut ws, r#"{"op":"create","channel":"r"}"#).await["ok"],
+            true
+        );
+        // A connection id's top 16 bits are its node: a reply names it.
+        ids.insert(n.hub.next_conn_id().node());
+    }
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    let leases = redis.text(&["INFO", "keyspace"]).await;
+    assert!(leases.contains("keys="), "{leases}");
+}
+
+#[tokio::test]
+async fn a_publish_that_fails_in_redis_takes_no_offset() {
+    let redis = Redis::start().await;
+    let set = redis
+        .cmd(&[
+            "ACL", "SETUSER", "noxadd", "on", ">pw", "~tslm:*", "&tslm:*", "+@all", "-xadd",
+        ])
+        .await;
+    assert!(set.starts_with("+OK"), "{set}");
+    let a = TestServer::start(&config(&redis.url(), "")).await;
+    wait_ready(a.addr("public")).await;
+    let mut p = v1(&a.url("private")).await;
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"feed"}"#).await["ok"],
+        true
+    );
+    assert_eq!(
+        call(&mut p, r#"{"op":"publish","channel":"feed","data":1}"#).await["offset"],
+        1
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "pw").unwrap();
+    let b = TestServer::start(&config(
+        &redis.url(),
+        &format!(
+            "username = \"noxadd\"\npassword_file = {:?}",
+            pw.to_str().unwrap()
+        ),
+    ))
+    .await;
+    wait_ready(b.addr("public")).await;
+    let mut q = v1(&b.url("private")).await;
+    let r = call(&mut q, r#"{"op":"publish","channel":"feed","data":2}"#).await;
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    assert!(
+        !r.to_string().contains("user_script"),
+        "Redis internals reached a client: {r}"
+    );
+    // The next publish that works gets offset 2: nothing was taken by the failed one.
+    assert_eq!(
+        call(&mut p, r#"{"op":"publish","channel":"feed","data":3}"#).await["offset"],
+        2
     );
 }

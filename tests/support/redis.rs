@@ -332,6 +332,9 @@ impl Redis {
         s.get_mut().write_all(req.as_bytes()).await.expect("send");
         let mut head = String::new();
         s.read_line(&mut head).await.expect("reply");
+        if head.trim() == "$-1" {
+            return String::new();
+        }
         let len: usize = head
             .trim()
             .strip_prefix('$')

@@ -780,11 +780,13 @@ fn parse_epoch(s: &str) -> Result<Epoch, StoreError> {
     Epoch::parse(s).ok_or_else(|| StoreError::Unavailable(format!("malformed epoch `{s}`")))
 }
 
+/// A stream entry as Redis answers it: its id and its fields.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
 /// An `XRANGE`/`XREVRANGE` answer as mirror entries.
 fn parse_entries(v: Value) -> Result<Vec<MirrorEntry>, StoreError> {
     let bad = || StoreError::Unavailable("malformed stream entries".into());
-    let rows: Vec<(String, Vec<(String, Vec<u8>)>)> =
-        redis::from_redis_value(v).map_err(|_| bad())?;
+    let rows: Vec<StreamEntry> = redis::from_redis_value(v).map_err(|_| bad())?;
     let now = now_ms();
     rows.into_iter()
         .map(|(id, fields)| {
