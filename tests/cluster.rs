@@ -718,8 +718,14 @@ async fn a_sentinel_failover_is_followed_and_never_reuses_an_offset() {
     s.until("feed", 10).await;
     // The replica has everything the master acknowledged (replication is asynchronous: without
     // this the fence would still hold, with fewer messages behind it).
-    let acks = master.cmd(&["WAIT", "1", "1500"]).await;
-    assert_eq!(acks.trim(), ":1", "the replica caught up");
+    let deadline = tokio::time::Instant::now() + T;
+    while replica.text(&["HGET", "tslm:{feed}:m", "s"]).await != "10" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replica never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     master.kill();
     // Publishes are refused until the sentinel promotes the replica, then accepted there.
     let acked = publish_through(a.url("private"), "feed", 3, Duration::ZERO).await;

@@ -8,7 +8,7 @@ mod common;
 #[path = "support/redis.rs"]
 mod redis;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -75,12 +75,14 @@ fn sockets(pid: u32) -> Vec<(String, u16, u16)> {
     out
 }
 
-#[tokio::test]
-async fn the_only_connections_a_gateway_opens_go_to_the_redis_it_names() {
-    let redis = Redis::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tslm.toml");
-    std::fs::write(&file, config(&redis.url(), "")).unwrap();
+/// A `tslm serve` process on `config`; returns it and its two listeners' addresses (in log
+/// order) once both are ready.
+async fn spawn_gateway(
+    dir: &std::path::Path,
+    config: &str,
+) -> (tokio::process::Child, HashMap<String, std::net::SocketAddr>) {
+    let file = dir.join(format!("tslm-{}.toml", rand_suffix()));
+    std::fs::write(&file, config).unwrap();
     let mut child = tokio::process::Command::new(BIN)
         .args(["serve", "--config", file.to_str().unwrap()])
         .env("RUST_LOG", "info")
@@ -89,7 +91,6 @@ async fn the_only_connections_a_gateway_opens_go_to_the_redis_it_names() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let pid = child.id().unwrap();
     let log = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let sink = Arc::clone(&log);
@@ -99,21 +100,23 @@ async fn the_only_connections_a_gateway_opens_go_to_the_redis_it_names() {
         }
     });
     let deadline = tokio::time::Instant::now() + T;
-    let addrs: Vec<std::net::SocketAddr> = loop {
-        let found: Vec<std::net::SocketAddr> = log
+    let field = |l: &str, key: &str| -> Option<String> {
+        let at = l.find(&format!("{key}="))? + key.len() + 1;
+        Some(
+            l[at..]
+                .split_whitespace()
+                .next()?
+                .trim_matches('"')
+                .to_owned(),
+        )
+    };
+    let addrs: HashMap<String, std::net::SocketAddr> = loop {
+        let found: HashMap<String, std::net::SocketAddr> = log
             .lock()
             .unwrap()
             .iter()
             .filter(|l| l.contains(" listening "))
-            .filter_map(|l| {
-                let at = l.find("addr=")? + 5;
-                l[at..]
-                    .split_whitespace()
-                    .next()?
-                    .trim_matches('"')
-                    .parse()
-                    .ok()
-            })
+            .filter_map(|l| Some((field(l, "listener")?, field(l, "addr")?.parse().ok()?)))
             .collect();
         if found.len() >= 2 {
             break found;
@@ -125,27 +128,30 @@ async fn the_only_connections_a_gateway_opens_go_to_the_redis_it_names() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    for a in &addrs {
+    for a in addrs.values() {
         wait_ready(*a).await;
     }
-    let listener_ports: HashSet<u16> = addrs.iter().map(|a| a.port()).collect();
+    (child, addrs)
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn the_only_connections_a_gateway_opens_go_to_the_redis_it_names() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addrs) = spawn_gateway(dir.path(), &config(&redis.url(), "")).await;
+    let pid = child.id().unwrap();
+    let listener_ports: HashSet<u16> = addrs.values().map(|a| a.port()).collect();
     // Traffic of every kind: a publisher, subscribers, a history read, a listing.
-    let (private, public) = if addrs.len() == 2 {
-        (addrs[0], addrs[1])
-    } else {
-        unreachable!()
-    };
-    let mut p = v1(&format!("ws://{private}/")).await;
-    let mut s = v1(&format!("ws://{public}/")).await;
+    let mut p = v1(&format!("ws://{}/", addrs["private"])).await;
+    let mut s = v1(&format!("ws://{}/", addrs["public"])).await;
     let created = call(&mut p, r#"{"op":"create","channel":"feed"}"#).await;
-    let (mut p, mut s) = if created["ok"] == true {
-        (p, s)
-    } else {
-        // The listeners came up the other way round.
-        let created = call(&mut s, r#"{"op":"create","channel":"feed"}"#).await;
-        assert_eq!(created["ok"], true, "{created}");
-        (s, p)
-    };
+    assert_eq!(created["ok"], true, "{created}");
     assert_eq!(
         call(&mut s, r#"{"op":"subscribe","channel":"feed"}"#).await["ok"],
         true
@@ -358,6 +364,7 @@ async fn a_gateway_authenticates_as_a_redis_acl_user_limited_to_its_prefix() {
             "+@scripting",
             "+info",
             "+ping",
+            "+time",
         ])
         .await;
     assert!(set.starts_with("+OK"), "{set}");
@@ -404,5 +411,290 @@ async fn a_gateway_authenticates_as_a_redis_acl_user_limited_to_its_prefix() {
     assert!(
         !r.to_string().contains("wrong"),
         "the password reached a client: {r}"
+    );
+}
+
+#[tokio::test]
+async fn clients_of_a_killed_gateway_resume_on_another_with_recovered_true() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, a_addrs) = spawn_gateway(dir.path(), &config(&redis.url(), "")).await;
+    let b = TestServer::start(&config(&redis.url(), "")).await;
+    wait_ready(b.addr("public")).await;
+    let mut p = v1(&b.url("private")).await;
+    let created = call(&mut p, r#"{"op":"create","channel":"feed"}"#).await;
+    let epoch = created["epoch"].as_str().unwrap().to_owned();
+    let mut s = v1(&format!("ws://{}/", a_addrs["public"])).await;
+    assert_eq!(
+        call(&mut s, r#"{"op":"subscribe","channel":"feed"}"#).await["ok"],
+        true
+    );
+    for n in 1..=10 {
+        let r = call(
+            &mut p,
+            &format!(r#"{{"op":"publish","channel":"feed","data":{n}}}"#),
+        )
+        .await;
+        assert_eq!(r["offset"], n, "{r}");
+    }
+    let mut last = 0;
+    while last < 10 {
+        let v = recv_json(&mut s).await;
+        assert_eq!(v["offset"].as_u64(), Some(last + 1), "{v}");
+        last += 1;
+    }
+    // SIGKILL: no goodbye, no drain.
+    a.start_kill().unwrap();
+    a.wait().await.unwrap();
+    for n in 11..=25 {
+        let r = call(
+            &mut p,
+            &format!(r#"{{"op":"publish","channel":"feed","data":{n}}}"#),
+        )
+        .await;
+        assert_eq!(r["offset"], n, "{r}");
+    }
+    let mut s = v1(&b.url("public")).await;
+    let r = call(
+        &mut s,
+        &format!(
+            r#"{{"op":"subscribe","channel":"feed","start":{{"epoch":"{epoch}","offset":{last}}}}}"#
+        ),
+    )
+    .await;
+    assert_eq!(
+        (r["ok"].as_bool(), r["recovered"].as_bool()),
+        (Some(true), Some(true)),
+        "{r}"
+    );
+    for n in 11..=25u64 {
+        let v = recv_json(&mut s).await;
+        assert_eq!(
+            (v["offset"].as_u64(), v["data"].as_u64()),
+            (Some(n), Some(n)),
+            "{v}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_original_protocol_subscriber_of_another_node_gets_the_messages() {
+    let redis = Redis::start().await;
+    let a = TestServer::start(&config(&redis.url(), "")).await;
+    wait_ready(a.addr("public")).await;
+    let b = TestServer::start(&config(&redis.url(), "")).await;
+    wait_ready(b.addr("public")).await;
+    let mut p = v1(&a.url("private")).await;
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"leg.a"}"#).await["ok"],
+        true
+    );
+    // B has never seen the channel: the original protocol's subscribe opens it there too.
+    let mut s = legacy(&b.url("public")).await;
+    send(&mut s, r#"{"Subscribe":"leg.a"}"#).await;
+    let r = recv(&mut s).await;
+    assert!(r.contains("Success"), "{r}");
+    let r = call(
+        &mut p,
+        r#"{"op":"publish","channel":"leg.a","data":"hello"}"#,
+    )
+    .await;
+    assert_eq!(r["offset"], 1, "{r}");
+    let m = recv(&mut s).await;
+    assert!(m.contains("hello"), "{m}");
+    send(&mut s, r#"{"Subscribe":"leg.nowhere"}"#).await;
+    assert_eq!(
+        recv(&mut s).await,
+        r#"{"Error":"Channel not found: leg.nowhere"}"#
+    );
+}
+
+/// A counter of `INFO` section `section` (e.g. `cmdstat_xrevrange` `calls`), 0 when absent.
+async fn stat(redis: &Redis, section: &str, line: &str, field: &str) -> u64 {
+    let info = redis.text(&["INFO", section]).await;
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{line}:")))
+        .and_then(|rest| {
+            rest.split(',').find_map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or(("", kv));
+                (k == field || field.is_empty()).then(|| v.trim().parse().ok())?
+            })
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_idle_node_keeps_its_pubsub_connection_across_probes() {
+    let redis = Redis::start().await;
+    let a = TestServer::start(&config(&redis.url(), "")).await;
+    wait_ready(a.addr("public")).await;
+    let mut p = v1(&a.url("private")).await;
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"feed"}"#).await["ok"],
+        true
+    );
+    let mut s = v1(&a.url("public")).await;
+    assert_eq!(
+        call(&mut s, r#"{"op":"subscribe","channel":"feed"}"#).await["ok"],
+        true
+    );
+    let before = connections(&redis).await;
+    // Ten probes (every 200 ms) on a subscribed connection.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let after = connections(&redis).await;
+    assert_eq!(
+        after,
+        before + 1,
+        "the node reconnected (only this count's own connection is new)"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_first_subscribes_open_a_channel_once_with_bounded_reads() {
+    let redis = Redis::start().await;
+    let cfg = config(&redis.url(), "").replace("backlog_messages = 1000", "backlog_messages = 300");
+    let a = TestServer::start(&cfg).await;
+    wait_ready(a.addr("public")).await;
+    let b = TestServer::start(&cfg).await;
+    wait_ready(b.addr("public")).await;
+    let mut p = v1(&a.url("private")).await;
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"big"}"#).await["ok"],
+        true
+    );
+    let pad = "x".repeat(1000);
+    for n in 1..=300 {
+        let r = call(
+            &mut p,
+            &format!(r#"{{"op":"publish","channel":"big","data":"{pad}{n}"}}"#),
+        )
+        .await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let reads_before = stat(&redis, "commandstats", "cmdstat_xrevrange", "calls").await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let url = b.url("public");
+        tasks.push(tokio::spawn(async move {
+            let mut s = v1(&url).await;
+            call(
+                &mut s,
+                r#"{"op":"subscribe","channel":"big","start":"oldest"}"#,
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(
+            (r["ok"].as_bool(), r["from"].as_u64()),
+            (Some(true), Some(1)),
+            "{r}"
+        );
+    }
+    // One open: the 300 newest messages in pages of 100.
+    let reads = stat(&redis, "commandstats", "cmdstat_xrevrange", "calls").await - reads_before;
+    assert!(
+        (1..=4).contains(&reads),
+        "{reads} XREVRANGE calls for one channel"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_open_leaves_no_subscription_behind() {
+    let redis = Redis::start().await;
+    let a = TestServer::start(&config(&redis.url(), "")).await;
+    wait_ready(a.addr("public")).await;
+    let mut s = v1(&a.url("public")).await;
+    for i in 0..5 {
+        let r = call(
+            &mut s,
+            &format!(r#"{{"op":"subscribe","channel":"nothing.{i}"}}"#),
+        )
+        .await;
+        assert_eq!(r["error"]["code"], "not_found", "{r}");
+    }
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let n = stat(&redis, "stats", "pubsub_channels", "").await;
+        // The node's own reply channel stays.
+        if n == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} PUB/SUB channels left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn nodes_lease_distinct_numbers() {
+    let redis = Redis::start().await;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let n = TestServer::start(&config(&redis.url(), "")).await;
+        wait_ready(n.addr("public")).await;
+        nodes.push(n);
+    }
+    let mut ids = HashSet::new();
+    for n in &nodes {
+        let mut ws = v1(&n.url("private")).await;
+        assert_eq!(
+            call(&mut ws, r#"{"op":"create","channel":"r"}"#).await["ok"],
+            true
+        );
+        // A connection id's top 16 bits are its node: a reply names it.
+        ids.insert(n.hub.next_conn_id().node());
+    }
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    let leases = redis.text(&["INFO", "keyspace"]).await;
+    assert!(leases.contains("keys="), "{leases}");
+}
+
+#[tokio::test]
+async fn a_publish_that_fails_in_redis_takes_no_offset() {
+    let redis = Redis::start().await;
+    let set = redis
+        .cmd(&[
+            "ACL", "SETUSER", "noxadd", "on", ">pw", "~tslm:*", "&tslm:*", "+@all", "-xadd",
+        ])
+        .await;
+    assert!(set.starts_with("+OK"), "{set}");
+    let a = TestServer::start(&config(&redis.url(), "")).await;
+    wait_ready(a.addr("public")).await;
+    let mut p = v1(&a.url("private")).await;
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"feed"}"#).await["ok"],
+        true
+    );
+    assert_eq!(
+        call(&mut p, r#"{"op":"publish","channel":"feed","data":1}"#).await["offset"],
+        1
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "pw").unwrap();
+    let b = TestServer::start(&config(
+        &redis.url(),
+        &format!(
+            "username = \"noxadd\"\npassword_file = {:?}",
+            pw.to_str().unwrap()
+        ),
+    ))
+    .await;
+    wait_ready(b.addr("public")).await;
+    let mut q = v1(&b.url("private")).await;
+    let r = call(&mut q, r#"{"op":"publish","channel":"feed","data":2}"#).await;
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    assert!(
+        !r.to_string().contains("user_script"),
+        "Redis internals reached a client: {r}"
+    );
+    // The next publish that works gets offset 2: nothing was taken by the failed one.
+    assert_eq!(
+        call(&mut p, r#"{"op":"publish","channel":"feed","data":3}"#).await["offset"],
+        2
     );
 }

@@ -12,7 +12,7 @@ use tslm_protocol::{ChannelName, Epoch, Offset};
 
 use crate::codec::{self, Note};
 use crate::shard::{node_topic, topic};
-use crate::{COUNT_TTL, HOUSEKEEPING, Inner, READ_BATCH};
+use crate::{COUNT_TTL, HOUSEKEEPING, Inner, OPENING_BYTES, READ_BATCH, READ_BYTES};
 
 /// Channels subscribed per SUBSCRIBE command when a connection is (re)made.
 const SUBSCRIBE_BATCH: usize = 512;
@@ -57,9 +57,20 @@ pub(crate) async fn follow(inner: Arc<Inner>, i: usize, stop: CancellationToken)
             }
         };
         let (mut sink, mut stream) = pubsub.split();
-        let mut topics: Vec<String> = inner
-            .hub
-            .channel_names()
+        // Every mirrored channel, and those being opened (an open that subscribed on the
+        // connection that just ended checks the generation and subscribes again).
+        let mut names = inner.hub.channel_names();
+        names.extend(
+            inner
+                .opening
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned(),
+        );
+        names.sort();
+        names.dedup();
+        let mut topics: Vec<String> = names
             .into_iter()
             .filter(|n| inner.shard_index(n) == i)
             .map(|n| topic(&prefix, &n))
@@ -88,10 +99,11 @@ pub(crate) async fn follow(inner: Arc<Inner>, i: usize, stop: CancellationToken)
             channels = topics.len(),
             "cluster: following Redis"
         );
-        // Whatever was published while this node was not listening.
+        // Whatever was published while this node was not listening (healed beside this loop,
+        // so that messages keep flowing meanwhile).
         for name in inner.hub.channel_names() {
             if inner.shard_index(&name) == i {
-                heal(&inner, &name).await;
+                spawn_heal(&inner, &name);
             }
         }
         inner.tell_ready();
@@ -109,7 +121,7 @@ pub(crate) async fn follow(inner: Arc<Inner>, i: usize, stop: CancellationToken)
                     }
                 },
                 _ = probe.tick() => {
-                    let pong = tokio::time::timeout(shard.timeout(), sink.ping::<String>()).await;
+                    let pong = tokio::time::timeout(shard.timeout(), sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         tracing::warn!(shard = i, "cluster: Redis did not answer a ping on the PUB/SUB connection; reconnecting");
                         break;
@@ -132,7 +144,7 @@ async fn pause(stop: &CancellationToken, backoff: &mut Duration) -> bool {
     }
 }
 
-async fn handle(inner: &Inner, node_channel: &str, m: redis::Msg) {
+async fn handle(inner: &Arc<Inner>, node_channel: &str, m: redis::Msg) {
     let channel = m.get_channel_name();
     if channel == node_channel {
         let Some(r) = codec::parse_reply(m.get_payload_bytes()) else {
@@ -177,27 +189,59 @@ async fn handle(inner: &Inner, node_channel: &str, m: redis::Msg) {
             };
             {
                 let mut opening = inner.opening.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(buffer) = opening.get_mut(&name) {
-                    // Bounded: a mirror that opens slowly heals the rest from the stream.
-                    if buffer.len() < READ_BATCH {
-                        buffer.push((epoch, entry));
+                if let Some(o) = opening.get_mut(&name) {
+                    // Bounded: past it, the open heals the rest from the stream.
+                    if o.bytes + entry.data.len() <= OPENING_BYTES {
+                        o.bytes += entry.data.len();
+                        o.buffer.push((epoch, entry));
+                    } else {
+                        o.overflowed = true;
                     }
                     return;
                 }
             }
-            apply(inner, &name, epoch, entry).await;
+            apply(inner, &name, epoch, entry);
         }
         None => tracing::debug!(channel = %name, "cluster: malformed message ignored"),
     }
 }
 
-/// Applies one message to the mirror of `name`; heals it first when messages are missing
-/// before it or the epoch differs.
-pub(crate) async fn apply(inner: &Inner, name: &ChannelName, epoch: Epoch, entry: MirrorEntry) {
+/// Applies one message to the mirror of `name`; heals it (beside the caller) when messages are
+/// missing before it or the epoch differs.
+pub(crate) fn apply(inner: &Arc<Inner>, name: &ChannelName, epoch: Epoch, entry: MirrorEntry) {
     match inner.hub.mirror_append(name, epoch, &entry) {
         Appended::Applied | Appended::Stale | Appended::Missing => {}
-        Appended::Ahead { .. } | Appended::OtherEpoch { .. } => heal(inner, name).await,
+        Appended::Ahead { .. } | Appended::OtherEpoch { .. } => spawn_heal(inner, name),
     }
+}
+
+/// Heals `name` in a task of its own: one heal per channel at a time (a request that comes
+/// while one runs makes it run once more), at most a few channels at once.
+pub(crate) fn spawn_heal(inner: &Arc<Inner>, name: &ChannelName) {
+    {
+        let mut healing = inner.healing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(again) = healing.get_mut(name) {
+            *again = true;
+            return;
+        }
+        healing.insert(name.clone(), false);
+    }
+    let (inner, name) = (Arc::clone(inner), name.clone());
+    tokio::spawn(async move {
+        loop {
+            if let Ok(_permit) = inner.heals.acquire().await {
+                heal(&inner, &name).await;
+            }
+            let mut healing = inner.healing.lock().unwrap_or_else(|p| p.into_inner());
+            match healing.get_mut(&name) {
+                Some(again) if *again => *again = false,
+                _ => {
+                    healing.remove(&name);
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// Brings the mirror of `name` up to Redis's head: reads what follows its newest offset and
@@ -207,43 +251,73 @@ pub(crate) async fn apply(inner: &Inner, name: &ChannelName, epoch: Epoch, entry
 /// as it is (the next reconnect or sync heals it).
 pub(crate) async fn heal(inner: &Inner, name: &ChannelName) {
     let shard = inner.shard(name);
+    let meta = match shard.meta(&inner.cfg, name).await {
+        Ok(m) => m,
+        Err(crate::shard::StoreError::Refused(code, _)) if code == "NOTFOUND" => {
+            inner.hub.mirror_close(name, "deleted");
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(channel = %name, error = %e, "cluster: heal postponed");
+            return;
+        }
+    };
     for _ in 0..1000 {
         let Some((epoch, last)) = inner.hub.mirror_head(name) else {
             return;
         };
-        let read = match shard.read(&inner.cfg, name, Some(last), READ_BATCH).await {
-            Ok(r) => r,
-            Err(crate::shard::StoreError::Refused(code, _)) if code == "NOTFOUND" => {
-                inner.hub.mirror_close(name, "deleted");
-                return;
-            }
+        if meta.epoch != epoch {
+            tracing::info!(channel = %name, old = %epoch, new = %meta.epoch, "cluster: the channel's log restarted in Redis");
+            inner.hub.mirror_close(name, "epoch_changed");
+            return;
+        }
+        if last.0 >= meta.head {
+            return;
+        }
+        let entries = match shard
+            .entries_after(&inner.cfg.prefix, name, last, READ_BATCH, READ_BYTES)
+            .await
+        {
+            Ok(e) => e,
             Err(e) => {
                 tracing::debug!(channel = %name, error = %e, "cluster: heal postponed");
                 return;
             }
         };
-        if read.epoch != epoch {
-            tracing::info!(channel = %name, old = %epoch, new = %read.epoch, "cluster: the channel's log restarted in Redis");
-            inner.hub.mirror_close(name, "epoch_changed");
-            return;
-        }
-        let first = read.entries.first().map(|e| e.offset.0);
-        match first {
+        match entries.first().map(|e| e.offset.0) {
             Some(f) if f > last.0 + 1 => {
                 inner.hub.mirror_skip(name, epoch, Offset(f - 1));
             }
-            None if read.head > last.0 => {
-                inner.hub.mirror_skip(name, epoch, Offset(read.head));
+            None => {
+                inner.hub.mirror_skip(name, epoch, Offset(meta.head));
+                return;
             }
             _ => {}
         }
-        let full = read.entries.len() >= READ_BATCH;
-        for e in &read.entries {
+        for e in entries.iter().filter(|e| e.offset.0 <= meta.head) {
             inner.hub.mirror_append(name, epoch, e);
         }
-        if !full {
-            return;
-        }
+    }
+}
+
+/// Unsubscribes from `name`'s PUB/SUB channel unless a mirror or an open needs it (checked
+/// again after the unsubscribe, which may have raced an open's subscribe).
+pub(crate) async fn unsubscribe_unless_used(inner: &Inner, name: &ChannelName) {
+    let used = |inner: &Inner| {
+        inner.hub.mirror_head(name).is_some()
+            || inner
+                .opening
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(name)
+    };
+    if used(inner) {
+        return;
+    }
+    let shard = inner.shard(name);
+    shard.unsubscribe(&inner.cfg.prefix, name).await;
+    if used(inner) {
+        let _ = shard.subscribe(&inner.cfg.prefix, name).await;
     }
 }
 
@@ -272,14 +346,26 @@ pub(crate) async fn housekeeping(inner: Arc<Inner>, stop: CancellationToken) {
             }
             idle_now.extend(mine.into_iter().filter(|(_, n)| *n == 0).map(|(c, _)| c));
         }
+        let idle_now: std::collections::HashSet<ChannelName> = idle_now.into_iter().collect();
         let was_idle = std::mem::replace(
             &mut *inner.idle.lock().unwrap_or_else(|p| p.into_inner()),
             idle_now.clone(),
         );
-        for name in was_idle.iter().filter(|n| idle_now.contains(n)) {
+        for name in was_idle.iter().filter(|n| idle_now.contains(*n)) {
             if inner.hub.mirror_drop_idle(name) {
-                inner.shard(name).unsubscribe(&prefix, name).await;
+                unsubscribe_unless_used(&inner, name).await;
             }
+        }
+        match inner.shards[0]
+            .renew_node(&prefix, node, &inner.node_token)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => tracing::error!(
+                node,
+                "cluster: another gateway holds this node's number; replies to this node's publishers may go astray: restart this gateway"
+            ),
+            Err(e) => tracing::debug!(error = %e, "cluster: node lease not renewed"),
         }
         if last_sync.elapsed() >= inner.cfg.sync_interval {
             last_sync = tokio::time::Instant::now();
@@ -289,7 +375,7 @@ pub(crate) async fn housekeeping(inner: Arc<Inner>, stop: CancellationToken) {
 }
 
 /// Compares every mirror's epoch and head with Redis's and heals those behind.
-async fn sync(inner: &Inner, names: &[ChannelName]) {
+async fn sync(inner: &Arc<Inner>, names: &[ChannelName]) {
     for (i, shard) in inner.shards.iter().enumerate() {
         let mine: Vec<ChannelName> = names
             .iter()
@@ -298,12 +384,13 @@ async fn sync(inner: &Inner, names: &[ChannelName]) {
             .collect();
         for chunk in mine.chunks(SUBSCRIBE_BATCH) {
             let Ok(heads) = shard.heads(&inner.cfg.prefix, chunk).await else {
-                return;
+                // This shard does not answer; the others are still compared.
+                break;
             };
             for (name, head) in chunk.iter().zip(heads) {
                 let local = inner.hub.mirror_head(name);
                 if local.is_some() && local != head {
-                    heal(inner, name).await;
+                    spawn_heal(inner, name);
                 }
             }
         }

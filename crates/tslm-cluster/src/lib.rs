@@ -108,8 +108,31 @@ pub enum ClusterError {
 /// Told whether every shard is followed (readiness).
 pub type ReadyFn = Arc<dyn Fn(bool) + Send + Sync>;
 
-/// Messages a mirror reads from Redis at once when it heals or opens.
+/// Messages a mirror reads from Redis per heal round.
 const READ_BATCH: usize = 1000;
+
+/// Bytes of messages one open or heal round reads from Redis at most (at least one message):
+/// what a 64-byte subscribe can make a node read.
+const READ_BYTES: usize = 4 << 20;
+
+/// Bytes of messages kept for a channel while its mirror opens (past it, the open heals them
+/// from the stream instead).
+const OPENING_BYTES: usize = 1 << 20;
+
+/// Opens and heals running at once on a node.
+const OPENS_AT_ONCE: usize = 8;
+const HEALS_AT_ONCE: usize = 8;
+
+/// A channel whose mirror is being opened.
+#[derive(Default)]
+pub(crate) struct Opening {
+    pub(crate) buffer: Vec<(Epoch, MirrorEntry)>,
+    pub(crate) bytes: usize,
+    /// Messages were left out of `buffer` (over [`OPENING_BYTES`]).
+    pub(crate) overflowed: bool,
+    /// Woken when the open ends, whatever its outcome.
+    pub(crate) done: Arc<tokio::sync::Notify>,
+}
 
 /// How long a node's subscriber counts stay valid in Redis without a refresh.
 const COUNT_TTL: Duration = Duration::from_secs(15);
@@ -128,10 +151,19 @@ pub(crate) struct Inner {
     pub(crate) hub: Hub,
     pub(crate) shards: Vec<Shard>,
     pub(crate) max_channels: usize,
-    /// Messages that arrived for channels whose mirror is being opened, applied once it is.
-    pub(crate) opening: Mutex<HashMap<ChannelName, Vec<(Epoch, MirrorEntry)>>>,
+    /// Channels whose mirror is being opened: one open at a time per channel (others wait for
+    /// it), and the messages that arrived meanwhile, applied once it is open.
+    pub(crate) opening: Mutex<HashMap<ChannelName, Opening>>,
+    /// Opens running at once on this node (each reads a backlog from Redis).
+    opens: tokio::sync::Semaphore,
+    /// Channels being healed (`true`: heal again when done: more arrived meanwhile).
+    pub(crate) healing: Mutex<HashMap<ChannelName, bool>>,
+    /// Heals running at once.
+    pub(crate) heals: tokio::sync::Semaphore,
     /// Mirrors seen without subscribers at the last housekeeping (dropped at the next).
-    idle: Mutex<Vec<ChannelName>>,
+    pub(crate) idle: Mutex<std::collections::HashSet<ChannelName>>,
+    /// This node's lease on its number (see `Shard::claim_node`).
+    pub(crate) node_token: String,
     /// Told `true` when every shard's PUB/SUB connection is up, `false` when one is not.
     ready: Mutex<Option<ReadyFn>>,
 }
@@ -180,9 +212,11 @@ impl Cluster {
         if shards.is_empty() {
             return Err(ClusterError::NoRedis);
         }
-        let node = match shards[0].next_node(&cfg.prefix).await {
+        let node_token = format!("{:032x}", rand::random::<u128>());
+        let node = match shards[0].claim_node(&cfg.prefix, &node_token).await {
             Ok(n) => n,
             Err(e) => {
+                // Claimed (or found taken, and moved) by the housekeeping's renewal later.
                 let n = rand::random::<u16>().max(1);
                 tracing::warn!(error = %e, node = n, "cluster: no node number from Redis; using a random one");
                 n
@@ -197,7 +231,11 @@ impl Cluster {
                 shards,
                 max_channels: limits.max_channels,
                 opening: Mutex::default(),
+                opens: tokio::sync::Semaphore::new(OPENS_AT_ONCE),
+                healing: Mutex::default(),
+                heals: tokio::sync::Semaphore::new(HEALS_AT_ONCE),
                 idle: Mutex::default(),
+                node_token,
                 ready: Mutex::default(),
             }),
         };
@@ -240,7 +278,7 @@ impl Inner {
     /// Makes this node's mirror of `name` ready for a read from `start`: opened from Redis when
     /// there is none, healed when `start` names a position it does not have yet.
     pub(crate) async fn ensure_mirror(
-        &self,
+        self: &Arc<Self>,
         name: &ChannelName,
         start: Start,
     ) -> Result<(), HubError> {
@@ -265,48 +303,118 @@ impl Inner {
         self.open(name).await
     }
 
-    /// Opens the mirror of `name`: subscribes to its PUB/SUB channel first, then reads the
-    /// newest backlog, then applies what arrived meanwhile (anything missing is healed).
-    async fn open(&self, name: &ChannelName) -> Result<(), HubError> {
-        let shard = self.shard(name);
-        self.opening
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(name.clone())
-            .or_default();
-        let done = |inner: &Inner| {
-            inner
-                .opening
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(name)
-                .unwrap_or_default()
-        };
-        if let Err(e) = shard.subscribe(&self.cfg.prefix, name).await {
-            done(self);
-            return Err(e.into_hub());
-        }
-        let read = shard
-            .read(&self.cfg, name, None, 0)
-            .await
-            .map_err(|e| e.or_not_found(name));
-        let read = match read {
-            Ok(r) => r,
-            Err(e) => {
-                done(self);
-                return Err(e);
+    /// Opens the mirror of `name` (once at a time per channel: a second caller waits for the
+    /// first): subscribes to its PUB/SUB channel first, then reads its place in the log and the
+    /// newest part of its backlog (bounded in bytes), then applies what arrived meanwhile
+    /// (anything missing is healed from the stream).
+    async fn open(self: &Arc<Self>, name: &ChannelName) -> Result<(), HubError> {
+        let waiting = {
+            let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+            match opening.get(name) {
+                Some(o) => Some(Arc::clone(&o.done)),
+                None => {
+                    opening.insert(name.clone(), Opening::default());
+                    None
+                }
             }
         };
-        let settings = codec::decode_settings(&read.settings);
-        let opened =
-            self.hub
-                .mirror_open(name, settings, read.epoch, Offset(read.head), read.entries);
-        let buffered = done(self);
-        opened?;
-        for (epoch, entry) in buffered {
-            follow::apply(self, name, epoch, entry).await;
+        if let Some(done) = waiting {
+            // Another request opens it: wait for that (bounded), then see.
+            let _ = tokio::time::timeout(self.cfg.command_timeout * 2, done.notified()).await;
+            return match self.hub.mirror_head(name) {
+                Some(_) => Ok(()),
+                None => Err(HubError::Unavailable("the channel is being opened".into())),
+            };
+        }
+        let guard = OpenGuard {
+            inner: Arc::clone(self),
+            name: name.clone(),
+        };
+        let Ok(_permit) =
+            tokio::time::timeout(self.cfg.command_timeout, self.opens.acquire()).await
+        else {
+            return Err(HubError::Unavailable("too many channels opening".into()));
+        };
+        let shard = self.shard(name);
+        let generation = shard.generation();
+        shard
+            .subscribe(&self.cfg.prefix, name)
+            .await
+            .map_err(StoreError::into_hub)?;
+        let meta = shard
+            .meta(&self.cfg, name)
+            .await
+            .map_err(|e| e.or_not_found(name))?;
+        let settings = codec::decode_settings(&meta.settings);
+        let entries = if meta.head == 0 || settings.backlog_messages == 0 {
+            Vec::new()
+        } else {
+            shard
+                .newest_entries(
+                    &self.cfg.prefix,
+                    name,
+                    settings.backlog_messages,
+                    READ_BYTES,
+                )
+                .await
+                .map_err(StoreError::into_hub)?
+        };
+        self.hub
+            .mirror_open(name, settings, meta.epoch, Offset(meta.head), entries)?;
+        if shard.generation() != generation {
+            // The PUB/SUB connection was made again while this opened: its subscriptions may
+            // not include this channel yet.
+            let _ = shard.subscribe(&self.cfg.prefix, name).await;
+            follow::spawn_heal(self, name);
+        }
+        let opened = guard.finish();
+        if opened.overflowed {
+            follow::spawn_heal(self, name);
+        }
+        for (epoch, entry) in opened.buffer {
+            follow::apply(self, name, epoch, entry);
         }
         Ok(())
+    }
+}
+
+/// Ends an open whatever happens to it (an error, or the request dropped): waiters are woken,
+/// and a channel left without a mirror is unsubscribed again.
+struct OpenGuard {
+    inner: Arc<Inner>,
+    name: ChannelName,
+}
+
+impl OpenGuard {
+    /// The open succeeded: what arrived meanwhile.
+    fn finish(self) -> Opening {
+        let o = self.take();
+        std::mem::forget(self);
+        o
+    }
+
+    fn take(&self) -> Opening {
+        let o = self
+            .inner
+            .opening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.name)
+            .unwrap_or_default();
+        o.done.notify_waiters();
+        o
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.take();
+        if self.inner.hub.mirror_head(&self.name).is_none() {
+            let (inner, name) = (Arc::clone(&self.inner), self.name.clone());
+            tokio::spawn(async move {
+                follow::unsubscribe_unless_used(&inner, &name).await;
+            });
+        }
     }
 }
 
@@ -473,6 +581,14 @@ impl Broker for Cluster {
     ) -> BrokerFuture<'a, Result<(), ReplyError>> {
         Box::pin(async move {
             let inner = &self.inner;
+            // An HTTP reply needs no subscription: the node may not mirror the channel yet.
+            inner
+                .ensure_mirror(name, Start::New)
+                .await
+                .map_err(|e| match e {
+                    HubError::NotFound(c) => ReplyError::NotFound(c),
+                    e => ReplyError::Unavailable(e.to_string()),
+                })?;
             let conn = inner.hub.reply_route(name, offset, data.len())?;
             if conn.node() == inner.hub.node() {
                 return inner.hub.deliver_reply(conn, name, offset, replier, data);
@@ -505,11 +621,19 @@ impl Cluster {
     ) -> Result<(Vec<ChannelInfo>, bool), StoreError> {
         let inner = &self.inner;
         let mut names = Vec::new();
+        let mut cut_short = false;
         // Each shard's next `limit` visible names; merged, the first `limit` are the answer.
         for shard in &inner.shards {
             let mut cursor = after.map(|a| a.as_str().to_owned());
             let mut found = 0;
-            for _ in 0..16 {
+            let mut pages = 0;
+            loop {
+                pages += 1;
+                if pages > 16 {
+                    // Bounded work per request: the caller pages on from the last name.
+                    cut_short = true;
+                    break;
+                }
                 let page = shard
                     .names(&inner.cfg.prefix, prefix, cursor.as_deref(), limit + 1)
                     .await?;
@@ -530,7 +654,7 @@ impl Cluster {
         }
         names.sort();
         names.dedup();
-        let more = names.len() > limit;
+        let more = names.len() > limit || cut_short;
         names.truncate(limit);
         let mut out = Vec::with_capacity(names.len());
         let mut bytes = 0;

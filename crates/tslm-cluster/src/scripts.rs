@@ -24,20 +24,25 @@
 //! two messages. An empty fence (`fence = "none"`) skips the check.
 
 /// The prelude every script shares: reads the meta hash, rotates the epoch when the fence
-/// differs. ARGV[1] is the fence, ARGV[2] a fresh epoch.
+/// differs, and reads Redis's clock (`now`, ms: every node's times come from the same clock).
+/// ARGV[1] is the fence, ARGV[2] a fresh epoch.
 const PRELUDE: &str = r#"
 local m = redis.call('HMGET', KEYS[1], 'e', 'f', 's')
 local epoch = m[1]
+local head = tonumber(m[3]) or 0
 local rotated = 0
 if epoch and ARGV[1] ~= '' and m[2] ~= ARGV[1] then
   epoch = ARGV[2]
   rotated = 1
+  head = 0
   redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
   redis.call('HSET', KEYS[1], 'e', epoch, 's', 0, 'f', ARGV[1])
 end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 "#;
 
-/// Creates a channel. KEYS: m s d dz channels. ARGV: fence, epoch, settings JSON, now ms,
+/// Creates a channel. KEYS: m s d dz channels. ARGV: fence, epoch, settings JSON, (unused),
 /// name, max channels (0: no limit), x, b, a, w, k.
 /// Returns `{created (0|1), epoch}`; errors `TOOMANY`.
 pub(crate) fn create() -> String {
@@ -47,7 +52,7 @@ if epoch then return {{0, epoch}} end
 if tonumber(ARGV[6]) > 0 and redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[6]) then
   return redis.error_reply('TOOMANY')
 end
-redis.call('HSET', KEYS[1], 'e', ARGV[2], 's', 0, 'f', ARGV[1], 'o', ARGV[3], 't', ARGV[4],
+redis.call('HSET', KEYS[1], 'e', ARGV[2], 's', 0, 'f', ARGV[1], 'o', ARGV[3], 't', now,
   'x', ARGV[7], 'b', ARGV[8], 'a', ARGV[9], 'w', ARGV[10], 'k', ARGV[11])
 redis.call('ZADD', KEYS[5], 0, ARGV[5])
 return {{1, ARGV[2]}}
@@ -55,7 +60,7 @@ return {{1, ARGV[2]}}
     )
 }
 
-/// Publishes. KEYS: m s d dz. ARGV: fence, epoch (used if the fence rotates), data, now ms,
+/// Publishes. KEYS: m s d dz. ARGV: fence, epoch (used if the fence rotates), data, (unused),
 /// msg_id ('' = none), route, PUB/SUB channel, data length.
 /// Returns `{offset, epoch, duplicate (0|1)}`; errors `NOTFOUND`, `TOOLARGE <max>`.
 pub(crate) fn publish() -> String {
@@ -64,7 +69,6 @@ pub(crate) fn publish() -> String {
 if not epoch then return redis.error_reply('NOTFOUND') end
 local c = redis.call('HMGET', KEYS[1], 'x', 'b', 'a', 'w', 'k')
 if tonumber(ARGV[8]) > tonumber(c[1]) then return redis.error_reply('TOOLARGE ' .. c[1]) end
-local now = tonumber(ARGV[4])
 local id = ARGV[5]
 local window = tonumber(c[4])
 local keep_ids = tonumber(c[5])
@@ -78,9 +82,11 @@ if dedupe then
   local prev = redis.call('HGET', KEYS[3], id)
   if prev then return {{tonumber(prev), epoch, 1}} end
 end
-local off = redis.call('HINCRBY', KEYS[1], 's', 1)
+-- The entry first: a script that fails part way takes no offset (Redis does not roll back).
+local off = head + 1
 local backlog = tonumber(c[2])
-redis.call('XADD', KEYS[2], 'MAXLEN', backlog, off .. '-0', 'd', ARGV[3], 't', ARGV[4], 'r', ARGV[6])
+redis.call('XADD', KEYS[2], 'MAXLEN', backlog, off .. '-0', 'd', ARGV[3], 't', now, 'r', ARGV[6])
+redis.call('HSET', KEYS[1], 's', off)
 if backlog > 0 then redis.call('PEXPIRE', KEYS[2], tonumber(c[3])) end
 if dedupe then
   redis.call('HSET', KEYS[3], id, off)
@@ -94,43 +100,21 @@ if dedupe then
   redis.call('PEXPIRE', KEYS[3], window)
   redis.call('PEXPIRE', KEYS[4], window)
 end
-redis.call('PUBLISH', ARGV[7], 'M ' .. epoch .. ' ' .. off .. ' ' .. ARGV[4] .. ' ' .. ARGV[6] .. ' ' .. ARGV[3])
+redis.call('PUBLISH', ARGV[7], 'M ' .. epoch .. ' ' .. off .. ' ' .. now .. ' ' .. ARGV[6] .. ' ' .. ARGV[3])
 return {{off, epoch, 0}}
 "#
     )
 }
 
-/// Reads the log. KEYS: m s d dz. ARGV: fence, epoch (used if the fence rotates), after
-/// (read entries after this offset; `-1`: the newest `count`), count.
-/// Returns `{epoch, head, settings JSON, first kept offset, entries...}` where each entry is
-/// `{offset, data, t, route}`; errors `NOTFOUND`.
-pub(crate) fn read() -> String {
+/// A channel's place in the log, after the fence check: KEYS m s d dz; ARGV fence, epoch (used
+/// if the fence rotates). Returns `{epoch, head, settings JSON}`; errors `NOTFOUND`. The
+/// entries are read beside it with plain `XRANGE`/`XREVRANGE` pages, bounded in bytes (a
+/// script building a large reply would hold Redis's only thread).
+pub(crate) fn meta() -> String {
     format!(
         r#"{PRELUDE}
 if not epoch then return redis.error_reply('NOTFOUND') end
-local head = tonumber(redis.call('HGET', KEYS[1], 's'))
-local o = redis.call('HGET', KEYS[1], 'o')
-local count = tonumber(ARGV[4])
-if count <= 0 then count = math.max(tonumber(redis.call('HGET', KEYS[1], 'b')) or 1, 1) end
-local after = tonumber(ARGV[3])
-local raw
-if after < 0 then
-  raw = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', count)
-  local n = #raw
-  for i = 1, math.floor(n / 2) do raw[i], raw[n - i + 1] = raw[n - i + 1], raw[i] end
-else
-  raw = redis.call('XRANGE', KEYS[2], '(' .. after .. '-0', '+', 'COUNT', count)
-end
-local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-local first_kept = head + 1
-if #first > 0 then first_kept = tonumber(string.match(first[1][1], '^(%d+)')) end
-local out = {{epoch, head, o, first_kept}}
-for _, e in ipairs(raw) do
-  local f = {{}}
-  for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
-  table.insert(out, {{tonumber(string.match(e[1], '^(%d+)')), f['d'], f['t'], f['r']}})
-end
-return out
+return {{epoch, head, redis.call('HGET', KEYS[1], 'o') or ''}}
 "#
     )
 }

@@ -2,7 +2,7 @@
 //! PUB/SUB sink, and the operations on the channels it owns. No lock is held across `.await`:
 //! connections are cloned out of their slot.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,10 +26,18 @@ pub(crate) enum StoreError {
 }
 
 impl StoreError {
+    /// The hub's error, with a message for clients: Redis's own text (script names, lines,
+    /// addresses) stays in this node's log.
     pub(crate) fn into_hub(self) -> HubError {
         match self {
-            StoreError::Unavailable(m) => HubError::Unavailable(m),
-            StoreError::Refused(c, d) => HubError::Unavailable(format!("{c} {d}")),
+            StoreError::Unavailable(m) => {
+                tracing::debug!(error = %m, "cluster: Redis unavailable");
+                HubError::Unavailable("Redis did not answer".into())
+            }
+            StoreError::Refused(c, d) => {
+                tracing::warn!(code = %c, detail = %d, "cluster: Redis refused an operation");
+                HubError::Unavailable("Redis refused the operation".into())
+            }
         }
     }
 
@@ -52,7 +60,7 @@ struct Link {
 struct Scripts {
     create: Script,
     publish: Script,
-    read: Script,
+    meta: Script,
     delete: Script,
     info: Script,
 }
@@ -73,18 +81,25 @@ pub(crate) struct Shard {
     link: Mutex<Option<Link>>,
     sink: Mutex<Option<PubSubSink>>,
     up: AtomicBool,
+    /// Bumped each time the PUB/SUB connection is made and subscribed (see `follow`).
+    generation: AtomicU64,
     timeout: Duration,
     fence: Fence,
     scripts: Scripts,
 }
 
-/// What a read of a channel's log found.
-pub(crate) struct Read {
+/// A channel's place in the log.
+pub(crate) struct Meta {
     pub(crate) epoch: Epoch,
     pub(crate) head: u64,
     pub(crate) settings: String,
-    pub(crate) entries: Vec<MirrorEntry>,
 }
+
+/// How long a node's number is leased without a renewal.
+pub(crate) const NODE_LEASE: Duration = Duration::from_secs(60);
+
+/// Stream entries read per command.
+const PAGE: usize = 100;
 
 pub(crate) fn keys(prefix: &str, name: &ChannelName) -> [String; 5] {
     let base = format!("{prefix}:{{{name}}}");
@@ -165,12 +180,13 @@ impl Shard {
             link: Mutex::new(None),
             sink: Mutex::new(None),
             up: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             timeout: cfg.command_timeout,
             fence: cfg.fence,
             scripts: Scripts {
                 create: Script::new(&scripts::create()),
                 publish: Script::new(&scripts::publish()),
-                read: Script::new(&scripts::read()),
+                meta: Script::new(&scripts::meta()),
                 delete: Script::new(scripts::DELETE),
                 info: Script::new(scripts::INFO),
             },
@@ -212,7 +228,15 @@ impl Shard {
 
     pub(crate) fn set_up(&self, up: bool, sink: Option<PubSubSink>) {
         *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = sink;
+        if up {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
         self.up.store(up, Ordering::SeqCst);
+    }
+
+    /// Which PUB/SUB connection is current (changes at every reconnection).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     pub(crate) fn timeout(&self) -> Duration {
@@ -296,17 +320,62 @@ impl Shard {
         *self.link.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// A node number for this gateway, unique among the gateways that asked this Redis.
-    pub(crate) async fn next_node(&self, prefix: &str) -> Result<u16, StoreError> {
+    /// Claims a node number for this gateway: a lease (`SET NX PX`) on `<prefix>:nodelease:<n>`
+    /// that no other live gateway holds, renewed by [`Shard::renew_node`]; numbers are tried at
+    /// random.
+    pub(crate) async fn claim_node(&self, prefix: &str, token: &str) -> Result<u16, StoreError> {
+        for _ in 0..64 {
+            let n = rand::random::<u16>().max(1);
+            if self.lease(prefix, n, token, "NX").await? {
+                return Ok(n);
+            }
+        }
+        Err(StoreError::Unavailable("no free node number".into()))
+    }
+
+    /// Renews this node's lease, or claims it again if it is gone (a Redis restarted empty).
+    /// `false`: another gateway holds the number now.
+    pub(crate) async fn renew_node(
+        &self,
+        prefix: &str,
+        n: u16,
+        token: &str,
+    ) -> Result<bool, StoreError> {
         let mut l = self.link().await?;
-        let n: u64 = self
+        let held: Option<String> = self
             .timed(
-                redis::cmd("INCR")
-                    .arg(format!("{prefix}:nodeseq"))
+                redis::cmd("GET")
+                    .arg(format!("{prefix}:nodelease:{n}"))
                     .query_async(&mut l.conn),
             )
             .await?;
-        Ok(u16::try_from(n % 65_535).unwrap_or(0) + 1)
+        match held {
+            Some(t) if t == token => self.lease(prefix, n, token, "XX").await,
+            Some(_) => Ok(false),
+            None => self.lease(prefix, n, token, "NX").await,
+        }
+    }
+
+    async fn lease(
+        &self,
+        prefix: &str,
+        n: u16,
+        token: &str,
+        mode: &str,
+    ) -> Result<bool, StoreError> {
+        let mut l = self.link().await?;
+        let set: Option<String> = self
+            .timed(
+                redis::cmd("SET")
+                    .arg(format!("{prefix}:nodelease:{n}"))
+                    .arg(token)
+                    .arg(mode)
+                    .arg("PX")
+                    .arg(u64::try_from(NODE_LEASE.as_millis()).unwrap_or(u64::MAX))
+                    .query_async(&mut l.conn),
+            )
+            .await?;
+        Ok(set.is_some())
     }
 
     pub(crate) async fn create(
@@ -375,28 +444,117 @@ impl Shard {
         })
     }
 
-    /// Reads the log of `name`: the entries after `after` (`None`: the newest `count`, or the
-    /// channel's whole backlog when `count` is 0).
-    pub(crate) async fn read(
+    /// The epoch, head and settings of `name` (after the fence check).
+    pub(crate) async fn meta(
         &self,
         cfg: &ClusterConfig,
         name: &ChannelName,
-        after: Option<Offset>,
-        count: usize,
-    ) -> Result<Read, StoreError> {
+    ) -> Result<Meta, StoreError> {
         let mut l = self.link().await?;
         let k = keys(&cfg.prefix, name);
-        let mut inv = self.scripts.read.prepare_invoke();
+        let mut inv = self.scripts.meta.prepare_invoke();
         inv.key(&k[0])
             .key(&k[1])
             .key(&k[2])
             .key(&k[3])
             .arg(&*l.fence)
-            .arg(Epoch(rand::random()).to_string())
-            .arg(after.map_or(-1, |o| i64::try_from(o.0).unwrap_or(i64::MAX)))
-            .arg(count);
-        let v: Value = self.timed(inv.invoke_async(&mut l.conn)).await?;
-        parse_read(v).ok_or_else(|| StoreError::Unavailable("malformed answer to a read".into()))
+            .arg(Epoch(rand::random()).to_string());
+        let (epoch, head, settings): (String, u64, String) =
+            self.timed(inv.invoke_async(&mut l.conn)).await?;
+        Ok(Meta {
+            epoch: parse_epoch(&epoch)?,
+            head,
+            settings,
+        })
+    }
+
+    /// Entries of `name`'s stream after offset `after`, oldest first: at most `count`, and
+    /// about `max_bytes` of data (at least one entry), read in pages.
+    pub(crate) async fn entries_after(
+        &self,
+        prefix: &str,
+        name: &ChannelName,
+        after: Offset,
+        count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<MirrorEntry>, StoreError> {
+        let key = &keys(prefix, name)[1];
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut from = after.0;
+        while out.len() < count && (out.is_empty() || bytes < max_bytes) {
+            let mut l = self.link().await?;
+            let page = PAGE.min(count - out.len());
+            let raw: Value = self
+                .timed(
+                    redis::cmd("XRANGE")
+                        .arg(key)
+                        .arg(format!("({from}-0"))
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(page)
+                        .query_async(&mut l.conn),
+                )
+                .await?;
+            let got = parse_entries(raw)?;
+            let n = got.len();
+            for e in got {
+                bytes += e.data.len();
+                from = e.offset.0;
+                out.push(e);
+            }
+            if n < page {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest entries of `name`'s stream, oldest first: at most `count` and about
+    /// `max_bytes` of data (at least one entry), read in pages from the newest.
+    pub(crate) async fn newest_entries(
+        &self,
+        prefix: &str,
+        name: &ChannelName,
+        count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<MirrorEntry>, StoreError> {
+        let key = &keys(prefix, name)[1];
+        let mut out: Vec<MirrorEntry> = Vec::new();
+        let mut bytes = 0;
+        let mut before: Option<u64> = None;
+        while out.len() < count && (out.is_empty() || bytes < max_bytes) {
+            let mut l = self.link().await?;
+            let page = PAGE.min(count - out.len());
+            let top = before.map_or_else(|| "+".to_owned(), |b| format!("({b}-0"));
+            let raw: Value = self
+                .timed(
+                    redis::cmd("XREVRANGE")
+                        .arg(key)
+                        .arg(top)
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(page)
+                        .query_async(&mut l.conn),
+                )
+                .await?;
+            let got = parse_entries(raw)?;
+            let n = got.len();
+            for e in got {
+                if !out.is_empty() && bytes + e.data.len() > max_bytes {
+                    out.reverse();
+                    return Ok(out);
+                }
+                bytes += e.data.len();
+                before = Some(e.offset.0);
+                out.push(e);
+            }
+            if n < page || before == Some(1) {
+                break;
+            }
+        }
+        out.reverse();
+        Ok(out)
     }
 
     pub(crate) async fn delete(
@@ -622,38 +780,51 @@ fn parse_epoch(s: &str) -> Result<Epoch, StoreError> {
     Epoch::parse(s).ok_or_else(|| StoreError::Unavailable(format!("malformed epoch `{s}`")))
 }
 
-fn parse_read(v: Value) -> Option<Read> {
-    let Value::Array(items) = v else { return None };
-    let mut it = items.into_iter();
-    let text = |v: Value| -> Option<String> { redis::from_redis_value(v).ok() };
-    let num = |v: Value| -> Option<u64> { redis::from_redis_value(v).ok() };
-    let epoch = Epoch::parse(&text(it.next()?)?)?;
-    let head = num(it.next()?)?;
-    let settings = text(it.next()?).unwrap_or_default();
-    let _first_kept = num(it.next()?)?;
+/// A stream entry as Redis answers it: its id and its fields.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// An `XRANGE`/`XREVRANGE` answer as mirror entries.
+fn parse_entries(v: Value) -> Result<Vec<MirrorEntry>, StoreError> {
+    let bad = || StoreError::Unavailable("malformed stream entries".into());
+    let rows: Vec<StreamEntry> = redis::from_redis_value(v).map_err(|_| bad())?;
     let now = now_ms();
-    let mut entries = Vec::new();
-    for e in it {
-        let Value::Array(f) = e else { return None };
-        let mut f = f.into_iter();
-        let offset = Offset(num(f.next()?)?);
-        let data: Vec<u8> = redis::from_redis_value(f.next()?).ok()?;
-        let t = f.next().and_then(num).unwrap_or(now);
-        let route = f.next().and_then(num).unwrap_or(0);
-        let data = Payload::from_json_bytes(bytes::Bytes::from(data)).ok()?;
-        entries.push(MirrorEntry {
-            offset,
-            data,
-            age: Duration::from_millis(now.saturating_sub(t)),
-            route: (route != 0).then_some(ConnId(route)),
-        });
-    }
-    Some(Read {
-        epoch,
-        head,
-        settings,
-        entries,
-    })
+    rows.into_iter()
+        .map(|(id, fields)| {
+            let offset = id
+                .split('-')
+                .next()
+                .and_then(|o| o.parse().ok())
+                .map(Offset)
+                .ok_or_else(bad)?;
+            let (mut data, mut t, mut route) = (None, now, 0u64);
+            for (k, v) in fields {
+                match k.as_str() {
+                    "d" => data = Some(v),
+                    "t" => {
+                        t = std::str::from_utf8(&v)
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(now)
+                    }
+                    "r" => {
+                        route = std::str::from_utf8(&v)
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0)
+                    }
+                    _ => {}
+                }
+            }
+            let data = Payload::from_json_bytes(bytes::Bytes::from(data.ok_or_else(bad)?))
+                .map_err(|_| bad())?;
+            Ok(MirrorEntry {
+                offset,
+                data,
+                age: Duration::from_millis(now.saturating_sub(t)),
+                route: (route != 0).then_some(ConnId(route)),
+            })
+        })
+        .collect()
 }
 
 /// `info` with the configured ACL user and password.

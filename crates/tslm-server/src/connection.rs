@@ -722,6 +722,13 @@ impl Connection {
                 } else {
                     Start::New
                 };
+                // In cluster mode this opens the node's mirror of the channel.
+                ops::prepare_subscribe(&ctx, c, start)
+                    .await
+                    .map_err(|e| match e.code {
+                        ErrorCode::NotFound => legacy::Error::ChannelNotFound(c.clone()),
+                        _ => denied(e),
+                    })?;
                 self.subscribe(c.clone(), start).map_err(|e| match e.code {
                     ErrorCode::LimitExceeded => legacy::Error::SubscriptionLimit,
                     _ => legacy::Error::ChannelNotFound(c.clone()),

@@ -186,6 +186,12 @@ impl RawCluster {
                 Some(pem)
             }
         };
+        if sentinel.is_some() && tls_ca.is_some() {
+            return Err(at(
+                "tls_ca_file",
+                "TLS to the master a Sentinel names is not supported yet; use `redis` URLs with `rediss://`".into(),
+            ));
+        }
         Ok(ClusterConfig {
             redis,
             sentinel,
