@@ -377,3 +377,46 @@ async fn a_waiting_poll_answers_at_shutdown_and_leaves_no_subscription() {
     assert!(messages(&body).is_empty());
     assert_eq!(hub.stats().subscriptions, 0);
 }
+
+#[tokio::test]
+async fn a_waiting_poll_woken_by_a_publish_reads_only_that_channel_again() {
+    let s = TestServer::default().await;
+    for c in ["a", "b", "c"] {
+        create(&s, c).await;
+    }
+    let q = "channel=a&channel=b&channel=c";
+    let first = poll(s.addr("public"), &format!("{q}&wait=0")).await;
+    let here = cursor(&first);
+    let addr = s.addr("public");
+    let query = format!("{q}&cursor={here}&wait=20");
+    let waiting = tokio::spawn(async move { poll(addr, &query).await });
+    // The poll read its three channels, subscribed them, read them again, and waits.
+    s.wait_for("the poll to wait on its channels", |s| {
+        s.hub.stats().subscriptions == 3
+    })
+    .await;
+    let reads = s.hub.stats().log_reads;
+    publish(&s, "b", "7").await;
+    let answer = waiting.await.unwrap();
+    assert_eq!(messages(&answer), [("b".to_owned(), 1)], "{answer}");
+    // Only `b` was read after the wake; the cursor still names all three channels.
+    assert_eq!(s.hub.stats().log_reads - reads, 1);
+    let next = poll(
+        s.addr("public"),
+        &format!("{q}&cursor={}&wait=0", cursor(&answer)),
+    )
+    .await;
+    assert!(messages(&next).is_empty(), "{next}");
+    publish(&s, "a", "8").await;
+    publish(&s, "c", "9").await;
+    let both = poll(
+        s.addr("public"),
+        &format!("{q}&cursor={}&wait=0", cursor(&answer)),
+    )
+    .await;
+    assert_eq!(
+        messages(&both),
+        [("a".to_owned(), 1), ("c".to_owned(), 1)],
+        "{both}"
+    );
+}

@@ -21,13 +21,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tslm_hub::{ConnId, Outbox, OutboxLimits};
 use tslm_protocol::cursor::{self, Position};
-use tslm_protocol::{ChannelName, ProtoError, Start, Wire};
 
 use crate::context::ListenerCtx;
 use crate::identity::Identity;
-use crate::poll::{self, Poll};
+use crate::poll::{self, Poll, ReadFrom, Wake};
 
 /// A comment line this often when nothing else was sent, so that proxies keep the stream open.
 pub(crate) const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -68,72 +66,10 @@ fn end(reason: &str, retry_ms: u64) -> Bytes {
     Bytes::from(format!("retry: {retry_ms}\nevent: end\ndata: {json}\n\n"))
 }
 
-/// The temporary subscriptions that wake a stream when one of its channels gets a message.
-struct Wake<'a> {
-    ctx: &'a ListenerCtx,
-    id: ConnId,
-    channels: Vec<ChannelName>,
-    outbox: Arc<Outbox>,
-}
-
-impl<'a> Wake<'a> {
-    fn new(ctx: &'a ListenerCtx, channels: &[ChannelName]) -> Result<Self, ProtoError> {
-        let mut wake = Wake {
-            ctx,
-            id: ctx.hub.next_conn_id(),
-            channels: Vec::new(),
-            outbox: Self::outbox(),
-        };
-        wake.subscribe(channels)?;
-        Ok(wake)
-    }
-
-    fn outbox() -> Arc<Outbox> {
-        // Frames are only counted (refcounts of shared bytes): a few, so that a burst between two
-        // reads does not close it; when it does close, it is made again (nothing is lost: the
-        // stream reads the log).
-        Arc::new(Outbox::new(OutboxLimits {
-            max_bytes: usize::MAX,
-            max_messages: 64,
-        }))
-    }
-
-    fn subscribe(&mut self, channels: &[ChannelName]) -> Result<(), ProtoError> {
-        for c in channels {
-            self.ctx
-                .hub
-                .subscribe(c, self.id, Wire::V1Ws, &self.outbox, Start::New)
-                .map_err(crate::ops::hub_error)?;
-            self.channels.push(c.clone());
-        }
-        Ok(())
-    }
-
-    /// Waits for a publish; then forgets what was queued (the stream reads the log), making the
-    /// subscriptions again if the queue overflowed meanwhile.
-    async fn wait(&mut self) -> Result<(), ProtoError> {
-        self.outbox.ready().await;
-        let mut frames = std::collections::VecDeque::new();
-        if self.outbox.take(&mut frames).is_some() {
-            let channels = std::mem::take(&mut self.channels);
-            for c in &channels {
-                self.ctx.hub.unsubscribe(c, self.id);
-            }
-            self.outbox = Self::outbox();
-            self.subscribe(&channels)?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Wake<'_> {
-    fn drop(&mut self) {
-        self.outbox.close();
-        for c in &self.channels {
-            self.ctx.hub.unsubscribe(c, self.id);
-        }
-    }
-}
+/// Wake-ups a stream's queue per channel holds before it overflows: a few, so that a burst
+/// between two reads does not overflow it; when it does, it is made again (nothing is lost: the
+/// stream reads the log).
+const WAKE_QUEUE: usize = 64;
 
 /// How long a client may leave the stream's queue full (not reading) before the stream ends:
 /// like a WebSocket session's write deadline, so a reader that stops costs its slot and its
@@ -161,10 +97,16 @@ pub(crate) async fn run(
     tx: mpsc::Sender<Bytes>,
 ) {
     let names = poll.names();
-    let (mut starts, mut positions): (Vec<(Start, bool)>, Vec<Position>) = match resume {
-        Some(p) => (p.iter().map(|p| (p.start(), false)).collect(), p),
+    let (mut from, mut positions): (Vec<ReadFrom>, Vec<Position>) = match resume {
+        Some(p) => (ReadFrom::all(&p), p),
         None => (
-            poll.channels.iter().map(|(_, s)| (*s, true)).collect(),
+            poll.channels
+                .iter()
+                .map(|(_, s)| ReadFrom::Read {
+                    start: *s,
+                    announce: true,
+                })
+                .collect(),
             // Set by each channel's `subscribed` event, which comes first.
             Vec::new(),
         ),
@@ -172,7 +114,8 @@ pub(crate) async fn run(
     if !send(&tx, vec![Bytes::from(format!("retry: {RETRY_MS}\n\n"))]).await {
         return;
     }
-    let mut wake = match Wake::new(&ctx, &names) {
+    // Subscribed before the first read, so that nothing published meanwhile is missed.
+    let mut wake = match Wake::new(&ctx, &names, WAKE_QUEUE) {
         Ok(w) => w,
         Err(e) => {
             let _ = send(&tx, vec![end(e.code.as_str(), RETRY_MS)]).await;
@@ -184,8 +127,9 @@ pub(crate) async fn run(
         _ => None,
     };
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    let mut changed = vec![false; names.len()];
     loop {
-        let got = match poll::read(&ctx, &who, &poll, &starts).await {
+        let got = match poll::read(&ctx, &who, &poll, &from).await {
             Ok(got) => got,
             Err(e) => {
                 let _ = send(&tx, vec![end(e.code.as_str(), RETRY_MS)]).await;
@@ -207,14 +151,18 @@ pub(crate) async fn run(
             }
         }
         positions = got.positions;
-        starts = positions.iter().map(|p| (p.start(), false)).collect();
         if got.more {
+            // Only the channels with more to read now; the others wake the stream when they
+            // get a message.
+            from = ReadFrom::only(&positions, &got.pending);
             continue;
         }
-        // Nothing more now: wait for a publish, keeping the stream alive meanwhile.
+        // Nothing more now: wait for a publish, keeping the stream alive meanwhile; then read
+        // only the channels that got one.
+        changed.fill(false);
         loop {
             tokio::select! {
-                r = wake.wait() => {
+                r = wake.wait(&mut changed) => {
                     if let Err(e) = r {
                         let _ = send(&tx, vec![end(e.code.as_str(), RETRY_MS)]).await;
                         return;
@@ -246,6 +194,7 @@ pub(crate) async fn run(
                 _ = tx.closed() => return,
             }
         }
+        from = ReadFrom::only(&positions, &changed);
     }
 }
 
