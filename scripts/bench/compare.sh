@@ -52,8 +52,8 @@ ALL_SCENARIOS=(
   fan5000-flat:5000:1:2000:0
   ch1000x5-flat:5000:1000:20000:0
   idle10000:10000:1:0:0
-  sse1000-flat:1000:1:10000:0:sse
-  sse5000-flat:5000:1:2000:0:sse
+  sse1000-flat:1000:1:2000:0:sse
+  sse5000-flat:5000:1:400:0:sse
   sse-idle10000:10000:1:0:0:sse
 )
 if [ $# -gt 0 ]; then

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tslm_protocol::cursor::{self, Position};
@@ -35,29 +35,38 @@ pub(crate) const RETRY_MS: u64 = 3000;
 /// and reads nothing more, so a slow reader costs no more than this.
 pub(crate) const QUEUE: usize = 16;
 
-/// The lines of one event: `event:`, `id:` and the JSON as `data:` lines (a line break in the
-/// JSON, which can only be whitespace between its tokens, starts a new `data:` line; the client
-/// joins them with `\n`). The JSON is shared, never copied here.
-pub(crate) fn event(kind: &str, id: &str, json: &Bytes) -> Vec<Bytes> {
-    let mut out = vec![Bytes::from(format!("event: {kind}\nid: {id}\ndata: "))];
+/// Appends the lines of one event to `out`: `event:`, `id:` and the JSON as `data:` lines (a
+/// line break in the JSON, which can only be whitespace between its tokens, starts a new `data:`
+/// line; the client joins them with `\n`).
+///
+/// The JSON is the one each publish encoded (shared with the backlog); it is copied here into the
+/// stream's batch, never encoded again. A batch goes to the client as one HTTP chunk: hyper
+/// writes a response body's chunks with at most 16 buffers per system call, so handing it the
+/// shared slices (three per event) cost a system call per two or three events, where copying a
+/// few hundred bytes costs far less (docs/performance.md, "Server-Sent Events").
+pub(crate) fn event(out: &mut BytesMut, kind: &str, id: &str, json: &[u8]) {
+    out.reserve(kind.len() + id.len() + json.len() + 24);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\nid: ");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
     let mut start = 0;
-    let bytes = json.as_ref();
     let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\n' || bytes[i] == b'\r' {
-            out.push(json.slice(start..i));
-            out.push(Bytes::from_static(b"\ndata: "));
+    while i < json.len() {
+        if json[i] == b'\n' || json[i] == b'\r' {
+            out.extend_from_slice(&json[start..i]);
+            out.extend_from_slice(b"\ndata: ");
             // `\r\n` is one line break.
-            if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+            if json[i] == b'\r' && json.get(i + 1) == Some(&b'\n') {
                 i += 1;
             }
             start = i + 1;
         }
         i += 1;
     }
-    out.push(json.slice(start..));
-    out.push(Bytes::from_static(b"\n\n"));
-    out
+    out.extend_from_slice(&json[start..]);
+    out.extend_from_slice(b"\n\n");
 }
 
 /// The last event of a stream: `reason`, and the reconnect delay to ask for.
@@ -143,12 +152,16 @@ pub(crate) async fn run(
         // every channel.
         let (announced, messages): (Vec<_>, Vec<_>) =
             got.events.into_iter().partition(|e| e.kind == "subscribed");
+        // The read's events go out as one batch (bounded like the read: `limit` messages and the
+        // outbox's bytes).
+        let mut batch = BytesMut::new();
         for e in announced.into_iter().chain(messages) {
             positions[e.channel] = e.position;
             let id = cursor::encode(&names, &positions);
-            if !send(&tx, event(e.kind, &id, &e.json)).await {
-                return;
-            }
+            event(&mut batch, e.kind, &id, &e.json);
+        }
+        if !batch.is_empty() && !send(&tx, vec![batch.freeze()]).await {
+            return;
         }
         positions = got.positions;
         if got.more {
@@ -202,25 +215,22 @@ pub(crate) async fn run(
 mod tests {
     use super::*;
 
-    fn text(chunks: &[Bytes]) -> String {
-        chunks
-            .iter()
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect()
+    fn text(kind: &str, id: &str, json: &[u8]) -> String {
+        let mut out = BytesMut::new();
+        event(&mut out, kind, id, json);
+        String::from_utf8(out.to_vec()).unwrap()
     }
 
     #[test]
-    fn an_event_splits_line_breaks_into_data_lines_and_shares_the_json() {
-        let json = Bytes::from_static(b"{\"a\":\n1,\r\n\"b\":\r2}");
-        let chunks = event("message", "x.1:2", &json);
+    fn an_event_splits_line_breaks_into_data_lines() {
         assert_eq!(
-            text(&chunks),
+            text("message", "x.1:2", b"{\"a\":\n1,\r\n\"b\":\r2}"),
             "event: message\nid: x.1:2\ndata: {\"a\":\ndata: 1,\ndata: \"b\":\ndata: 2}\n\n"
         );
-        // The JSON's slices point into the same buffer.
-        assert!(chunks.iter().any(|c| c.as_ptr() == json.as_ptr()));
-        let one = event("message", "i", &Bytes::from_static(b"{}"));
-        assert_eq!(text(&one), "event: message\nid: i\ndata: {}\n\n");
+        assert_eq!(
+            text("message", "i", b"{}"),
+            "event: message\nid: i\ndata: {}\n\n"
+        );
     }
 
     #[test]
