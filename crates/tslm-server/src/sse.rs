@@ -32,8 +32,10 @@ pub(crate) const KEEPALIVE: Duration = Duration::from_secs(15);
 /// The reconnect delay the stream asks of `EventSource` (`retry:`), in milliseconds.
 pub(crate) const RETRY_MS: u64 = 3000;
 /// Chunks waiting for the client's socket; past it, the stream waits (the client reads slowly)
-/// and reads nothing more, so a slow reader costs no more than this.
-pub(crate) const QUEUE: usize = 16;
+/// and reads nothing more, so a slow reader costs no more than this. A chunk is one read's events
+/// (at most `outbound_queue_bytes` of messages, and `limit` of them), so a slow reader holds at
+/// most two reads here, about what a WebSocket session's outbox may hold.
+pub(crate) const QUEUE: usize = 2;
 
 /// Appends the lines of one event to `out`: `event:`, `id:` and the JSON as `data:` lines (a
 /// line break in the JSON, which can only be whitespace between its tokens, starts a new `data:`
