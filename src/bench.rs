@@ -9,6 +9,10 @@ pub(crate) struct BenchArgs {
     /// What to measure: tslm, nats (nats-server's WebSocket listener) or nchan (nginx).
     #[arg(long, default_value = "tslm")]
     pub(crate) target: tslm_bench::Target,
+    /// How subscribers connect: ws (WebSocket) or sse (Server-Sent Events: TSLM's /v1/events,
+    /// nchan's EventSource location /ev/NAME; not nats).
+    #[arg(long, default_value = "ws")]
+    pub(crate) transport: tslm_bench::Transport,
     /// Where subscribers connect (TSLM: a listener that allows subscribing).
     #[arg(long = "sub", default_value = "127.0.0.1:8080")]
     pub(crate) sub_addr: std::net::SocketAddr,
@@ -57,6 +61,7 @@ pub(crate) async fn bench(args: BenchArgs) -> ExitCode {
     });
     let cfg = tslm_bench::BenchConfig {
         target: args.target,
+        transport: args.transport,
         sub_addr: args.sub_addr,
         pub_addr: args.pub_addr,
         subscribers: args.subscribers,
@@ -75,7 +80,7 @@ pub(crate) async fn bench(args: BenchArgs) -> ExitCode {
             if args.json {
                 println!("{}", r.to_json());
             } else {
-                println!("target            {}", r.target);
+                println!("target            {} ({})", r.target, r.transport);
                 println!(
                     "subscribers       {} on {} channel(s)",
                     r.subscribers, r.channels

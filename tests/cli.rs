@@ -594,6 +594,71 @@ async fn the_benchmark_counts_every_delivery_against_a_real_server() {
 }
 
 #[tokio::test]
+async fn the_benchmark_counts_every_delivery_over_server_sent_events() {
+    let srv = TestServer::start(&two_listeners(NO_IP_LIMITS)).await;
+    let (sub, publ) = (
+        srv.addr("public").to_string(),
+        srv.addr("private").to_string(),
+    );
+    // A window within the channels' default backlog (100), which streams read from.
+    let (code, out, err) = run_cli(
+        &[
+            "bench",
+            "--transport",
+            "sse",
+            "--sub",
+            &sub,
+            "--pub",
+            &publ,
+            "-s",
+            "20",
+            "-c",
+            "3",
+            "-m",
+            "300",
+            "-p",
+            "200",
+            "--window",
+            "50",
+            "--json",
+            "--quiet",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(r["transport"], "sse");
+    assert_eq!(r["expected_deliveries"], 2000);
+    assert_eq!(r["deliveries"], 2000);
+    assert_eq!(
+        (r["lost"].as_u64(), r["duplicated_or_reordered"].as_u64()),
+        (Some(0), Some(0))
+    );
+    // A refused stream (the private listener serves no event streams) is an error.
+    let (code, _, err) = run_cli(
+        &[
+            "bench",
+            "--transport",
+            "sse",
+            "--sub",
+            &publ,
+            "--pub",
+            &publ,
+            "-s",
+            "2",
+            "-m",
+            "10",
+            "--quiet",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("event stream refused"), "{err}");
+}
+
+#[tokio::test]
 async fn keygen_and_hash_token_make_credentials_the_cli_can_publish_with() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("billing.key");

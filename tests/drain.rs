@@ -270,6 +270,92 @@ async fn sessions_are_closed_one_after_another_over_the_grace_period() {
     assert!(status.success(), "{status}");
 }
 
+/// Opens `GET /v1/events?channel=NAME` and reads until its `end` event; returns when that event
+/// arrived and the `retry:` it asked for.
+async fn event_stream_until_end(
+    addr: SocketAddr,
+    channel: &str,
+    opened: tokio::sync::mpsc::Sender<()>,
+) -> (Instant, u64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /v1/events?channel={channel} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut announced = false;
+    loop {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "closed without an end event: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen);
+        if !announced && text.contains("event: subscribed") {
+            announced = true;
+            opened.send(()).await.unwrap();
+        }
+        // The end event is one chunk: `retry: N\nevent: end\ndata: {...}\n\n`.
+        if let Some(at) = text.find("event: end\n") {
+            let before = &text[..at];
+            let retry = before.rsplit("retry: ").next().unwrap();
+            let retry: u64 = retry.split('\n').next().unwrap().parse().unwrap();
+            assert!(text[at..].contains("shutdown; retry_after_ms="), "{text}");
+            return (Instant::now(), retry);
+        }
+    }
+}
+
+#[tokio::test]
+async fn event_streams_are_ended_one_after_another_like_sessions() {
+    // Only event streams (no WebSocket session): they are what the close schedule is sized by.
+    const STREAMS: usize = 20;
+    let mut gw = Gateway::start("shutdown_grace_seconds = 2").await;
+    let (status, _, body) = http(gw.private, "PUT", "/v1/channels/drain.sse", &[], "").await;
+    assert!(status == 201 || status == 200, "{body}");
+    let (opened_tx, mut opened) = tokio::sync::mpsc::channel(STREAMS);
+    let ends: Vec<_> = (0..STREAMS)
+        .map(|_| {
+            tokio::spawn(event_stream_until_end(
+                gw.public,
+                "drain.sse",
+                opened_tx.clone(),
+            ))
+        })
+        .collect();
+    for _ in 0..STREAMS {
+        opened.recv().await.unwrap();
+    }
+    gw.sigterm();
+    let mut times = Vec::new();
+    let mut retries = std::collections::BTreeSet::new();
+    for e in ends {
+        let (at, retry) = e.await.unwrap();
+        assert!(
+            (RETRY_AFTER_MIN_MS..RETRY_AFTER_MIN_MS + RETRY_AFTER_JITTER_MS).contains(&retry),
+            "{retry}"
+        );
+        retries.insert(retry);
+        times.push(at);
+    }
+    // Planned over 1.5 s, as the sessions' closes; only a lower bound is asserted. Before event
+    // streams were counted in the schedule, they all ended at once.
+    let first = *times.iter().min().unwrap();
+    let last = *times.iter().max().unwrap();
+    assert!(
+        last - first >= Duration::from_millis(500),
+        "ends within {:?} of each other",
+        last - first
+    );
+    assert!(retries.len() > 1, "{retries:?}");
+    let status = gw.exit_status().await;
+    assert!(status.success(), "{status}");
+}
+
 #[tokio::test]
 async fn a_second_signal_cuts_the_drain_delay_short() {
     // A drain delay far longer than the 30 s this test waits for the exit.

@@ -498,3 +498,54 @@ async fn a_stream_ends_at_shutdown_with_when_to_come_back() {
         .unwrap()
         .unwrap();
 }
+
+/// The offset of each channel an event id names (the cursor after its checksum), in order.
+fn offsets(id: &str) -> Vec<u64> {
+    let (_, positions) = id.split_once('.').unwrap();
+    positions
+        .split(',')
+        .map(|p| p.rsplit_once(':').unwrap().1.parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_publish_makes_the_stream_read_only_its_channel_with_ids_for_all() {
+    let s = TestServer::default().await;
+    for c in ["a", "b", "c"] {
+        create(&s, c).await;
+    }
+    let mut st = Stream::open(s.addr("public"), "channel=a&channel=b&channel=c", &[])
+        .await
+        .unwrap();
+    for c in ["a", "b", "c"] {
+        let e = st.next().await;
+        assert_eq!(
+            (e.event.as_str(), e.json()["channel"].as_str()),
+            ("subscribed", Some(c))
+        );
+    }
+    // Every channel was read once to start; from now on a publish reads its channel only.
+    let reads = s.hub.stats().log_reads;
+    let mut want = [0, 0, 0];
+    for (n, (i, c)) in [(1, "b"), (1, "b"), (1, "b"), (0, "a"), (1, "b"), (2, "c")]
+        .into_iter()
+        .enumerate()
+    {
+        publish(&s, c, &n.to_string()).await;
+        want[i] += 1;
+        let e = st.next().await;
+        assert_eq!(e.event, "message", "{e:?}");
+        assert_eq!(
+            (e.json()["channel"].as_str(), e.json()["offset"].as_u64()),
+            (Some(c), Some(want[i])),
+            "{e:?}"
+        );
+        // The id still names every channel's position, the ones not read included.
+        assert_eq!(offsets(&e.id), want, "{e:?}");
+        assert_eq!(
+            s.hub.stats().log_reads - reads,
+            n as u64 + 1,
+            "one channel read per publish (every channel was read before)"
+        );
+    }
+}

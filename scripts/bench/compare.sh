@@ -6,6 +6,10 @@
 #   scripts/bench/compare.sh [ROUNDS] [SCENARIO...]      (default: 3 rounds, every scenario)
 #   SYSTEMS="tslm nats" scripts/bench/compare.sh 1 fan1000-flat
 #   PREV=v0.2.0 SYSTEMS="tslm tslm-prev" scripts/bench/compare.sh    (this tree against a git revision)
+#   SYSTEMS="tslm nchan" scripts/bench/compare.sh 3 sse1000-flat sse5000-flat sse-idle10000
+#
+# The `sse*` scenarios subscribe with Server-Sent Events (TSLM's GET /v1/events, nchan's
+# EventSource location /ev/NAME); nats-server has no SSE and sits them out.
 #
 # With PREV=REV, the system `tslm-prev` is TSLM built from git revision REV (checked out with
 # `git worktree` under target/bench/prev-src, built into target/bench/prev-target), run with the same
@@ -38,7 +42,7 @@ if [ -z "$PREV_BIN" ] && [ -n "${PREV:-}" ]; then
 fi
 case " $SYSTEMS " in *" tslm-prev "*) [ -x "$PREV_BIN" ] || { echo "tslm-prev needs PREV=REV or PREV_BIN=PATH" >&2; exit 2; } ;; esac
 
-# name:subscribers:channels:messages:rate(0 = flat out)
+# name:subscribers:channels:messages:rate(0 = flat out)[:transport (ws, the default, or sse)]
 ALL_SCENARIOS=(
   fan100-1k:100:1:5000:1000
   fan1000-1k:1000:1:5000:1000
@@ -48,6 +52,9 @@ ALL_SCENARIOS=(
   fan5000-flat:5000:1:2000:0
   ch1000x5-flat:5000:1000:20000:0
   idle10000:10000:1:0:0
+  sse1000-flat:1000:1:2000:0:sse
+  sse5000-flat:5000:1:400:0:sse
+  sse-idle10000:10000:1:0:0:sse
 )
 if [ $# -gt 0 ]; then
   SCENARIOS=()
@@ -55,6 +62,10 @@ if [ $# -gt 0 ]; then
 else
   SCENARIOS=("${ALL_SCENARIOS[@]}")
 fi
+
+# 10,000 subscribers need as many descriptors in the server (nginx inherits this limit; TSLM and
+# the load generator raise their own to the hard limit).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 WORK=$(mktemp -d)
 mkdir -p target/bench
@@ -102,10 +113,12 @@ start_server() {
 
 for round in $(seq "$ROUNDS"); do
   for sc in "${SCENARIOS[@]}"; do
-    IFS=: read -r name subs chans msgs rate <<<"$sc"
+    IFS=: read -r name subs chans msgs rate transport <<<"$sc"
+    transport=${transport:-ws}
     for sys in $SYSTEMS; do
+      [ "$transport" = sse ] && [ "$sys" = nats ] && continue
       start_server "$sys"
-      args=(bench --target "${sys%-prev}" --sub "$SUB" --pub "$PUB" -s "$subs" -c "$chans" -m "$msgs" -p 100 --server-pid "$MEASURE" --json --quiet)
+      args=(bench --target "${sys%-prev}" --transport "$transport" --sub "$SUB" --pub "$PUB" -s "$subs" -c "$chans" -m "$msgs" -p 100 --server-pid "$MEASURE" --json --quiet)
       [ "$rate" != 0 ] && args+=(-r "$rate")
       printf '[round %s] %-14s %-6s ' "$round" "$name" "$sys" >&2
       if line=$("$BIN" "${args[@]}" 2>"$WORK/bench.err"); then :; else line=${line:-}; fi

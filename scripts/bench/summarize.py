@@ -25,8 +25,8 @@ def fmt(t, scale=1.0, digits=0):
     f = "{:.%df}" % digits
     return f"{f.format(m*scale)} ({f.format(lo*scale)}-{f.format(hi*scale)})"
 
-print("| scenario | system | deliveries/s | p99 ms | p999 ms | lost | dup/reorder | server CPU s | server peak RSS MiB | idle bytes/conn | bench CPU s |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| scenario | system | deliveries/s | p99 ms | p999 ms | lost | dup/reorder | server CPU s | server CPU µs/delivery | server peak RSS MiB | idle bytes/conn | bench CPU s |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 ratios = []
 for sc in order:
     for sys_ in ["tslm", "tslm-prev", "nats", "nchan"]:
@@ -37,11 +37,13 @@ for sc in order:
         errs = len(runs) - len(ok)
         g = lambda k: med([r.get(k) for r in ok])
         lat = lambda q: med([r["latency_ms"][q] for r in ok])
-        idle = sc.startswith("idle")
+        idle = "idle" in sc
+        cpd = med([r["server_cpu_seconds"] / r["deliveries"] for r in ok if r.get("deliveries") and r.get("server_cpu_seconds") is not None])
         print(f"| {sc} | {sys_}{' (%d failed)' % errs if errs else ''} | "
               f"{'-' if idle else fmt(g('deliveries_per_second'))} | {'-' if idle else fmt(lat('p99'), digits=1)} | "
               f"{'-' if idle else fmt(lat('p999'), digits=1)} | {sum(r['lost'] for r in ok)} | "
               f"{sum(r['duplicated_or_reordered'] for r in ok)} | {fmt(g('server_cpu_seconds'), digits=2)} | "
+              f"{'-' if idle else fmt(cpd, 1e6, 2)} | "
               f"{fmt(g('server_rss_peak_kib'), 1/1024, 1)} | {fmt(g('server_idle_bytes_per_connection'))} | {fmt(g('bench_cpu_seconds'), digits=2)} |")
     t = data[sc].get("tslm", [])
     for other in ["nats", "nchan"]:
@@ -49,7 +51,7 @@ for sc in order:
         ok_t = [r for r in t if "error" not in r]
         ok_o = [r for r in o if "error" not in r]
         if ok_t and ok_o:
-            if sc.startswith("idle"):
+            if "idle" in sc:
                 a = statistics.median([r["server_idle_bytes_per_connection"] or 0 for r in ok_o])
                 b = statistics.median([r["server_idle_bytes_per_connection"] or 0 for r in ok_t])
                 ratios.append(f"{sc}: memory per idle connection, {other} / tslm = {a / b:.2f}" if b else f"{sc}: -")
@@ -64,7 +66,7 @@ for sc in order:
     n = [r for r in t if "error" not in r]
     if p and n:
         m = lambda runs, f: statistics.median([f(r) for r in runs])
-        if sc.startswith("idle"):
+        if "idle" in sc:
             a, b = m(n, lambda r: r["server_idle_bytes_per_connection"] or 0), m(p, lambda r: r["server_idle_bytes_per_connection"] or 0)
             ratios.append(f"{sc}: idle bytes per connection, tslm / tslm-prev = {a / b:.2f}" if b else f"{sc}: -")
         else:

@@ -9,6 +9,7 @@
 
 mod hist;
 mod procstat;
+pub mod sse;
 mod target;
 pub mod ws;
 
@@ -17,12 +18,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-pub use target::Target;
+pub use target::{Target, Transport};
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
     pub target: Target,
+    /// How subscribers connect: WebSocket, or Server-Sent Events (TSLM's `/v1/events`, nchan's
+    /// EventSource location).
+    pub transport: Transport,
     /// Where subscribers connect: `host:port` (the public listener; nats' websocket port; nginx).
     pub sub_addr: SocketAddr,
     /// Where the publisher connects (the private listener; nats' websocket port; nginx).
@@ -51,6 +55,7 @@ pub struct BenchConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub target: String,
+    pub transport: String,
     pub subscribers: usize,
     pub channels: usize,
     pub messages: u64,
@@ -85,7 +90,7 @@ impl Report {
         }
         format!(
             concat!(
-                "{{\"target\":\"{}\",\"subscribers\":{},\"channels\":{},\"messages\":{},\"size\":{},\"rate\":{},",
+                "{{\"target\":\"{}\",\"transport\":\"{}\",\"subscribers\":{},\"channels\":{},\"messages\":{},\"size\":{},\"rate\":{},",
                 "\"connect_seconds\":{:.3},\"publish_seconds\":{:.3},\"expected_deliveries\":{},\"deliveries\":{},",
                 "\"deliveries_per_second\":{:.0},\"lost\":{},\"duplicated_or_reordered\":{},",
                 "\"latency_ms\":{{\"p50\":{:.3},\"p99\":{:.3},\"p999\":{:.3},\"max\":{:.3}}},",
@@ -93,6 +98,7 @@ impl Report {
                 "\"server_rss_peak_kib\":{},\"server_idle_bytes_per_connection\":{},\"server_cpu_seconds\":{},\"bench_cpu_seconds\":{:.2}}}"
             ),
             self.target,
+            self.transport,
             self.subscribers,
             self.channels,
             self.messages,
@@ -408,6 +414,7 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
     let q = |p: f64| shared.latency.quantile(p) as f64 / 1e6;
     Ok(Report {
         target: cfg.target.to_string(),
+        transport: cfg.transport.to_string(),
         subscribers: cfg.subscribers,
         channels: cfg.channels,
         messages: cfg.messages,

@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use crate::sse;
 use crate::ws::{self, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
 use crate::{BenchConfig, Shared, SubState, channel_name, payload};
 
@@ -38,6 +39,35 @@ impl std::str::FromStr for Target {
             "nats" => Ok(Target::Nats),
             "nchan" => Ok(Target::Nchan),
             _ => Err(format!("unknown target {s:?}: tslm, nats or nchan")),
+        }
+    }
+}
+
+/// How subscribers connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    /// Server-Sent Events: TSLM's `GET /v1/events`, nchan's EventSource subscriber location
+    /// (nats-server has none).
+    Sse,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::WebSocket => "ws",
+            Transport::Sse => "sse",
+        })
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ws" | "websocket" => Ok(Transport::WebSocket),
+            "sse" => Ok(Transport::Sse),
+            _ => Err(format!("unknown transport {s:?}: ws or sse")),
         }
     }
 }
@@ -89,14 +119,117 @@ async fn nats_handshake(
     .await
 }
 
-pub(crate) struct Subscriber {
+/// One subscriber, over the transport asked for.
+pub(crate) enum Subscriber {
+    Ws(WsSubscriber),
+    Sse(SseSubscriber),
+}
+
+impl Subscriber {
+    pub(crate) async fn connect(
+        cfg: &BenchConfig,
+        source: Option<IpAddr>,
+        channel: usize,
+    ) -> io::Result<Self> {
+        Ok(match cfg.transport {
+            Transport::WebSocket => Self::Ws(WsSubscriber::connect(cfg, source, channel).await?),
+            Transport::Sse => Self::Sse(SseSubscriber::connect(cfg, source, channel).await?),
+        })
+    }
+
+    pub(crate) async fn run(self, st: SubState, shared: &Arc<Shared>) -> io::Result<()> {
+        match self {
+            Self::Ws(s) => s.run(st, shared).await,
+            Self::Sse(s) => s.run(st, shared).await,
+        }
+    }
+}
+
+/// An event stream: TSLM's `/v1/events?channel=NAME` (ready once its `subscribed` event came:
+/// from then on every publish reaches it) or nchan's `/ev/NAME` (ready at its response head, as
+/// its WebSocket subscribers are at theirs).
+pub(crate) struct SseSubscriber {
+    stream: TcpStream,
+    reader: sse::Reader,
+}
+
+impl SseSubscriber {
+    async fn connect(
+        cfg: &BenchConfig,
+        source: Option<IpAddr>,
+        channel: usize,
+    ) -> io::Result<Self> {
+        let name = channel_name(channel);
+        let path = match cfg.target {
+            Target::Tslm => format!("/v1/events?channel={name}"),
+            Target::Nchan => format!("/ev/{name}"),
+            Target::Nats => return Err(other("nats-server has no Server-Sent Events")),
+        };
+        let (mut stream, mut reader) = sse::connect(cfg.sub_addr, source, &path).await?;
+        if cfg.target == Target::Tslm {
+            let mut subscribed = false;
+            let mut refused = None;
+            reader.events(|e| subscribed |= e.kind == b"subscribed");
+            while !subscribed {
+                let open = reader
+                    .read_events(&mut stream, |e| match e.kind {
+                        b"subscribed" => subscribed = true,
+                        b"end" => refused = Some(String::from_utf8_lossy(&e.data).into_owned()),
+                        _ => {}
+                    })
+                    .await?;
+                if let Some(r) = refused.take() {
+                    return Err(other(format!("event stream ended: {r}")));
+                }
+                if !open {
+                    return Err(other("event stream closed during setup"));
+                }
+            }
+        }
+        Ok(Self { stream, reader })
+    }
+
+    async fn run(mut self, mut st: SubState, shared: &Arc<Shared>) -> io::Result<()> {
+        // Anything that followed the setup in the same read.
+        fn on_event(e: sse::Event<'_>, st: &mut SubState, shared: &Shared, ended: &mut bool) {
+            match e.kind {
+                b"message" => st.on_payload(shared, &e.data),
+                b"end" => *ended = true,
+                _ => {}
+            }
+        }
+        let mut ended = false;
+        self.reader
+            .events(|e| on_event(e, &mut st, shared, &mut ended));
+        loop {
+            if shared.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let open = self
+                .reader
+                .read_events(&mut self.stream, |e| {
+                    on_event(e, &mut st, shared, &mut ended)
+                })
+                .await?;
+            if !open || ended {
+                return if shared.stop.load(Ordering::Relaxed) {
+                    Ok(())
+                } else {
+                    Err(other("event stream ended by the server"))
+                };
+            }
+        }
+    }
+}
+
+pub(crate) struct WsSubscriber {
     target: Target,
     stream: TcpStream,
     reader: ws::Reader,
 }
 
-impl Subscriber {
-    pub(crate) async fn connect(
+impl WsSubscriber {
+    async fn connect(
         cfg: &BenchConfig,
         source: Option<IpAddr>,
         channel: usize,
@@ -145,7 +278,7 @@ impl Subscriber {
         })
     }
 
-    pub(crate) async fn run(mut self, mut st: SubState, shared: &Arc<Shared>) -> io::Result<()> {
+    async fn run(mut self, mut st: SubState, shared: &Arc<Shared>) -> io::Result<()> {
         let mut nats = NatsParser::default();
         let mut message = Vec::new();
         let mut pongs = Vec::new();

@@ -18,6 +18,8 @@ pub(crate) struct Counters {
     /// Offsets resumes reported lost (`expired` ranges).
     pub(crate) resume_lost_messages: AtomicU64,
     pub(crate) subscribes: AtomicU64,
+    /// Reads of a channel's log ([`crate::Hub::history`]).
+    pub(crate) log_reads: AtomicU64,
     pub(crate) replies: AtomicU64,
     /// Messages that left backlogs early (count, age or memory bound) or were never kept.
     pub(crate) backlog_evicted: AtomicU64,

@@ -475,6 +475,7 @@ impl Hub {
         max_bytes: usize,
     ) -> Result<History, HubError> {
         let ch = self.channel(name)?;
+        add(&self.inner.counters.log_reads, 1);
         let mut st = ch.lock();
         if st.deleted {
             return Err(HubError::NotFound(name.clone()));
@@ -704,6 +705,7 @@ impl Hub {
             resumes_epoch_changed: get(&c.resumes_epoch_changed),
             resume_lost_messages: get(&c.resume_lost_messages),
             subscribes: get(&c.subscribes),
+            log_reads: get(&c.log_reads),
             replies: get(&c.replies),
             backlog_evicted: get(&c.backlog_evicted),
             backlog_messages: self

@@ -195,6 +195,9 @@ pub struct HubStats {
     pub resume_lost_messages: u64,
     /// Subscribes answered (every start position; resumes among them).
     pub subscribes: u64,
+    /// Reads of a channel's log: history requests, and each channel a long-poll or an event
+    /// stream reads (an event stream reads only the channels that got a message).
+    pub log_reads: u64,
     /// Replies handed to a publisher's connection.
     pub replies: u64,
     /// Messages removed from backlogs (by their channel's count or age limit, or the memory

@@ -448,14 +448,15 @@ impl Server {
             _ = hurry => tracing::info!("asked again: drain delay cut short"),
         }
         drop((sweeper, watchdog));
-        let sessions = self.stats.snapshot().sessions;
+        // WebSocket sessions and event streams alike take turns (`drain`).
+        let sessions = self.stats.closing_turns();
         self.closing.begin(sessions, self.config.shutdown_grace);
         tracing::info!(
             grace_seconds = self.config.shutdown_grace.as_secs(),
             connections = self.stats.snapshot().connections,
             sessions,
             spread_ms = drain::spread(self.config.shutdown_grace).as_millis() as u64,
-            "shutting down: no longer accepting; closing sessions spread over the grace period"
+            "shutting down: no longer accepting; closing sessions and event streams spread over the grace period"
         );
         token.cancel();
         tracker.close();

@@ -299,6 +299,12 @@ impl Collector for Scrape {
         )?;
         single(
             &mut e,
+            "log_reads",
+            "reads of a channel's log: history requests, and the channels long-polls and event streams read",
+            &ConstCounter::new(h.log_reads),
+        )?;
+        single(
+            &mut e,
             "replies",
             "replies handed to a publisher's connection",
             &ConstCounter::new(h.replies),

@@ -14,6 +14,7 @@
 //! While it waits, a poll holds a temporary subscription of each channel (against the hub's
 //! `max_subscriptions`), dropped when the poll answers or its client goes.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -145,39 +146,88 @@ pub(crate) struct Event {
     pub(crate) json: Bytes,
 }
 
-/// One read of every channel: the events and the new positions (`more`: some channel has more
-/// to read now).
+/// Where one channel of a read starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ReadFrom {
+    /// Read from `start`; `announce`: with a `subscribed` event even when nothing was lost.
+    Read { start: Start, announce: bool },
+    /// Not read (nothing was published there since it was last read): it stays where it is.
+    Keep(Position),
+}
+
+impl ReadFrom {
+    /// Every channel read from `positions`, none announced.
+    pub(crate) fn all(positions: &[Position]) -> Vec<ReadFrom> {
+        positions
+            .iter()
+            .map(|p| ReadFrom::Read {
+                start: p.start(),
+                announce: false,
+            })
+            .collect()
+    }
+
+    /// The channels flagged in `read` read from their positions, the others kept.
+    pub(crate) fn only(positions: &[Position], read: &[bool]) -> Vec<ReadFrom> {
+        positions
+            .iter()
+            .zip(read)
+            .map(|(p, &r)| {
+                if r {
+                    ReadFrom::Read {
+                        start: p.start(),
+                        announce: false,
+                    }
+                } else {
+                    ReadFrom::Keep(*p)
+                }
+            })
+            .collect()
+    }
+}
+
+/// One read of the channels (the new position of every channel; `pending`: the channels with
+/// more to read now, `more`: any of them).
 pub(crate) struct Read {
     pub(crate) events: Vec<Event>,
     pub(crate) positions: Vec<Position>,
+    pub(crate) pending: Vec<bool>,
     pub(crate) more: bool,
 }
 
-/// Reads every channel of `poll` from `starts` (a start each, and whether to announce it with a
-/// `subscribed` event even when nothing was lost).
+/// Reads the channels of `poll` from `from` (one each; a kept channel is not read).
 pub(crate) async fn read(
     ctx: &ListenerCtx,
     who: &Identity,
     poll: &Poll,
-    starts: &[(Start, bool)],
+    from: &[ReadFrom],
 ) -> Result<Read, ProtoError> {
     let mut budget = ctx.cfg.outbox.max_bytes;
     let mut left = poll.limit;
     let mut out = Read {
         events: Vec::new(),
-        positions: Vec::with_capacity(starts.len()),
+        positions: Vec::with_capacity(from.len()),
+        pending: Vec::with_capacity(from.len()),
         more: false,
     };
-    for (i, ((channel, _), (start, announce))) in poll.channels.iter().zip(starts).enumerate() {
+    for (i, ((channel, _), from)) in poll.channels.iter().zip(from).enumerate() {
+        let (start, announce) = match *from {
+            ReadFrom::Read { start, announce } => (start, announce),
+            ReadFrom::Keep(p) => {
+                out.positions.push(p);
+                out.pending.push(false);
+                continue;
+            }
+        };
         // Every channel is read, with at least one message when one follows (so that no channel
         // can be starved by the others); the rest of the answer's bounds are shared.
-        let h = ops::read(ctx, who, channel, *start, left.max(1), budget.max(1)).await?;
+        let h = ops::read(ctx, who, channel, start, left.max(1), budget.max(1)).await?;
         let lost = matches!(
             h.subscription.recovery,
             Some(tslm_protocol::Recovery::Incomplete(_))
         );
         let sub = &h.subscription;
-        if *announce || lost {
+        if announce || lost {
             out.events.push(Event {
                 channel: i,
                 kind: "subscribed",
@@ -199,6 +249,7 @@ pub(crate) async fn read(
         left = left.saturating_sub(h.events.len());
         budget = budget.saturating_sub(h.events.iter().map(Bytes::len).sum());
         out.more |= h.more;
+        out.pending.push(h.more);
         for (json, (offset, _)) in h.events.into_iter().zip(&h.messages) {
             out.events.push(Event {
                 channel: i,
@@ -214,19 +265,103 @@ pub(crate) async fn read(
     Ok(out)
 }
 
-/// Unsubscribes a waiting poll's temporary subscriptions however the poll ends.
-struct Waiting<'a> {
+/// The temporary subscriptions that wake a waiting poll or an event stream when one of its
+/// channels gets a message: one small wake-up queue per channel, so that a publish wakes only
+/// the waiters of its channel and tells them which of their channels to read. What is queued
+/// is only counted (refcounts of the frames each publish encoded once) and forgotten: the
+/// waiter reads the log. Unsubscribed however the waiter ends.
+pub(crate) struct Wake<'a> {
     ctx: &'a ListenerCtx,
     id: ConnId,
-    channels: Vec<ChannelName>,
-    outbox: Arc<Outbox>,
+    /// The channels subscribed, in the request's order, each with its queue.
+    channels: Vec<(ChannelName, Arc<Outbox>)>,
+    max_messages: usize,
+    scratch: VecDeque<Bytes>,
 }
 
-impl Drop for Waiting<'_> {
+impl<'a> Wake<'a> {
+    /// Subscribes `channels` (new messages only). `max_messages`: wake-ups a queue holds before
+    /// it overflows (which flags its channel too, and makes its subscription again).
+    pub(crate) fn new(
+        ctx: &'a ListenerCtx,
+        channels: &[ChannelName],
+        max_messages: usize,
+    ) -> Result<Self, ProtoError> {
+        let mut wake = Wake {
+            ctx,
+            id: ctx.hub.next_conn_id(),
+            channels: Vec::with_capacity(channels.len()),
+            max_messages,
+            scratch: VecDeque::new(),
+        };
+        for c in channels {
+            let outbox = wake.subscribe(c)?;
+            wake.channels.push((c.clone(), outbox));
+        }
+        Ok(wake)
+    }
+
+    fn subscribe(&self, channel: &ChannelName) -> Result<Arc<Outbox>, ProtoError> {
+        let outbox = Arc::new(Outbox::new(OutboxLimits {
+            max_bytes: usize::MAX,
+            max_messages: self.max_messages,
+        }));
+        self.ctx
+            .hub
+            .subscribe(channel, self.id, Wire::V1Ws, &outbox, Start::New)
+            .map_err(ops::hub_error)?;
+        Ok(outbox)
+    }
+
+    /// Flags in `changed` each channel that got a message since the last call (or whose queue
+    /// overflowed, after subscribing it again); `true` when any did. Does not wait.
+    pub(crate) fn changed(&mut self, changed: &mut [bool]) -> Result<bool, ProtoError> {
+        let mut any = false;
+        for (i, (channel, outbox)) in self.channels.iter_mut().enumerate() {
+            let closed = outbox.take(&mut self.scratch).is_some();
+            if closed || !self.scratch.is_empty() {
+                self.scratch.clear();
+                changed[i] = true;
+                any = true;
+            }
+            if closed {
+                self.ctx.hub.unsubscribe(channel, self.id);
+                let fresh = Arc::new(Outbox::new(OutboxLimits {
+                    max_bytes: usize::MAX,
+                    max_messages: self.max_messages,
+                }));
+                // Subscribed before the channel is read again, so nothing is missed.
+                self.ctx
+                    .hub
+                    .subscribe(channel, self.id, Wire::V1Ws, &fresh, Start::New)
+                    .map_err(ops::hub_error)?;
+                *outbox = fresh;
+            }
+        }
+        Ok(any)
+    }
+
+    /// Waits until a channel got a message; flags it (and any other that did) in `changed`.
+    /// Cancel-safe: nothing is taken until the wait is over.
+    pub(crate) async fn wait(&mut self, changed: &mut [bool]) -> Result<(), ProtoError> {
+        while !self.changed(changed)? {
+            match self.channels.as_slice() {
+                [(_, one)] => one.ready().await,
+                many => {
+                    futures_util::future::select_all(many.iter().map(|(_, o)| Box::pin(o.ready())))
+                        .await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Wake<'_> {
     fn drop(&mut self) {
-        self.outbox.close();
-        for c in &self.channels {
-            self.ctx.hub.unsubscribe(c, self.id);
+        for (channel, outbox) in &self.channels {
+            outbox.close();
+            self.ctx.hub.unsubscribe(channel, self.id);
         }
     }
 }
@@ -240,45 +375,37 @@ pub(crate) async fn run(
     let names = poll.names();
     // Each channel's start, and whether its answer announces it (`subscribed`): every channel on
     // a first poll; on later ones only a channel whose position could not be resumed.
-    let starts: Vec<(Start, bool)> = match &poll.cursor {
-        Some(c) => cursor::decode(&names, c)?
-            .into_iter()
-            .map(|p| (p.start(), false))
+    let from: Vec<ReadFrom> = match &poll.cursor {
+        Some(c) => ReadFrom::all(&cursor::decode(&names, c)?),
+        None => poll
+            .channels
+            .iter()
+            .map(|(_, s)| ReadFrom::Read {
+                start: *s,
+                announce: true,
+            })
             .collect(),
-        None => poll.channels.iter().map(|(_, s)| (*s, true)).collect(),
     };
-    let mut got = read(ctx, who, poll, &starts).await?;
+    let mut got = read(ctx, who, poll, &from).await?;
     if got.events.is_empty() && !poll.wait.is_zero() {
         // Nothing yet: wait for a publish on any of the channels. The subscriptions are made
         // before reading again, so a message published in between is not missed.
-        let waiting = Waiting {
-            ctx,
-            id: ctx.hub.next_conn_id(),
-            channels: Vec::new(),
-            outbox: Arc::new(Outbox::new(OutboxLimits {
-                max_bytes: 1,
-                max_messages: 1,
-            })),
-        };
-        let mut waiting = waiting;
-        for c in &names {
-            ctx.hub
-                .subscribe(c, waiting.id, Wire::V1Ws, &waiting.outbox, Start::New)
-                .map_err(ops::hub_error)?;
-            waiting.channels.push(c.clone());
-        }
-        let here: Vec<(Start, bool)> = got.positions.iter().map(|p| (p.start(), false)).collect();
-        got = read(ctx, who, poll, &here).await?;
+        let mut wake = Wake::new(ctx, &names, 1)?;
+        let here = got.positions;
+        got = read(ctx, who, poll, &ReadFrom::all(&here)).await?;
         if got.events.is_empty() {
+            let mut changed = vec![false; names.len()];
             tokio::select! {
-                _ = waiting.outbox.ready() => {}
+                r = wake.wait(&mut changed) => r?,
                 _ = tokio::time::sleep(poll.wait) => {}
                 // Shutdown, or a reload: answer now; the next poll is judged by the new
                 // configuration.
                 _ = ctx.generation.cancelled() => {}
             }
-            drop(waiting);
-            got = read(ctx, who, poll, &here).await?;
+            // Only the channels that got a message are read again.
+            wake.changed(&mut changed)?;
+            drop(wake);
+            got = read(ctx, who, poll, &ReadFrom::only(&here, &changed)).await?;
         }
     }
     let cursor = cursor::encode(&names, &got.positions);

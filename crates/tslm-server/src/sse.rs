@@ -18,48 +18,57 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tslm_hub::{ConnId, Outbox, OutboxLimits};
 use tslm_protocol::cursor::{self, Position};
-use tslm_protocol::{ChannelName, ProtoError, Start, Wire};
 
 use crate::context::ListenerCtx;
 use crate::identity::Identity;
-use crate::poll::{self, Poll};
+use crate::poll::{self, Poll, ReadFrom, Wake};
 
 /// A comment line this often when nothing else was sent, so that proxies keep the stream open.
 pub(crate) const KEEPALIVE: Duration = Duration::from_secs(15);
 /// The reconnect delay the stream asks of `EventSource` (`retry:`), in milliseconds.
 pub(crate) const RETRY_MS: u64 = 3000;
 /// Chunks waiting for the client's socket; past it, the stream waits (the client reads slowly)
-/// and reads nothing more, so a slow reader costs no more than this.
-pub(crate) const QUEUE: usize = 16;
+/// and reads nothing more, so a slow reader costs no more than this. A chunk is one read's events
+/// (at most `outbound_queue_bytes` of messages, and `limit` of them), so a slow reader holds at
+/// most two reads here, about what a WebSocket session's outbox may hold.
+pub(crate) const QUEUE: usize = 2;
 
-/// The lines of one event: `event:`, `id:` and the JSON as `data:` lines (a line break in the
-/// JSON, which can only be whitespace between its tokens, starts a new `data:` line; the client
-/// joins them with `\n`). The JSON is shared, never copied here.
-pub(crate) fn event(kind: &str, id: &str, json: &Bytes) -> Vec<Bytes> {
-    let mut out = vec![Bytes::from(format!("event: {kind}\nid: {id}\ndata: "))];
+/// Appends the lines of one event to `out`: `event:`, `id:` and the JSON as `data:` lines (a
+/// line break in the JSON, which can only be whitespace between its tokens, starts a new `data:`
+/// line; the client joins them with `\n`).
+///
+/// The JSON is the one each publish encoded (shared with the backlog); it is copied here into the
+/// stream's batch, never encoded again. A batch goes to the client as one HTTP chunk: hyper
+/// writes a response body's chunks with at most 16 buffers per system call, so handing it the
+/// shared slices (three per event) cost a system call per two or three events, where copying a
+/// few hundred bytes costs far less (docs/performance.md, "Server-Sent Events").
+pub(crate) fn event(out: &mut BytesMut, kind: &str, id: &str, json: &[u8]) {
+    out.reserve(kind.len() + id.len() + json.len() + 24);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\nid: ");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
     let mut start = 0;
-    let bytes = json.as_ref();
     let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\n' || bytes[i] == b'\r' {
-            out.push(json.slice(start..i));
-            out.push(Bytes::from_static(b"\ndata: "));
+    while i < json.len() {
+        if json[i] == b'\n' || json[i] == b'\r' {
+            out.extend_from_slice(&json[start..i]);
+            out.extend_from_slice(b"\ndata: ");
             // `\r\n` is one line break.
-            if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+            if json[i] == b'\r' && json.get(i + 1) == Some(&b'\n') {
                 i += 1;
             }
             start = i + 1;
         }
         i += 1;
     }
-    out.push(json.slice(start..));
-    out.push(Bytes::from_static(b"\n\n"));
-    out
+    out.extend_from_slice(&json[start..]);
+    out.extend_from_slice(b"\n\n");
 }
 
 /// The last event of a stream: `reason`, and the reconnect delay to ask for.
@@ -68,72 +77,10 @@ fn end(reason: &str, retry_ms: u64) -> Bytes {
     Bytes::from(format!("retry: {retry_ms}\nevent: end\ndata: {json}\n\n"))
 }
 
-/// The temporary subscriptions that wake a stream when one of its channels gets a message.
-struct Wake<'a> {
-    ctx: &'a ListenerCtx,
-    id: ConnId,
-    channels: Vec<ChannelName>,
-    outbox: Arc<Outbox>,
-}
-
-impl<'a> Wake<'a> {
-    fn new(ctx: &'a ListenerCtx, channels: &[ChannelName]) -> Result<Self, ProtoError> {
-        let mut wake = Wake {
-            ctx,
-            id: ctx.hub.next_conn_id(),
-            channels: Vec::new(),
-            outbox: Self::outbox(),
-        };
-        wake.subscribe(channels)?;
-        Ok(wake)
-    }
-
-    fn outbox() -> Arc<Outbox> {
-        // Frames are only counted (refcounts of shared bytes): a few, so that a burst between two
-        // reads does not close it; when it does close, it is made again (nothing is lost: the
-        // stream reads the log).
-        Arc::new(Outbox::new(OutboxLimits {
-            max_bytes: usize::MAX,
-            max_messages: 64,
-        }))
-    }
-
-    fn subscribe(&mut self, channels: &[ChannelName]) -> Result<(), ProtoError> {
-        for c in channels {
-            self.ctx
-                .hub
-                .subscribe(c, self.id, Wire::V1Ws, &self.outbox, Start::New)
-                .map_err(crate::ops::hub_error)?;
-            self.channels.push(c.clone());
-        }
-        Ok(())
-    }
-
-    /// Waits for a publish; then forgets what was queued (the stream reads the log), making the
-    /// subscriptions again if the queue overflowed meanwhile.
-    async fn wait(&mut self) -> Result<(), ProtoError> {
-        self.outbox.ready().await;
-        let mut frames = std::collections::VecDeque::new();
-        if self.outbox.take(&mut frames).is_some() {
-            let channels = std::mem::take(&mut self.channels);
-            for c in &channels {
-                self.ctx.hub.unsubscribe(c, self.id);
-            }
-            self.outbox = Self::outbox();
-            self.subscribe(&channels)?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Wake<'_> {
-    fn drop(&mut self) {
-        self.outbox.close();
-        for c in &self.channels {
-            self.ctx.hub.unsubscribe(c, self.id);
-        }
-    }
-}
+/// Wake-ups a stream's queue per channel holds before it overflows: a few, so that a burst
+/// between two reads does not overflow it; when it does, it is made again (nothing is lost: the
+/// stream reads the log).
+const WAKE_QUEUE: usize = 64;
 
 /// How long a client may leave the stream's queue full (not reading) before the stream ends:
 /// like a WebSocket session's write deadline, so a reader that stops costs its slot and its
@@ -161,10 +108,16 @@ pub(crate) async fn run(
     tx: mpsc::Sender<Bytes>,
 ) {
     let names = poll.names();
-    let (mut starts, mut positions): (Vec<(Start, bool)>, Vec<Position>) = match resume {
-        Some(p) => (p.iter().map(|p| (p.start(), false)).collect(), p),
+    let (mut from, mut positions): (Vec<ReadFrom>, Vec<Position>) = match resume {
+        Some(p) => (ReadFrom::all(&p), p),
         None => (
-            poll.channels.iter().map(|(_, s)| (*s, true)).collect(),
+            poll.channels
+                .iter()
+                .map(|(_, s)| ReadFrom::Read {
+                    start: *s,
+                    announce: true,
+                })
+                .collect(),
             // Set by each channel's `subscribed` event, which comes first.
             Vec::new(),
         ),
@@ -172,7 +125,8 @@ pub(crate) async fn run(
     if !send(&tx, vec![Bytes::from(format!("retry: {RETRY_MS}\n\n"))]).await {
         return;
     }
-    let mut wake = match Wake::new(&ctx, &names) {
+    // Subscribed before the first read, so that nothing published meanwhile is missed.
+    let mut wake = match Wake::new(&ctx, &names, WAKE_QUEUE) {
         Ok(w) => w,
         Err(e) => {
             let _ = send(&tx, vec![end(e.code.as_str(), RETRY_MS)]).await;
@@ -184,8 +138,9 @@ pub(crate) async fn run(
         _ => None,
     };
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    let mut changed = vec![false; names.len()];
     loop {
-        let got = match poll::read(&ctx, &who, &poll, &starts).await {
+        let got = match poll::read(&ctx, &who, &poll, &from).await {
             Ok(got) => got,
             Err(e) => {
                 let _ = send(&tx, vec![end(e.code.as_str(), RETRY_MS)]).await;
@@ -199,22 +154,30 @@ pub(crate) async fn run(
         // every channel.
         let (announced, messages): (Vec<_>, Vec<_>) =
             got.events.into_iter().partition(|e| e.kind == "subscribed");
+        // The read's events go out as one batch (bounded like the read: `limit` messages and the
+        // outbox's bytes).
+        let mut batch = BytesMut::new();
         for e in announced.into_iter().chain(messages) {
             positions[e.channel] = e.position;
             let id = cursor::encode(&names, &positions);
-            if !send(&tx, event(e.kind, &id, &e.json)).await {
-                return;
-            }
+            event(&mut batch, e.kind, &id, &e.json);
+        }
+        if !batch.is_empty() && !send(&tx, vec![batch.freeze()]).await {
+            return;
         }
         positions = got.positions;
-        starts = positions.iter().map(|p| (p.start(), false)).collect();
         if got.more {
+            // Only the channels with more to read now; the others wake the stream when they
+            // get a message.
+            from = ReadFrom::only(&positions, &got.pending);
             continue;
         }
-        // Nothing more now: wait for a publish, keeping the stream alive meanwhile.
+        // Nothing more now: wait for a publish, keeping the stream alive meanwhile; then read
+        // only the channels that got one.
+        changed.fill(false);
         loop {
             tokio::select! {
-                r = wake.wait() => {
+                r = wake.wait(&mut changed) => {
                     if let Err(e) = r {
                         let _ = send(&tx, vec![end(e.code.as_str(), RETRY_MS)]).await;
                         return;
@@ -246,6 +209,7 @@ pub(crate) async fn run(
                 _ = tx.closed() => return,
             }
         }
+        from = ReadFrom::only(&positions, &changed);
     }
 }
 
@@ -253,25 +217,22 @@ pub(crate) async fn run(
 mod tests {
     use super::*;
 
-    fn text(chunks: &[Bytes]) -> String {
-        chunks
-            .iter()
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect()
+    fn text(kind: &str, id: &str, json: &[u8]) -> String {
+        let mut out = BytesMut::new();
+        event(&mut out, kind, id, json);
+        String::from_utf8(out.to_vec()).unwrap()
     }
 
     #[test]
-    fn an_event_splits_line_breaks_into_data_lines_and_shares_the_json() {
-        let json = Bytes::from_static(b"{\"a\":\n1,\r\n\"b\":\r2}");
-        let chunks = event("message", "x.1:2", &json);
+    fn an_event_splits_line_breaks_into_data_lines() {
         assert_eq!(
-            text(&chunks),
+            text("message", "x.1:2", b"{\"a\":\n1,\r\n\"b\":\r2}"),
             "event: message\nid: x.1:2\ndata: {\"a\":\ndata: 1,\ndata: \"b\":\ndata: 2}\n\n"
         );
-        // The JSON's slices point into the same buffer.
-        assert!(chunks.iter().any(|c| c.as_ptr() == json.as_ptr()));
-        let one = event("message", "i", &Bytes::from_static(b"{}"));
-        assert_eq!(text(&one), "event: message\nid: i\ndata: {}\n\n");
+        assert_eq!(
+            text("message", "i", b"{}"),
+            "event: message\nid: i\ndata: {}\n\n"
+        );
     }
 
     #[test]

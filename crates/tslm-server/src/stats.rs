@@ -42,6 +42,8 @@ pub(crate) struct Stats {
     pub(crate) publish_seconds: Latency,
     connections: AtomicUsize,
     sessions: AtomicUsize,
+    /// Server-Sent Events streams open (each takes a turn of the shutdown's close schedule).
+    streams: AtomicUsize,
     connections_accepted: AtomicUsize,
     sessions_opened_v1: AtomicUsize,
     sessions_opened_legacy: AtomicUsize,
@@ -303,12 +305,23 @@ impl Stats {
         opened.fetch_add(1, Ordering::Relaxed);
         Gauge::new(self.clone(), Kind::Session)
     }
+
+    /// Counts an open Server-Sent Events stream while it exists.
+    pub(crate) fn stream(self: &std::sync::Arc<Self>) -> Gauge {
+        Gauge::new(self.clone(), Kind::Stream)
+    }
+
+    /// What closes in turns at shutdown: WebSocket sessions and event streams.
+    pub(crate) fn closing_turns(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed) + self.streams.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Connection,
     Session,
+    Stream,
 }
 
 /// Counts one live thing while it exists.
@@ -330,6 +343,7 @@ impl Stats {
         match kind {
             Kind::Connection => &self.connections,
             Kind::Session => &self.sessions,
+            Kind::Stream => &self.streams,
         }
     }
 }

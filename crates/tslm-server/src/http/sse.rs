@@ -92,9 +92,12 @@ async fn start(ctx: Arc<ListenerCtx>, req: Request) -> Result<Body, ProtoError> 
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(crate::sse::QUEUE);
     let task_ctx = Arc::clone(&ctx);
-    // The connection's slot lives as long as the stream.
+    // The connection's slot lives as long as the stream; so does its count, which sizes the
+    // shutdown's close schedule (`drain`).
+    let gauge = ctx.stats.stream();
     ctx.tracker.spawn(async move {
         let _slot = conn;
+        let _gauge = gauge;
         crate::sse::run(task_ctx, who, poll, resume, tx).await;
     });
     Ok(Body::from_stream(futures_util::stream::poll_fn(

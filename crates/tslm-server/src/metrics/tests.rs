@@ -42,6 +42,7 @@ fn every_figure_is_exported_under_its_name_and_labels() {
         resumes_epoch_changed: 25,
         resume_lost_messages: 28,
         subscribes: 29,
+        log_reads: 33,
         replies: 30,
         backlog_evicted: 31,
         backlog_messages: 32,
@@ -57,6 +58,7 @@ fn every_figure_is_exported_under_its_name_and_labels() {
         "tslm_connections 3".to_owned(),
         "tslm_resume_lost_messages_total 28".to_owned(),
         "tslm_subscribes_total 29".to_owned(),
+        "tslm_log_reads_total 33".to_owned(),
         "tslm_replies_total 30".to_owned(),
         "tslm_backlog_evictions_total 31".to_owned(),
         "tslm_backlog_messages 32".to_owned(),
@@ -94,7 +96,7 @@ fn every_figure_is_exported_under_its_name_and_labels() {
     }
     // Every series has a HELP and a TYPE line for its metric.
     let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-    assert_eq!(types, 27, "{text}");
+    assert_eq!(types, 28, "{text}");
 }
 
 #[test]
@@ -137,7 +139,7 @@ fn every_metric_is_in_the_operations_reference() {
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split(' ').next())
         .collect();
-    assert_eq!(names.len(), 29, "{text}");
+    assert_eq!(names.len(), 30, "{text}");
     for name in names {
         assert!(
             doc.contains(&format!("| `{name}` |")),
