@@ -39,6 +39,9 @@ pub struct ClusterConfig {
     /// Redis Sentinel instead of fixed URLs: the master is asked of the sentinels on every
     /// (re)connection, so a failover is followed.
     pub sentinel: Option<SentinelConfig>,
+    /// A Redis Cluster instead: the URLs of some of its nodes (seeds; the others are found
+    /// from them). Empty unless in that mode. See "Redis Cluster" in the crate's docs.
+    pub redis_cluster: Vec<String>,
     /// A PEM file of the certificate authorities that sign the Redis servers' certificates
     /// (`rediss://`); `None`: the system's.
     pub tls_ca: Option<Vec<u8>>,
@@ -153,6 +156,9 @@ impl Cluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let shards = match &cfg.sentinel {
             Some(s) => vec![Shard::sentinel(s, &cfg)?],
+            None if !cfg.redis_cluster.is_empty() => {
+                vec![Shard::cluster(&cfg.redis_cluster, &cfg)?]
+            }
             None => cfg
                 .redis
                 .iter()
@@ -190,6 +196,11 @@ impl Cluster {
     /// whether every shard is followed.
     pub fn run(&self, stop: CancellationToken, ready: ReadyFn) {
         *self.inner.ready.lock().unwrap_or_else(|p| p.into_inner()) = Some(ready);
+        if self.inner.shards[0].is_cluster() {
+            tokio::spawn(follow::follow_cluster(Arc::clone(&self.inner), stop.clone()));
+            tokio::spawn(follow::housekeeping(Arc::clone(&self.inner), stop));
+            return;
+        }
         for i in 0..self.inner.shards.len() {
             tokio::spawn(follow::follow(Arc::clone(&self.inner), i, stop.clone()));
         }
