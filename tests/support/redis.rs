@@ -266,3 +266,138 @@ impl Redis {
         }
     }
 }
+
+/// A Redis Cluster of three masters (no replicas) on free loopback ports, each in its own
+/// directory, made with `redis-cli --cluster create`; killed (by PID) when dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> Self {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut r = Redis {
+                port: free_port(),
+                child: None,
+                dir,
+                persistence: false,
+                extra: vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    "nodes.conf".into(),
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                ],
+            };
+            r.spawn().await;
+            nodes.push(r);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli (Debian package redis-tools) must be installed");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = RedisCluster { nodes };
+        c.wait_ok().await;
+        c
+    }
+
+    /// Until every node says `cluster_state:ok` and knows all three masters.
+    pub async fn wait_ok(&self) {
+        for _ in 0..400 {
+            let mut ok = true;
+            for n in &self.nodes {
+                let info = n.bulk(&["CLUSTER", "INFO"]).await.unwrap_or_default();
+                ok &= info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3");
+            }
+            if ok {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the Redis Cluster never reached cluster_state:ok");
+    }
+
+    /// The seed URLs for `redis_cluster`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Redis::url).collect()
+    }
+
+    /// The node that owns the slot of `key` (asked with `CLUSTER KEYSLOT` and `CLUSTER SLOTS`).
+    pub async fn owner_of(&self, key: &str) -> usize {
+        let slot: u64 = self.nodes[0]
+            .cmd(&["CLUSTER", "KEYSLOT", key])
+            .await
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .expect("a slot");
+        let mut found = None;
+        for (i, n) in self.nodes.iter().enumerate() {
+            // The slot ranges on the node's own line of `CLUSTER NODES`.
+            let nodes = n.bulk(&["CLUSTER", "NODES"]).await.expect("CLUSTER NODES");
+            let myself = nodes
+                .lines()
+                .find(|l| l.contains("myself"))
+                .expect("myself")
+                .to_owned();
+            for range in myself.split(' ').skip(8) {
+                let (lo, hi) = match range.split_once('-') {
+                    Some((a, b)) => (a.parse::<u64>().ok(), b.parse::<u64>().ok()),
+                    None => (range.parse().ok(), range.parse().ok()),
+                };
+                if let (Some(lo), Some(hi)) = (lo, hi)
+                    && (lo..=hi).contains(&slot)
+                {
+                    found = Some(i);
+                }
+            }
+        }
+        found.expect("a node owns the slot")
+    }
+}
+
+impl Redis {
+    /// One command whose answer is a bulk string (`INFO`, `CLUSTER INFO`, `CLUSTER NODES`).
+    pub async fn bulk(&self, args: &[&str]) -> std::io::Result<String> {
+        use tokio::io::AsyncReadExt;
+        let s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(self.addr()))
+            .await
+            .map_err(|_| std::io::Error::other("connect timeout"))??;
+        let mut s = BufReader::new(s);
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.get_mut().write_all(req.as_bytes()).await?;
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(2), s.read_line(&mut line))
+            .await
+            .map_err(|_| std::io::Error::other("reply timeout"))??;
+        let len: usize = line
+            .strip_prefix('$')
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not a bulk string: {line}")))?;
+        let mut body = vec![0u8; len + 2];
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut body))
+            .await
+            .map_err(|_| std::io::Error::other("reply timeout"))??;
+        body.truncate(len);
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+}
