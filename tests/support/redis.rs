@@ -18,9 +18,20 @@ pub struct Redis {
     extra: Vec<String>,
 }
 
+/// A free loopback port, never one handed out before in this test process: a server killed by
+/// one test must not see its port taken by another test's server (a sentinel or a gateway
+/// would then talk to the wrong one).
 fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    l.local_addr().expect("addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = l.local_addr().expect("addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl Redis {
@@ -290,6 +301,10 @@ impl RedisCluster {
                     "nodes.conf".into(),
                     "--cluster-node-timeout".into(),
                     "2000".into(),
+                    // The bus port is the port + 10000 by default: out of range for a high
+                    // free port, or taken by another test's server.
+                    "--cluster-port".into(),
+                    free_port().to_string(),
                 ],
             };
             r.spawn().await;
