@@ -1037,3 +1037,68 @@ async fn redis_cluster_pubsub_connections_killed_on_every_master_are_healed_with
     wait_ready(&a).await;
     wait_ready(&b).await;
 }
+
+#[tokio::test]
+async fn a_redis_cluster_failover_rotates_the_epochs_of_that_masters_channels_only() {
+    let mut cluster = redis::RedisCluster::start().await;
+    let replica = cluster.add_replica(0).await;
+    let seeds = cluster.urls();
+    let (a, b) = (cluster_node(&seeds).await, cluster_node(&seeds).await);
+    let names = names_on_every_master(&cluster).await;
+    // `lost` is on the master that fails, `kept` on another.
+    let (lost, kept) = (names[0].as_str(), names[4].as_str());
+    let mut p = v1(&a.url("private")).await;
+    let mut epochs = HashMap::new();
+    for n in [lost, kept] {
+        let r = call(&mut p, &format!(r#"{{"op":"create","channel":"{n}"}}"#)).await;
+        assert_eq!(r["ok"], true, "{r}");
+        epochs.insert(n, r["epoch"].as_str().unwrap().to_owned());
+    }
+    let mut s = Sub::new(&b.url("public")).await;
+    for n in [lost, kept] {
+        s.subscribe(n, r#""new""#).await;
+        for i in 1..=10 {
+            assert_eq!(publish(&mut p, n, i).await["offset"], i);
+        }
+        s.until(n, 10).await;
+    }
+    // The replica has everything the master acknowledged (as in the Sentinel test).
+    let acks = cluster.nodes[0].cmd(&["WAIT", "1", "1500"]).await;
+    assert_eq!(acks.trim(), ":1", "the replica caught up");
+    cluster.nodes[0].kill();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let role = replica.bulk(&["INFO", "replication"]).await.unwrap();
+        if role.contains("role:master") {
+            break;
+        }
+        let nodes = replica.bulk(&["CLUSTER", "NODES"]).await.unwrap();
+        assert!(tokio::time::Instant::now() < deadline, "no failover: {role}\n{nodes}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Refused until the replica is promoted, then accepted by it: a new epoch, offset 1.
+    let lost_name: &'static str = Box::leak(lost.to_owned().into_boxed_str());
+    let acked = publish_through(a.url("private"), lost_name, 3, Duration::ZERO).await;
+    let role = replica.bulk(&["INFO", "replication"]).await.unwrap();
+    assert!(role.contains("role:master"), "promoted: {role}");
+    assert_ne!(acked[0].0, epochs[lost], "a promoted replica starts a new epoch");
+    assert_eq!(acked[0].1, 1);
+    s.until(lost, u64::MAX).await;
+    let closed = s
+        .log
+        .iter()
+        .find(|v| v["event"] == "closed" && v["channel"] == lost)
+        .expect("closed");
+    assert_eq!(closed["reason"], "epoch_changed", "{closed}");
+    check_no_hole_no_repeat(&[&s], lost, 1, 10);
+    // A channel of another master keeps its epoch and its offsets.
+    let r = publish(&mut p, kept, 11).await;
+    assert_eq!(
+        (r["offset"].as_u64(), r["epoch"].as_str()),
+        (Some(11), Some(epochs[kept].as_str())),
+        "{r}"
+    );
+    s.until(kept, 11).await;
+    assert_eq!(s.offsets(kept), (1..=11).collect::<Vec<_>>());
+    wait_ready(&b).await;
+}

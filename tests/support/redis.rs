@@ -416,3 +416,77 @@ impl Redis {
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 }
+
+impl Redis {
+    /// The cluster bus port of a cluster node.
+    pub fn bus_port(&self) -> u16 {
+        let at = self
+            .extra
+            .iter()
+            .position(|a| a == "--cluster-port")
+            .expect("a cluster node");
+        self.extra[at + 1].parse().expect("a port")
+    }
+}
+
+impl RedisCluster {
+    /// Adds a replica of master `i` (returned; it is not one of `nodes`), synced once it is.
+    pub async fn add_replica(&self, i: usize) -> Redis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+            dir,
+            persistence: false,
+            extra: vec![
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                "nodes.conf".into(),
+                "--cluster-node-timeout".into(),
+                "2000".into(),
+                "--cluster-port".into(),
+                free_port().to_string(),
+            ],
+        };
+        r.spawn().await;
+        let master = &self.nodes[i];
+        let id = master
+            .bulk(&["CLUSTER", "MYID"])
+            .await
+            .expect("CLUSTER MYID");
+        let bus = master.bus_port().to_string();
+        let met = r
+            .cmd(&["CLUSTER", "MEET", "127.0.0.1", &master.port.to_string(), &bus])
+            .await;
+        assert!(met.starts_with("+OK"), "{met}");
+        let mut replicating = String::new();
+        for _ in 0..400 {
+            // The replica must know the master before it can follow it.
+            replicating = r.cmd(&["CLUSTER", "REPLICATE", &id]).await;
+            if replicating.starts_with("+OK") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(replicating.starts_with("+OK"), "{replicating}");
+        let my_id = r.bulk(&["CLUSTER", "MYID"]).await.expect("CLUSTER MYID");
+        for _ in 0..400 {
+            let info = r.bulk(&["INFO", "replication"]).await.unwrap_or_default();
+            // Synced, and known to every master as a replica (a master that never heard of it
+            // would neither report the failure to it nor vote for it).
+            let mut known = true;
+            for n in &self.nodes {
+                let nodes = n.bulk(&["CLUSTER", "NODES"]).await.unwrap_or_default();
+                known &= nodes
+                    .lines()
+                    .any(|l| l.starts_with(&my_id) && l.contains("slave"));
+            }
+            if info.contains("master_link_status:up") && known {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the replica of node {i} never synced");
+    }
+}
