@@ -761,12 +761,7 @@ async fn cluster_node(seeds: &[String]) -> TestServer {
 
 #[tokio::test]
 async fn redis_cluster_configuration_is_validated() {
-    let base = |cluster: &str| {
-        format!(
-            "{}\n[cluster]\n{cluster}\n",
-            two_listeners("")
-        )
-    };
+    let base = |cluster: &str| format!("{}\n[cluster]\n{cluster}\n", two_listeners(""));
     let err = |cluster: &str| {
         tslm_server::Config::from_toml_str(&base(cluster), "test")
             .err()
@@ -774,8 +769,13 @@ async fn redis_cluster_configuration_is_validated() {
             .unwrap_or_default()
     };
     let e = err("redis_cluster = [\"redis://127.0.0.1:7001\"]\nredis = \"redis://127.0.0.1:6379\"");
-    assert!(e.contains("redis_cluster") && e.contains("not several"), "{e}");
-    let e = err("redis_cluster = [\"redis://127.0.0.1:7001\"]\nsentinels = [\"redis://127.0.0.1:26379\"]\nsentinel_master = \"m\"");
+    assert!(
+        e.contains("redis_cluster") && e.contains("not several"),
+        "{e}"
+    );
+    let e = err(
+        "redis_cluster = [\"redis://127.0.0.1:7001\"]\nsentinels = [\"redis://127.0.0.1:26379\"]\nsentinel_master = \"m\"",
+    );
     assert!(e.contains("not several"), "{e}");
     let e = err("redis_cluster = []");
     assert!(e.contains("redis_cluster") && e.contains("empty"), "{e}");
@@ -907,7 +907,11 @@ async fn a_redis_cluster_spreads_channels_over_its_masters_and_every_node_serves
     assert_eq!(late.offsets(feed), (4..=11).collect::<Vec<_>>());
 
     // Listing (the registry is one key on one master) and paging.
-    let l = call(&mut p_b, r#"{"op":"channels","prefix":"room.","limit":100}"#).await;
+    let l = call(
+        &mut p_b,
+        r#"{"op":"channels","prefix":"room.","limit":100}"#,
+    )
+    .await;
     let listed: Vec<&str> = l["channels"]
         .as_array()
         .unwrap_or_else(|| panic!("{l}"))
@@ -916,7 +920,11 @@ async fn a_redis_cluster_spreads_channels_over_its_masters_and_every_node_serves
         .collect();
     let mut sorted = names.clone();
     sorted.sort();
-    assert_eq!(listed, sorted.iter().map(String::as_str).collect::<Vec<_>>(), "{l}");
+    assert_eq!(
+        listed,
+        sorted.iter().map(String::as_str).collect::<Vec<_>>(),
+        "{l}"
+    );
     let l = call(&mut p_b, r#"{"op":"channels","prefix":"room.","limit":5}"#).await;
     assert_eq!(l["more"], true, "{l}");
     assert_eq!(l["channels"][4]["channel"], sorted[4].as_str(), "{l}");
@@ -941,7 +949,11 @@ async fn a_redis_cluster_spreads_channels_over_its_masters_and_every_node_serves
 
     // Deleting on B closes the subscriptions on both nodes and unlists the channel.
     let gone = names[2].as_str();
-    let r = call(&mut p_b, &format!(r#"{{"op":"delete","channel":"{gone}"}}"#)).await;
+    let r = call(
+        &mut p_b,
+        &format!(r#"{{"op":"delete","channel":"{gone}"}}"#),
+    )
+    .await;
     assert_eq!(r["ok"], true, "{r}");
     for s in &mut subs {
         s.until(gone, u64::MAX).await;
@@ -1006,7 +1018,10 @@ async fn redis_cluster_pubsub_connections_killed_on_every_master_are_healed_with
                 if list.lines().filter(|l| l.contains("flags=P")).count() >= 2 {
                     break;
                 }
-                assert!(tokio::time::Instant::now() < deadline, "not followed again: {list}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "not followed again: {list}"
+                );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -1023,12 +1038,20 @@ async fn redis_cluster_pubsub_connections_killed_on_every_master_are_healed_with
     }
     for (c, publisher) in chosen.iter().zip(publishers) {
         let acked = publisher.await.unwrap();
-        assert_eq!(acked.last().unwrap().1, 300, "{c}: every publish acknowledged once");
+        assert_eq!(
+            acked.last().unwrap().1,
+            300,
+            "{c}: every publish acknowledged once"
+        );
     }
     for s in &mut subs {
         for c in &chosen {
             s.until(c, 300).await;
-            assert_eq!(s.offsets(c), (1..=300).collect::<Vec<_>>(), "{c}: healed, not lost");
+            assert_eq!(
+                s.offsets(c),
+                (1..=300).collect::<Vec<_>>(),
+                "{c}: healed, not lost"
+            );
         }
     }
     for c in &chosen {
@@ -1073,7 +1096,10 @@ async fn a_redis_cluster_failover_rotates_the_epochs_of_that_masters_channels_on
             break;
         }
         let nodes = replica.bulk(&["CLUSTER", "NODES"]).await.unwrap();
-        assert!(tokio::time::Instant::now() < deadline, "no failover: {role}\n{nodes}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failover: {role}\n{nodes}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Refused until the replica is promoted, then accepted by it: a new epoch, offset 1.
@@ -1081,7 +1107,10 @@ async fn a_redis_cluster_failover_rotates_the_epochs_of_that_masters_channels_on
     let acked = publish_through(a.url("private"), lost_name, 3, Duration::ZERO).await;
     let role = replica.bulk(&["INFO", "replication"]).await.unwrap();
     assert!(role.contains("role:master"), "promoted: {role}");
-    assert_ne!(acked[0].0, epochs[lost], "a promoted replica starts a new epoch");
+    assert_ne!(
+        acked[0].0, epochs[lost],
+        "a promoted replica starts a new epoch"
+    );
     assert_eq!(acked[0].1, 1);
     s.until(lost, u64::MAX).await;
     let closed = s

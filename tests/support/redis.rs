@@ -457,7 +457,13 @@ impl RedisCluster {
             .expect("CLUSTER MYID");
         let bus = master.bus_port().to_string();
         let met = r
-            .cmd(&["CLUSTER", "MEET", "127.0.0.1", &master.port.to_string(), &bus])
+            .cmd(&[
+                "CLUSTER",
+                "MEET",
+                "127.0.0.1",
+                &master.port.to_string(),
+                &bus,
+            ])
             .await;
         assert!(met.starts_with("+OK"), "{met}");
         let mut replicating = String::new();

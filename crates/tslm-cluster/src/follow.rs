@@ -357,8 +357,7 @@ async fn on_push(inner: &Inner, node_channel: &str, m: redis::PushInfo) -> bool 
             false
         }
         PushKind::SMessage | PushKind::Message => {
-            let (Some(channel), Some(payload)) = (text(m.data.first()), text(m.data.get(1)))
-            else {
+            let (Some(channel), Some(payload)) = (text(m.data.first()), text(m.data.get(1))) else {
                 return true;
             };
             let channel = String::from_utf8_lossy(&channel);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::{StreamExt, TryStreamExt};
 use redis::aio::{ConnectionLike, MultiplexedConnection, PubSubSink};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
@@ -120,7 +120,7 @@ enum Target {
         node: SentinelNodeConnectionInfo,
     },
     /// A Redis Cluster, found from its seed nodes.
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 pub(crate) struct Shard {
@@ -197,10 +197,14 @@ impl Shard {
         let client = Self::cluster_builder(seeds, cfg)
             .build()
             .map_err(|source| ClusterError::Url {
-                url: seeds.iter().map(|u| redact(u)).collect::<Vec<_>>().join(", "),
+                url: seeds
+                    .iter()
+                    .map(|u| redact(u))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 source,
             })?;
-        Ok(Self::with_target(Target::Cluster(client), cfg))
+        Ok(Self::with_target(Target::Cluster(Box::new(client)), cfg))
     }
 
     fn cluster_builder(seeds: &[String], cfg: &ClusterConfig) -> ClusterClientBuilder {
@@ -419,7 +423,13 @@ impl Shard {
                 };
                 if matches!(
                     code,
-                    "READONLY" | "MASTERDOWN" | "LOADING" | "CLUSTERDOWN" | "TRYAGAIN" | "MOVED" | "ASK"
+                    "READONLY"
+                        | "MASTERDOWN"
+                        | "LOADING"
+                        | "CLUSTERDOWN"
+                        | "TRYAGAIN"
+                        | "MOVED"
+                        | "ASK"
                 ) {
                     // A demoted master or one still loading: ask again (a Sentinel names the
                     // new master), and answer `unavailable` meanwhile. In a Redis Cluster: a
@@ -639,19 +649,22 @@ impl Shard {
         let now = now_ms();
         if self.is_cluster() {
             // One script per channel (each on its slot's master), all at once.
-            let rows = join_all(names.iter().map(|name| {
-                let mut conn = l.conn.clone();
-                let k = keys(prefix, name);
-                async move {
-                    let mut inv = self.scripts.info.key(&k[0]);
-                    inv.key(&k[1]).key(&k[4]).arg(now);
-                    self.timed(inv.invoke_async::<Option<InfoRow>>(&mut conn))
-                        .await
-                }
-            }))
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
+            let rows = per_channel(
+                names
+                    .iter()
+                    .map(|name| {
+                        let mut conn = l.conn.clone();
+                        let k = keys(prefix, name);
+                        async move {
+                            let mut inv = self.scripts.info.key(&k[0]);
+                            inv.key(&k[1]).key(&k[4]).arg(now);
+                            self.timed(inv.invoke_async::<Option<InfoRow>>(&mut conn))
+                                .await
+                        }
+                    })
+                    .collect(),
+            )
+            .await?;
             return Ok(info_rows(names, rows));
         }
         let mut pipe = redis::pipe();
@@ -732,15 +745,19 @@ impl Shard {
         };
         if self.is_cluster() {
             // A pipeline per channel (one slot each), all at once.
-            return join_all(counts.iter().map(|(name, n)| {
-                let mut conn = l.conn.clone();
-                let mut pipe = redis::pipe();
-                add(&mut pipe, name, *n);
-                async move { self.timed(pipe.query_async::<()>(&mut conn)).await }
-            }))
+            return per_channel(
+                counts
+                    .iter()
+                    .map(|(name, n)| {
+                        let mut conn = l.conn.clone();
+                        let mut pipe = redis::pipe();
+                        add(&mut pipe, name, *n);
+                        async move { self.timed(pipe.query_async::<()>(&mut conn)).await }
+                    })
+                    .collect(),
+            )
             .await
-            .into_iter()
-            .collect();
+            .map(drop);
         }
         let mut pipe = redis::pipe();
         for (name, n) in counts {
@@ -762,14 +779,17 @@ impl Shard {
             c
         };
         let rows: Vec<(Option<String>, Option<u64>)> = if self.is_cluster() {
-            join_all(names.iter().map(|name| {
-                let mut conn = l.conn.clone();
-                let c = head(name);
-                async move { self.timed(c.query_async(&mut conn)).await }
-            }))
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?
+            per_channel(
+                names
+                    .iter()
+                    .map(|name| {
+                        let mut conn = l.conn.clone();
+                        let c = head(name);
+                        async move { self.timed(c.query_async(&mut conn)).await }
+                    })
+                    .collect(),
+            )
+            .await?
         } else {
             let mut pipe = redis::pipe();
             for name in names {
@@ -832,6 +852,20 @@ impl Shard {
             None => {}
         }
     }
+}
+
+/// Commands on several channels in a Redis Cluster: one per channel (a pipeline must stay in
+/// one slot), [`AT_ONCE`] in flight; answers in the order asked; the first error ends it.
+const AT_ONCE: usize = 64;
+
+async fn per_channel<T, F>(ops: Vec<F>) -> Result<Vec<T>, StoreError>
+where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    futures_util::stream::iter(ops)
+        .buffered(AT_ONCE)
+        .try_collect()
+        .await
 }
 
 trait MapOkUnit {
