@@ -1131,3 +1131,85 @@ async fn a_redis_cluster_failover_rotates_the_epochs_of_that_masters_channels_on
     assert_eq!(s.offsets(kept), (1..=11).collect::<Vec<_>>());
     wait_ready(&b).await;
 }
+
+#[tokio::test]
+async fn a_stopped_redis_cluster_master_makes_nodes_unready_then_resumes_and_the_limit_holds() {
+    let cluster = redis::RedisCluster::start().await;
+    let seeds = cluster.urls();
+    let cfg = format!(
+        "[server]\nmax_channels = 3\n{}",
+        redis_cluster_config(&seeds)
+    );
+    let a = TestServer::start(&cfg).await;
+    wait_ready(&a).await;
+    let b = TestServer::start(&cfg).await;
+    wait_ready(&b).await;
+    let names = names_on_every_master(&cluster).await;
+    let mut p = v1(&a.url("private")).await;
+    // The limit counts the cluster's channels (the registry), checked before a create.
+    for n in [&names[0], &names[4], &names[8]] {
+        let r = call(&mut p, &format!(r#"{{"op":"create","channel":"{n}"}}"#)).await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let r = call(
+        &mut p,
+        &format!(r#"{{"op":"create","channel":"{}"}}"#, names[1]),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "limit_exceeded", "{r}");
+    let mut p_b = v1(&b.url("private")).await;
+    let r = call(
+        &mut p_b,
+        &format!(r#"{{"op":"delete","channel":"{}"}}"#, names[8]),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = call(
+        &mut p,
+        &format!(r#"{{"op":"create","channel":"{}"}}"#, names[1]),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "a deleted channel leaves the registry: {r}");
+
+    // The master of names[4] stops answering.
+    let feed = names[4].as_str();
+    let mut s = Sub::new(&b.url("public")).await;
+    s.subscribe(feed, r#""new""#).await;
+    for n in 1..=5 {
+        assert_eq!(publish(&mut p, feed, n).await["offset"], n);
+    }
+    cluster.nodes[1].signal("STOP");
+    let late = format!(r#"{{"op":"publish","channel":"{feed}","data":{{"n":6}},"msg_id":"late"}}"#);
+    let r = call(&mut p, &late).await;
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    let deadline = tokio::time::Instant::now() + T;
+    while readyz(&b).await != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready with a master stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.nodes[1].signal("CONT");
+    cluster.wait_ok().await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    // Retried with its msg_id, the refused publish is published once either way.
+    let deadline = tokio::time::Instant::now() + T;
+    let r = loop {
+        let r = call(&mut p, &late).await;
+        if r["ok"] == true {
+            break r;
+        }
+        assert_eq!(r["error"]["code"], "unavailable", "{r}");
+        assert!(tokio::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(r["offset"], 6, "{r}");
+    for n in 7..=10 {
+        assert_eq!(publish(&mut p, feed, n).await["offset"], n);
+    }
+    s.until(feed, 10).await;
+    assert_eq!(s.offsets(feed), (1..=10).collect::<Vec<_>>());
+    check_no_hole_no_repeat(&[&s], feed, 1, 10);
+}

@@ -983,4 +983,13 @@ mod tests {
         }
         assert_eq!(topic("tslm", &n), "tslm:{a.b}");
     }
+
+    #[test]
+    fn a_nodes_reply_channel_is_never_a_channels_topic() {
+        // Sharded in a Redis Cluster: its own hash tag, the node number.
+        assert_eq!(cluster_node_topic("tslm", 7), "tslm:node:{7}");
+        assert_eq!(node_topic("tslm", 7), "tslm:node:7");
+        let n = ChannelName::new("node:{7}").map(|n| topic("tslm", &n));
+        assert_ne!(n.as_deref().ok(), Some("tslm:node:{7}"));
+    }
 }
