@@ -720,6 +720,8 @@ async fn a_sentinel_failover_is_followed_and_never_reuses_an_offset() {
     // this the fence would still hold, with fewer messages behind it).
     let acks = master.cmd(&["WAIT", "1", "1500"]).await;
     assert_eq!(acks.trim(), ":1", "the replica caught up");
+    replica.wait_caught_up(&master).await;
+    sentinel.wait_knows_replica().await;
     master.kill();
     // Publishes are refused until the sentinel promotes the replica, then accepted there.
     let acked = publish_through(a.url("private"), "feed", 3, Duration::ZERO).await;
@@ -1086,8 +1088,7 @@ async fn a_redis_cluster_failover_rotates_the_epochs_of_that_masters_channels_on
         s.until(n, 10).await;
     }
     // The replica has everything the master acknowledged (as in the Sentinel test).
-    let acks = cluster.nodes[0].cmd(&["WAIT", "1", "1500"]).await;
-    assert_eq!(acks.trim(), ":1", "the replica caught up");
+    replica.wait_caught_up(&cluster.nodes[0]).await;
     cluster.nodes[0].kill();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -1120,8 +1121,20 @@ async fn a_redis_cluster_failover_rotates_the_epochs_of_that_masters_channels_on
         .expect("closed");
     assert_eq!(closed["reason"], "epoch_changed", "{closed}");
     check_no_hole_no_repeat(&[&s], lost, 1, 10);
-    // A channel of another master keeps its epoch and its offsets.
-    let r = publish(&mut p, kept, 11).await;
+    // A channel of another master keeps its epoch and its offsets (once the cluster client
+    // settled: `unavailable` until then, retried with the same msg_id).
+    let deadline = tokio::time::Instant::now() + T;
+    let next =
+        format!(r#"{{"op":"publish","channel":"{kept}","data":{{"n":11}},"msg_id":"k-11"}}"#);
+    let r = loop {
+        let r = call(&mut p, &next).await;
+        if r["ok"] == true {
+            break r;
+        }
+        assert_eq!(r["error"]["code"], "unavailable", "{r}");
+        assert!(tokio::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         (r["offset"].as_u64(), r["epoch"].as_str()),
         (Some(11), Some(epochs[kept].as_str())),

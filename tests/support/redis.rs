@@ -50,7 +50,7 @@ impl Redis {
             persistence,
             extra: Vec::new(),
         };
-        r.spawn().await;
+        r.spawn_fresh().await;
         r
     }
 
@@ -68,11 +68,51 @@ impl Redis {
                 master.port.to_string(),
             ],
         };
-        r.spawn().await;
-        r
+        r.spawn_fresh().await;
+        // Online before anything is written: after a diskless first sync the master streams
+        // writes only once the replica's first REPLCONF ACK arrived (up to a second later).
+        for _ in 0..400 {
+            let info = master
+                .bulk(&["INFO", "replication"])
+                .await
+                .unwrap_or_default();
+            if info.contains(&format!("port={},state=online", r.port)) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the replica of port {} never came online", master.port);
     }
 
-    async fn spawn(&mut self) {
+    /// Until this replica has applied everything `master` has written (its replication offset
+    /// reached the master's). `WAIT` on a fresh connection proves nothing: it waits for that
+    /// connection's own writes, and it made none.
+    pub async fn wait_caught_up(&self, master: &Redis) {
+        let offset = |info: String, field: &str| -> Option<u64> {
+            info.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let target = offset(
+            master.bulk(&["INFO", "replication"]).await.expect("INFO"),
+            "master_repl_offset:",
+        )
+        .expect("master_repl_offset");
+        for _ in 0..400 {
+            let info = self
+                .bulk(&["INFO", "replication"])
+                .await
+                .unwrap_or_default();
+            if offset(info, "slave_repl_offset:").is_some_and(|o| o >= target) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the replica on port {} never caught up", self.port);
+    }
+
+    /// Starts the server on its port; `false` when it exited at once (the port is taken).
+    async fn spawn(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
         cmd.arg("--port")
             .arg(self.port.to_string())
@@ -103,11 +143,34 @@ impl Redis {
             if let Ok(reply) = self.try_cmd(&["PING"]).await
                 && reply.starts_with("+PONG")
             {
-                return;
+                return true;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                self.child = None;
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("redis-server did not answer on port {}", self.port);
+    }
+
+    /// Starts a new server; when its port was taken meanwhile (a client's ephemeral port: the
+    /// server exits), on other free ports.
+    async fn spawn_fresh(&mut self) {
+        for _ in 0..5 {
+            if self.spawn().await {
+                return;
+            }
+            self.port = free_port();
+            if let Some(at) = self.extra.iter().position(|a| a == "--cluster-port") {
+                self.extra[at + 1] = free_port().to_string();
+            }
+        }
+        panic!("redis-server never started");
     }
 
     pub fn url(&self) -> String {
@@ -133,7 +196,11 @@ impl Redis {
     /// Starts it again on the same port and directory (an RDB snapshot there is loaded).
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        assert!(
+            self.spawn().await,
+            "redis-server did not start again on port {}",
+            self.port
+        );
     }
 
     /// Sends a signal by number to the server (SIGSTOP 19, SIGCONT 18) with `kill`.
@@ -307,7 +374,7 @@ impl RedisCluster {
                     free_port().to_string(),
                 ],
             };
-            r.spawn().await;
+            r.spawn_fresh().await;
             nodes.push(r);
         }
         let addrs: Vec<String> = nodes
@@ -449,7 +516,7 @@ impl RedisCluster {
                 free_port().to_string(),
             ],
         };
-        r.spawn().await;
+        r.spawn_fresh().await;
         let master = &self.nodes[i];
         let id = master
             .bulk(&["CLUSTER", "MYID"])
@@ -488,11 +555,32 @@ impl RedisCluster {
                     .lines()
                     .any(|l| l.starts_with(&my_id) && l.contains("slave"));
             }
-            if info.contains("master_link_status:up") && known {
+            let online = master
+                .bulk(&["INFO", "replication"])
+                .await
+                .unwrap_or_default()
+                .contains(&format!("port={},state=online", r.port));
+            if info.contains("master_link_status:up") && known && online {
                 return r;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("the replica of node {i} never synced");
+    }
+}
+
+impl Sentinel {
+    /// Until the sentinel lists a replica of `mymaster` (it learns them from the master's INFO:
+    /// a master killed before that leaves it nothing to promote).
+    pub async fn wait_knows_replica(&self) {
+        let probe = Redis::probe(self.port);
+        for _ in 0..800 {
+            let info = probe.bulk(&["INFO", "sentinel"]).await.unwrap_or_default();
+            if info.contains("slaves=1") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the sentinel never learned of the replica");
     }
 }
