@@ -344,13 +344,14 @@ pub(crate) async fn follow_cluster(inner: Arc<Inner>, stop: CancellationToken) {
 /// One push of the Redis Cluster connection; `false` when the connection must be made again.
 async fn on_push(inner: &Inner, node_channel: &str, m: redis::PushInfo) -> bool {
     use redis::PushKind;
-    let text = |v: Option<&redis::Value>| -> Option<Vec<u8>> {
+    // Borrowed: a message's payload is not copied before it is decoded.
+    fn text(v: Option<&redis::Value>) -> Option<&[u8]> {
         match v? {
-            redis::Value::BulkString(b) => Some(b.clone()),
-            redis::Value::SimpleString(s) => Some(s.clone().into_bytes()),
+            redis::Value::BulkString(b) => Some(b.as_slice()),
+            redis::Value::SimpleString(s) => Some(s.as_bytes()),
             _ => None,
         }
-    };
+    }
     match m.kind {
         PushKind::Disconnection => {
             tracing::warn!("cluster: a Redis Cluster connection closed; reconnecting");
@@ -360,8 +361,8 @@ async fn on_push(inner: &Inner, node_channel: &str, m: redis::PushInfo) -> bool 
             let (Some(channel), Some(payload)) = (text(m.data.first()), text(m.data.get(1))) else {
                 return true;
             };
-            let channel = String::from_utf8_lossy(&channel);
-            handle(inner, node_channel, &channel, &payload).await;
+            let channel = String::from_utf8_lossy(channel);
+            handle(inner, node_channel, &channel, payload).await;
             true
         }
         PushKind::SUnsubscribe => {
@@ -369,7 +370,7 @@ async fn on_push(inner: &Inner, node_channel: &str, m: redis::PushInfo) -> bool 
             let Some(channel) = text(m.data.first()) else {
                 return true;
             };
-            let channel = String::from_utf8_lossy(&channel);
+            let channel = String::from_utf8_lossy(channel);
             let ours = channel != node_channel
                 && channel_of(inner, &channel).is_none_or(|n| inner.hub.mirror_head(&n).is_none());
             if !ours {
