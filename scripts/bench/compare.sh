@@ -11,6 +11,7 @@
 # subscribers spread round robin over the nodes, the publisher on the first. Redis's CPU is
 # reported apart (`aux_cpu_seconds`) and `redis-cli INFO commandstats` is read before and after
 # each run (`redis_calls`: commands per kind, so the round trips per publish can be counted).
+# CLUSTER_CONFIG adds lines to the `[cluster]` table, e.g. CLUSTER_CONFIG="probe_interval_ms = 60000".
 #   scripts/bench/compare.sh [ROUNDS] [SCENARIO...]      (default: 3 rounds, every scenario)
 #   SYSTEMS="tslm nats" scripts/bench/compare.sh 1 fan1000-flat
 #   PREV=v0.2.0 SYSTEMS="tslm tslm-prev" scripts/bench/compare.sh    (this tree against a git revision)
@@ -125,8 +126,12 @@ print(json.dumps({m.group(1): int(m.group(2)) for m in re.finditer(r"cmdstat_([^
 # Starts $1 fresh; sets SERVER (the PID to stop), MEASURE (the PIDs whose memory and CPU count,
 # comma-separated), AUX (PIDs whose CPU counts apart), TARGET, SUB (comma-separated) and PUB.
 start_server() {
-  for p in $(seq $BASE $((BASE + 5))) $REDIS_PORT 19580 19680; do port_free $p; done
   AUX=""; TARGET=${1%-prev}
+  case $1 in
+    tslm*) for p in $(seq $BASE $((BASE + 5))) $REDIS_PORT; do port_free $p; done ;;
+    nats) port_free 19580 ;;
+    nchan) port_free 19680 ;;
+  esac
   case $1 in
     tslm-cluster|tslm-cluster[0-9])
       TARGET=tslm; nodes=${1#tslm-cluster}; nodes=${nodes:-1}
@@ -134,7 +139,7 @@ start_server() {
         >"$WORK/redis.log" 2>&1 & REDIS=$!; AUX=$REDIS; wait_port $REDIS_PORT
       SUB=""; MEASURE=""
       for k in $(seq 0 $((nodes - 1))); do
-        { tslm_config $k; printf '\n[cluster]\nredis = ["redis://127.0.0.1:%s"]\n' $REDIS_PORT; } >"$WORK/node$k.toml"
+        { tslm_config $k; printf '\n[cluster]\nredis = ["redis://127.0.0.1:%s"]\n%s\n' $REDIS_PORT "${CLUSTER_CONFIG:-}"; } >"$WORK/node$k.toml"
         "$BIN" serve --config "$WORK/node$k.toml" 2>"$WORK/node$k.log" & SERVERS+=($!)
         MEASURE=${MEASURE:+$MEASURE,}$!; SUB=${SUB:+$SUB,}127.0.0.1:$((BASE + 2 * k))
       done
@@ -190,6 +195,10 @@ r=json.loads(sys.argv[1])
 print(r.get("error") or (("%.0f publishes/s" % r["publishes_per_second"]) if not r["subscribers"] else
       "%.0f/s p99 %.1f ms lost %d" % (r["deliveries_per_second"], r["latency_ms"]["p99"], r["lost"])))' "$line" >&2
       stop_server
+      # Gateway logs of cluster runs are kept (a gap or a resync is worth reading).
+      case $sys in tslm-cluster*)
+        mkdir -p "$OUT.logs"; for f in "$WORK"/node*.log; do mv "$f" "$OUT.logs/$round-$name-$sys-$(basename "$f")"; done ;;
+      esac
       sleep 0.5
     done
   done
