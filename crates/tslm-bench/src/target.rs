@@ -354,9 +354,8 @@ impl Publisher {
         let mut seq = first;
         // With no subscribers, the window counts this publisher's unanswered publishes.
         let by_acks = cfg.subscribers == 0;
-        let answered = |p: &Self| {
-            p.acked.load(Ordering::Relaxed) + p.errors.load(Ordering::Relaxed)
-        };
+        let answered =
+            |p: &Self| p.acked.load(Ordering::Relaxed) + p.errors.load(Ordering::Relaxed);
         // When the slowest subscriber makes no progress for this long, give up.
         let mut stalled_since: Option<std::time::Instant> = None;
         while seq < cfg.messages {
@@ -396,9 +395,14 @@ impl Publisher {
                 let since = *stalled_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() > cfg.drain_timeout {
                     return Err(other(if by_acks {
-                        format!("the server stopped answering: {acked} of {} answered", self.sent)
+                        format!(
+                            "the server stopped answering: {acked} of {} answered",
+                            self.sent
+                        )
                     } else {
-                        format!("subscribers stopped receiving: the slowest is at message {slowest} of {seq} published")
+                        format!(
+                            "subscribers stopped receiving: the slowest is at message {slowest} of {seq} published"
+                        )
                     }));
                 }
                 tokio::time::sleep(std::time::Duration::from_micros(200)).await;
