@@ -534,8 +534,22 @@ impl Broker for Cluster {
         max_bytes: usize,
     ) -> BrokerFuture<'a, Result<History, HubError>> {
         Box::pin(async move {
-            self.inner.ensure_mirror(name, start).await?;
-            self.inner.hub.history(name, start, limit, max_bytes)
+            let inner = &self.inner;
+            inner.ensure_mirror(name, start).await?;
+            // A history read sees every message the cluster acknowledged before it, also one
+            // still on its way to this node through PUB/SUB: one more round trip to compare
+            // heads (a read answered by the mirror alone could miss it).
+            let heads = inner
+                .shard(name)
+                .heads(&inner.cfg.prefix, std::slice::from_ref(name))
+                .await
+                .map_err(StoreError::into_hub)?;
+            if let Some(Some(head)) = heads.into_iter().next()
+                && inner.hub.mirror_head(name) != Some(head)
+            {
+                follow::heal(inner, name).await;
+            }
+            inner.hub.history(name, start, limit, max_bytes)
         })
     }
 
