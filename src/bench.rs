@@ -13,18 +13,22 @@ pub(crate) struct BenchArgs {
     /// nchan's EventSource location /ev/NAME; not nats).
     #[arg(long, default_value = "ws")]
     pub(crate) transport: tslm_bench::Transport,
-    /// Where subscribers connect (TSLM: a listener that allows subscribing).
-    #[arg(long = "sub", default_value = "127.0.0.1:8080")]
-    pub(crate) sub_addr: std::net::SocketAddr,
+    /// Where subscribers connect (TSLM: a listener that allows subscribing); a comma-separated
+    /// list spreads them round robin (the nodes of a cluster).
+    #[arg(long = "sub", default_value = "127.0.0.1:8080", value_delimiter = ',')]
+    pub(crate) sub_addrs: Vec<std::net::SocketAddr>,
     /// Where the publisher connects (TSLM: a listener that allows creating and publishing).
     #[arg(long = "pub", default_value = "127.0.0.1:8081")]
     pub(crate) pub_addr: std::net::SocketAddr,
-    /// Number of subscribers.
+    /// Number of subscribers (0, TSLM only: publishing alone, paced by acknowledgements).
     #[arg(long, short = 's', default_value_t = 100)]
     pub(crate) subscribers: usize,
     /// Number of channels; subscriber i joins channel i mod C, messages go round-robin.
     #[arg(long, short = 'c', default_value_t = 1)]
     pub(crate) channels: usize,
+    /// Publisher connections (several: channels must be a multiple of them).
+    #[arg(long, short = 'P', default_value_t = 1)]
+    pub(crate) publishers: usize,
     /// Messages to publish in all (0: connect, measure idle memory, exit).
     #[arg(long, short = 'm', default_value_t = 10_000)]
     pub(crate) messages: u64,
@@ -34,16 +38,21 @@ pub(crate) struct BenchArgs {
     /// Messages per second; without it, flat out.
     #[arg(long, short = 'r')]
     pub(crate) rate: Option<u64>,
-    /// Most messages the publisher may run ahead of the slowest subscriber.
+    /// Most messages the publisher may run ahead of the slowest subscriber (with no subscribers:
+    /// most unanswered publishes per publisher).
     #[arg(long, default_value_t = 1000)]
     pub(crate) window: u64,
     /// Spread subscribers over this many source addresses 127.0.0.1.. (default: one per 500
     /// subscribers, so a server's per-address limits are not what is measured).
     #[arg(long)]
     pub(crate) sources: Option<u8>,
-    /// PID of the server, when local: its memory and CPU are reported.
-    #[arg(long)]
-    pub(crate) server_pid: Option<u32>,
+    /// PID of the server, when local: its memory and CPU are reported (a comma-separated list:
+    /// the nodes of a cluster, memory summed, CPU summed and each).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) server_pid: Vec<u32>,
+    /// PIDs of other local processes whose CPU is reported apart (the Redis of a cluster).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) aux_pid: Vec<u32>,
     /// Worker threads of the load generator.
     #[arg(long, default_value_t = 1)]
     pub(crate) threads: usize,
@@ -62,16 +71,18 @@ pub(crate) async fn bench(args: BenchArgs) -> ExitCode {
     let cfg = tslm_bench::BenchConfig {
         target: args.target,
         transport: args.transport,
-        sub_addr: args.sub_addr,
+        sub_addrs: args.sub_addrs,
         pub_addr: args.pub_addr,
         subscribers: args.subscribers,
         channels: args.channels,
+        publishers: args.publishers,
         messages: args.messages,
         size: args.size,
         rate: args.rate,
         window: args.window.max(2 * args.channels as u64),
         sources,
-        server_pid: args.server_pid,
+        server_pids: args.server_pid,
+        aux_pids: args.aux_pid,
         progress: !args.quiet,
         drain_timeout: std::time::Duration::from_secs(10),
     };
@@ -107,8 +118,25 @@ pub(crate) async fn bench(args: BenchArgs) -> ExitCode {
                 if let Some(p) = r.server_rss_peak_kib {
                     println!("server peak RSS   {p} KiB");
                 }
+                if let (Some(n), Some(p)) = (r.publishes_acked, r.publishes_per_second) {
+                    println!(
+                        "publishes         {n} acknowledged ({p:.0}/s) by {} publisher(s)",
+                        r.publishers
+                    );
+                }
                 if let Some(c) = r.server_cpu_seconds {
                     println!("server CPU        {c:.2} s while publishing and delivering");
+                }
+                if r.server_cpu_seconds_each.len() > 1 {
+                    let each: Vec<String> = r
+                        .server_cpu_seconds_each
+                        .iter()
+                        .map(|c| format!("{c:.2}"))
+                        .collect();
+                    println!("  per process     {} s", each.join(", "));
+                }
+                if let Some(c) = r.aux_cpu_seconds {
+                    println!("other CPU         {c:.2} s (--aux-pid)");
                 }
                 println!(
                     "bench CPU         {:.2} s over the run (publishing took {:.2} s of wall time)",

@@ -726,6 +726,8 @@ async fn a_sentinel_failover_is_followed_and_never_reuses_an_offset() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    replica.wait_caught_up(&master).await;
+    sentinel.wait_knows_replica().await;
     master.kill();
     // Publishes are refused until the sentinel promotes the replica, then accepted there.
     let acked = publish_through(a.url("private"), "feed", 3, Duration::ZERO).await;
@@ -747,4 +749,486 @@ async fn a_sentinel_failover_is_followed_and_never_reuses_an_offset() {
         .expect("closed");
     assert_eq!(closed["reason"], "epoch_changed", "{closed}");
     check_no_hole_no_repeat(&[&s], "feed", 1, 10);
+}
+
+/// A gateway configuration on the Redis Cluster of `seeds` (channels accept replies).
+fn redis_cluster_config(seeds: &[String]) -> String {
+    cluster_config(seeds, "")
+        .replace("\nredis = [", "\nredis_cluster = [")
+        .replace(
+            "[channel.\"*\"]\nbacklog_messages = 1000",
+            "[channel.\"*\"]\nbacklog_messages = 1000\nreplies = true",
+        )
+}
+
+async fn cluster_node(seeds: &[String]) -> TestServer {
+    let srv = TestServer::start(&redis_cluster_config(seeds)).await;
+    wait_ready(&srv).await;
+    srv
+}
+
+#[tokio::test]
+async fn redis_cluster_configuration_is_validated() {
+    let base = |cluster: &str| format!("{}\n[cluster]\n{cluster}\n", two_listeners(""));
+    let err = |cluster: &str| {
+        tslm_server::Config::from_toml_str(&base(cluster), "test")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let e = err("redis_cluster = [\"redis://127.0.0.1:7001\"]\nredis = \"redis://127.0.0.1:6379\"");
+    assert!(
+        e.contains("redis_cluster") && e.contains("not several"),
+        "{e}"
+    );
+    let e = err(
+        "redis_cluster = [\"redis://127.0.0.1:7001\"]\nsentinels = [\"redis://127.0.0.1:26379\"]\nsentinel_master = \"m\"",
+    );
+    assert!(e.contains("not several"), "{e}");
+    let e = err("redis_cluster = []");
+    assert!(e.contains("redis_cluster") && e.contains("empty"), "{e}");
+    let e = err("redis_cluster = [\"http://127.0.0.1:7001\"]");
+    assert!(e.contains("redis://"), "{e}");
+    let e = err("redis_cluster = [\"redis://u:p@127.0.0.1:7001\"]");
+    assert!(e.contains("password_file"), "{e}");
+    let e = err("redis_cluster = [\"redis://127.0.0.1:7001\", \"redis://127.0.0.1:7001\"]");
+    assert!(e.contains("twice"), "{e}");
+    let ok = tslm_server::Config::from_toml_str(
+        &base("redis_cluster = [\"redis://127.0.0.1:7001\", \"redis://127.0.0.1:7002\"]"),
+        "test",
+    );
+    assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.to_string()));
+}
+
+/// Channel names whose slots are owned by each of the three masters (four each): those of the
+/// first master, then the second's, then the third's.
+async fn names_on_every_master(cluster: &redis::RedisCluster) -> Vec<String> {
+    let mut per: [Vec<String>; 3] = Default::default();
+    for i in 0..200 {
+        let name = format!("room.{i:03}");
+        let owner = cluster.owner_of(&format!("tslm:{{{name}}}:m")).await;
+        if per[owner].len() < 4 {
+            per[owner].push(name);
+        }
+        if per.iter().all(|n| n.len() == 4) {
+            return per.concat();
+        }
+    }
+    panic!("names not spread over the masters: {per:?}");
+}
+
+#[tokio::test]
+async fn a_redis_cluster_spreads_channels_over_its_masters_and_every_node_serves_them() {
+    let cluster = redis::RedisCluster::start().await;
+    let seeds = cluster.urls();
+    let (a, b) = (cluster_node(&seeds).await, cluster_node(&seeds).await);
+    let names = names_on_every_master(&cluster).await;
+    let mut p = v1(&a.url("private")).await;
+    let mut epochs = HashMap::new();
+    for n in &names {
+        let r = call(&mut p, &format!(r#"{{"op":"create","channel":"{n}"}}"#)).await;
+        assert_eq!(r["ok"], true, "{r}");
+        epochs.insert(n.clone(), r["epoch"].as_str().unwrap().to_owned());
+    }
+    // Each channel's keys are on the master that owns its slot, on no other.
+    for n in &names {
+        let key = format!("tslm:{{{n}}}:m");
+        let owner = cluster.owner_of(&key).await;
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            let exists = node.cmd(&["EXISTS", &key]).await;
+            let want = if i == owner { ":1" } else { "-MOVED" };
+            assert!(exists.starts_with(want), "{n} on node {i}: {exists}");
+        }
+    }
+    // Created on A, it exists for B with the same epoch.
+    let mut p_b = v1(&b.url("private")).await;
+    let r = call(
+        &mut p_b,
+        &format!(r#"{{"op":"create","channel":"{}"}}"#, names[0]),
+    )
+    .await;
+    assert_eq!(
+        (r["created"].as_bool(), r["epoch"].as_str()),
+        (Some(false), Some(epochs[&names[0]].as_str())),
+        "{r}"
+    );
+    // Subscribers on both nodes; publishes from both nodes, interleaved over every master.
+    let mut subs = Vec::new();
+    for n in [&a, &b] {
+        let mut s = Sub::new(&n.url("public")).await;
+        for name in &names {
+            s.subscribe(name, r#""new""#).await;
+        }
+        subs.push(s);
+    }
+    for i in 1..=10u64 {
+        for name in &names {
+            let via = if i % 2 == 0 { &mut p } else { &mut p_b };
+            let r = publish(via, name, i).await;
+            assert_eq!(r["ok"], true, "{r}");
+            assert_eq!(r["offset"], i, "{r}");
+            assert_eq!(r["epoch"], epochs[name].as_str(), "{r}");
+        }
+    }
+    for s in &mut subs {
+        for name in &names {
+            s.until(name, 10).await;
+            assert_eq!(s.offsets(name), (1..=10).collect::<Vec<_>>(), "{name}");
+        }
+    }
+    for name in &names {
+        check_no_hole_no_repeat(&subs.iter().collect::<Vec<_>>(), name, 1, 10);
+    }
+
+    // msg_id de-duplication across nodes.
+    let feed = names[5].as_str();
+    let m = format!(r#"{{"op":"publish","channel":"{feed}","data":1,"msg_id":"m-1"}}"#);
+    let first = call(&mut p, &m).await;
+    let again = call(&mut p_b, &m).await;
+    assert_eq!(first["offset"], 11, "{first}");
+    assert_eq!(
+        (again["offset"].as_u64(), again["duplicate"].as_bool()),
+        (Some(11), Some(true)),
+        "{again}"
+    );
+
+    // History and resume through B.
+    let epoch = &epochs[feed];
+    let mut late = Sub::new(&b.url("public")).await;
+    let h = late
+        .call(&format!(
+            r#"{{"op":"history","channel":"{feed}","start":{{"epoch":"{epoch}","offset":7}},"limit":10}}"#
+        ))
+        .await;
+    let offs: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{h}"))
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offs, (8..=11).collect::<Vec<_>>(), "{h}");
+    let r = late
+        .subscribe(feed, &format!(r#"{{"epoch":"{epoch}","offset":3}}"#))
+        .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    late.until(feed, 11).await;
+    assert_eq!(late.offsets(feed), (4..=11).collect::<Vec<_>>());
+
+    // Listing (the registry is one key on one master) and paging.
+    let l = call(
+        &mut p_b,
+        r#"{"op":"channels","prefix":"room.","limit":100}"#,
+    )
+    .await;
+    let listed: Vec<&str> = l["channels"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{l}"))
+        .iter()
+        .map(|c| c["channel"].as_str().unwrap())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(
+        listed,
+        sorted.iter().map(String::as_str).collect::<Vec<_>>(),
+        "{l}"
+    );
+    let l = call(&mut p_b, r#"{"op":"channels","prefix":"room.","limit":5}"#).await;
+    assert_eq!(l["more"], true, "{l}");
+    assert_eq!(l["channels"][4]["channel"], sorted[4].as_str(), "{l}");
+    assert_eq!(l["channels"].as_array().map(Vec::len), Some(5), "{l}");
+
+    // A reply from a subscriber on B reaches the publisher on A (a sharded node channel).
+    let ask = names[9].as_str();
+    let mut asker = v1(&a.url("private")).await;
+    let r = publish(&mut asker, ask, 100).await;
+    let offset = r["offset"].as_u64().unwrap();
+    let replier = &mut subs[1];
+    replier.until(ask, offset).await;
+    let r = replier
+        .call(&format!(
+            r#"{{"op":"reply","channel":"{ask}","offset":{offset},"data":{{"answer":42}}}}"#
+        ))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let event = recv_json(&mut asker).await;
+    assert_eq!(event["event"], "reply", "{event}");
+    assert_eq!(event["data"]["answer"], 42, "{event}");
+
+    // Deleting on B closes the subscriptions on both nodes and unlists the channel.
+    let gone = names[2].as_str();
+    let r = call(
+        &mut p_b,
+        &format!(r#"{{"op":"delete","channel":"{gone}"}}"#),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    for s in &mut subs {
+        s.until(gone, u64::MAX).await;
+        let closed = s
+            .log
+            .iter()
+            .find(|v| v["event"] == "closed" && v["channel"] == gone)
+            .expect("closed");
+        assert_eq!(closed["reason"], "deleted", "{closed}");
+    }
+    let r = publish(&mut p, gone, 1).await;
+    assert_eq!(r["error"]["code"], "not_found", "{r}");
+    let l = call(&mut p, r#"{"op":"channels","prefix":"room.","limit":100}"#).await;
+    assert_eq!(
+        l["channels"].as_array().map(Vec::len),
+        Some(names.len() - 1),
+        "{l}"
+    );
+}
+
+#[tokio::test]
+async fn redis_cluster_pubsub_connections_killed_on_every_master_are_healed_with_nothing_lost() {
+    let cluster = redis::RedisCluster::start().await;
+    let seeds = cluster.urls();
+    let (a, b) = (cluster_node(&seeds).await, cluster_node(&seeds).await);
+    let names = names_on_every_master(&cluster).await;
+    // One channel on each master.
+    let chosen: Vec<&'static str> = [0, 4, 8]
+        .iter()
+        .map(|i| &*Box::leak(names[*i].clone().into_boxed_str()))
+        .collect();
+    let mut p = v1(&a.url("private")).await;
+    for n in &chosen {
+        let r = call(&mut p, &format!(r#"{{"op":"create","channel":"{n}"}}"#)).await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let mut subs = Vec::new();
+    for n in [&a, &b] {
+        let mut s = Sub::new(&n.url("public")).await;
+        for c in &chosen {
+            s.subscribe(c, r#""new""#).await;
+        }
+        subs.push(s);
+    }
+    let publishers: Vec<_> = chosen
+        .iter()
+        .map(|c| {
+            tokio::spawn(publish_through(
+                a.url("private"),
+                c,
+                300,
+                Duration::from_millis(2),
+            ))
+        })
+        .collect();
+    for round in 0..3 {
+        // Both gateways follow every master again (each holds one of the channels) ...
+        for node in &cluster.nodes {
+            let deadline = tokio::time::Instant::now() + T;
+            loop {
+                let list = node.bulk(&["CLIENT", "LIST"]).await.unwrap();
+                if list.lines().filter(|l| l.contains("flags=P")).count() >= 2 {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "not followed again: {list}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        // ... and lose their PUB/SUB connections on every master, a different one first each
+        // round (a gateway drops its other connections itself when it notices one is gone).
+        for i in 0..3 {
+            let node = &cluster.nodes[(round + i) % 3];
+            let n = node.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+            let killed = n.trim().trim_start_matches(':').parse::<u64>().unwrap();
+            if i == 0 {
+                assert_eq!(killed, 2, "both gateways' connections killed");
+            }
+        }
+    }
+    for (c, publisher) in chosen.iter().zip(publishers) {
+        let acked = publisher.await.unwrap();
+        assert_eq!(
+            acked.last().unwrap().1,
+            300,
+            "{c}: every publish acknowledged once"
+        );
+    }
+    for s in &mut subs {
+        for c in &chosen {
+            s.until(c, 300).await;
+            assert_eq!(
+                s.offsets(c),
+                (1..=300).collect::<Vec<_>>(),
+                "{c}: healed, not lost"
+            );
+        }
+    }
+    for c in &chosen {
+        check_no_hole_no_repeat(&subs.iter().collect::<Vec<_>>(), c, 1, 300);
+    }
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+}
+
+#[tokio::test]
+async fn a_redis_cluster_failover_rotates_the_epochs_of_that_masters_channels_only() {
+    let mut cluster = redis::RedisCluster::start().await;
+    let replica = cluster.add_replica(0).await;
+    let seeds = cluster.urls();
+    let (a, b) = (cluster_node(&seeds).await, cluster_node(&seeds).await);
+    let names = names_on_every_master(&cluster).await;
+    // `lost` is on the master that fails, `kept` on another.
+    let (lost, kept) = (names[0].as_str(), names[4].as_str());
+    let mut p = v1(&a.url("private")).await;
+    let mut epochs = HashMap::new();
+    for n in [lost, kept] {
+        let r = call(&mut p, &format!(r#"{{"op":"create","channel":"{n}"}}"#)).await;
+        assert_eq!(r["ok"], true, "{r}");
+        epochs.insert(n, r["epoch"].as_str().unwrap().to_owned());
+    }
+    let mut s = Sub::new(&b.url("public")).await;
+    for n in [lost, kept] {
+        s.subscribe(n, r#""new""#).await;
+        for i in 1..=10 {
+            assert_eq!(publish(&mut p, n, i).await["offset"], i);
+        }
+        s.until(n, 10).await;
+    }
+    // The replica has everything the master acknowledged (as in the Sentinel test).
+    replica.wait_caught_up(&cluster.nodes[0]).await;
+    cluster.nodes[0].kill();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let role = replica.bulk(&["INFO", "replication"]).await.unwrap();
+        if role.contains("role:master") {
+            break;
+        }
+        let nodes = replica.bulk(&["CLUSTER", "NODES"]).await.unwrap();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failover: {role}\n{nodes}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Refused until the replica is promoted, then accepted by it: a new epoch, offset 1.
+    let lost_name: &'static str = Box::leak(lost.to_owned().into_boxed_str());
+    let acked = publish_through(a.url("private"), lost_name, 3, Duration::ZERO).await;
+    let role = replica.bulk(&["INFO", "replication"]).await.unwrap();
+    assert!(role.contains("role:master"), "promoted: {role}");
+    assert_ne!(
+        acked[0].0, epochs[lost],
+        "a promoted replica starts a new epoch"
+    );
+    assert_eq!(acked[0].1, 1);
+    s.until(lost, u64::MAX).await;
+    let closed = s
+        .log
+        .iter()
+        .find(|v| v["event"] == "closed" && v["channel"] == lost)
+        .expect("closed");
+    assert_eq!(closed["reason"], "epoch_changed", "{closed}");
+    check_no_hole_no_repeat(&[&s], lost, 1, 10);
+    // A channel of another master keeps its epoch and its offsets (once the cluster client
+    // settled: `unavailable` until then, retried with the same msg_id).
+    let deadline = tokio::time::Instant::now() + T;
+    let next =
+        format!(r#"{{"op":"publish","channel":"{kept}","data":{{"n":11}},"msg_id":"k-11"}}"#);
+    let r = loop {
+        let r = call(&mut p, &next).await;
+        if r["ok"] == true {
+            break r;
+        }
+        assert_eq!(r["error"]["code"], "unavailable", "{r}");
+        assert!(tokio::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (r["offset"].as_u64(), r["epoch"].as_str()),
+        (Some(11), Some(epochs[kept].as_str())),
+        "{r}"
+    );
+    s.until(kept, 11).await;
+    assert_eq!(s.offsets(kept), (1..=11).collect::<Vec<_>>());
+    wait_ready(&b).await;
+}
+
+#[tokio::test]
+async fn a_stopped_redis_cluster_master_makes_nodes_unready_then_resumes_and_the_limit_holds() {
+    let cluster = redis::RedisCluster::start().await;
+    let seeds = cluster.urls();
+    let cfg = format!(
+        "[server]\nmax_channels = 3\n{}",
+        redis_cluster_config(&seeds)
+    );
+    let a = TestServer::start(&cfg).await;
+    wait_ready(&a).await;
+    let b = TestServer::start(&cfg).await;
+    wait_ready(&b).await;
+    let names = names_on_every_master(&cluster).await;
+    let mut p = v1(&a.url("private")).await;
+    // The limit counts the cluster's channels (the registry), checked before a create.
+    for n in [&names[0], &names[4], &names[8]] {
+        let r = call(&mut p, &format!(r#"{{"op":"create","channel":"{n}"}}"#)).await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let r = call(
+        &mut p,
+        &format!(r#"{{"op":"create","channel":"{}"}}"#, names[1]),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "limit_exceeded", "{r}");
+    let mut p_b = v1(&b.url("private")).await;
+    let r = call(
+        &mut p_b,
+        &format!(r#"{{"op":"delete","channel":"{}"}}"#, names[8]),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = call(
+        &mut p,
+        &format!(r#"{{"op":"create","channel":"{}"}}"#, names[1]),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "a deleted channel leaves the registry: {r}");
+
+    // The master of names[4] stops answering.
+    let feed = names[4].as_str();
+    let mut s = Sub::new(&b.url("public")).await;
+    s.subscribe(feed, r#""new""#).await;
+    for n in 1..=5 {
+        assert_eq!(publish(&mut p, feed, n).await["offset"], n);
+    }
+    cluster.nodes[1].signal("STOP");
+    let late = format!(r#"{{"op":"publish","channel":"{feed}","data":{{"n":6}},"msg_id":"late"}}"#);
+    let r = call(&mut p, &late).await;
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    let deadline = tokio::time::Instant::now() + T;
+    while readyz(&b).await != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready with a master stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.nodes[1].signal("CONT");
+    cluster.wait_ok().await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    // Retried with its msg_id, the refused publish is published once either way.
+    let deadline = tokio::time::Instant::now() + T;
+    let r = loop {
+        let r = call(&mut p, &late).await;
+        if r["ok"] == true {
+            break r;
+        }
+        assert_eq!(r["error"]["code"], "unavailable", "{r}");
+        assert!(tokio::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(r["offset"], 6, "{r}");
+    for n in 7..=10 {
+        assert_eq!(publish(&mut p, feed, n).await["offset"], n);
+    }
+    s.until(feed, 10).await;
+    assert_eq!(s.offsets(feed), (1..=10).collect::<Vec<_>>());
+    check_no_hole_no_repeat(&[&s], feed, 1, 10);
 }

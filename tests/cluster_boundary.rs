@@ -698,3 +698,33 @@ async fn a_publish_that_fails_in_redis_takes_no_offset() {
         2
     );
 }
+
+#[tokio::test]
+async fn a_history_read_on_another_node_sees_every_acknowledged_publish() {
+    let redis = Redis::start().await;
+    let a = TestServer::start(&config(&redis.url(), "")).await;
+    wait_ready(a.addr("public")).await;
+    let b = TestServer::start(&config(&redis.url(), "")).await;
+    wait_ready(b.addr("public")).await;
+    let mut p = v1(&a.url("private")).await;
+    assert_eq!(
+        call(&mut p, r#"{"op":"create","channel":"feed"}"#).await["ok"],
+        true
+    );
+    let mut reader = v1(&b.url("public")).await;
+    for n in 1..=100u64 {
+        let r = call(
+            &mut p,
+            &format!(r#"{{"op":"publish","channel":"feed","data":{n}}}"#),
+        )
+        .await;
+        assert_eq!(r["offset"], n, "{r}");
+        // At once, on the other node: the message the publisher was just told about is there.
+        let h = call(
+            &mut reader,
+            r#"{"op":"history","channel":"feed","start":{"last":1}}"#,
+        )
+        .await;
+        assert_eq!(h["messages"][0]["offset"], n, "{h}");
+    }
+}

@@ -25,11 +25,29 @@ def fmt(t, scale=1.0, digits=0):
     f = "{:.%df}" % digits
     return f"{f.format(m*scale)} ({f.format(lo*scale)}-{f.format(hi*scale)})"
 
-print("| scenario | system | deliveries/s | p99 ms | p999 ms | lost | dup/reorder | server CPU s | server CPU µs/delivery | server peak RSS MiB | idle bytes/conn | bench CPU s |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+SYSTEMS = ["tslm", "tslm-prev", "tslm-cluster", "tslm-cluster2", "tslm-cluster3", "nats", "nchan"]
+
+def nodes(sys_):
+    return int(sys_[len("tslm-cluster"):] or 1) if sys_.startswith("tslm-cluster") else 1
+
+def us_per_delivery(r):
+    """Server CPU (all nodes) per delivery, in microseconds."""
+    if r.get("server_cpu_seconds") is None or not r.get("deliveries"):
+        return None
+    return r["server_cpu_seconds"] / r["deliveries"] * 1e6
+
+def us_per_delivery_node(r, k, n):
+    """Node k's CPU per delivery it made (subscribers are spread evenly over n nodes)."""
+    each = r.get("server_cpu_seconds_each") or []
+    if k >= len(each) or not r.get("deliveries"):
+        return None
+    return each[k] / (r["deliveries"] / n) * 1e6
+
+print("| scenario | system | deliveries/s | publishes/s | p99 ms | p999 ms | lost | dup/reorder | server CPU s | µs CPU/delivery | Redis CPU s | server peak RSS MiB | idle bytes/conn | bench CPU s |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 ratios = []
 for sc in order:
-    for sys_ in ["tslm", "tslm-prev", "nats", "nchan"]:
+    for sys_ in SYSTEMS:
         runs = data[sc].get(sys_, [])
         if not runs:
             continue
@@ -38,12 +56,13 @@ for sc in order:
         g = lambda k: med([r.get(k) for r in ok])
         lat = lambda q: med([r["latency_ms"][q] for r in ok])
         idle = "idle" in sc
-        cpd = med([r["server_cpu_seconds"] / r["deliveries"] for r in ok if r.get("deliveries") and r.get("server_cpu_seconds") is not None])
+        nodel = idle or all(not r.get("subscribers") for r in ok)
         print(f"| {sc} | {sys_}{' (%d failed)' % errs if errs else ''} | "
-              f"{'-' if idle else fmt(g('deliveries_per_second'))} | {'-' if idle else fmt(lat('p99'), digits=1)} | "
-              f"{'-' if idle else fmt(lat('p999'), digits=1)} | {sum(r['lost'] for r in ok)} | "
+              f"{'-' if nodel else fmt(g('deliveries_per_second'))} | {fmt(g('publishes_per_second')) if nodel and not idle else '-'} | "
+              f"{'-' if nodel else fmt(lat('p99'), digits=1)} | "
+              f"{'-' if nodel else fmt(lat('p999'), digits=1)} | {sum(r['lost'] for r in ok)} | "
               f"{sum(r['duplicated_or_reordered'] for r in ok)} | {fmt(g('server_cpu_seconds'), digits=2)} | "
-              f"{'-' if idle else fmt(cpd, 1e6, 2)} | "
+              f"{'-' if nodel else fmt(med([us_per_delivery(r) for r in ok]), digits=2)} | {fmt(g('aux_cpu_seconds'), digits=2)} | "
               f"{fmt(g('server_rss_peak_kib'), 1/1024, 1)} | {fmt(g('server_idle_bytes_per_connection'))} | {fmt(g('bench_cpu_seconds'), digits=2)} |")
     t = data[sc].get("tslm", [])
     for other in ["nats", "nchan"]:
@@ -76,6 +95,34 @@ for sc in order:
                      f"server CPU s = {m(n, lambda r: r['server_cpu_seconds']) / max(m(p, lambda r: r['server_cpu_seconds']), 1e-9):.2f}",
                      f"peak RSS = {m(n, lambda r: r['server_rss_peak_kib']) / max(m(p, lambda r: r['server_rss_peak_kib']), 1e-9):.2f}"]
             ratios.append(f"{sc}: " + "; ".join(parts))
+    # Cluster mode against in-memory, and per node as nodes are added.
+    ok_t = [r for r in t if "error" not in r]
+    for c in ["tslm-cluster", "tslm-cluster2", "tslm-cluster3"]:
+        ok_c = [r for r in data[sc].get(c, []) if "error" not in r]
+        if not ok_c or sc.startswith("idle"):
+            continue
+        m = lambda runs, f: statistics.median([f(r) for r in runs])
+        parts = []
+        if any(r["subscribers"] for r in ok_c):
+            if ok_t:
+                parts.append(f"deliveries/s {c} / tslm = {m(ok_c, lambda r: r['deliveries_per_second']) / m(ok_t, lambda r: r['deliveries_per_second']):.2f}")
+            n = nodes(c)
+            per_node = [statistics.median([v for v in (us_per_delivery_node(r, k, n) for r in ok_c) if v is not None] or [0]) for k in range(n)]
+            parts.append(f"µs server CPU per delivery: all nodes {m(ok_c, lambda r: us_per_delivery(r) or 0):.2f}"
+                         + (", per node " + " / ".join(f"{v:.2f}" for v in per_node) if n > 1 else ""))
+            if ok_t:
+                parts.append(f"in-memory {m(ok_t, lambda r: us_per_delivery(r) or 0):.2f}")
+        else:
+            if ok_t:
+                parts.append(f"publishes/s {c} / tslm = {m(ok_c, lambda r: r['publishes_per_second']) / m(ok_t, lambda r: r['publishes_per_second']):.3f}")
+        calls = [r for r in ok_c if r.get("redis_calls") and r.get("messages")]
+        if calls:
+            per = lambda r, k: r["redis_calls"].get(k, 0) / r["messages"]
+            parts.append("Redis commands per message published: EVALSHA+EVAL %.3f (client round trips), all but INFO %.2f"
+                         % (m(calls, lambda r: per(r, "evalsha") + per(r, "eval")),
+                            m(calls, lambda r: sum(v for k, v in r["redis_calls"].items() if k != "info") / r["messages"])))
+        parts.append(f"Redis CPU s {m(ok_c, lambda r: r.get('aux_cpu_seconds') or 0):.2f}")
+        ratios.append(f"{sc}: {c}: " + "; ".join(parts))
 print()
 for r in ratios:
     print("- " + r)

@@ -18,17 +18,17 @@ pub struct Redis {
     extra: Vec<String>,
 }
 
-/// A port for a server of this test process: below the ephemeral range (where port 0 picks
-/// from, for the gateways and clients of every test), from a counter, so that two tests running
-/// at once never hand Redis the same port; checked free first.
+/// A free loopback port, never one handed out before in this test process: a server killed by
+/// one test must not see its port taken by another test's server (a sentinel or a gateway
+/// would then talk to the wrong one).
 fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let base = 20_000 + (std::process::id() % 400) * 25;
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = u16::try_from(base + n % 10_000).expect("a port");
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = l.local_addr().expect("addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
             return port;
         }
     }
@@ -50,7 +50,7 @@ impl Redis {
             persistence,
             extra: Vec::new(),
         };
-        r.spawn().await;
+        r.spawn_fresh().await;
         r
     }
 
@@ -109,11 +109,51 @@ impl Redis {
                 master.port.to_string(),
             ],
         };
-        r.spawn().await;
-        r
+        r.spawn_fresh().await;
+        // Online before anything is written: after a diskless first sync the master streams
+        // writes only once the replica's first REPLCONF ACK arrived (up to a second later).
+        for _ in 0..400 {
+            let info = master
+                .bulk(&["INFO", "replication"])
+                .await
+                .unwrap_or_default();
+            if info.contains(&format!("port={},state=online", r.port)) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the replica of port {} never came online", master.port);
     }
 
-    async fn spawn(&mut self) {
+    /// Until this replica has applied everything `master` has written (its replication offset
+    /// reached the master's). `WAIT` on a fresh connection proves nothing: it waits for that
+    /// connection's own writes, and it made none.
+    pub async fn wait_caught_up(&self, master: &Redis) {
+        let offset = |info: String, field: &str| -> Option<u64> {
+            info.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let target = offset(
+            master.bulk(&["INFO", "replication"]).await.expect("INFO"),
+            "master_repl_offset:",
+        )
+        .expect("master_repl_offset");
+        for _ in 0..400 {
+            let info = self
+                .bulk(&["INFO", "replication"])
+                .await
+                .unwrap_or_default();
+            if offset(info, "slave_repl_offset:").is_some_and(|o| o >= target) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the replica on port {} never caught up", self.port);
+    }
+
+    /// Starts the server on its port; `false` when it exited at once (the port is taken).
+    async fn spawn(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
         cmd.arg("--port")
             .arg(self.port.to_string())
@@ -144,11 +184,34 @@ impl Redis {
             if let Ok(reply) = self.try_cmd(&["PING"]).await
                 && reply.starts_with("+PONG")
             {
-                return;
+                return true;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                self.child = None;
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("redis-server did not answer on port {}", self.port);
+    }
+
+    /// Starts a new server; when its port was taken meanwhile (a client's ephemeral port: the
+    /// server exits), on other free ports.
+    async fn spawn_fresh(&mut self) {
+        for _ in 0..5 {
+            if self.spawn().await {
+                return;
+            }
+            self.port = free_port();
+            if let Some(at) = self.extra.iter().position(|a| a == "--cluster-port") {
+                self.extra[at + 1] = free_port().to_string();
+            }
+        }
+        panic!("redis-server never started");
     }
 
     pub fn url(&self) -> String {
@@ -174,7 +237,11 @@ impl Redis {
     /// Starts it again on the same port and directory (an RDB snapshot there is loaded).
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        assert!(
+            self.spawn().await,
+            "redis-server did not start again on port {}",
+            self.port
+        );
     }
 
     /// Sends a signal by number to the server (SIGSTOP 19, SIGCONT 18) with `kill`.
@@ -316,6 +383,246 @@ impl Redis {
             persistence: false,
             extra: Vec::new(),
         }
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas) on free loopback ports, each in its own
+/// directory, made with `redis-cli --cluster create`; killed (by PID) when dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> Self {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut r = Redis {
+                port: free_port(),
+                child: None,
+                dir,
+                persistence: false,
+                extra: vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    "nodes.conf".into(),
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                    // The bus port is the port + 10000 by default: out of range for a high
+                    // free port, or taken by another test's server.
+                    "--cluster-port".into(),
+                    free_port().to_string(),
+                ],
+            };
+            r.spawn_fresh().await;
+            nodes.push(r);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli (Debian package redis-tools) must be installed");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = RedisCluster { nodes };
+        c.wait_ok().await;
+        c
+    }
+
+    /// Until every node says `cluster_state:ok` and knows all three masters.
+    pub async fn wait_ok(&self) {
+        for _ in 0..400 {
+            let mut ok = true;
+            for n in &self.nodes {
+                let info = n.bulk(&["CLUSTER", "INFO"]).await.unwrap_or_default();
+                ok &= info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3");
+            }
+            if ok {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the Redis Cluster never reached cluster_state:ok");
+    }
+
+    /// The seed URLs for `redis_cluster`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Redis::url).collect()
+    }
+
+    /// The node that owns the slot of `key` (asked with `CLUSTER KEYSLOT` and `CLUSTER SLOTS`).
+    pub async fn owner_of(&self, key: &str) -> usize {
+        let slot: u64 = self.nodes[0]
+            .cmd(&["CLUSTER", "KEYSLOT", key])
+            .await
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .expect("a slot");
+        let mut found = None;
+        for (i, n) in self.nodes.iter().enumerate() {
+            // The slot ranges on the node's own line of `CLUSTER NODES`.
+            let nodes = n.bulk(&["CLUSTER", "NODES"]).await.expect("CLUSTER NODES");
+            let myself = nodes
+                .lines()
+                .find(|l| l.contains("myself"))
+                .expect("myself")
+                .to_owned();
+            for range in myself.split(' ').skip(8) {
+                let (lo, hi) = match range.split_once('-') {
+                    Some((a, b)) => (a.parse::<u64>().ok(), b.parse::<u64>().ok()),
+                    None => (range.parse().ok(), range.parse().ok()),
+                };
+                if let (Some(lo), Some(hi)) = (lo, hi)
+                    && (lo..=hi).contains(&slot)
+                {
+                    found = Some(i);
+                }
+            }
+        }
+        found.expect("a node owns the slot")
+    }
+}
+
+impl Redis {
+    /// One command whose answer is a bulk string (`INFO`, `CLUSTER INFO`, `CLUSTER NODES`).
+    pub async fn bulk(&self, args: &[&str]) -> std::io::Result<String> {
+        use tokio::io::AsyncReadExt;
+        let s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(self.addr()))
+            .await
+            .map_err(|_| std::io::Error::other("connect timeout"))??;
+        let mut s = BufReader::new(s);
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.get_mut().write_all(req.as_bytes()).await?;
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(2), s.read_line(&mut line))
+            .await
+            .map_err(|_| std::io::Error::other("reply timeout"))??;
+        let len: usize = line
+            .strip_prefix('$')
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not a bulk string: {line}")))?;
+        let mut body = vec![0u8; len + 2];
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut body))
+            .await
+            .map_err(|_| std::io::Error::other("reply timeout"))??;
+        body.truncate(len);
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+impl Redis {
+    /// The cluster bus port of a cluster node.
+    pub fn bus_port(&self) -> u16 {
+        let at = self
+            .extra
+            .iter()
+            .position(|a| a == "--cluster-port")
+            .expect("a cluster node");
+        self.extra[at + 1].parse().expect("a port")
+    }
+}
+
+impl RedisCluster {
+    /// Adds a replica of master `i` (returned; it is not one of `nodes`), synced once it is.
+    pub async fn add_replica(&self, i: usize) -> Redis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+            dir,
+            persistence: false,
+            extra: vec![
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                "nodes.conf".into(),
+                "--cluster-node-timeout".into(),
+                "2000".into(),
+                "--cluster-port".into(),
+                free_port().to_string(),
+            ],
+        };
+        r.spawn_fresh().await;
+        let master = &self.nodes[i];
+        let id = master
+            .bulk(&["CLUSTER", "MYID"])
+            .await
+            .expect("CLUSTER MYID");
+        let bus = master.bus_port().to_string();
+        let met = r
+            .cmd(&[
+                "CLUSTER",
+                "MEET",
+                "127.0.0.1",
+                &master.port.to_string(),
+                &bus,
+            ])
+            .await;
+        assert!(met.starts_with("+OK"), "{met}");
+        let mut replicating = String::new();
+        for _ in 0..400 {
+            // The replica must know the master before it can follow it.
+            replicating = r.cmd(&["CLUSTER", "REPLICATE", &id]).await;
+            if replicating.starts_with("+OK") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(replicating.starts_with("+OK"), "{replicating}");
+        let my_id = r.bulk(&["CLUSTER", "MYID"]).await.expect("CLUSTER MYID");
+        for _ in 0..400 {
+            let info = r.bulk(&["INFO", "replication"]).await.unwrap_or_default();
+            // Synced, and known to every master as a replica (a master that never heard of it
+            // would neither report the failure to it nor vote for it).
+            let mut known = true;
+            for n in &self.nodes {
+                let nodes = n.bulk(&["CLUSTER", "NODES"]).await.unwrap_or_default();
+                known &= nodes
+                    .lines()
+                    .any(|l| l.starts_with(&my_id) && l.contains("slave"));
+            }
+            let online = master
+                .bulk(&["INFO", "replication"])
+                .await
+                .unwrap_or_default()
+                .contains(&format!("port={},state=online", r.port));
+            if info.contains("master_link_status:up") && known && online {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the replica of node {i} never synced");
+    }
+}
+
+impl Sentinel {
+    /// Until the sentinel lists a replica of `mymaster` (it learns them from the master's INFO:
+    /// a master killed before that leaves it nothing to promote).
+    pub async fn wait_knows_replica(&self) {
+        let probe = Redis::probe(self.port);
+        for _ in 0..800 {
+            let info = probe.bulk(&["INFO", "sentinel"]).await.unwrap_or_default();
+            if info.contains("slaves=1") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the sentinel never learned of the replica");
     }
 }
 

@@ -28,23 +28,32 @@ pub struct BenchConfig {
     /// EventSource location).
     pub transport: Transport,
     /// Where subscribers connect: `host:port` (the public listener; nats' websocket port; nginx).
-    pub sub_addr: SocketAddr,
+    /// Several: subscriber i connects to the (i mod n)th (one cluster, several nodes).
+    pub sub_addrs: Vec<SocketAddr>,
     /// Where the publisher connects (the private listener; nats' websocket port; nginx).
     pub pub_addr: SocketAddr,
+    /// Subscribers; 0 (TSLM only) measures publishing alone, paced by acknowledgements.
     pub subscribers: usize,
     pub channels: usize,
+    /// Publisher connections; publisher k sends messages k, k+P, … (so, with channels a multiple
+    /// of P, each channel has one publisher and its order is kept).
+    pub publishers: usize,
     /// Messages published in all (spread round-robin over the channels). 0: idle test only.
     pub messages: u64,
     /// Payload size in bytes.
     pub size: usize,
     /// Messages per second; `None`: flat out.
     pub rate: Option<u64>,
-    /// Most messages the publisher may be ahead of the slowest subscriber.
+    /// Most messages the publisher may be ahead of the slowest subscriber (with no subscribers:
+    /// most messages each publisher may have unacknowledged).
     pub window: u64,
     /// Spread subscribers over this many source addresses 127.0.0.1.. (loopback only).
     pub sources: u8,
-    /// The server's PID, when it runs on this machine: its RSS and CPU are reported.
-    pub server_pid: Option<u32>,
+    /// The server's PIDs (several: the nodes of a cluster), when it runs on this machine: their
+    /// RSS (summed) and CPU (summed and each) are reported.
+    pub server_pids: Vec<u32>,
+    /// Other processes whose CPU counts apart (a Redis behind the cluster).
+    pub aux_pids: Vec<u32>,
     /// Print a progress line every second.
     pub progress: bool,
     /// Give up when no delivery arrives for this long after publishing ends.
@@ -58,6 +67,7 @@ pub struct Report {
     pub transport: String,
     pub subscribers: usize,
     pub channels: usize,
+    pub publishers: usize,
     pub messages: u64,
     pub size: usize,
     pub rate: Option<u64>,
@@ -79,6 +89,14 @@ pub struct Report {
     pub server_rss_peak_kib: Option<u64>,
     pub server_idle_bytes_per_connection: Option<f64>,
     pub server_cpu_seconds: Option<f64>,
+    /// Per server PID, in the order given.
+    pub server_cpu_seconds_each: Vec<f64>,
+    /// The auxiliary processes' CPU, summed.
+    pub aux_cpu_seconds: Option<f64>,
+    /// Publishes the server acknowledged (TSLM replies with `"ok":true`; `None` elsewhere).
+    pub publishes_acked: Option<u64>,
+    /// Acknowledged publishes per second, from the first publish to the last acknowledgement.
+    pub publishes_per_second: Option<f64>,
     pub bench_cpu_seconds: f64,
 }
 
@@ -90,17 +108,19 @@ impl Report {
         }
         format!(
             concat!(
-                "{{\"target\":\"{}\",\"transport\":\"{}\",\"subscribers\":{},\"channels\":{},\"messages\":{},\"size\":{},\"rate\":{},",
+                "{{\"target\":\"{}\",\"transport\":\"{}\",\"subscribers\":{},\"channels\":{},\"publishers\":{},\"messages\":{},\"size\":{},\"rate\":{},",
                 "\"connect_seconds\":{:.3},\"publish_seconds\":{:.3},\"expected_deliveries\":{},\"deliveries\":{},",
                 "\"deliveries_per_second\":{:.0},\"lost\":{},\"duplicated_or_reordered\":{},",
                 "\"latency_ms\":{{\"p50\":{:.3},\"p99\":{:.3},\"p999\":{:.3},\"max\":{:.3}}},",
                 "\"publish_errors\":{},\"subscriber_failures\":{},\"server_rss_before_kib\":{},\"server_rss_idle_kib\":{},",
-                "\"server_rss_peak_kib\":{},\"server_idle_bytes_per_connection\":{},\"server_cpu_seconds\":{},\"bench_cpu_seconds\":{:.2}}}"
+                "\"server_rss_peak_kib\":{},\"server_idle_bytes_per_connection\":{},\"server_cpu_seconds\":{},\"server_cpu_seconds_each\":[{}],\"aux_cpu_seconds\":{},",
+                "\"publishes_acked\":{},\"publishes_per_second\":{},\"bench_cpu_seconds\":{:.2}}}"
             ),
             self.target,
             self.transport,
             self.subscribers,
             self.channels,
+            self.publishers,
             self.messages,
             self.size,
             opt(&self.rate),
@@ -124,6 +144,14 @@ impl Report {
                 .server_idle_bytes_per_connection
                 .map(|b| format!("{b:.0}"))),
             opt(&self.server_cpu_seconds.map(|c| format!("{c:.2}"))),
+            self.server_cpu_seconds_each
+                .iter()
+                .map(|c| format!("{c:.2}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            opt(&self.aux_cpu_seconds.map(|c| format!("{c:.2}"))),
+            opt(&self.publishes_acked),
+            opt(&self.publishes_per_second.map(|p| format!("{p:.0}"))),
             self.bench_cpu_seconds,
         )
     }
@@ -245,9 +273,19 @@ pub fn raise_fd_limit() -> u64 {
 
 /// Runs one benchmark.
 pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
-    if cfg.channels == 0 || cfg.subscribers == 0 {
+    if cfg.channels == 0 || cfg.publishers == 0 || cfg.sub_addrs.is_empty() {
         return Err(BenchError::Invalid(
-            "subscribers and channels must be at least 1".into(),
+            "channels, publishers and subscriber addresses must be at least 1".into(),
+        ));
+    }
+    if cfg.subscribers == 0 && (cfg.target != Target::Tslm || cfg.messages == 0) {
+        return Err(BenchError::Invalid(
+            "no subscribers: only for publishing to TSLM (paced by its acknowledgements)".into(),
+        ));
+    }
+    if cfg.publishers > 1 && !cfg.channels.is_multiple_of(cfg.publishers) {
+        return Err(BenchError::Invalid(
+            "with several publishers, channels must be a multiple of publishers (one publisher per channel keeps its order)".into(),
         ));
     }
     let limit = raise_fd_limit();
@@ -270,12 +308,29 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
         stop: AtomicBool::new(false),
     });
     let bench_cpu_start = procstat::cpu_seconds(None);
-    let rss_before = cfg.server_pid.and_then(procstat::rss_kib);
+    let server_rss = |pids: &[u32]| -> Option<u64> {
+        pids.iter()
+            .map(|&p| procstat::rss_kib(p))
+            .sum::<Option<u64>>()
+            .filter(|_| !pids.is_empty())
+    };
+    let cpu_of = |pids: &[u32]| -> Option<Vec<f64>> {
+        pids.iter()
+            .map(|&p| procstat::cpu_seconds(Some(p)))
+            .collect::<Option<Vec<f64>>>()
+            .filter(|_| !pids.is_empty())
+    };
+    let rss_before = server_rss(&cfg.server_pids);
 
-    // Publisher first, so that channels exist (TSLM needs an explicit create).
-    let mut publisher = target::Publisher::connect(&cfg)
-        .await
-        .map_err(BenchError::Publisher)?;
+    // Publishers first, so that channels exist (TSLM needs an explicit create).
+    let mut publishers = Vec::with_capacity(cfg.publishers);
+    for _ in 0..cfg.publishers {
+        publishers.push(
+            target::Publisher::connect(&cfg)
+                .await
+                .map_err(BenchError::Publisher)?,
+        );
+    }
 
     // Subscribers, a bounded number connecting at a time.
     let connect_start = Instant::now();
@@ -290,13 +345,14 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
         let shared2 = Arc::clone(&shared);
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            let source = source_for(i, cfg2.sources, cfg2.sub_addr);
+            let addr = cfg2.sub_addrs[i % cfg2.sub_addrs.len()];
+            let source = source_for(i, cfg2.sources, addr);
             let st = SubState {
                 index: i,
                 channel: i % cfg2.channels,
                 expected: 0,
             };
-            match target::Subscriber::connect(&cfg2, source, st.channel).await {
+            match target::Subscriber::connect(&cfg2, addr, source, st.channel).await {
                 Ok(sub) => {
                     drop(permit);
                     let _ = tx.send(Ok(()));
@@ -322,7 +378,7 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
     let connect_seconds = connect_start.elapsed().as_secs_f64();
     // Let the server settle before reading its idle memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_idle = cfg.server_pid.and_then(procstat::rss_kib);
+    let rss_idle = server_rss(&cfg.server_pids);
     if cfg.progress {
         eprintln!(
             "[bench] {} subscribers connected in {connect_seconds:.1}s",
@@ -333,19 +389,19 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
     // Sampler: server peak RSS, progress line.
     let sampler_stop = Arc::new(AtomicBool::new(false));
     let sampler = {
-        let (shared, stop, pid, progress) = (
+        let (shared, stop, pids, progress) = (
             Arc::clone(&shared),
             Arc::clone(&sampler_stop),
-            cfg.server_pid,
+            cfg.server_pids.clone(),
             cfg.progress,
         );
         tokio::spawn(async move {
-            let mut peak = pid.and_then(procstat::rss_kib).unwrap_or(0);
+            let mut peak = server_rss(&pids).unwrap_or(0);
             let mut last = (Instant::now(), shared.deliveries.load(Ordering::Relaxed));
             let mut tick = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                if let Some(r) = pid.and_then(procstat::rss_kib) {
+                if let Some(r) = server_rss(&pids) {
                     peak = peak.max(r);
                 }
                 tick += 1;
@@ -370,15 +426,33 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
         })
     };
 
-    let server_cpu_start = cfg.server_pid.and_then(|p| procstat::cpu_seconds(Some(p)));
+    let server_cpu_start = cpu_of(&cfg.server_pids);
+    let aux_cpu_start = cpu_of(&cfg.aux_pids);
     let publish_start = Instant::now();
-    if cfg.messages > 0 {
-        publisher
-            .publish_all(&cfg, &shared)
+    let mut tasks = Vec::with_capacity(publishers.len());
+    for (k, mut publisher) in publishers.into_iter().enumerate() {
+        let (cfg, shared) = (cfg.clone(), Arc::clone(&shared));
+        tasks.push(tokio::spawn(async move {
+            if cfg.messages > 0 {
+                publisher.publish_all(&cfg, &shared, k as u64).await?;
+            }
+            Ok::<_, std::io::Error>(publisher.await_acks(&shared, cfg.drain_timeout).await)
+        }));
+    }
+    let mut acked: Option<u64> = None;
+    let mut last_ack = publish_start;
+    for t in tasks {
+        let (n, at) = t
             .await
+            .map_err(|_| BenchError::Invalid("publisher task died".into()))?
             .map_err(BenchError::Publisher)?;
+        if let Some(n) = n {
+            acked = Some(acked.unwrap_or(0) + n);
+        }
+        last_ack = last_ack.max(at);
     }
     let publish_seconds = publish_start.elapsed().as_secs_f64();
+    let ack_seconds = (last_ack - publish_start).as_secs_f64();
 
     // Wait for deliveries to finish (or stall).
     let expected: u64 = (0..cfg.subscribers)
@@ -396,13 +470,12 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
         }
     }
     let elapsed = publish_start.elapsed().as_secs_f64();
-    let server_cpu = match (
-        server_cpu_start,
-        cfg.server_pid.and_then(|p| procstat::cpu_seconds(Some(p))),
-    ) {
-        (Some(a), Some(b)) => Some(b - a),
+    let delta = |a: Option<Vec<f64>>, b: Option<Vec<f64>>| match (a, b) {
+        (Some(a), Some(b)) => Some(b.iter().zip(&a).map(|(b, a)| b - a).collect::<Vec<_>>()),
         _ => None,
     };
+    let server_cpu_each = delta(server_cpu_start, cpu_of(&cfg.server_pids));
+    let aux_cpu = delta(aux_cpu_start, cpu_of(&cfg.aux_pids)).map(|v| v.iter().sum());
     sampler_stop.store(true, Ordering::Relaxed);
     let peak = sampler.await.ok();
     shared.stop.store(true, Ordering::Relaxed);
@@ -417,6 +490,7 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
         transport: cfg.transport.to_string(),
         subscribers: cfg.subscribers,
         channels: cfg.channels,
+        publishers: cfg.publishers,
         messages: cfg.messages,
         size: cfg.size,
         rate: cfg.rate,
@@ -441,12 +515,18 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
         server_rss_idle_kib: rss_idle,
         server_rss_peak_kib: peak.filter(|p| *p > 0),
         server_idle_bytes_per_connection: match (rss_before, rss_idle) {
-            (Some(b), Some(i)) => {
+            (Some(b), Some(i)) if cfg.subscribers > 0 => {
                 Some((i.saturating_sub(b) * 1024) as f64 / cfg.subscribers as f64)
             }
             _ => None,
         },
-        server_cpu_seconds: server_cpu,
+        server_cpu_seconds: server_cpu_each.as_ref().map(|v| v.iter().sum()),
+        server_cpu_seconds_each: server_cpu_each.unwrap_or_default(),
+        aux_cpu_seconds: aux_cpu,
+        publishes_acked: acked,
+        publishes_per_second: acked
+            .filter(|_| ack_seconds > 0.0)
+            .map(|n| n as f64 / ack_seconds),
         bench_cpu_seconds: procstat::cpu_seconds(None).unwrap_or(0.0)
             - bench_cpu_start.unwrap_or(0.0),
     })

@@ -2,7 +2,7 @@
 //! listener, NATS text protocol), nginx + nchan (WebSocket subscribers, HTTP publishing).
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -128,12 +128,15 @@ pub(crate) enum Subscriber {
 impl Subscriber {
     pub(crate) async fn connect(
         cfg: &BenchConfig,
+        addr: SocketAddr,
         source: Option<IpAddr>,
         channel: usize,
     ) -> io::Result<Self> {
         Ok(match cfg.transport {
-            Transport::WebSocket => Self::Ws(WsSubscriber::connect(cfg, source, channel).await?),
-            Transport::Sse => Self::Sse(SseSubscriber::connect(cfg, source, channel).await?),
+            Transport::WebSocket => {
+                Self::Ws(WsSubscriber::connect(cfg, addr, source, channel).await?)
+            }
+            Transport::Sse => Self::Sse(SseSubscriber::connect(cfg, addr, source, channel).await?),
         })
     }
 
@@ -156,6 +159,7 @@ pub(crate) struct SseSubscriber {
 impl SseSubscriber {
     async fn connect(
         cfg: &BenchConfig,
+        addr: SocketAddr,
         source: Option<IpAddr>,
         channel: usize,
     ) -> io::Result<Self> {
@@ -165,7 +169,7 @@ impl SseSubscriber {
             Target::Nchan => format!("/ev/{name}"),
             Target::Nats => return Err(other("nats-server has no Server-Sent Events")),
         };
-        let (mut stream, mut reader) = sse::connect(cfg.sub_addr, source, &path).await?;
+        let (mut stream, mut reader) = sse::connect(addr, source, &path).await?;
         if cfg.target == Target::Tslm {
             let mut subscribed = false;
             let mut refused = None;
@@ -231,6 +235,7 @@ pub(crate) struct WsSubscriber {
 impl WsSubscriber {
     async fn connect(
         cfg: &BenchConfig,
+        addr: SocketAddr,
         source: Option<IpAddr>,
         channel: usize,
     ) -> io::Result<Self> {
@@ -240,7 +245,7 @@ impl WsSubscriber {
             Target::Nats => ("/".to_string(), None),
             Target::Nchan => (format!("/sub/{name}"), None),
         };
-        let (mut stream, leftover) = ws::connect(cfg.sub_addr, source, &path, proto).await?;
+        let (mut stream, leftover) = ws::connect(addr, source, &path, proto).await?;
         let mut reader = ws::Reader::new(leftover, 4096);
         let mut out = Vec::new();
         match cfg.target {
@@ -370,6 +375,10 @@ pub(crate) struct Publisher {
     inflight: Option<Arc<tokio::sync::Semaphore>>,
     /// Error replies counted by the reply reader.
     errors: Arc<AtomicU64>,
+    /// TSLM: successful replies counted by the reply reader (one per publish).
+    acked: Arc<AtomicU64>,
+    /// Messages this publisher sent.
+    sent: u64,
 }
 
 impl Publisher {
@@ -420,28 +429,70 @@ impl Publisher {
         inflight: Option<Arc<tokio::sync::Semaphore>>,
     ) -> Self {
         let errors = Arc::new(AtomicU64::new(0));
+        let acked = Arc::new(AtomicU64::new(0));
         tokio::spawn(read_replies(
             target,
             read,
             inflight.clone(),
             Arc::clone(&errors),
+            Arc::clone(&acked),
         ));
         Self {
             target,
             write,
             inflight,
             errors,
+            acked,
+            sent: 0,
         }
     }
 
+    /// TSLM: waits until every publish sent was answered (or no answer came for `timeout`);
+    /// returns how many were acknowledged and when the last answer was seen. `None` for the
+    /// other targets (their publishes are not acknowledged one by one).
+    pub(crate) async fn await_acks(
+        &self,
+        shared: &Shared,
+        timeout: std::time::Duration,
+    ) -> (Option<u64>, std::time::Instant) {
+        if self.target != Target::Tslm {
+            shared
+                .publish_errors
+                .fetch_add(self.errors.load(Ordering::Relaxed), Ordering::Relaxed);
+            return (None, std::time::Instant::now());
+        }
+        let answered = || self.acked.load(Ordering::Relaxed) + self.errors.load(Ordering::Relaxed);
+        let mut last = (std::time::Instant::now(), answered());
+        while last.1 < self.sent {
+            tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+            let n = answered();
+            if n != last.1 {
+                last = (std::time::Instant::now(), n);
+            } else if last.0.elapsed() > timeout {
+                break;
+            }
+        }
+        shared
+            .publish_errors
+            .fetch_add(self.errors.load(Ordering::Relaxed), Ordering::Relaxed);
+        (Some(self.acked.load(Ordering::Relaxed)), last.0)
+    }
+
+    /// Publishes messages `first`, `first + P`, … (P: the number of publishers).
     pub(crate) async fn publish_all(
         &mut self,
         cfg: &BenchConfig,
         shared: &Arc<Shared>,
+        first: u64,
     ) -> io::Result<()> {
         let start = std::time::Instant::now();
         let mut out = Vec::with_capacity(64 * 1024);
-        let mut seq = 0u64;
+        let step = cfg.publishers.max(1) as u64;
+        let mut seq = first;
+        // With no subscribers, the window counts this publisher's unanswered publishes.
+        let by_acks = cfg.subscribers == 0;
+        let answered =
+            |p: &Self| p.acked.load(Ordering::Relaxed) + p.errors.load(Ordering::Relaxed);
         // When the slowest subscriber makes no progress for this long, give up.
         let mut stalled_since: Option<std::time::Instant> = None;
         while seq < cfg.messages {
@@ -465,16 +516,31 @@ impl Publisher {
                 .map(|p| p.load(Ordering::Relaxed))
                 .min()
                 .unwrap_or(0);
-            if seq >= slowest + cfg.window {
+            let acked = answered(self);
+            let full = |seq: u64, sent: u64| {
+                if by_acks {
+                    sent >= acked + cfg.window
+                } else {
+                    seq >= slowest + cfg.window
+                }
+            };
+            if full(seq, self.sent) {
                 if !out.is_empty() {
                     self.write.write_all(&out).await?;
                     out.clear();
                 }
                 let since = *stalled_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() > cfg.drain_timeout {
-                    return Err(other(format!(
-                        "subscribers stopped receiving: the slowest is at message {slowest} of {seq} published"
-                    )));
+                    return Err(other(if by_acks {
+                        format!(
+                            "the server stopped answering: {acked} of {} answered",
+                            self.sent
+                        )
+                    } else {
+                        format!(
+                            "subscribers stopped receiving: the slowest is at message {slowest} of {seq} published"
+                        )
+                    }));
                 }
                 tokio::time::sleep(std::time::Duration::from_micros(200)).await;
                 continue;
@@ -482,7 +548,7 @@ impl Publisher {
             stalled_since = None;
             // Up to 64 messages per write.
             for _ in 0..64 {
-                if seq >= cfg.messages || seq >= slowest + cfg.window {
+                if seq >= cfg.messages || full(seq, self.sent) {
                     break;
                 }
                 if cfg
@@ -536,14 +602,12 @@ impl Publisher {
                         out.extend_from_slice(&body);
                     }
                 }
-                seq += 1;
+                seq += step;
+                self.sent += 1;
             }
             self.write.write_all(&out).await?;
             out.clear();
         }
-        shared
-            .publish_errors
-            .store(self.errors.load(Ordering::Relaxed), Ordering::Relaxed);
         Ok(())
     }
 }
@@ -553,6 +617,7 @@ async fn read_replies(
     mut read: OwnedReadHalf,
     sem: Option<Arc<tokio::sync::Semaphore>>,
     errors: Arc<AtomicU64>,
+    acked: Arc<AtomicU64>,
 ) {
     match target {
         Target::Tslm | Target::Nats => {
@@ -564,18 +629,25 @@ async fn read_replies(
                     Ok(n) => n,
                 };
                 pending.extend_from_slice(&buf[..n]);
-                // Count error replies without parsing frames exactly: their markers are unique.
-                let marker: &[u8] = if target == Target::Tslm {
-                    b"\"ok\":false"
-                } else {
-                    b"-ERR"
+                // Count replies without parsing frames exactly: their markers are unique (a
+                // publishing connection subscribes to nothing, so it is sent replies only).
+                let count = |marker: &[u8]| {
+                    pending
+                        .windows(marker.len())
+                        .filter(|w| *w == marker)
+                        .count() as u64
                 };
-                let found = pending
-                    .windows(marker.len())
-                    .filter(|w| *w == marker)
-                    .count();
-                errors.fetch_add(found as u64, Ordering::Relaxed);
-                let keep = pending.len().min(marker.len());
+                let len = if target == Target::Tslm {
+                    errors.fetch_add(count(b"\"ok\":f"), Ordering::Relaxed);
+                    acked.fetch_add(count(b"\"ok\":t"), Ordering::Relaxed);
+                    6
+                } else {
+                    errors.fetch_add(count(b"-ERR"), Ordering::Relaxed);
+                    4
+                };
+                // Keep a tail one byte too short to hold a marker: a marker cut by the read is
+                // found next time, and none is counted twice.
+                let keep = pending.len().min(len - 1);
                 pending.drain(..pending.len() - keep);
             }
         }

@@ -3,6 +3,7 @@
 //! compares every mirror with Redis now and then.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -11,7 +12,7 @@ use tslm_hub::{Appended, MirrorEntry};
 use tslm_protocol::{ChannelName, Epoch, Offset};
 
 use crate::codec::{self, Note};
-use crate::shard::{node_topic, topic};
+use crate::shard::{Sink, node_topic, topic};
 use crate::{COUNT_TTL, HOUSEKEEPING, Inner, OPENING_BYTES, READ_BATCH, READ_BYTES};
 
 /// Channels subscribed per SUBSCRIBE command when a connection is (re)made.
@@ -93,7 +94,7 @@ pub(crate) async fn follow(inner: Arc<Inner>, i: usize, stop: CancellationToken)
             }
             continue;
         }
-        shard.set_up(true, Some(sink.clone()));
+        shard.set_up(true, Some(Sink::Single(sink.clone())));
         tracing::info!(
             shard = i,
             channels = topics.len(),
@@ -114,7 +115,7 @@ pub(crate) async fn follow(inner: Arc<Inner>, i: usize, stop: CancellationToken)
             tokio::select! {
                 _ = stop.cancelled() => return,
                 m = stream.next() => match m {
-                    Some(m) => handle(&inner, &node_channel, m).await,
+                    Some(m) => handle(&inner, &node_channel, m.get_channel_name(), m.get_payload_bytes()).await,
                     None => {
                         tracing::warn!(shard = i, "cluster: the PUB/SUB connection to Redis closed; reconnecting");
                         break;
@@ -144,10 +145,9 @@ async fn pause(stop: &CancellationToken, backoff: &mut Duration) -> bool {
     }
 }
 
-async fn handle(inner: &Arc<Inner>, node_channel: &str, m: redis::Msg) {
-    let channel = m.get_channel_name();
+async fn handle(inner: &Arc<Inner>, node_channel: &str, channel: &str, payload: &[u8]) {
     if channel == node_channel {
-        let Some(r) = codec::parse_reply(m.get_payload_bytes()) else {
+        let Some(r) = codec::parse_reply(payload) else {
             tracing::debug!("cluster: malformed reply frame ignored");
             return;
         };
@@ -162,15 +162,10 @@ async fn handle(inner: &Arc<Inner>, node_channel: &str, m: redis::Msg) {
         }
         return;
     }
-    let Some(name) = channel
-        .strip_prefix(inner.cfg.prefix.as_str())
-        .and_then(|s| s.strip_prefix(":{"))
-        .and_then(|s| s.strip_suffix('}'))
-        .and_then(|s| ChannelName::new(s).ok())
-    else {
+    let Some(name) = channel_of(inner, channel) else {
         return;
     };
-    match codec::parse_note(m.get_payload_bytes()) {
+    match codec::parse_note(payload) {
         Some(Note::Deleted) => {
             inner.hub.mirror_close(&name, "deleted");
         }
@@ -203,6 +198,215 @@ async fn handle(inner: &Arc<Inner>, node_channel: &str, m: redis::Msg) {
             apply(inner, &name, epoch, entry);
         }
         None => tracing::debug!(channel = %name, "cluster: malformed message ignored"),
+    }
+}
+
+/// The channel whose PUB/SUB channel is `topic` (`<prefix>:{<channel>}`).
+fn channel_of(inner: &Inner, topic: &str) -> Option<ChannelName> {
+    topic
+        .strip_prefix(inner.cfg.prefix.as_str())
+        .and_then(|s| s.strip_prefix(":{"))
+        .and_then(|s| s.strip_suffix('}'))
+        .and_then(|s| ChannelName::new(s).ok())
+}
+
+/// Pushes waiting for the follower of a Redis Cluster. Bounded: when full, pushes are dropped
+/// and counted, and the follower heals every mirror (a dropped message is then read from the
+/// streams, like any message PUB/SUB lost).
+const PUSH_QUEUE: usize = 8192;
+
+/// The push sender given to the cluster connection: never blocks it (see [`PUSH_QUEUE`]).
+struct Pushes {
+    tx: tokio::sync::mpsc::Sender<redis::PushInfo>,
+    overflow: Arc<AtomicBool>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl redis::aio::AsyncPushSender for Pushes {
+    fn send(&self, info: redis::PushInfo) -> Result<(), redis::aio::SendError> {
+        match self.tx.try_send(info) {
+            Ok(()) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                self.overflow.store(true, Ordering::SeqCst);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Err(redis::aio::SendError),
+        }
+    }
+}
+
+/// Channels subscribed at once when a Redis Cluster connection is (re)made: one `SSUBSCRIBE`
+/// per channel, since one naming several must stay in one slot.
+const SSUBSCRIBE_AT_ONCE: usize = 64;
+
+/// Follows a Redis Cluster until `stop`, like [`follow`] follows one Redis: a RESP3 cluster
+/// connection `SSUBSCRIBE`s every mirrored channel on the master of its slot (and this node's
+/// reply channel), every mirror is healed, then messages are applied as they come.
+///
+/// Any disconnection of any master (a `Disconnection` push), a subscription the server ended
+/// (`sunsubscribe`: its slot moved), a ping to the masters unanswered or dropped pushes: the
+/// whole connection is made again, subscribed again and every mirror healed. redis-rs would
+/// resubscribe a reconnected node by itself, but with one `SSUBSCRIBE` naming channels of
+/// several slots, which Redis refuses (`CROSSSLOT`); making the connection again also follows
+/// a failover or a slot migration without relying on it.
+pub(crate) async fn follow_cluster(inner: Arc<Inner>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(50);
+    let prefix = inner.cfg.prefix.clone();
+    let shard = &inner.shards[0];
+    let node_channel = shard.node_topic(&prefix, inner.hub.node());
+    let dropped = Arc::new(AtomicU64::new(0));
+    loop {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(PUSH_QUEUE);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let pushes = Pushes {
+            tx,
+            overflow: Arc::clone(&overflow),
+            dropped: Arc::clone(&dropped),
+        };
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = shard.cluster_pubsub(&inner.cfg.redis_cluster, &inner.cfg, pushes) => r,
+        };
+        let conn = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: cannot follow the Redis Cluster; retrying");
+                if pause(&stop, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut names = inner.hub.channel_names();
+        names.extend(
+            inner
+                .opening
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned(),
+        );
+        names.sort();
+        names.dedup();
+        let mut topics: Vec<String> = names.into_iter().map(|n| topic(&prefix, &n)).collect();
+        topics.push(node_channel.clone());
+        let subscribed = futures_util::stream::iter(topics.iter().cloned())
+            .map(|t| {
+                let mut c = conn.clone();
+                async move { tokio::time::timeout(shard.timeout(), c.ssubscribe(t)).await }
+            })
+            .buffer_unordered(SSUBSCRIBE_AT_ONCE)
+            .all(|r| std::future::ready(matches!(r, Ok(Ok(())))));
+        let ok = tokio::select! {
+            _ = stop.cancelled() => return,
+            ok = subscribed => ok,
+        };
+        if !ok {
+            tracing::warn!("cluster: subscribing on the Redis Cluster failed; retrying");
+            if pause(&stop, &mut backoff).await {
+                return;
+            }
+            continue;
+        }
+        shard.set_up(true, Some(Sink::Cluster(conn.clone())));
+        tracing::info!(
+            channels = topics.len(),
+            "cluster: following the Redis Cluster"
+        );
+        heal_all(&inner);
+        inner.tell_ready();
+        backoff = Duration::from_millis(50);
+        let mut probe = tokio::time::interval(inner.cfg.probe_interval);
+        probe.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                m = rx.recv() => {
+                    let Some(m) = m else {
+                        tracing::warn!("cluster: the Redis Cluster connection ended; reconnecting");
+                        break;
+                    };
+                    if !on_push(&inner, &node_channel, m).await {
+                        break;
+                    }
+                },
+                _ = probe.tick() => {
+                    let mut c = conn.clone();
+                    let ping = redis::cmd("PING");
+                    let all = redis::cluster_routing::RoutingInfo::MultiNode((
+                        redis::cluster_routing::MultipleNodeRoutingInfo::AllMasters,
+                        Some(redis::cluster_routing::ResponsePolicy::AllSucceeded),
+                    ));
+                    let pong = tokio::time::timeout(shard.timeout(), c.route_command(ping, all)).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        tracing::warn!("cluster: a Redis Cluster master did not answer a ping; reconnecting");
+                        break;
+                    }
+                }
+            }
+            if overflow.swap(false, Ordering::SeqCst) {
+                tracing::warn!(
+                    dropped_total = dropped.load(Ordering::Relaxed),
+                    "cluster: Redis Cluster pushes dropped (queue full); healing every mirror"
+                );
+                heal_all(&inner);
+            }
+        }
+        shard.set_up(false, None);
+        inner.tell_ready();
+        drop(conn);
+        if pause(&stop, &mut backoff).await {
+            return;
+        }
+    }
+}
+
+/// One push of the Redis Cluster connection; `false` when the connection must be made again.
+async fn on_push(inner: &Arc<Inner>, node_channel: &str, m: redis::PushInfo) -> bool {
+    use redis::PushKind;
+    // Borrowed: a message's payload is not copied before it is decoded.
+    fn text(v: Option<&redis::Value>) -> Option<&[u8]> {
+        match v? {
+            redis::Value::BulkString(b) => Some(b.as_slice()),
+            redis::Value::SimpleString(s) => Some(s.as_bytes()),
+            _ => None,
+        }
+    }
+    match m.kind {
+        PushKind::Disconnection => {
+            tracing::warn!("cluster: a Redis Cluster connection closed; reconnecting");
+            false
+        }
+        PushKind::SMessage | PushKind::Message => {
+            let (Some(channel), Some(payload)) = (text(m.data.first()), text(m.data.get(1))) else {
+                return true;
+            };
+            let channel = String::from_utf8_lossy(channel);
+            handle(inner, node_channel, &channel, payload).await;
+            true
+        }
+        PushKind::SUnsubscribe => {
+            // Ours (an idle mirror dropped) or the server's (the slot moved to another master).
+            let Some(channel) = text(m.data.first()) else {
+                return true;
+            };
+            let channel = String::from_utf8_lossy(channel);
+            let ours = channel != node_channel
+                && channel_of(inner, &channel).is_none_or(|n| inner.hub.mirror_head(&n).is_none());
+            if !ours {
+                tracing::info!(%channel, "cluster: Redis Cluster ended a subscription (slot moved); reconnecting");
+            }
+            ours
+        }
+        _ => true,
+    }
+}
+
+/// Heals every mirror of this node (beside the follower).
+fn heal_all(inner: &Arc<Inner>) {
+    for name in inner.hub.channel_names() {
+        spawn_heal(inner, &name);
     }
 }
 

@@ -10,6 +10,27 @@
 //!
 //! Channels are spread over several Redis servers (shards) by a jump consistent hash of their
 //! name; a channel's keys live on one shard and share a hash tag.
+//!
+//! **Redis Cluster** (`redis_cluster` seeds) is one shard whose connections route each command
+//! to the master of its key's slot; a channel's keys and its PUB/SUB channel share the slot of
+//! `{<channel>}`, so its scripts run on one master. The differences from one Redis:
+//!
+//! - the fence is read by the scripts themselves (`INFO server` on the master that runs them):
+//!   a failover or restart of one master rotates the epochs of its channels only, even when
+//!   the cluster client followed the new master without telling (`MOVED`, retries);
+//! - messages use sharded PUB/SUB (`SPUBLISH` from the scripts, `SSUBSCRIBE` per channel on a
+//!   RESP3 cluster connection); replies to another node go on `<prefix>:node:{<n>}` (sharded);
+//! - the registry `<prefix>:channels` is in another slot: a create checks the channel limit
+//!   (`ZCARD`) before its script and adds the name after it (also when the channel existed, which
+//!   repairs a lost entry); a delete removes the name after its script. Not atomic: gateways
+//!   creating at once may pass `max_channels` by a few, and a gateway stopped in between leaves
+//!   a channel unlisted until it is created again, or a deleted name listed by nobody (listings
+//!   skip names without a channel) until it is deleted again;
+//! - commands on several channels (listings, heads, counts) go one per channel, a few at once,
+//!   since a pipeline must stay in one slot;
+//! - the follower makes its whole connection again, subscribes every mirror and heals them all
+//!   on any disconnection of any master, a subscription Redis ended (slot moved) or an
+//!   unanswered ping to the masters (see [`follow::follow_cluster`]).
 
 mod codec;
 mod follow;
@@ -40,6 +61,9 @@ pub struct ClusterConfig {
     /// Redis Sentinel instead of fixed URLs: the master is asked of the sentinels on every
     /// (re)connection, so a failover is followed.
     pub sentinel: Option<SentinelConfig>,
+    /// A Redis Cluster instead: the URLs of some of its nodes (seeds; the others are found
+    /// from them). Empty unless in that mode. See "Redis Cluster" in the crate's docs.
+    pub redis_cluster: Vec<String>,
     /// A PEM file of the certificate authorities that sign the Redis servers' certificates
     /// (`rediss://`); `None`: the system's.
     pub tls_ca: Option<Vec<u8>>,
@@ -203,6 +227,9 @@ impl Cluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let shards = match &cfg.sentinel {
             Some(s) => vec![Shard::sentinel(s, &cfg)?],
+            None if !cfg.redis_cluster.is_empty() => {
+                vec![Shard::cluster(&cfg.redis_cluster, &cfg)?]
+            }
             None => cfg
                 .redis
                 .iter()
@@ -246,6 +273,14 @@ impl Cluster {
     /// whether every shard is followed.
     pub fn run(&self, stop: CancellationToken, ready: ReadyFn) {
         *self.inner.ready.lock().unwrap_or_else(|p| p.into_inner()) = Some(ready);
+        if self.inner.shards[0].is_cluster() {
+            tokio::spawn(follow::follow_cluster(
+                Arc::clone(&self.inner),
+                stop.clone(),
+            ));
+            tokio::spawn(follow::housekeeping(Arc::clone(&self.inner), stop));
+            return;
+        }
         for i in 0..self.inner.shards.len() {
             tokio::spawn(follow::follow(Arc::clone(&self.inner), i, stop.clone()));
         }
@@ -499,8 +534,22 @@ impl Broker for Cluster {
         max_bytes: usize,
     ) -> BrokerFuture<'a, Result<History, HubError>> {
         Box::pin(async move {
-            self.inner.ensure_mirror(name, start).await?;
-            self.inner.hub.history(name, start, limit, max_bytes)
+            let inner = &self.inner;
+            inner.ensure_mirror(name, start).await?;
+            // A history read sees every message the cluster acknowledged before it, also one
+            // still on its way to this node through PUB/SUB: one more round trip to compare
+            // heads (a read answered by the mirror alone could miss it).
+            let heads = inner
+                .shard(name)
+                .heads(&inner.cfg.prefix, std::slice::from_ref(name))
+                .await
+                .map_err(StoreError::into_hub)?;
+            if let Some(Some(head)) = heads.into_iter().next()
+                && inner.hub.mirror_head(name) != Some(head)
+            {
+                follow::heal(inner, name).await;
+            }
+            inner.hub.history(name, start, limit, max_bytes)
         })
     }
 

@@ -22,46 +22,61 @@
 //! (`INFO server` `run_id`, which changes on every restart); when they differ the channel starts
 //! a new epoch (its old backlog and `msg_id`s are dropped), so an `(epoch, offset)` never names
 //! two messages. An empty fence (`fence = "none"`) skips the check.
+//!
+//! **Redis Cluster.** A channel's keys share one slot, so each script runs on the master that
+//! owns it. The fence `*` makes the script read the `run_id` of the instance it runs on
+//! (`INFO server` inside the script): after a failover the slot's new master rotates the epoch
+//! even when the gateway did not notice the change (the cluster client follows `MOVED` and
+//! retries on its own). The registry `P:channels` lives in another slot: the create and delete
+//! scripts are then given no registry key and the gateway updates it with separate commands
+//! (see `shard.rs`). Messages go out with `SPUBLISH` (sharded PUB/SUB, same slot as the keys).
 
 /// The prelude every script shares: reads the meta hash, rotates the epoch when the fence
-/// differs, and reads Redis's clock (`now`, ms: every node's times come from the same clock).
-/// ARGV[1] is the fence, ARGV[2] a fresh epoch.
+/// differs (ARGV[1] is the fence; `*`: the `run_id` of this instance, read here), and reads
+/// Redis's clock (`now`, ms: every node's times come from the same clock). ARGV[2] is a fresh
+/// epoch.
 const PRELUDE: &str = r#"
+local fence = ARGV[1]
+if fence == '*' then
+  fence = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+  if fence == '' then return redis.error_reply('NOFENCE') end
+end
 local m = redis.call('HMGET', KEYS[1], 'e', 'f', 's')
 local epoch = m[1]
 local head = tonumber(m[3]) or 0
 local rotated = 0
-if epoch and ARGV[1] ~= '' and m[2] ~= ARGV[1] then
+if epoch and fence ~= '' and m[2] ~= fence then
   epoch = ARGV[2]
   rotated = 1
   head = 0
   redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0, 'f', ARGV[1])
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0, 'f', fence)
 end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 "#;
 
-/// Creates a channel. KEYS: m s d dz channels. ARGV: fence, epoch, settings JSON, (unused),
+/// Creates a channel. KEYS: m s d dz [channels]. ARGV: fence, epoch, settings JSON, (unused),
 /// name, max channels (0: no limit), x, b, a, w, k.
-/// Returns `{created (0|1), epoch}`; errors `TOOMANY`.
+/// Returns `{created (0|1), epoch}`; errors `TOOMANY`. Without the registry key (Redis
+/// Cluster) neither the limit nor the registry is looked at here.
 pub(crate) fn create() -> String {
     format!(
         r#"{PRELUDE}
 if epoch then return {{0, epoch}} end
-if tonumber(ARGV[6]) > 0 and redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[6]) then
+if KEYS[5] and tonumber(ARGV[6]) > 0 and redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[6]) then
   return redis.error_reply('TOOMANY')
 end
-redis.call('HSET', KEYS[1], 'e', ARGV[2], 's', 0, 'f', ARGV[1], 'o', ARGV[3], 't', now,
+redis.call('HSET', KEYS[1], 'e', ARGV[2], 's', 0, 'f', fence, 'o', ARGV[3], 't', now,
   'x', ARGV[7], 'b', ARGV[8], 'a', ARGV[9], 'w', ARGV[10], 'k', ARGV[11])
-redis.call('ZADD', KEYS[5], 0, ARGV[5])
+if KEYS[5] then redis.call('ZADD', KEYS[5], 0, ARGV[5]) end
 return {{1, ARGV[2]}}
 "#
     )
 }
 
 /// Publishes. KEYS: m s d dz. ARGV: fence, epoch (used if the fence rotates), data, (unused),
-/// msg_id ('' = none), route, PUB/SUB channel, data length.
+/// msg_id ('' = none), route, PUB/SUB channel, data length, `PUBLISH` or `SPUBLISH`.
 /// Returns `{offset, epoch, duplicate (0|1)}`; errors `NOTFOUND`, `TOOLARGE <max>`.
 pub(crate) fn publish() -> String {
     format!(
@@ -100,7 +115,7 @@ if dedupe then
   redis.call('PEXPIRE', KEYS[3], window)
   redis.call('PEXPIRE', KEYS[4], window)
 end
-redis.call('PUBLISH', ARGV[7], 'M ' .. epoch .. ' ' .. off .. ' ' .. now .. ' ' .. ARGV[6] .. ' ' .. ARGV[3])
+redis.call(ARGV[9], ARGV[7], 'M ' .. epoch .. ' ' .. off .. ' ' .. now .. ' ' .. ARGV[6] .. ' ' .. ARGV[3])
 return {{off, epoch, 0}}
 "#
     )
@@ -119,13 +134,14 @@ return {{epoch, head, redis.call('HGET', KEYS[1], 'o') or ''}}
     )
 }
 
-/// Deletes a channel. KEYS: m s d dz n channels. ARGV: name, PUB/SUB channel.
-/// Returns 1, or 0 when it did not exist.
+/// Deletes a channel. KEYS: m s d dz n [channels]. ARGV: name, PUB/SUB channel, `PUBLISH` or
+/// `SPUBLISH`. Returns 1, or 0 when it did not exist. Without the registry key (Redis
+/// Cluster) the name stays in the registry: the gateway removes it after.
 pub(crate) const DELETE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
-redis.call('ZREM', KEYS[6], ARGV[1])
-redis.call('PUBLISH', ARGV[2], 'D')
+if KEYS[6] then redis.call('ZREM', KEYS[6], ARGV[1]) end
+redis.call(ARGV[3], ARGV[2], 'D')
 return 1
 "#;
 

@@ -1,14 +1,23 @@
 //! One Redis server of the cluster: its command connection (with the fence read from it), its
 //! PUB/SUB sink, and the operations on the channels it owns. No lock is held across `.await`:
 //! connections are cloned out of their slot.
+//!
+//! A Redis Cluster is one `Shard` too: its connections are redis-rs cluster connections that
+//! route each command to the master of its key's slot. What changes there: the fence is read
+//! inside the scripts (`*`), messages use sharded PUB/SUB (`SPUBLISH`/`SSUBSCRIBE`), commands on
+//! several channels go per channel (a pipeline must stay in one slot), and the channel registry
+//! is updated beside the create and delete scripts rather than inside them.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{MultiplexedConnection, PubSubSink};
+use futures_util::{StreamExt, TryStreamExt};
+use redis::aio::{ConnectionLike, MultiplexedConnection, PubSubSink};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{AsyncConnectionConfig, Client, RedisError, Script, Value};
+use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 use tslm_hub::{ChannelSettings, ConnId, Created, HubError, MirrorEntry, Published};
 use tslm_protocol::{ChannelInfo, ChannelName, Epoch, Offset, Payload};
 
@@ -52,9 +61,53 @@ impl StoreError {
 
 #[derive(Clone)]
 struct Link {
-    conn: MultiplexedConnection,
-    /// The instance's `run_id` (empty without a fence).
+    conn: Conn,
+    /// The instance's `run_id` (empty without a fence; `*` in a Redis Cluster: read by the
+    /// scripts on the master that runs them).
     fence: Arc<str>,
+}
+
+/// A command connection: to one Redis, or to a Redis Cluster (routed by key slot).
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where a shard's messages are subscribed: a PUB/SUB connection, or (Redis Cluster) a RESP3
+/// cluster connection whose pushes feed the follower (`SSUBSCRIBE`, routed by slot).
+#[derive(Clone)]
+pub(crate) enum Sink {
+    Single(PubSubSink),
+    Cluster(ClusterConnection),
 }
 
 struct Scripts {
@@ -74,12 +127,14 @@ enum Target {
         master: String,
         node: SentinelNodeConnectionInfo,
     },
+    /// A Redis Cluster, found from its seed nodes.
+    Cluster(Box<ClusterClient>),
 }
 
 pub(crate) struct Shard {
     target: Target,
     link: Mutex<Option<Link>>,
-    sink: Mutex<Option<PubSubSink>>,
+    sink: Mutex<Option<Sink>>,
     up: AtomicBool,
     /// Bumped each time the PUB/SUB connection is made and subscribed (see `follow`).
     generation: AtomicU64,
@@ -120,6 +175,11 @@ pub(crate) fn node_topic(prefix: &str, node: u16) -> String {
     format!("{prefix}:node:{node}")
 }
 
+/// The node reply channel in a Redis Cluster: sharded, its own hash tag (the node number).
+pub(crate) fn cluster_node_topic(prefix: &str, node: u16) -> String {
+    format!("{prefix}:node:{{{node}}}")
+}
+
 fn is_connection_error(e: &RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
 }
@@ -145,6 +205,78 @@ impl Shard {
         }
         .map_err(bad)?;
         Ok(Self::with_target(Target::Direct(client), cfg))
+    }
+
+    /// A Redis Cluster found from `seeds` (any of its nodes).
+    pub(crate) fn cluster(seeds: &[String], cfg: &ClusterConfig) -> Result<Self, ClusterError> {
+        let client = Self::cluster_builder(seeds, cfg)
+            .build()
+            .map_err(|source| ClusterError::Url {
+                url: seeds
+                    .iter()
+                    .map(|u| redact(u))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                source,
+            })?;
+        Ok(Self::with_target(Target::Cluster(Box::new(client)), cfg))
+    }
+
+    fn cluster_builder(seeds: &[String], cfg: &ClusterConfig) -> ClusterClientBuilder {
+        let mut b = ClusterClientBuilder::new(seeds.to_vec())
+            .connection_timeout(cfg.command_timeout)
+            .response_timeout(cfg.command_timeout);
+        if let Some(u) = &cfg.username {
+            b = b.username(u);
+        }
+        if let Some(p) = &cfg.password {
+            b = b.password(p);
+        }
+        if let Some(ca) = &cfg.tls_ca {
+            b = b.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            });
+        }
+        b
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
+    }
+
+    /// The channel this node's replies are published on.
+    pub(crate) fn node_topic(&self, prefix: &str, node: u16) -> String {
+        if self.is_cluster() {
+            cluster_node_topic(prefix, node)
+        } else {
+            node_topic(prefix, node)
+        }
+    }
+
+    fn publish_cmd(&self) -> &'static str {
+        if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
+    /// A RESP3 cluster connection whose pushes (sharded messages, disconnections) go to `push`:
+    /// what the follower of a Redis Cluster listens on.
+    pub(crate) async fn cluster_pubsub(
+        &self,
+        seeds: &[String],
+        cfg: &ClusterConfig,
+        push: impl redis::aio::AsyncPushSender,
+    ) -> Result<ClusterConnection, StoreError> {
+        let client = Self::cluster_builder(seeds, cfg)
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(push)
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("redis cluster: {e}")))?;
+        self.timed(client.get_async_connection()).await
     }
 
     pub(crate) fn sentinel(
@@ -197,6 +329,9 @@ impl Shard {
     pub(crate) async fn client(&self) -> Result<Client, StoreError> {
         match &self.target {
             Target::Direct(c) => Ok(c.clone()),
+            Target::Cluster(_) => Err(StoreError::Unavailable(
+                "a Redis Cluster has no single client".into(),
+            )),
             Target::Sentinel {
                 sentinels,
                 master,
@@ -226,7 +361,7 @@ impl Shard {
         self.up.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn set_up(&self, up: bool, sink: Option<PubSubSink>) {
+    pub(crate) fn set_up(&self, up: bool, sink: Option<Sink>) {
         *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = sink;
         if up {
             self.generation.fetch_add(1, Ordering::SeqCst);
@@ -247,6 +382,19 @@ impl Shard {
     async fn link(&self) -> Result<Link, StoreError> {
         if let Some(l) = self.link.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Ok(l);
+        }
+        if let Target::Cluster(client) = &self.target {
+            let conn = self.timed(client.get_async_connection()).await?;
+            let fence = match self.fence {
+                Fence::None => "",
+                Fence::RunId => "*",
+            };
+            let link = Link {
+                conn: Conn::Cluster(conn),
+                fence: Arc::from(fence),
+            };
+            *self.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link.clone());
+            return Ok(link);
         }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
@@ -274,7 +422,10 @@ impl Shard {
                 Arc::from(id)
             }
         };
-        let link = Link { conn, fence };
+        let link = Link {
+            conn: Conn::Single(conn),
+            fence,
+        };
         *self.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link.clone());
         Ok(link)
     }
@@ -294,9 +445,19 @@ impl Shard {
                     "ERR" => detail.split_once(' ').unwrap_or((detail, "")),
                     _ => (code, detail),
                 };
-                if matches!(code, "READONLY" | "MASTERDOWN" | "LOADING") {
+                if matches!(
+                    code,
+                    "READONLY"
+                        | "MASTERDOWN"
+                        | "LOADING"
+                        | "CLUSTERDOWN"
+                        | "TRYAGAIN"
+                        | "MOVED"
+                        | "ASK"
+                ) {
                     // A demoted master or one still loading: ask again (a Sentinel names the
-                    // new master), and answer `unavailable` meanwhile.
+                    // new master), and answer `unavailable` meanwhile. In a Redis Cluster: a
+                    // slot without a master, or moving.
                     self.forget();
                     return Err(StoreError::Unavailable(format!("redis: {code} {detail}")));
                 }
@@ -387,14 +548,28 @@ impl Shard {
     ) -> Result<Created, StoreError> {
         let mut l = self.link().await?;
         let k = keys(&cfg.prefix, name);
+        let registry = format!("{}:channels", cfg.prefix);
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let cluster = self.is_cluster();
+        if cluster && max_channels > 0 {
+            // The registry is in another slot: the limit is checked before the script, so
+            // creates racing on several gateways may pass it by a few channels.
+            let exists: bool = self
+                .timed(redis::cmd("EXISTS").arg(&k[0]).query_async(&mut l.conn))
+                .await?;
+            let n: usize = self
+                .timed(redis::cmd("ZCARD").arg(&registry).query_async(&mut l.conn))
+                .await?;
+            if !exists && n >= max_channels {
+                return Err(StoreError::Refused("TOOMANY".into(), String::new()));
+            }
+        }
         let mut inv = self.scripts.create.prepare_invoke();
-        inv.key(&k[0])
-            .key(&k[1])
-            .key(&k[2])
-            .key(&k[3])
-            .key(format!("{}:channels", cfg.prefix))
-            .arg(&*l.fence)
+        inv.key(&k[0]).key(&k[1]).key(&k[2]).key(&k[3]);
+        if !cluster {
+            inv.key(&registry);
+        }
+        inv.arg(&*l.fence)
             .arg(Epoch(rand::random()).to_string())
             .arg(crate::codec::encode_settings(settings))
             .arg(now_ms())
@@ -406,6 +581,19 @@ impl Shard {
             .arg(ms(settings.dedupe_window))
             .arg(settings.dedupe_max_ids);
         let (created, epoch): (u8, String) = self.timed(inv.invoke_async(&mut l.conn)).await?;
+        if cluster {
+            // Also when it existed: repairs a registry entry lost between a script and its
+            // registry update (a gateway stopped in between).
+            let _: () = self
+                .timed(
+                    redis::cmd("ZADD")
+                        .arg(&registry)
+                        .arg(0)
+                        .arg(name.as_str())
+                        .query_async(&mut l.conn),
+                )
+                .await?;
+        }
         Ok(Created {
             created: created == 1,
             epoch: parse_epoch(&epoch)?,
@@ -434,7 +622,8 @@ impl Shard {
             .arg(msg_id.unwrap_or(""))
             .arg(route.map_or(0, |c| c.0))
             .arg(topic(&cfg.prefix, name))
-            .arg(data.len());
+            .arg(data.len())
+            .arg(self.publish_cmd());
         let (offset, epoch, duplicate): (u64, String, u8) =
             self.timed(inv.invoke_async(&mut l.conn)).await?;
         Ok(Published {
@@ -568,10 +757,27 @@ impl Shard {
         for key in &k {
             inv.key(key);
         }
-        inv.key(format!("{prefix}:channels"))
-            .arg(name.as_str())
-            .arg(topic(prefix, name));
+        let registry = format!("{prefix}:channels");
+        if !self.is_cluster() {
+            inv.key(&registry);
+        }
+        inv.arg(name.as_str())
+            .arg(topic(prefix, name))
+            .arg(self.publish_cmd());
         let n: u8 = self.timed(inv.invoke_async(&mut l.conn)).await?;
+        if self.is_cluster() {
+            // After the script (the registry is in another slot): a name left behind by a
+            // gateway stopped in between is listed by nobody (listings skip names without a
+            // channel) and removed by the next delete.
+            let _: () = self
+                .timed(
+                    redis::cmd("ZREM")
+                        .arg(&registry)
+                        .arg(name.as_str())
+                        .query_async(&mut l.conn),
+                )
+                .await?;
+        }
         Ok(n == 1)
     }
 
@@ -598,8 +804,28 @@ impl Shard {
         names: &[ChannelName],
     ) -> Result<Vec<Option<ChannelInfo>>, StoreError> {
         let mut l = self.link().await?;
-        let mut pipe = redis::pipe();
         let now = now_ms();
+        if self.is_cluster() {
+            // One script per channel (each on its slot's master), all at once.
+            let rows = per_channel(
+                names
+                    .iter()
+                    .map(|name| {
+                        let mut conn = l.conn.clone();
+                        let k = keys(prefix, name);
+                        async move {
+                            let mut inv = self.scripts.info.key(&k[0]);
+                            inv.key(&k[1]).key(&k[4]).arg(now);
+                            self.timed(inv.invoke_async::<Option<InfoRow>>(&mut conn))
+                                .await
+                        }
+                    })
+                    .collect(),
+            )
+            .await?;
+            return Ok(info_rows(names, rows));
+        }
+        let mut pipe = redis::pipe();
         for name in names {
             let k = keys(prefix, name);
             let mut inv = self.scripts.info.key(&k[0]);
@@ -617,22 +843,7 @@ impl Shard {
             )
             .await?;
         let rows: Vec<Option<InfoRow>> = self.timed(pipe.query_async(&mut l.conn)).await?;
-        Ok(names
-            .iter()
-            .zip(rows)
-            .map(|(name, row)| {
-                let (e, head, len, first, subs) = row?;
-                Some(ChannelInfo {
-                    channel: name.clone(),
-                    epoch: Epoch::parse(&e)?,
-                    offset: Offset(head),
-                    subscribers: usize::try_from(subs).unwrap_or(usize::MAX),
-                    backlog_messages: usize::try_from(len).unwrap_or(usize::MAX),
-                    backlog_bytes: 0,
-                    first_offset: Offset(first),
-                })
-            })
-            .collect())
+        Ok(info_rows(names, rows))
     }
 
     /// Channel names of this shard in byte order: those starting with `prefix`, after `after`,
@@ -678,8 +889,7 @@ impl Shard {
         }
         let mut l = self.link().await?;
         let until = now_ms() + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let mut pipe = redis::pipe();
-        for (name, n) in counts {
+        let add = |pipe: &mut Pipeline, name: &ChannelName, n: usize| {
             let k = keys(prefix, name);
             pipe.cmd("HSET")
                 .arg(&k[4])
@@ -690,6 +900,26 @@ impl Shard {
                 .arg(&k[4])
                 .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
                 .ignore();
+        };
+        if self.is_cluster() {
+            // A pipeline per channel (one slot each), all at once.
+            return per_channel(
+                counts
+                    .iter()
+                    .map(|(name, n)| {
+                        let mut conn = l.conn.clone();
+                        let mut pipe = redis::pipe();
+                        add(&mut pipe, name, *n);
+                        async move { self.timed(pipe.query_async::<()>(&mut conn)).await }
+                    })
+                    .collect(),
+            )
+            .await
+            .map(drop);
+        }
+        let mut pipe = redis::pipe();
+        for (name, n) in counts {
+            add(&mut pipe, name, *n);
         }
         self.timed(pipe.query_async::<()>(&mut l.conn)).await
     }
@@ -701,15 +931,30 @@ impl Shard {
         names: &[ChannelName],
     ) -> Result<Vec<Option<(Epoch, Offset)>>, StoreError> {
         let mut l = self.link().await?;
-        let mut pipe = redis::pipe();
-        for name in names {
-            pipe.cmd("HMGET")
-                .arg(&keys(prefix, name)[0])
-                .arg("e")
-                .arg("s");
-        }
-        let rows: Vec<(Option<String>, Option<u64>)> =
-            self.timed(pipe.query_async(&mut l.conn)).await?;
+        let head = |name: &ChannelName| {
+            let mut c = redis::cmd("HMGET");
+            c.arg(&keys(prefix, name)[0]).arg("e").arg("s");
+            c
+        };
+        let rows: Vec<(Option<String>, Option<u64>)> = if self.is_cluster() {
+            per_channel(
+                names
+                    .iter()
+                    .map(|name| {
+                        let mut conn = l.conn.clone();
+                        let c = head(name);
+                        async move { self.timed(c.query_async(&mut conn)).await }
+                    })
+                    .collect(),
+            )
+            .await?
+        } else {
+            let mut pipe = redis::pipe();
+            for name in names {
+                pipe.add_command(head(name));
+            }
+            self.timed(pipe.query_async(&mut l.conn)).await?
+        };
         Ok(rows
             .into_iter()
             .map(|(e, s)| Some((Epoch::parse(&e?)?, Offset(s?))))
@@ -726,8 +971,8 @@ impl Shard {
         let mut l = self.link().await?;
         let n: u64 = self
             .timed(
-                redis::cmd("PUBLISH")
-                    .arg(node_topic(prefix, node))
+                redis::cmd(self.publish_cmd())
+                    .arg(self.node_topic(prefix, node))
                     .arg(frame)
                     .query_async(&mut l.conn),
             )
@@ -747,15 +992,38 @@ impl Shard {
                 "not following the channel's Redis".into(),
             ));
         };
-        self.timed(sink.subscribe(topic(prefix, name))).await
+        match &mut sink {
+            Sink::Single(s) => self.timed(s.subscribe(topic(prefix, name))).await,
+            Sink::Cluster(c) => self.timed(c.ssubscribe(topic(prefix, name))).await,
+        }
     }
 
     pub(crate) async fn unsubscribe(&self, prefix: &str, name: &ChannelName) {
         let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(mut sink) = sink {
-            let _ = self.timed(sink.unsubscribe(topic(prefix, name))).await;
+        match sink {
+            Some(Sink::Single(mut s)) => {
+                let _ = self.timed(s.unsubscribe(topic(prefix, name))).await;
+            }
+            Some(Sink::Cluster(mut c)) => {
+                let _ = self.timed(c.sunsubscribe(topic(prefix, name))).await;
+            }
+            None => {}
         }
     }
+}
+
+/// Commands on several channels in a Redis Cluster: one per channel (a pipeline must stay in
+/// one slot), [`AT_ONCE`] in flight; answers in the order asked; the first error ends it.
+const AT_ONCE: usize = 64;
+
+async fn per_channel<T, F>(ops: Vec<F>) -> Result<Vec<T>, StoreError>
+where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    futures_util::stream::iter(ops)
+        .buffered(AT_ONCE)
+        .try_collect()
+        .await
 }
 
 trait MapOkUnit {
@@ -775,6 +1043,25 @@ where
 
 /// Epoch, head, backlog messages, first kept offset, subscribers (see `scripts::INFO`).
 type InfoRow = (String, u64, u64, u64, u64);
+
+fn info_rows(names: &[ChannelName], rows: Vec<Option<InfoRow>>) -> Vec<Option<ChannelInfo>> {
+    names
+        .iter()
+        .zip(rows)
+        .map(|(name, row)| {
+            let (e, head, len, first, subs) = row?;
+            Some(ChannelInfo {
+                channel: name.clone(),
+                epoch: Epoch::parse(&e)?,
+                offset: Offset(head),
+                subscribers: usize::try_from(subs).unwrap_or(usize::MAX),
+                backlog_messages: usize::try_from(len).unwrap_or(usize::MAX),
+                backlog_bytes: 0,
+                first_offset: Offset(first),
+            })
+        })
+        .collect()
+}
 
 fn parse_epoch(s: &str) -> Result<Epoch, StoreError> {
     Epoch::parse(s).ok_or_else(|| StoreError::Unavailable(format!("malformed epoch `{s}`")))
@@ -866,5 +1153,14 @@ mod tests {
             assert!(k.starts_with("tslm:{a.b}:"), "{k}");
         }
         assert_eq!(topic("tslm", &n), "tslm:{a.b}");
+    }
+
+    #[test]
+    fn a_nodes_reply_channel_is_never_a_channels_topic() {
+        // Sharded in a Redis Cluster: its own hash tag, the node number.
+        assert_eq!(cluster_node_topic("tslm", 7), "tslm:node:{7}");
+        assert_eq!(node_topic("tslm", 7), "tslm:node:7");
+        let n = ChannelName::new("node:{7}").map(|n| topic("tslm", &n));
+        assert_ne!(n.as_deref().ok(), Some("tslm:node:{7}"));
     }
 }

@@ -24,6 +24,7 @@ pub(crate) enum OneOrMany {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawCluster {
     redis: Option<OneOrMany>,
+    redis_cluster: Option<Vec<String>>,
     sentinels: Option<Vec<String>>,
     sentinel_master: Option<String>,
     tls_ca_file: Option<PathBuf>,
@@ -43,6 +44,52 @@ impl RawCluster {
             ["redis://", "rediss://", "unix://", "redis+unix://"]
                 .iter()
                 .any(|s| u.starts_with(s))
+        };
+        let redis_cluster = match self.redis_cluster {
+            None => Vec::new(),
+            Some(_) if self.redis.is_some() || self.sentinels.is_some() => {
+                return Err(at(
+                    "redis_cluster",
+                    "give one of `redis`, `sentinels` or `redis_cluster`, not several".into(),
+                ));
+            }
+            Some(_) if self.sentinel_master.is_some() => {
+                return Err(at(
+                    "sentinel_master",
+                    "only with `sentinels`, not with `redis_cluster`".into(),
+                ));
+            }
+            Some(seeds) => {
+                if seeds.is_empty() {
+                    return Err(at(
+                        "redis_cluster",
+                        "the list is empty: give the URL of one or more of the cluster's nodes"
+                            .into(),
+                    ));
+                }
+                for u in &seeds {
+                    if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                        return Err(at(
+                            "redis_cluster",
+                            format!("`{u}`: each URL starts with redis:// or rediss://"),
+                        ));
+                    }
+                    if u.contains('@') {
+                        return Err(at(
+                            "redis_cluster",
+                            "put no credentials in a URL: use `username` and `password_file`"
+                                .into(),
+                        ));
+                    }
+                }
+                let mut seen = seeds.clone();
+                seen.sort();
+                seen.dedup();
+                if seen.len() != seeds.len() {
+                    return Err(at("redis_cluster", "a URL is listed twice".into()));
+                }
+                seeds
+            }
         };
         let sentinel = match (self.sentinels, self.sentinel_master) {
             (None, None) => None,
@@ -69,10 +116,12 @@ impl RawCluster {
             }
         };
         let redis = match (self.redis, &sentinel) {
+            (None, None) if !redis_cluster.is_empty() => Vec::new(),
             (None, None) => {
                 return Err(at(
                     "redis",
-                    "missing: give one Redis URL or a list (or `sentinels`)".into(),
+                    "missing: give one Redis URL or a list (or `sentinels`, or `redis_cluster`)"
+                        .into(),
                 ));
             }
             (Some(_), Some(_)) => {
@@ -85,7 +134,7 @@ impl RawCluster {
             (Some(OneOrMany::One(u)), None) => vec![u],
             (Some(OneOrMany::Many(v)), None) => v,
         };
-        if redis.is_empty() && sentinel.is_none() {
+        if redis.is_empty() && sentinel.is_none() && redis_cluster.is_empty() {
             return Err(at("redis", "the list is empty".into()));
         }
         if redis.len() > 64 {
@@ -195,6 +244,7 @@ impl RawCluster {
         Ok(ClusterConfig {
             redis,
             sentinel,
+            redis_cluster,
             tls_ca,
             prefix,
             fence,
