@@ -26,7 +26,12 @@ use crate::context::{ConnSlot, ListenerCtx};
 use crate::errors::rate_limited;
 use crate::identity::Identity;
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Ws = WebSocketStream<Io>;
+type Io = LazyRead<TokioIo<Upgraded>>;
+
+/// Bytes tungstenite reads at a time from [`LazyRead`] (its own buffer, held for the life of the
+/// connection, starts at this size).
+const FRAME_READ_BYTES: usize = 256;
 
 /// How long a close handshake may take before the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -86,14 +91,17 @@ async fn open(
     };
     let cfg = &ctx.cfg;
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(cfg.read_buffer_bytes)
+        .read_buffer_size(FRAME_READ_BYTES)
         .write_buffer_size(cfg.write_buffer_bytes)
         .max_write_buffer_size(usize::MAX)
         .max_message_size(Some(cfg.max_message_bytes))
         .max_frame_size(Some(cfg.max_frame_bytes));
-    let ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-            .await;
+    let ws = WebSocketStream::from_raw_socket(
+        LazyRead::new(TokioIo::new(upgraded), cfg.read_buffer_bytes),
+        Role::Server,
+        Some(ws_config),
+    )
+    .await;
     let mut connection = Connection::new(Arc::clone(&ctx), conn, dialect, identity);
     connection.credential = credential;
     let span = tracing::debug_span!("session", listener = %cfg.name, conn = %connection.id, peer = %connection.conn.peer, ?dialect);
@@ -420,7 +428,7 @@ const MAX_IOVECS: usize = 512;
 
 /// Writes `frames` whole, in order, with vectored writes (one system call per up to
 /// `MAX_IOVECS` frames, however the kernel splits them).
-async fn write_frames(io: &mut TokioIo<Upgraded>, frames: &VecDeque<Bytes>) -> std::io::Result<()> {
+async fn write_frames(io: &mut Io, frames: &VecDeque<Bytes>) -> std::io::Result<()> {
     let (mut first, mut offset) = (0, 0);
     while first < frames.len() {
         let slices: Vec<std::io::IoSlice<'_>> = frames
@@ -446,6 +454,105 @@ async fn write_frames(io: &mut TokioIo<Upgraded>, frames: &VecDeque<Bytes>) -> s
         }
     }
     Ok(())
+}
+
+/// The socket under tungstenite, with a read buffer of `read_buffer_bytes` that exists only
+/// while a burst of input is being read: taken when the socket has bytes to read, given back
+/// once it has none (`Pending`). tungstenite reads from it [`FRAME_READ_BYTES`] at a time (a
+/// copy, not a system call), so an idle connection holds a 256-byte buffer instead of a full
+/// read buffer, and a busy one reads the socket in chunks as large as before.
+struct LazyRead<T> {
+    io: T,
+    /// Bytes read from the socket and not yet handed out: `buf[pos..end]`.
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    size: usize,
+}
+
+impl<T> LazyRead<T> {
+    fn new(io: T, size: usize) -> Self {
+        Self {
+            io,
+            buf: Vec::new(),
+            pos: 0,
+            end: 0,
+            size,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LazyRead<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.pos == this.end {
+            if out.remaining() >= this.size {
+                return std::pin::Pin::new(&mut this.io).poll_read(cx, out);
+            }
+            if this.buf.is_empty() {
+                this.buf = vec![0; this.size];
+            }
+            let mut rb = tokio::io::ReadBuf::new(&mut this.buf);
+            match std::pin::Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    this.pos = 0;
+                    this.end = rb.filled().len();
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Nothing more to read for now: the buffer goes until there is.
+                    this.buf = Vec::new();
+                    return Poll::Pending;
+                }
+            }
+        }
+        // An end of stream (0 bytes read) hands out nothing, as the socket would.
+        let n = out.remaining().min(this.end - this.pos);
+        out.put_slice(&this.buf[this.pos..this.pos + n]);
+        this.pos += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for LazyRead<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// Maps a tungstenite error to how the session ends.
@@ -511,38 +618,38 @@ mod tests {
     /// Every idle connection holds its session task's future: what it costs is measured here
     /// (printed with `--nocapture`) and kept from growing unnoticed. The bounds have some slack
     /// for compiler versions; docs/performance.md ("Idle memory") has the breakdown.
-    fn method_size<'a, F, Fut>(_: &F) -> usize
-    where
-        F: FnOnce(&'a mut Session, &'a mut Ws) -> Fut,
-    {
-        std::mem::size_of::<Fut>()
-    }
-
-    #[test]
-    fn parts() {
-        println!(
-            "main_loop {} on_message {} sleep {} write_out {}",
-            method_size(&Session::main_loop),
-            {
-                fn f<'a, F, Fut>(_: &F) -> usize
-                where
-                    F: FnOnce(&'a mut Session, &'a mut Ws, Message) -> Fut,
-                {
-                    std::mem::size_of::<Fut>()
-                }
-                f(&Session::on_message)
-            },
-            std::mem::size_of::<tokio::time::Sleep>(),
-            {
-                fn f<'a, F, Fut>(_: &F) -> usize
-                where
-                    F: FnOnce(&'a mut Session, &'a mut Ws, Option<Outgoing>) -> Fut,
-                {
-                    std::mem::size_of::<Fut>()
-                }
-                f(&Session::write_out)
-            },
-        );
+    /// Small reads are served from one socket read; the buffer goes once the socket has
+    /// nothing more; the end of the stream reads as 0 bytes.
+    #[tokio::test]
+    async fn lazy_read_buffers_only_while_reading() {
+        use tokio::io::AsyncWriteExt;
+        let (mut peer, io) = tokio::io::duplex(4096);
+        let mut lazy = LazyRead::new(io, 512);
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        peer.write_all(&data).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 100];
+        while got.len() < data.len() {
+            let n = lazy.read(&mut chunk).await.unwrap();
+            assert!(n > 0 && n <= 100);
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(got, data);
+        assert!(!lazy.buf.is_empty() || lazy.pos == lazy.end);
+        // Nothing to read: the read waits and the buffer is given back.
+        let pending = futures_util::poll!(std::pin::pin!(lazy.read(&mut chunk)));
+        assert!(pending.is_pending());
+        assert!(lazy.buf.is_empty());
+        // A large read goes to the socket directly.
+        peer.write_all(&data).await.unwrap();
+        let mut big = vec![0u8; 2048];
+        let n = lazy.read(&mut big).await.unwrap();
+        assert_eq!(&big[..n], &data[..n]);
+        assert!(lazy.buf.is_empty());
+        drop(peer);
+        let mut rest = Vec::new();
+        lazy.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, data[n..]);
     }
 
     #[test]
