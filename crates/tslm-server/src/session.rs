@@ -129,6 +129,7 @@ impl Session {
     /// Not an `async fn`: the block uses the session and the stream where they were captured,
     /// where an `async fn` would keep its arguments and a moved copy of them (632 bytes more
     /// in every idle session, measured by `tests::an_idle_session_future_stays_small`).
+    #[allow(clippy::manual_async_fn)]
     fn serve(mut self, mut ws: Ws) -> impl std::future::Future<Output = ()> + Send {
         async move {
             let end = self.main_loop(&mut ws).await;
