@@ -62,9 +62,24 @@ pub(crate) struct BenchArgs {
     /// No progress line.
     #[arg(long)]
     pub(crate) quiet: bool,
+    /// Churn instead of fan-out, for this many seconds (TSLM only; `-r` is the publish rate,
+    /// default 200/s): subscribers reconnect and resume every 1 to 5 s, publishes carry a
+    /// `msg_id` and one in 10 is retried; the server's RSS is sampled every 10 s and its slope
+    /// after the warm-up reported (needs `--server-pid`).
+    #[arg(long)]
+    pub(crate) churn_seconds: Option<u64>,
+    /// Churn: seconds left out of the RSS slope while backlogs and de-duplication tables fill.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) churn_warmup_seconds: u64,
+    /// Churn: payload sizes are spread evenly from 16 bytes up to this.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) churn_max_size: usize,
 }
 
 pub(crate) async fn bench(args: BenchArgs) -> ExitCode {
+    if let Some(seconds) = args.churn_seconds {
+        return churn(args, seconds).await;
+    }
     let sources = args.sources.unwrap_or_else(|| {
         u8::try_from(args.subscribers.div_ceil(500).clamp(1, 250)).unwrap_or(250)
     });
@@ -152,6 +167,64 @@ pub(crate) async fn bench(args: BenchArgs) -> ExitCode {
             } else {
                 ExitCode::SUCCESS
             }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn churn(args: BenchArgs, seconds: u64) -> ExitCode {
+    use std::time::Duration;
+    let cfg = tslm_bench::ChurnConfig {
+        // Churn drives one node: the first subscriber address.
+        sub_addr: args.sub_addrs[0],
+        pub_addr: args.pub_addr,
+        subscribers: args.subscribers,
+        channels: args.channels,
+        rate: args.rate.unwrap_or(200),
+        min_size: 16,
+        max_size: args.churn_max_size.max(16),
+        min_connected: Duration::from_secs(1),
+        max_connected: Duration::from_secs(5),
+        retry_every: 10,
+        publisher_connected: Duration::from_secs(30),
+        duration: Duration::from_secs(seconds),
+        warmup: Duration::from_secs(args.churn_warmup_seconds),
+        sample_every: Duration::from_secs(10),
+        sources: args.sources.unwrap_or_else(|| {
+            u8::try_from(args.subscribers.div_ceil(500).clamp(1, 250)).unwrap_or(250)
+        }),
+        server_pid: args.server_pid.first().copied(),
+        progress: !args.quiet,
+    };
+    match tslm_bench::run_churn(cfg).await {
+        Ok(r) => {
+            if args.json {
+                println!("{}", r.to_json());
+            } else {
+                for (t, rss) in &r.samples {
+                    println!("{t:>8.1} s  {rss:>9} KiB");
+                }
+                println!(
+                    "slope after warm-up  {} MB/min",
+                    r.slope_mb_per_minute
+                        .map_or("-".into(), |s| format!("{s:.3}"))
+                );
+                println!(
+                    "published {} (retried {}, acknowledged as duplicates {}), deliveries {}, reconnects {} (resumed without loss {}, with loss {}), errors {}",
+                    r.published,
+                    r.retries,
+                    r.duplicates_acknowledged,
+                    r.deliveries,
+                    r.reconnects,
+                    r.resumed_without_loss,
+                    r.resumed_with_loss,
+                    r.errors
+                );
+            }
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -7,6 +7,7 @@
 //! of the slowest subscriber, so "flat out" means as fast as the whole system delivers, for
 //! every target alike, and the result can be lossless.
 
+mod churn;
 mod hist;
 mod procstat;
 pub mod sse;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub use churn::{ChurnConfig, ChurnReport, run_churn};
 pub use target::{Target, Transport};
 
 /// What to run.

@@ -77,7 +77,7 @@ fn other(msg: impl Into<String>) -> io::Error {
 }
 
 /// Reads whole frames until `done(payload_so_far)` says the awaited answer arrived.
-async fn await_text(
+pub(crate) async fn await_text(
     stream: &mut TcpStream,
     reader: &mut ws::Reader,
     mut done: impl FnMut(&[u8]) -> bool,

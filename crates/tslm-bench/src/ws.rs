@@ -103,7 +103,7 @@ impl Reader {
     /// frame now buffered. Returns `Ok(false)` at end of stream.
     pub async fn read_frames(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut (impl tokio::io::AsyncRead + Unpin),
         mut on_frame: impl FnMut(u8, bool, &[u8]),
     ) -> io::Result<bool> {
         if self.start > 0 {
