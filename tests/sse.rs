@@ -499,6 +499,36 @@ async fn a_stream_ends_at_shutdown_with_when_to_come_back() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn every_stream_gets_its_end_event_when_the_close_schedule_runs_past_five_seconds() {
+    // The default grace (10 s) spreads closes over 7.5 s: streams whose turn comes late are
+    // still on their connection then (it is not cut after a fixed 5 s).
+    let s = TestServer::default().await;
+    create(&s, "a").await;
+    let mut streams = Vec::new();
+    for _ in 0..12 {
+        let mut st = Stream::open(s.addr("public"), "channel=a", &[])
+            .await
+            .unwrap();
+        assert_eq!(st.next().await.event, "subscribed");
+        streams.push(st);
+    }
+    let stopping = tokio::spawn(s.shutdown());
+    let ends = streams.into_iter().map(|mut st| {
+        tokio::spawn(async move {
+            let end = st.next().await;
+            assert_eq!(end.event, "end", "{end:?}");
+        })
+    });
+    for e in ends.collect::<Vec<_>>() {
+        e.await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(30), stopping)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 /// The offset of each channel an event id names (the cursor after its checksum), in order.
 fn offsets(id: &str) -> Vec<u64> {
     let (_, positions) = id.split_once('.').unwrap();

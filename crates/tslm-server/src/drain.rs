@@ -78,6 +78,12 @@ impl CloseSchedule {
         });
     }
 
+    /// How long until the last turn of a shutdown that has begun (`None` before it begins).
+    pub(crate) fn remaining(&self) -> Option<Duration> {
+        let p = self.plan.get()?;
+        Some((p.start + p.spread).saturating_duration_since(Instant::now()))
+    }
+
     /// The calling session's turn (each call takes the next one). Before [`Self::begin`], the
     /// turn is now.
     pub(crate) fn take_turn(&self) -> Turn {

@@ -372,8 +372,16 @@ async fn drive<C>(
         _ = goaway => {}
     }
     shut(conn.as_mut());
-    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    // What is running finishes: at least 5 s, and at shutdown until the last turn of the close
+    // schedule (an event stream on this connection ends with its `end` event on its turn).
+    let wait = ctx.closing.remaining().map_or(CONNECTION_FINISH, |r| {
+        r.max(CONNECTION_FINISH) + Duration::from_secs(1)
+    });
+    let _ = tokio::time::timeout(wait, conn).await;
 }
+
+/// How long a connection asked to end gracefully may take to finish what it is doing.
+const CONNECTION_FINISH: Duration = Duration::from_secs(5);
 
 /// Refuses a connection with `error` (503 over `max_connections` or the descriptor budget, 429
 /// over a per-address limit) at once, without waiting for its request: the answer is written as
