@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use common::*;
+use common::{http_create as create, http_publish as publish};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -103,30 +104,6 @@ impl Drop for Pki {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-async fn create(s: &TestServer, channel: &str) {
-    let (status, _, body) = http(
-        s.addr("private"),
-        "PUT",
-        &format!("/v1/channels/{channel}"),
-        &[],
-        "",
-    )
-    .await;
-    assert!(status == 201 || status == 200, "{body}");
-}
-
-async fn publish(s: &TestServer, channel: &str, data: &str) {
-    let (status, _, body) = http(
-        s.addr("private"),
-        "POST",
-        &format!("/v1/channels/{channel}/messages"),
-        &[],
-        data,
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
 }
 
 /// An event stream opened with the `h2` crate: its status and body.

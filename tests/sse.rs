@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
+use common::{http_create as create, http_publish as publish};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -151,31 +152,6 @@ impl Stream {
             }
         }
     }
-}
-
-async fn create(s: &TestServer, channel: &str) {
-    let (status, _, body) = http(
-        s.addr("private"),
-        "PUT",
-        &format!("/v1/channels/{channel}"),
-        &[],
-        "",
-    )
-    .await;
-    assert!(status == 201 || status == 200, "{body}");
-}
-
-async fn publish(s: &TestServer, channel: &str, data: &str) -> u64 {
-    let (status, _, body) = http(
-        s.addr("private"),
-        "POST",
-        &format!("/v1/channels/{channel}/messages"),
-        &[],
-        data,
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    body["offset"].as_u64().unwrap()
 }
 
 #[tokio::test]

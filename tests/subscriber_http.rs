@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 
 use base64::Engine;
 use common::*;
+use common::{http_create as create, http_publish as publish_http};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -44,31 +45,6 @@ fn token(channels: &[&str], lifetime: i64) -> String {
         &jsonwebtoken::EncodingKey::from_secret(SECRET),
     )
     .unwrap()
-}
-
-async fn create(s: &TestServer, channel: &str) {
-    let (status, _, body) = http(
-        s.addr("private"),
-        "PUT",
-        &format!("/v1/channels/{channel}"),
-        &[],
-        "",
-    )
-    .await;
-    assert!(status == 201 || status == 200, "{body}");
-}
-
-async fn publish_http(s: &TestServer, channel: &str, data: &str) -> u64 {
-    let (status, _, body) = http(
-        s.addr("private"),
-        "POST",
-        &format!("/v1/channels/{channel}/messages"),
-        &[],
-        data,
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    body["offset"].as_u64().unwrap()
 }
 
 async fn history(

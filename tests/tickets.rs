@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::http_create as create;
 use common::*;
 use serde_json::Value;
 
@@ -43,18 +44,6 @@ async fn ticket_for(addr: std::net::SocketAddr, token: Option<&str>) -> (u16, Va
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
     let (status, _, body) = http(addr, "POST", "/v1/tickets", &headers, "").await;
     (status, body)
-}
-
-async fn create(s: &TestServer, channel: &str) {
-    let (status, _, body) = http(
-        s.addr("private"),
-        "PUT",
-        &format!("/v1/channels/{channel}"),
-        &[],
-        "",
-    )
-    .await;
-    assert!(status == 201 || status == 200, "{body}");
 }
 
 /// The status of a poll (no wait) with `query`.

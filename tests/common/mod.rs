@@ -274,3 +274,32 @@ pub fn take_epoch(v: &mut Value) -> String {
     );
     e
 }
+
+/// Creates `channel` over the HTTP API of the server's `private` listener (201, or 200 when it
+/// existed).
+pub async fn http_create(s: &TestServer, channel: &str) {
+    let (status, _, body) = http(
+        s.addr("private"),
+        "PUT",
+        &format!("/v1/channels/{channel}"),
+        &[],
+        "",
+    )
+    .await;
+    assert!(status == 201 || status == 200, "{body}");
+}
+
+/// Publishes `data` (JSON text) to `channel` over the HTTP API of the `private` listener;
+/// returns its offset.
+pub async fn http_publish(s: &TestServer, channel: &str, data: &str) -> u64 {
+    let (status, _, body) = http(
+        s.addr("private"),
+        "POST",
+        &format!("/v1/channels/{channel}/messages"),
+        &[],
+        data,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["offset"].as_u64().expect("an offset")
+}

@@ -35,6 +35,18 @@ fn free_port() -> u16 {
 }
 
 impl Redis {
+    /// A server not yet started, on a free port, in a directory of its own, with `extra`
+    /// arguments.
+    fn unstarted(persistence: bool, extra: Vec<String>) -> Self {
+        Redis {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+            persistence,
+            extra,
+        }
+    }
+
     /// A Redis without persistence.
     pub async fn start() -> Self {
         Self::start_with(false).await
@@ -42,14 +54,7 @@ impl Redis {
 
     /// A Redis that saves an RDB snapshot only when told (`SAVE`).
     pub async fn start_with(persistence: bool) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut r = Redis {
-            port: free_port(),
-            child: None,
-            dir,
-            persistence,
-            extra: Vec::new(),
-        };
+        let mut r = Self::unstarted(persistence, Vec::new());
         r.spawn_fresh().await;
         r
     }
@@ -61,14 +66,10 @@ impl Redis {
         key: &std::path::Path,
         ca: &std::path::Path,
     ) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
         let tls_port = free_port();
-        let mut r = Redis {
-            port: free_port(),
-            child: None,
-            dir,
-            persistence: false,
-            extra: vec![
+        let mut r = Self::unstarted(
+            false,
+            vec![
                 "--tls-port".into(),
                 tls_port.to_string(),
                 "--tls-cert-file".into(),
@@ -80,8 +81,8 @@ impl Redis {
                 "--tls-auth-clients".into(),
                 "no".into(),
             ],
-        };
-        r.spawn().await;
+        );
+        assert!(r.spawn().await, "redis-server with TLS did not start");
         r
     }
 
@@ -97,18 +98,14 @@ impl Redis {
 
     /// A replica of `master`.
     pub async fn replica_of(master: &Redis) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut r = Redis {
-            port: free_port(),
-            child: None,
-            dir,
-            persistence: false,
-            extra: vec![
+        let mut r = Self::unstarted(
+            false,
+            vec![
                 "--replicaof".into(),
                 "127.0.0.1".into(),
                 master.port.to_string(),
             ],
-        };
+        );
         r.spawn_fresh().await;
         // Online before anything is written: after a diskless first sync the master streams
         // writes only once the replica's first REPLCONF ACK arrived (up to a second later).
@@ -376,14 +373,29 @@ impl Drop for Sentinel {
 impl Redis {
     /// A handle for raw commands to any server on `port` (it owns no process).
     pub fn probe(port: u16) -> Redis {
-        Redis {
-            port,
-            child: None,
-            dir: tempfile::tempdir().expect("tempdir"),
-            persistence: false,
-            extra: Vec::new(),
-        }
+        let mut r = Self::unstarted(false, Vec::new());
+        r.port = port;
+        r
     }
+}
+
+/// A Redis Cluster node, not yet started.
+fn cluster_node() -> Redis {
+    Redis::unstarted(
+        false,
+        vec![
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--cluster-config-file".into(),
+            "nodes.conf".into(),
+            "--cluster-node-timeout".into(),
+            "2000".into(),
+            // The bus port is the port + 10000 by default: out of range for a high free port,
+            // or taken by another test's server.
+            "--cluster-port".into(),
+            free_port().to_string(),
+        ],
+    )
 }
 
 /// A Redis Cluster of three masters (no replicas) on free loopback ports, each in its own
@@ -396,25 +408,7 @@ impl RedisCluster {
     pub async fn start() -> Self {
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let mut r = Redis {
-                port: free_port(),
-                child: None,
-                dir,
-                persistence: false,
-                extra: vec![
-                    "--cluster-enabled".into(),
-                    "yes".into(),
-                    "--cluster-config-file".into(),
-                    "nodes.conf".into(),
-                    "--cluster-node-timeout".into(),
-                    "2000".into(),
-                    // The bus port is the port + 10000 by default: out of range for a high
-                    // free port, or taken by another test's server.
-                    "--cluster-port".into(),
-                    free_port().to_string(),
-                ],
-            };
+            let mut r = cluster_node();
             r.spawn_fresh().await;
             nodes.push(r);
         }
@@ -540,23 +534,7 @@ impl Redis {
 impl RedisCluster {
     /// Adds a replica of master `i` (returned; it is not one of `nodes`), synced once it is.
     pub async fn add_replica(&self, i: usize) -> Redis {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut r = Redis {
-            port: free_port(),
-            child: None,
-            dir,
-            persistence: false,
-            extra: vec![
-                "--cluster-enabled".into(),
-                "yes".into(),
-                "--cluster-config-file".into(),
-                "nodes.conf".into(),
-                "--cluster-node-timeout".into(),
-                "2000".into(),
-                "--cluster-port".into(),
-                free_port().to_string(),
-            ],
-        };
+        let mut r = cluster_node();
         r.spawn_fresh().await;
         let master = &self.nodes[i];
         let id = master
