@@ -220,3 +220,70 @@ async fn aborted_handshakes_leave_nothing_behind() {
     let mut ok = v1(&srv.url("public")).await;
     assert_eq!(call(&mut ok, r#"{"op":"ping","id":1}"#).await["ok"], true);
 }
+
+/// `write_coalesce_ms`: a session writes its queued deliveries at most once per interval, so a
+/// stream of messages spaced closer than the interval shares system calls; nothing is lost or
+/// reordered. (That a quiet session writes at once is unit-tested in `session.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_coalescing_writes_a_busy_session_at_most_once_per_interval_and_loses_nothing() {
+    const N: u64 = 20;
+    let srv = TestServer::start(&two_listeners("write_coalesce_ms = 100")).await;
+    let mut publisher = v1(&srv.url("private")).await;
+    call(&mut publisher, r#"{"op":"create","channel":"paced"}"#).await;
+    let mut sub = v1(&srv.url("public")).await;
+    call(&mut sub, r#"{"op":"subscribe","channel":"paced"}"#).await;
+    let before = srv.stats();
+    let started = std::time::Instant::now();
+    for i in 0..N {
+        let r = call(
+            &mut publisher,
+            &format!(r#"{{"op":"publish","id":{i},"channel":"paced","data":{i}}}"#),
+        )
+        .await;
+        assert_eq!(r["ok"], true, "{r}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for next in 1..=N {
+        assert_eq!(
+            offset_of(&recv(&mut sub).await),
+            next,
+            "in order, each once"
+        );
+    }
+    let elapsed = started.elapsed();
+    let after = srv.stats();
+    let writes = after.frame_writes - before.frame_writes;
+    assert_eq!(after.frames_written - before.frames_written, N as usize);
+    // Every write after the first came at least 100 ms after the one before it, and all of
+    // them within `elapsed`.
+    let bound = elapsed.as_millis() as usize / 100 + 1;
+    assert!(
+        writes <= bound && writes < N as usize,
+        "{writes} writes for {N} messages in {elapsed:?}"
+    );
+}
+
+/// Without `write_coalesce_ms`, messages spaced apart are written as they come (the counters
+/// the coalescing test reads count every write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_coalescing_messages_spaced_apart_are_written_one_by_one() {
+    const N: u64 = 5;
+    let srv = TestServer::start(&two_listeners("")).await;
+    let mut publisher = v1(&srv.url("private")).await;
+    call(&mut publisher, r#"{"op":"create","channel":"spaced"}"#).await;
+    let mut sub = v1(&srv.url("public")).await;
+    call(&mut sub, r#"{"op":"subscribe","channel":"spaced"}"#).await;
+    let before = srv.stats();
+    for i in 0..N {
+        call(
+            &mut publisher,
+            &format!(r#"{{"op":"publish","id":{i},"channel":"spaced","data":{i}}}"#),
+        )
+        .await;
+        // Each message is received before the next is published: nothing to gather.
+        assert_eq!(offset_of(&recv(&mut sub).await), i + 1);
+    }
+    let after = srv.stats();
+    assert_eq!(after.frame_writes - before.frame_writes, N as usize);
+    assert_eq!(after.frames_written - before.frames_written, N as usize);
+}

@@ -16,6 +16,7 @@
 #   SYSTEMS="tslm nats" scripts/bench/compare.sh 1 fan1000-flat
 #   PREV=v0.2.0 SYSTEMS="tslm tslm-prev" scripts/bench/compare.sh    (this tree against a git revision)
 #   SYSTEMS="tslm nchan" scripts/bench/compare.sh 3 sse1000-flat sse5000-flat sse-idle10000
+#   SYSTEMS="tslm tslm-co2 nats" scripts/bench/compare.sh 3 fan1000-1k   (tslm-coN: write_coalesce_ms = N)
 #
 # The `sse*` scenarios subscribe with Server-Sent Events (TSLM's GET /v1/events, nchan's
 # EventSource location /ev/NAME); nats-server has no SSE and sits them out.
@@ -156,9 +157,11 @@ start_server() {
       done
       for k in $(seq 0 $((nodes - 1))); do wait_port $((BASE + 2 * k + 1)); wait_ready $((BASE + 2 * k)); done
       PUB=127.0.0.1:$((BASE + 1)); SERVER="" ;;
-    tslm|tslm-prev)
-      bin=$BIN; [ "$1" = tslm-prev ] && bin=$PREV_BIN
+    tslm|tslm-prev|tslm-co[0-9]*)
+      bin=$BIN; [ "$1" = tslm-prev ] && bin=$PREV_BIN; TARGET=tslm
       tslm_config 0 >"$WORK/tslm.toml"
+      # tslm-coN: write coalescing of N ms on the subscribers' listener.
+      case $1 in tslm-co*) sed -i "s/^port = $BASE\$/&\nwrite_coalesce_ms = ${1#tslm-co}/" "$WORK/tslm.toml" ;; esac
       "$bin" serve --config "$WORK/tslm.toml" 2>"$WORK/tslm.log" & SERVER=$!; MEASURE=$SERVER
       SUB=127.0.0.1:$BASE; PUB=127.0.0.1:$((BASE + 1)); wait_port $BASE; wait_port $((BASE + 1)) ;;
     nats)

@@ -25,7 +25,12 @@ def fmt(t, scale=1.0, digits=0):
     f = "{:.%df}" % digits
     return f"{f.format(m*scale)} ({f.format(lo*scale)}-{f.format(hi*scale)})"
 
-SYSTEMS = ["tslm", "tslm-prev", "tslm-cluster", "tslm-cluster2", "tslm-cluster3", "nats", "nchan"]
+KNOWN = ["tslm", "tslm-prev", "tslm-cluster", "tslm-cluster2", "tslm-cluster3", "nats", "nchan"]
+# Variants such as tslm-co2 (write coalescing) come after tslm-prev, in name order.
+EXTRA = sorted({res for sc in data.values() for res in sc} - set(KNOWN))
+SYSTEMS = KNOWN[:2] + EXTRA + KNOWN[2:]
+# The systems compared with nats and nchan: TSLM in memory, and its variants.
+OURS = ["tslm"] + [s for s in EXTRA if s.startswith("tslm-co")]
 
 def nodes(sys_):
     return int(sys_[len("tslm-cluster"):] or 1) if sys_.startswith("tslm-cluster") else 1
@@ -65,21 +70,24 @@ for sc in order:
               f"{'-' if nodel else fmt(med([us_per_delivery(r) for r in ok]), digits=2)} | {fmt(g('aux_cpu_seconds'), digits=2)} | "
               f"{fmt(g('server_rss_peak_kib'), 1/1024, 1)} | {fmt(g('server_idle_bytes_per_connection'))} | {fmt(g('bench_cpu_seconds'), digits=2)} |")
     t = data[sc].get("tslm", [])
-    for other in ["nats", "nchan"]:
+    for ours, other in [(u, o) for u in OURS for o in ["nats", "nchan"]]:
         o = data[sc].get(other, [])
-        ok_t = [r for r in t if "error" not in r]
+        ok_t = [r for r in data[sc].get(ours, []) if "error" not in r]
         ok_o = [r for r in o if "error" not in r]
         if ok_t and ok_o:
             if "idle" in sc:
                 a = statistics.median([r["server_idle_bytes_per_connection"] or 0 for r in ok_o])
                 b = statistics.median([r["server_idle_bytes_per_connection"] or 0 for r in ok_t])
-                ratios.append(f"{sc}: memory per idle connection, {other} / tslm = {a / b:.2f}" if b else f"{sc}: -")
+                ratios.append(f"{sc}: memory per idle connection, {other} / {ours} = {a / b:.2f}" if b else f"{sc}: -")
             else:
                 a = statistics.median([r["deliveries_per_second"] for r in ok_t])
                 b = statistics.median([r["deliveries_per_second"] for r in ok_o])
                 pa = statistics.median([r["latency_ms"]["p99"] for r in ok_t])
                 pb = statistics.median([r["latency_ms"]["p99"] for r in ok_o])
-                ratios.append(f"{sc}: deliveries/s tslm / {other} = {a / b:.2f}; p99 tslm / {other} = {pa / pb:.2f}" if b and pb else f"{sc}: -")
+                ca = statistics.median([us_per_delivery(r) or 0 for r in ok_t])
+                cb = statistics.median([us_per_delivery(r) or 0 for r in ok_o])
+                ratios.append(f"{sc}: deliveries/s {ours} / {other} = {a / b:.2f}; p99 {ours} / {other} = {pa / pb:.2f}; "
+                              f"µs CPU per delivery {ours} / {other} = {ca / cb:.2f}" if b and pb and cb else f"{sc}: -")
     # This tree against an earlier revision (PREV=REV): the no-regression check.
     p = [r for r in data[sc].get("tslm-prev", []) if "error" not in r]
     n = [r for r in t if "error" not in r]

@@ -157,6 +157,12 @@ pub struct ListenerConfig {
     pub pong_timeout: Duration,
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
+    /// Write coalescing (`write_coalesce_ms`, 0 = off): a WebSocket session writes its queued
+    /// deliveries at most once per this interval. A delivery to a session that wrote less than
+    /// this long ago waits for the interval's end, with whatever else arrives meanwhile, so that
+    /// moderate-rate streams share a system call and a wake-up; a delivery to a session that has
+    /// been quiet longer goes out at once. The cost: up to this much added latency while busy.
+    pub write_coalesce: Duration,
     /// Conformance testing only: echo every WebSocket message instead of running commands.
     pub echo: bool,
     pub abuse: AbuseLimits,

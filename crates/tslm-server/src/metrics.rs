@@ -231,6 +231,18 @@ impl Collector for Scrape {
             "bytes of replies built and not yet handed whole to their sockets",
             &g(s.pending_reply_bytes),
         )?;
+        single(
+            &mut e,
+            "frame_writes",
+            "batches of queued WebSocket frames (deliveries and events) handed to a socket, each with one vectored write when the socket takes it whole",
+            &c(s.frame_writes),
+        )?;
+        single(
+            &mut e,
+            "frames_written",
+            "queued WebSocket frames in those batches (frames_written / frame_writes: frames per write, what write_coalesce_ms raises)",
+            &c(s.frames_written),
+        )?;
 
         let series: Vec<(&str, ConstCounter<u64>)> = s
             .publish_refusals_by_code()

@@ -37,6 +37,8 @@ const FRAME_READ_BYTES: usize = 256;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// At most this many batches are written in a row before the session reads again.
 const MAX_BATCHES_PER_WAKE: usize = 8;
+/// At most this many received frames run before their replies are written out.
+const MAX_FRAMES_PER_BURST: usize = 64;
 
 /// Why a session ends.
 #[derive(Debug)]
@@ -109,6 +111,9 @@ async fn open(
         connection,
         _gauge: ctx.stats.session(dialect),
         batch: VecDeque::new(),
+        last_write: None,
+        write_at: None,
+        defer_flush: false,
         control_frames: PerSecond::new(cfg.abuse.max_control_frames_per_second),
     };
     span.in_scope(|| tracing::debug!("session started"));
@@ -120,6 +125,14 @@ async fn open(
 struct Session {
     connection: Connection,
     batch: VecDeque<Bytes>,
+    /// With write coalescing: when the queued deliveries were last written.
+    last_write: Option<Instant>,
+    /// With write coalescing: deliveries are queued and wait until then (the outbox's wake-up is
+    /// not listened to meanwhile, so a burst wakes the session once).
+    write_at: Option<Instant>,
+    /// While a burst of received frames runs ([`Session::on_burst`]): replies are queued, and
+    /// written out once at its end.
+    defer_flush: bool,
     /// Ping and pong frames received in the current second.
     control_frames: PerSecond,
     _gauge: crate::stats::Gauge,
@@ -178,7 +191,10 @@ impl Session {
         let ping_interval = self.connection.ctx.cfg.ping_interval;
         let mut next_ping = Instant::now() + ping_interval;
         let mut pong_deadline: Option<Instant> = None;
-        let far = || Instant::now() + Duration::from_secs(86_400 * 365);
+        // "Never": read once, not once per turn of the loop (the clock is read on every wake-up
+        // otherwise, up to four times).
+        let never = Instant::now() + Duration::from_secs(86_400 * 365 * 100);
+        let far = || never;
         // At shutdown, this session's turn to close (it is served until then).
         let mut closing: Option<crate::drain::Turn> = None;
         loop {
@@ -199,16 +215,17 @@ impl Session {
             }
             let close_at = closing.as_ref().map_or_else(far, |t| t.at);
             let deadline = dead_at.min(auth_at).min(close_at);
+            let write_at = self.write_at;
             // The select only says what woke the session; its futures are dropped before the
             // work is done, so they and the work's futures share the same bytes of this
             // (every idle session's) future.
             let wake = tokio::select! {
                 _ = self.connection.ctx.generation.cancelled(), if closing.is_none() => Wake::Generation,
                 msg = ws.next() => Wake::Read(msg),
-                _ = self.connection.outbox.ready() => Wake::Outbox,
-                // One timer for the next ping and every deadline: every timer in this loop is
-                // part of every idle session's memory.
-                _ = sleep_until(next_ping.min(deadline)) => Wake::Timer,
+                _ = self.connection.outbox.ready(), if write_at.is_none() => Wake::Outbox,
+                // One timer for the next ping, every deadline and a coalesced write: every timer
+                // in this loop is part of every idle session's memory.
+                _ = sleep_until(next_ping.min(deadline).min(write_at.unwrap_or_else(far))) => Wake::Timer,
             };
             let step = match wake {
                 // Shutdown (or this listener removed): this session takes its turn to close. A
@@ -228,10 +245,22 @@ impl Session {
                     match msg {
                         None => Err(End::Gone),
                         Some(Err(e)) => Err(classify(&e)),
-                        Some(Ok(m)) => self.on_message(ws, m).await,
+                        // Boxed: a burst's state (a command, its reply's write) must not weigh
+                        // on every idle session's future; one allocation per burst of input.
+                        Some(Ok(m)) => Box::pin(self.on_burst(ws, m)).await,
                     }
                 }
-                Wake::Outbox => self.write_out(ws, None).await,
+                Wake::Outbox => match self.coalesce() {
+                    Some(at) => {
+                        self.write_at = Some(at);
+                        Ok(())
+                    }
+                    None => self.write_out(ws, None).await,
+                },
+                Wake::Timer if write_at.is_some_and(|at| at <= Instant::now()) => {
+                    self.write_at = None;
+                    self.write_out(ws, None).await
+                }
                 Wake::Timer if deadline <= Instant::now() => {
                     Err(if close_at <= dead_at.min(auth_at) {
                         End::Shutdown(closing.take().map(|t| t.reason).unwrap_or_default())
@@ -259,6 +288,44 @@ impl Session {
                 self.connection.pump_replays();
             }
         }
+    }
+
+    /// With write coalescing on, when queued deliveries that just woke the session may be
+    /// written: `None` at once (coalescing off, or the last write was at least an interval ago),
+    /// else the end of the interval that began with the last write.
+    fn coalesce(&self) -> Option<Instant> {
+        coalesced_write_at(
+            self.connection.ctx.cfg.write_coalesce,
+            self.last_write,
+            Instant::now(),
+        )
+    }
+
+    /// Runs `first` and every further frame already received (up to [`MAX_FRAMES_PER_BURST`]),
+    /// then writes their replies out together: a publisher that sends a batch of publishes gets
+    /// its acknowledgements in one system call instead of one each. Replies wait in
+    /// tungstenite's write buffer meanwhile (written out whenever it passes
+    /// `write_buffer_bytes`), so the bound on what a connection holds is unchanged.
+    async fn on_burst(&mut self, ws: &mut Ws, first: Message) -> Result<(), End> {
+        self.defer_flush = true;
+        let mut step = self.on_message(ws, first).await;
+        for _ in 1..MAX_FRAMES_PER_BURST {
+            if step.is_err() {
+                break;
+            }
+            // Only what is already here: `Pending` ends the burst (and the waker it registered
+            // is the one the main loop's read registers again).
+            step = match futures_util::poll!(ws.next()) {
+                std::task::Poll::Pending => break,
+                std::task::Poll::Ready(None) => Err(End::Gone),
+                std::task::Poll::Ready(Some(Err(e))) => Err(classify(&e)),
+                std::task::Poll::Ready(Some(Ok(m))) => self.on_message(ws, m).await,
+            };
+        }
+        self.defer_flush = false;
+        step?;
+        // Flushes the replies (and writes any deliveries queued meanwhile first).
+        self.write_out(ws, None).await
     }
 
     async fn on_message(&mut self, ws: &mut Ws, msg: Message) -> Result<(), End> {
@@ -325,13 +392,16 @@ impl Session {
         Ok(())
     }
 
-    /// Writes every queued delivery, then `extra` (a reply or a ping), and flushes; the
+    /// Writes every queued delivery, then `extra` (a reply or a ping), and flushes (at the end
+    /// of the burst, while [`Session::on_burst`] defers it); the
     /// deliveries go first so that, as in the original, a publisher subscribed to its own channel
     /// sees the message before the publish's reply. Gives up when the outbox overflows meanwhile
     /// (the peer stopped reading) or the server shuts down.
     async fn write_out(&mut self, ws: &mut Ws, extra: Option<Outgoing>) -> Result<(), End> {
         let outbox = Arc::clone(&self.connection.outbox);
         let batch = &mut self.batch;
+        let stats = &self.connection.ctx.stats;
+        let defer_flush = self.defer_flush;
         let io = async {
             let (mut extra, mut extra_frame) = match extra {
                 Some(Outgoing::Message(m)) => (Some(m), None),
@@ -357,22 +427,32 @@ impl Session {
                     write_frames(ws.get_mut(), batch)
                         .await
                         .map_err(|_| End::Gone)?;
+                    stats.count_frame_write(batch.len());
                     batch.clear();
                 }
                 if let Some(m) = extra.take() {
-                    ws.send(m).await.map_err(|e| classify(&e))?;
+                    ws.feed(m).await.map_err(|e| classify(&e))?;
                 }
+            }
+            if !defer_flush {
+                ws.flush().await.map_err(|e| classify(&e))?;
             }
             Ok(())
         };
-        // Fast path: the socket takes the whole batch at once, with no timer armed.
-        let mut io = std::pin::pin!(io);
-        if let std::task::Poll::Ready(r) = futures_util::poll!(io.as_mut()) {
-            return r;
+        let r = {
+            // Fast path: the socket takes the whole batch at once, with no timer armed.
+            let mut io = std::pin::pin!(io);
+            match futures_util::poll!(io.as_mut()) {
+                std::task::Poll::Ready(r) => r,
+                // The write blocked: the rest is waited for with its timer and wake-ups on the
+                // heap, so that they are no part of every idle session's future.
+                std::task::Poll::Pending => Box::pin(finish_write(io, &self.connection)).await,
+            }
+        };
+        if !self.connection.ctx.cfg.write_coalesce.is_zero() {
+            self.last_write = Some(Instant::now());
         }
-        // The write blocked: the rest is waited for with its timer and wake-ups on the heap, so
-        // that they are no part of every idle session's future.
-        Box::pin(finish_write(io, &self.connection)).await
+        r
     }
 }
 
@@ -397,6 +477,21 @@ async fn finish_write(
         // A session whose writes block at shutdown does not wait for its turn.
         _ = connection.ctx.shutdown.cancelled() => Err(End::Shutdown(connection.ctx.closing.take_turn().reason)),
     }
+}
+
+/// When deliveries that woke a session at `now` may be written, with write coalescing of
+/// `interval` (zero: off): `None` at once (off, or no write in the last interval), else the end
+/// of the interval that began with the last write.
+fn coalesced_write_at(
+    interval: Duration,
+    last_write: Option<Instant>,
+    now: Instant,
+) -> Option<Instant> {
+    if interval.is_zero() {
+        return None;
+    }
+    let at = last_write? + interval;
+    (at > now).then_some(at)
 }
 
 /// What woke a session's loop.
@@ -430,6 +525,12 @@ const MAX_IOVECS: usize = 512;
 /// Writes `frames` whole, in order, with vectored writes (one system call per up to
 /// `MAX_IOVECS` frames, however the kernel splits them).
 async fn write_frames(io: &mut Io, frames: &VecDeque<Bytes>) -> std::io::Result<()> {
+    // One frame (the usual case at moderate rates): a plain write, no list of buffers to build.
+    if let [frame] = frames.as_slices().0
+        && frames.len() == 1
+    {
+        return io.write_all(frame).await;
+    }
     let (mut first, mut offset) = (0, 0);
     while first < frames.len() {
         let slices: Vec<std::io::IoSlice<'_>> = frames
@@ -455,6 +556,72 @@ async fn write_frames(io: &mut Io, frames: &VecDeque<Bytes>) -> std::io::Result<
         }
     }
     Ok(())
+}
+
+/// The read buffers of [`LazyRead`]s not reading right now, a few per worker thread. Every wake-up
+/// of a session polls its socket, and a poll that finds nothing gives the buffer back: without
+/// the pool that was an allocation, a zeroing and a free per wake-up (and, under churn, a 2 KiB
+/// hole between messages' allocations that the allocator kept as fragmentation).
+mod read_buffers {
+    use std::cell::RefCell;
+
+    /// Bytes of buffers one thread keeps.
+    const POOL_BYTES: usize = 256 << 10;
+    /// Larger buffers are not kept.
+    const LARGEST: usize = 64 << 10;
+
+    thread_local! {
+        static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A buffer of `size` bytes: a pooled one, or a new one.
+    pub(super) fn take(size: usize) -> Vec<u8> {
+        POOL.with_borrow_mut(|p| {
+            // Listeners may differ in size: a pooled buffer of another size is dropped.
+            while let Some(b) = p.pop() {
+                if b.len() == size {
+                    return b;
+                }
+            }
+            vec![0; size]
+        })
+    }
+
+    /// Gives `buf` back (kept if the pool has room, else freed).
+    pub(super) fn give(buf: Vec<u8>) {
+        if buf.is_empty() || buf.len() > LARGEST {
+            return;
+        }
+        POOL.with_borrow_mut(|p| {
+            if (p.len() + 1) * buf.len() <= POOL_BYTES {
+                p.push(buf);
+            }
+        });
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn a_buffer_given_back_is_taken_again_and_the_pool_is_bounded() {
+            let b = super::take(2048);
+            let at = b.as_ptr();
+            super::give(b);
+            let again = super::take(2048);
+            assert_eq!(again.as_ptr(), at, "the same allocation");
+            assert_eq!(again.len(), 2048);
+            // Another size: a new buffer of that size.
+            super::give(again);
+            assert_eq!(super::take(4096).len(), 4096);
+            // At most POOL_BYTES are kept; larger buffers never.
+            for _ in 0..1000 {
+                super::give(vec![0; 2048]);
+            }
+            let kept = super::POOL.with_borrow(|p| p.len());
+            assert_eq!(kept, super::POOL_BYTES / 2048);
+            super::give(vec![0; super::LARGEST + 1]);
+            assert_eq!(super::POOL.with_borrow(|p| p.len()), kept);
+        }
+    }
 }
 
 /// The socket under tungstenite, with a read buffer of `read_buffer_bytes` that exists only
@@ -496,7 +663,7 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LazyRead<T> {
                 return std::pin::Pin::new(&mut this.io).poll_read(cx, out);
             }
             if this.buf.is_empty() {
-                this.buf = vec![0; this.size];
+                this.buf = read_buffers::take(this.size);
             }
             let mut rb = tokio::io::ReadBuf::new(&mut this.buf);
             match std::pin::Pin::new(&mut this.io).poll_read(cx, &mut rb) {
@@ -506,8 +673,9 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LazyRead<T> {
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    // Nothing more to read for now: the buffer goes until there is.
-                    this.buf = Vec::new();
+                    // Nothing more to read for now: the buffer goes back to the thread's pool
+                    // until there is.
+                    read_buffers::give(std::mem::take(&mut this.buf));
                     return Poll::Pending;
                 }
             }
@@ -654,6 +822,27 @@ mod tests {
     }
 
     #[test]
+    fn coalescing_delays_only_a_write_that_follows_another_within_the_interval() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        // Off: always at once.
+        assert_eq!(
+            coalesced_write_at(Duration::ZERO, Some(t0), t0 + ms(1)),
+            None
+        );
+        // Nothing written yet, or the last write an interval ago or more: at once.
+        assert_eq!(coalesced_write_at(ms(5), None, t0), None);
+        assert_eq!(coalesced_write_at(ms(5), Some(t0), t0 + ms(5)), None);
+        assert_eq!(coalesced_write_at(ms(5), Some(t0), t0 + ms(60)), None);
+        // Within the interval: at its end.
+        assert_eq!(
+            coalesced_write_at(ms(5), Some(t0), t0 + ms(1)),
+            Some(t0 + ms(5))
+        );
+        assert_eq!(coalesced_write_at(ms(5), Some(t0), t0), Some(t0 + ms(5)));
+    }
+
+    #[test]
     fn an_idle_session_future_stays_small() {
         let serve = future_size(&Session::serve);
         let task = task_size(&run);
@@ -663,7 +852,7 @@ mod tests {
             std::mem::size_of::<Connection>(),
             std::mem::size_of::<Ws>(),
         );
-        assert!(serve <= 2400, "session future: {serve} bytes");
+        assert!(serve <= 1700, "session future: {serve} bytes");
         assert!(task <= serve + 256, "task future: {task} bytes");
     }
 }

@@ -55,6 +55,10 @@ pub(crate) struct Stats {
     policy_closes: AtomicUsize,
     overload_closes: AtomicUsize,
     pending_reply_bytes: AtomicUsize,
+    /// Socket writes of queued WebSocket frames (deliveries and events), and the frames they
+    /// carried: their ratio is what write coalescing buys.
+    frame_writes: AtomicUsize,
+    frames_written: AtomicUsize,
     going_away_closes: AtomicUsize,
     protocol_error_closes: AtomicUsize,
     invalid_payload_closes: AtomicUsize,
@@ -115,6 +119,10 @@ pub struct ServerStats {
     /// Bytes of replies built and not yet handed whole to their sockets (each session has at
     /// most one, bounded by its listener's `outbound_queue_bytes` plus one message).
     pub pending_reply_bytes: usize,
+    /// Batches of queued WebSocket frames (deliveries, events) handed to a socket (since start).
+    pub frame_writes: usize,
+    /// Frames in those batches (since start).
+    pub frames_written: usize,
     /// Sessions closed with 1001 because the server shut down (since start).
     pub going_away_closes: usize,
     /// Sessions closed with 1002 for a WebSocket protocol violation (since start).
@@ -188,6 +196,8 @@ impl Stats {
             policy_closes: self.policy_closes.load(Ordering::Relaxed),
             overload_closes: self.overload_closes.load(Ordering::Relaxed),
             pending_reply_bytes: self.pending_reply_bytes.load(Ordering::Relaxed),
+            frame_writes: self.frame_writes.load(Ordering::Relaxed),
+            frames_written: self.frames_written.load(Ordering::Relaxed),
             going_away_closes: self.going_away_closes.load(Ordering::Relaxed),
             protocol_error_closes: self.protocol_error_closes.load(Ordering::Relaxed),
             invalid_payload_closes: self.invalid_payload_closes.load(Ordering::Relaxed),
@@ -202,6 +212,12 @@ impl Stats {
                 self.publish_refusals[i].load(Ordering::Relaxed)
             }),
         }
+    }
+
+    /// Counts one batch of `frames` queued frames handed to a socket.
+    pub(crate) fn count_frame_write(&self, frames: usize) {
+        self.frame_writes.fetch_add(1, Ordering::Relaxed);
+        self.frames_written.fetch_add(frames, Ordering::Relaxed);
     }
 
     /// Counts a session closed by the server with `code` (every code the server closes with

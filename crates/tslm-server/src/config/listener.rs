@@ -23,6 +23,7 @@ pub(super) struct RawListener {
     pong_timeout_seconds: Option<u64>,
     read_buffer_bytes: Option<u64>,
     write_buffer_bytes: Option<u64>,
+    write_coalesce_ms: Option<u64>,
     echo: Option<bool>,
     max_connections_per_ip: Option<u64>,
     handshakes_per_ip_per_second: Option<u64>,
@@ -206,6 +207,14 @@ impl RawListener {
             0,
             16 << 20,
         )?;
+        let write_coalesce = Duration::from_millis(ranged(
+            n,
+            "write_coalesce_ms",
+            self.write_coalesce_ms,
+            0,
+            0,
+            100,
+        )?);
         let u32_of = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
         let abuse = AbuseLimits {
             max_connections_per_ip: u32_of(ranged(
@@ -281,6 +290,7 @@ impl RawListener {
             pong_timeout,
             read_buffer_bytes: usize_of(read_buffer),
             write_buffer_bytes: usize_of(write_buffer),
+            write_coalesce,
             echo: self.echo.unwrap_or(false),
             abuse,
             publisher_auth: self.publisher_auth.unwrap_or(false),

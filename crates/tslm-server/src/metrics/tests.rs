@@ -25,6 +25,8 @@ fn every_figure_is_exported_under_its_name_and_labels() {
     s.auth_refusals_http = 9;
     s.auth_budget_refusals = 10;
     s.pending_reply_bytes = 12;
+    s.frame_writes = 3;
+    s.frames_written = 40;
     s.publish_refusals[3] = 26;
     let h = HubStats {
         channels: 13,
@@ -76,6 +78,8 @@ fn every_figure_is_exported_under_its_name_and_labels() {
         "tslm_auth_refusals_total{kind=\"handshake\"} 0".to_owned(),
         "tslm_auth_refusals_total{kind=\"over_budget\"} 10".to_owned(),
         "tslm_pending_reply_bytes 12".to_owned(),
+        "tslm_frame_writes_total 3".to_owned(),
+        "tslm_frames_written_total 40".to_owned(),
         "tslm_publishes_refused_total{code=\"forbidden\"} 26".to_owned(),
         "tslm_publishes_refused_total{code=\"not_found\"} 0".to_owned(),
         "tslm_channels 13".to_owned(),
@@ -96,7 +100,7 @@ fn every_figure_is_exported_under_its_name_and_labels() {
     }
     // Every series has a HELP and a TYPE line for its metric.
     let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-    assert_eq!(types, 28, "{text}");
+    assert_eq!(types, 30, "{text}");
 }
 
 #[test]
@@ -139,7 +143,7 @@ fn every_metric_is_in_the_operations_reference() {
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split(' ').next())
         .collect();
-    assert_eq!(names.len(), 30, "{text}");
+    assert_eq!(names.len(), 32, "{text}");
     for name in names {
         assert!(
             doc.contains(&format!("| `{name}` |")),
