@@ -26,7 +26,8 @@
 # config and driven by the same (current) load generator; PREV_BIN=PATH uses a binary built elsewhere.
 #
 # TSLM's ports start at BENCH_PORT (default 19380: public, then private; cluster node k at
-# +2k; Redis at +10), so that two checkouts can run side by side; nats and nchan keep theirs.
+# +2k; Redis at +10), so that two checkouts can run side by side; nats-server's WebSocket port is
+# NATS_PORT (default 19580, its client port NATS_PORT - 58) and nchan keeps its own.
 #
 # Installs nats-server, nginx-light and libnginx-mod-nchan from Debian when missing.
 # Results: target/bench/results-<date>.jsonl and a markdown table on stdout.
@@ -87,7 +88,7 @@ WORK=$(mktemp -d)
 mkdir -p target/bench
 OUT=target/bench/results-$(date +%Y%m%d-%H%M%S).jsonl
 BASE=${BENCH_PORT:-19380}
-SERVER=""; SERVERS=(); REDIS=""; REDIS_PORT=$((BASE + 10))
+SERVER=""; SERVERS=(); REDIS=""; REDIS_PORT=$((BASE + 10)); NATS_PORT=${NATS_PORT:-19580}
 stop_server() {
   local p
   for p in "${SERVERS[@]}" $SERVER; do kill -INT "$p" 2>/dev/null || true; done
@@ -141,7 +142,7 @@ start_server() {
   AUX=""; TARGET=${1%-prev}
   case $1 in
     tslm*) for p in $(seq $BASE $((BASE + 5))) $REDIS_PORT; do port_free $p; done ;;
-    nats) port_free 19580 ;;
+    nats) port_free $NATS_PORT ;;
     nchan) port_free 19680 ;;
   esac
   case $1 in
@@ -165,8 +166,10 @@ start_server() {
       "$bin" serve --config "$WORK/tslm.toml" 2>"$WORK/tslm.log" & SERVER=$!; MEASURE=$SERVER
       SUB=127.0.0.1:$BASE; PUB=127.0.0.1:$((BASE + 1)); wait_port $BASE; wait_port $((BASE + 1)) ;;
     nats)
-      nats-server -c $HERE/nats.conf >"$WORK/nats.log" 2>&1 & SERVER=$!; MEASURE=$SERVER
-      SUB=127.0.0.1:19580; PUB=127.0.0.1:19580; wait_port 19580 ;;
+      sed -e "s/^port: 19522$/port: $((NATS_PORT - 58))/" -e "s/port: 19580,/port: $NATS_PORT,/" \
+        $HERE/nats.conf >"$WORK/nats.conf"
+      nats-server -c "$WORK/nats.conf" >"$WORK/nats.log" 2>&1 & SERVER=$!; MEASURE=$SERVER
+      SUB=127.0.0.1:$NATS_PORT; PUB=127.0.0.1:$NATS_PORT; wait_port $NATS_PORT ;;
     nchan)
       rm -rf "$WORK/nginx"; mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
       nginx -p "$WORK/nginx" -c "$PWD/$HERE/nginx-nchan.conf" -g 'daemon off;' 2>/dev/null & SERVER=$!
