@@ -309,3 +309,46 @@ async fn an_own_subscription_sees_the_message_before_the_publish_reply() {
     take_epoch(&mut reply);
     assert_eq!(reply, json!({"id":1,"ok":true,"offset":1}));
 }
+
+/// A publisher that sends a batch of publishes and then closes its sending side (TCP half-close)
+/// still gets an acknowledgement for every publish: the replies of a burst of frames are written
+/// out even when the burst ends with the end of the input. Repeated, since the end of the input
+/// arrives in the same burst only when the server reads after it came.
+#[tokio::test]
+async fn a_batch_of_publishes_followed_by_a_half_close_gets_every_acknowledgement() {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::MaybeTlsStream;
+
+    let srv = TestServer::default().await;
+    http_create(&srv, "batch").await;
+    for round in 0..20 {
+        let mut publisher = v1(&srv.url("private")).await;
+        for i in 0..40 {
+            let req = format!(
+                r#"{{"op":"publish","id":{i},"channel":"batch","msg_id":"r{round}-{i}","data":{i}}}"#
+            );
+            publisher.feed(Message::text(req)).await.unwrap();
+        }
+        publisher.flush().await.unwrap();
+        match publisher.get_mut() {
+            MaybeTlsStream::Plain(tcp) => tcp.shutdown().await.unwrap(),
+            _ => unreachable!("a plain listener"),
+        }
+        let mut acked = Vec::new();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(T, publisher.next()).await {
+            if let Message::Text(t) = m {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(v["ok"], json!(true), "{v}");
+                acked.push(v["id"].as_u64().unwrap());
+            }
+        }
+        assert_eq!(
+            acked,
+            (0..40).collect::<Vec<_>>(),
+            "round {round}: every publish acknowledged, in order"
+        );
+    }
+    // Every publish was carried out once: the next one takes offset 801.
+    assert_eq!(http_publish(&srv, "batch", "1").await, 801);
+}

@@ -323,9 +323,12 @@ impl Session {
             };
         }
         self.defer_flush = false;
+        // Flushes the replies (and writes any deliveries queued meanwhile first), also when the
+        // burst ended in an error: the frames that ran were carried out, and a client that
+        // closed its sending side after a batch still reads their answers.
+        let flushed = self.write_out(ws, None).await;
         step?;
-        // Flushes the replies (and writes any deliveries queued meanwhile first).
-        self.write_out(ws, None).await
+        flushed
     }
 
     async fn on_message(&mut self, ws: &mut Ws, msg: Message) -> Result<(), End> {
