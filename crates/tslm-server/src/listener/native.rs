@@ -1,0 +1,419 @@
+//! Event streams served outside hyper: the first request head of every HTTP/1.1 connection is
+//! read here, and a `GET /v1/events` (not a WebSocket handshake) is answered and streamed on the
+//! socket itself, as WebSocket sessions are after their handshake.
+//!
+//! Why: hyper holds a read and a write buffer of 8 KiB each for every HTTP/1 connection for its
+//! whole life (its `INIT_BUFFER_SIZE`; `max_buf_size` cannot go below it), twice what an idle
+//! event stream costs otherwise. Here an idle stream holds no buffer at all: a few bytes read at
+//! a time to notice the client going, and a chunk's framing only while it is written.
+//!
+//! The request goes through the same [`Route`] as every request hyper reads (cross-site check,
+//! the failed-authentication budget, admission, identity, cursor and limits: the one route
+//! handler), and its answer is written as hyper writes it (see [`response_head`]). Everything
+//! else goes to hyper with the bytes already read in front of the socket ([`Rewind`]): other
+//! requests, WebSocket handshakes, heads that are malformed or too large (hyper's 400 and 431),
+//! HTTP/1.0, requests with a body, and a stream's connection once the stream has ended (the next
+//! request on it).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use axum::response::Response;
+use bytes::{Buf, Bytes};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::{MAX_HTTP_HEAD_BYTES, Route};
+use crate::context::ListenerCtx;
+
+/// The request line this module serves: `GET /v1/events`, then ` ` or `?`.
+const EVENTS_LINE: &[u8] = b"GET /v1/events";
+
+/// The first read of a connection: room for a browser's `EventSource` request. A head that has
+/// not ended grows the buffer (doubling) up to [`MAX_HTTP_HEAD_BYTES`], hyper's bound.
+const HEAD_READ_BYTES: usize = 1024;
+
+/// The most header lines a head read here may have: hyper's own bound (more is its 431).
+const MAX_HEADERS: usize = 100;
+
+/// Bytes a running stream reads at a time, to notice its client closing (0 bytes) or sending
+/// another request (any byte, which ends the stream). In the task's state: no buffer to free.
+const WATCH_READ_BYTES: usize = 8;
+
+/// What the first request of a connection is.
+#[derive(Debug)]
+pub(super) enum First {
+    /// A `GET /v1/events` to serve here.
+    Events(Box<Request<Body>>),
+    /// Anything else: hyper serves the connection, these bytes first.
+    Hyper(Bytes),
+    /// The client went before sending anything.
+    Closed,
+}
+
+/// How a connection served here goes on.
+pub(super) enum Next<I> {
+    /// With hyper, for its next requests: these bytes first (read and not yet served).
+    Hyper(I, Bytes),
+    /// Closed.
+    Done,
+}
+
+/// Why writing an answer or a stream stopped.
+#[derive(Debug, Error)]
+enum WriteError {
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("the answer's body failed")]
+    Body,
+}
+
+/// Reads the first request head of a connection, deciding as soon as its first bytes allow
+/// whether it is [`First::Events`]. Bounded by [`MAX_HTTP_HEAD_BYTES`]; the caller bounds the
+/// time (hyper's header deadline).
+pub(super) async fn read_first<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<First> {
+    let mut buf = vec![0u8; HEAD_READ_BYTES];
+    let mut len = 0;
+    loop {
+        let n = io.read(&mut buf[len..]).await?;
+        if n == 0 {
+            buf.truncate(len);
+            return Ok(if len == 0 {
+                First::Closed
+            } else {
+                First::Hyper(Bytes::from(buf))
+            });
+        }
+        len += n;
+        match parse(&buf[..len]) {
+            Parsed::Partial if len == buf.len() && len < MAX_HTTP_HEAD_BYTES => {
+                buf.resize((len * 2).min(MAX_HTTP_HEAD_BYTES), 0);
+            }
+            Parsed::Partial if len < buf.len() => {}
+            Parsed::Events(req) => return Ok(First::Events(req)),
+            // Not for us, or hyper's error answer (431 when the bound is reached).
+            Parsed::Partial | Parsed::Hyper => {
+                buf.truncate(len);
+                return Ok(First::Hyper(Bytes::from(buf)));
+            }
+        }
+    }
+}
+
+enum Parsed {
+    Partial,
+    Events(Box<Request<Body>>),
+    Hyper,
+}
+
+/// Parses what has arrived of a head: [`Parsed::Events`] only for a complete, well-formed
+/// HTTP/1.1 `GET /v1/events` with no body, no WebSocket handshake and nothing after it.
+fn parse(buf: &[u8]) -> Parsed {
+    let k = buf.len().min(EVENTS_LINE.len());
+    if buf[..k] != EVENTS_LINE[..k] {
+        return Parsed::Hyper;
+    }
+    if buf.len() > k && !matches!(buf[k], b' ' | b'?') {
+        return Parsed::Hyper;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut headers);
+    let end = match head.parse(buf) {
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Ok(httparse::Status::Complete(end)) => end,
+        Err(_) => return Parsed::Hyper,
+    };
+    // Pipelined bytes with the head: hyper serves the connection as it always did.
+    if end != buf.len() || end > MAX_HTTP_HEAD_BYTES || head.version != Some(1) {
+        return Parsed::Hyper;
+    }
+    let Some(Ok(uri)) = head.path.map(Uri::try_from) else {
+        return Parsed::Hyper;
+    };
+    let mut map = HeaderMap::with_capacity(head.headers.len());
+    for h in head.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return Parsed::Hyper;
+        };
+        map.append(name, value);
+    }
+    let body = [
+        axum::http::header::CONTENT_LENGTH,
+        axum::http::header::TRANSFER_ENCODING,
+        axum::http::header::EXPECT,
+    ];
+    if body.iter().any(|h| map.contains_key(h)) || crate::upgrade::is_upgrade_request(&map) {
+        return Parsed::Hyper;
+    }
+    let mut req = Request::new(Body::empty());
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = map;
+    Parsed::Events(Box::new(req))
+}
+
+/// Whether the request asks to close the connection after its answer.
+fn asks_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::CONNECTION)
+        .iter()
+        .any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+        })
+}
+
+/// Serves `req` (from [`read_first`]) on `io`: routes it, writes the answer, streams its body,
+/// and says how the connection goes on.
+pub(super) async fn serve<I>(
+    ctx: &ListenerCtx,
+    route: &Route,
+    mut io: I,
+    req: Request<Body>,
+) -> Next<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let keep_alive = !asks_close(req.headers());
+    let Ok(resp) = route.call(req).await;
+    let close = asks_close(resp.headers()) || !keep_alive;
+    let served = match resp.body().size_hint().exact() {
+        Some(_) => answer(&mut io, resp).await.map(|()| Bytes::new()),
+        None => stream(&mut io, resp).await,
+    };
+    match served {
+        Ok(next) if !close && !ctx.generation.is_cancelled() => Next::Hyper(io, next),
+        Ok(_) => {
+            let _ = io.shutdown().await;
+            Next::Done
+        }
+        Err(e) => {
+            tracing::debug!(listener = %ctx.cfg.name, peer = %route.slot.peer, error = %e, "event stream connection ended");
+            Next::Done
+        }
+    }
+}
+
+/// Writes an answer with a body of known length (an error, before any stream started).
+async fn answer<I: AsyncWrite + Unpin>(io: &mut I, resp: Response) -> Result<(), WriteError> {
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|_| WriteError::Body)?
+        .to_bytes();
+    let head = response_head(&parts, Some(body.len() as u64));
+    drop(parts);
+    io.write_all_buf(&mut Buf::chain(head.as_slice(), body))
+        .await?;
+    io.flush().await?;
+    Ok(())
+}
+
+/// What a running stream waits for.
+enum Event {
+    Chunk(Bytes),
+    Skip,
+    End,
+    Failed,
+    /// The client closed (or the socket failed).
+    Gone,
+    /// The client sent more: the stream ends and the bytes go to hyper.
+    More(Bytes),
+}
+
+/// Writes a streamed answer (chunked), reading the socket meanwhile; returns the bytes the client
+/// sent after its request, if any (which ended the stream).
+async fn stream<I>(io: &mut I, resp: Response) -> Result<Bytes, WriteError>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let (parts, mut body) = resp.into_parts();
+    let head = response_head(&parts, None);
+    drop(parts);
+    io.write_all(&head).await?;
+    io.flush().await?;
+    drop(head);
+    let mut watch = [0u8; WATCH_READ_BYTES];
+    let more = loop {
+        let event = tokio::select! {
+            f = body.frame() => match f {
+                // Trailers (none are sent) are skipped.
+                Some(Ok(f)) => f.into_data().map_or(Event::Skip, Event::Chunk),
+                Some(Err(_)) => Event::Failed,
+                None => Event::End,
+            },
+            r = io.read(&mut watch) => match r {
+                Ok(0) | Err(_) => Event::Gone,
+                Ok(n) => Event::More(Bytes::copy_from_slice(&watch[..n])),
+            },
+        };
+        match event {
+            Event::Chunk(data) => write_chunk(io, data).await?,
+            Event::Skip => {}
+            Event::End => break Bytes::new(),
+            Event::More(more) => break more,
+            Event::Failed => return Err(WriteError::Body),
+            Event::Gone => return Err(WriteError::Io(io::ErrorKind::ConnectionReset.into())),
+        }
+    };
+    // The stream's task sees its receiver gone and ends.
+    drop(body);
+    io.write_all(b"0\r\n\r\n").await?;
+    io.flush().await?;
+    Ok(more)
+}
+
+/// Writes one chunk of a chunked body (size in hexadecimal, as hyper writes it), in one write
+/// where the socket takes it all.
+async fn write_chunk<I: AsyncWrite + Unpin>(io: &mut I, data: Bytes) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut size = [0u8; 18];
+    let n = chunk_size(&mut size, data.len());
+    let mut buf = Buf::chain(Buf::chain(&size[..n], data), &b"\r\n"[..]);
+    io.write_all_buf(&mut buf).await?;
+    io.flush().await
+}
+
+/// Writes `len` in uppercase hexadecimal and `\r\n` into `out`; returns the bytes written.
+fn chunk_size(out: &mut [u8; 18], len: usize) -> usize {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut v = len;
+    loop {
+        i -= 1;
+        digits[i] = HEX[v & 0xf];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    let d = digits.len() - i;
+    out[..d].copy_from_slice(&digits[i..]);
+    out[d..d + 2].copy_from_slice(b"\r\n");
+    d + 2
+}
+
+/// A response head as hyper writes it for an HTTP/1.1 request: the status line, the headers in
+/// their order (lowercase names), `content-length` (a body of known length) or
+/// `transfer-encoding: chunked`, and `date`.
+fn response_head(parts: &axum::http::response::Parts, length: Option<u64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + parts.headers.len() * 32);
+    if parts.status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(parts.status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(
+            parts
+                .status
+                .canonical_reason()
+                .unwrap_or("<none>")
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut has_length = false;
+    let mut has_date = false;
+    for (name, value) in &parts.headers {
+        use axum::http::header;
+        has_length |= name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING;
+        has_date |= name == header::DATE;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !has_length {
+        match length {
+            Some(n) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(n.to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
+    }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// `io` with `prefix` (bytes already read from it) read first: how hyper gets a connection whose
+/// first bytes were read here. The prefix is freed once read.
+pub(super) struct Rewind<I> {
+    prefix: Bytes,
+    io: I,
+}
+
+impl<I> Rewind<I> {
+    pub(super) fn new(prefix: Bytes, io: I) -> Self {
+        Self { prefix, io }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                self.prefix = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
