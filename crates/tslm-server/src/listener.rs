@@ -304,7 +304,7 @@ where
     // The header deadline starts now, after any TLS handshake; a head that does not come in time
     // closes the connection, as hyper does.
     let first = tokio::select! {
-        r = tokio::time::timeout(ctx.cfg.handshake_timeout, native::read_first(&mut io)) => match r {
+        r = tokio::time::timeout(ctx.cfg.handshake_timeout, Box::pin(native::read_first(&mut io))) => match r {
             Ok(Ok(first)) => first,
             Ok(Err(e)) => {
                 tracing::debug!(listener = %ctx.cfg.name, %peer, error = %e, "http connection ended with an error");
@@ -320,7 +320,7 @@ where
     let req = match first {
         native::First::Closed => return None,
         native::First::Hyper(prefix) => return Some((io, prefix)),
-        native::First::Events(req) => *req,
+        native::First::Events(req) => req,
     };
     // Like `drive`: at shutdown or reload the stream ends on its own (its `end` event), within
     // the connection's time to finish.
@@ -494,4 +494,52 @@ where
     let mut sink = [0u8; 1024];
     while io.read(&mut sink).await? > 0 {}
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task_size<F, Fut>(_: &F) -> usize
+    where
+        F: FnOnce(Arc<ListenerCtx>, Router, TcpStream, SocketAddr, Admitted) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every event stream's connection holds its connection task's future for the stream's
+    /// life: served outside hyper, it holds none of hyper's connection state (boxed, and only for
+    /// the connections hyper serves) nor its buffers. Printed with `--nocapture`; the bound has
+    /// some slack for compiler versions (docs/performance.md, "Idle memory per event stream").
+    fn size<A, B, C, D, F, Fut>(_: &F) -> usize
+    where
+        F: FnOnce(A, B, C, D) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn a_connection_task_stays_small() {
+        type Io = crate::write_deadline::WriteDeadline<TcpStream>;
+        let task = task_size(&serve_connection);
+        let serve = size::<
+            &'static ListenerCtx,
+            &'static Route,
+            Io,
+            Box<hyper::Request<axum::body::Body>>,
+            _,
+            _,
+        >(&native::serve::<Io>);
+        let first = size::<&'static ListenerCtx, &'static Route, Io, (), _, _>(&|a, b, c, _| {
+            first_request(a, b, c)
+        });
+        let http =
+            size::<&'static ListenerCtx, Router, TcpStream, Arc<ConnSlot>, _, _>(&|a, b, c, d| {
+                serve_http(a, b, c, d, Version::Http1)
+            });
+        println!(
+            "connection task future {task} bytes; serve_http {http}, first_request {first}, native::serve {serve}"
+        );
+        assert!(task <= 2048, "connection task future: {task} bytes");
+    }
 }

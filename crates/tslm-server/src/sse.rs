@@ -235,6 +235,27 @@ mod tests {
         );
     }
 
+    /// Every idle stream holds this task's future (docs/performance.md, "Idle memory per event
+    /// stream"); printed with `--nocapture`, bounded with some slack for compiler versions.
+    #[test]
+    fn an_idle_stream_task_stays_small() {
+        fn size<F, Fut>(_: &F) -> usize
+        where
+            F: FnOnce(
+                Arc<ListenerCtx>,
+                Identity,
+                Poll,
+                Option<Vec<Position>>,
+                mpsc::Sender<Bytes>,
+            ) -> Fut,
+        {
+            std::mem::size_of::<Fut>()
+        }
+        let task = size(&run);
+        println!("stream task future {task} bytes");
+        assert!(task <= 1600, "stream task future: {task} bytes");
+    }
+
     #[test]
     fn the_end_event_names_its_reason_and_retry() {
         let e = end("token_expired", 3000);

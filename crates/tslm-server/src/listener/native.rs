@@ -21,7 +21,6 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
-use axum::response::Response;
 use bytes::{Buf, Bytes};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -174,21 +173,31 @@ fn asks_close(headers: &HeaderMap) -> bool {
 
 /// Serves `req` (from [`read_first`]) on `io`: routes it, writes the answer, streams its body,
 /// and says how the connection goes on.
+///
+/// What an idle stream's connection task holds is this future's state while it streams: the
+/// routing, the answer's head and an error's answer are boxed, and gone once done.
 pub(super) async fn serve<I>(
     ctx: &ListenerCtx,
     route: &Route,
     mut io: I,
-    req: Request<Body>,
+    req: Box<Request<Body>>,
 ) -> Next<I>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let keep_alive = !asks_close(req.headers());
-    let Ok(resp) = route.call(req).await;
+    let Ok(resp) = Box::pin(route.call(*req)).await;
     let close = asks_close(resp.headers()) || !keep_alive;
-    let served = match resp.body().size_hint().exact() {
-        Some(_) => answer(&mut io, resp).await.map(|()| Bytes::new()),
-        None => stream(&mut io, resp).await,
+    let (parts, body) = resp.into_parts();
+    let served = match body.size_hint().exact() {
+        Some(_) => Box::pin(answer(&mut io, parts, body))
+            .await
+            .map(|()| Bytes::new()),
+        None => {
+            let head = response_head(&parts, None);
+            drop(parts);
+            stream(&mut io, head, body).await
+        }
     };
     match served {
         Ok(next) if !close && !ctx.generation.is_cancelled() => Next::Hyper(io, next),
@@ -204,8 +213,11 @@ where
 }
 
 /// Writes an answer with a body of known length (an error, before any stream started).
-async fn answer<I: AsyncWrite + Unpin>(io: &mut I, resp: Response) -> Result<(), WriteError> {
-    let (parts, body) = resp.into_parts();
+async fn answer<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    parts: axum::http::response::Parts,
+    body: Body,
+) -> Result<(), WriteError> {
     let body = body
         .collect()
         .await
@@ -231,15 +243,12 @@ enum Event {
     More(Bytes),
 }
 
-/// Writes a streamed answer (chunked), reading the socket meanwhile; returns the bytes the client
+/// Writes a streamed answer (`head`, then the body chunked), reading the socket meanwhile; returns the bytes the client
 /// sent after its request, if any (which ended the stream).
-async fn stream<I>(io: &mut I, resp: Response) -> Result<Bytes, WriteError>
+async fn stream<I>(io: &mut I, head: Vec<u8>, mut body: Body) -> Result<Bytes, WriteError>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let (parts, mut body) = resp.into_parts();
-    let head = response_head(&parts, None);
-    drop(parts);
     io.write_all(&head).await?;
     io.flush().await?;
     drop(head);
@@ -415,5 +424,113 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::Response;
+
+    fn events(head: &str) -> Option<Request<Body>> {
+        match parse(head.as_bytes()) {
+            Parsed::Events(req) => Some(*req),
+            _ => None,
+        }
+    }
+
+    fn is_hyper(head: &str) -> bool {
+        matches!(parse(head.as_bytes()), Parsed::Hyper)
+    }
+
+    #[test]
+    fn only_a_complete_plain_get_of_the_events_path_is_served_here() {
+        let req = events(
+            "GET /v1/events?channel=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: c\r\nX: 1\r\nX: 2\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(req.uri().path(), "/v1/events");
+        assert_eq!(req.uri().query(), Some("channel=a"));
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()["last-event-id"], "c");
+        assert_eq!(req.headers().get_all("x").iter().count(), 2);
+        assert!(events("GET /v1/events HTTP/1.1\r\n\r\n").is_some());
+        // Decided from the first bytes.
+        for prefix in [
+            "P",
+            "GET /h",
+            "GET /v1/eventsX",
+            "OPTIONS /v1/events",
+            "GET /v1/poll",
+        ] {
+            assert!(is_hyper(prefix), "{prefix}");
+        }
+        for partial in [
+            "G",
+            "GET /v1/ev",
+            "GET /v1/events?channel=a HTTP/1.1\r\nHost:",
+        ] {
+            assert!(
+                matches!(parse(partial.as_bytes()), Parsed::Partial),
+                "{partial}"
+            );
+        }
+        for other in [
+            "GET /v1/events HTTP/1.0\r\n\r\n",
+            "GET /v1/events HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "GET /v1/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /v1/events HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET /v1/events HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            "GET /v1/events HTTP/1.1\r\nno colon\r\n\r\n",
+        ] {
+            assert!(is_hyper(other), "{other:?}");
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
+        assert!(is_hyper(&format!("GET /v1/events HTTP/1.1\r\n{many}\r\n")));
+    }
+
+    #[test]
+    fn chunk_sizes_are_uppercase_hexadecimal() {
+        let mut out = [0u8; 18];
+        for (len, want) in [(1, "1\r\n"), (255, "FF\r\n"), (4096, "1000\r\n")] {
+            let n = chunk_size(&mut out, len);
+            assert_eq!(&out[..n], want.as_bytes());
+        }
+        let n = chunk_size(&mut out, usize::MAX);
+        assert_eq!(n, 18);
+    }
+
+    #[test]
+    fn response_heads_are_written_as_hyper_writes_them() {
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+        resp.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        let (parts, _) = resp.into_parts();
+        let head = String::from_utf8(response_head(&parts, Some(12))).unwrap();
+        let (start, date) = head.split_once("date: ").unwrap();
+        assert_eq!(
+            start,
+            "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 12\r\n"
+        );
+        assert!(date.ends_with(" GMT\r\n\r\n"), "{date}");
+        let (parts, _) = Response::new(Body::empty()).into_parts();
+        let head = String::from_utf8(response_head(&parts, None)).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ndate: "));
+    }
+
+    #[tokio::test]
+    async fn rewind_reads_its_prefix_first_then_the_socket() {
+        use tokio::io::AsyncReadExt;
+        let (mut peer, io) = tokio::io::duplex(64);
+        peer.write_all(b" world").await.unwrap();
+        drop(peer);
+        let mut r = Rewind::new(Bytes::from_static(b"hello"), io);
+        let mut small = [0u8; 3];
+        r.read_exact(&mut small).await.unwrap();
+        assert_eq!(&small, b"hel");
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"lo world");
     }
 }
