@@ -22,6 +22,7 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use bytes::{Buf, Bytes};
+use futures_util::FutureExt;
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use thiserror::Error;
@@ -39,6 +40,10 @@ const HEAD_READ_BYTES: usize = 1024;
 
 /// The most header lines a head read here may have: hyper's own bound (more is its 431).
 const MAX_HEADERS: usize = 100;
+
+/// Chunks a stream has queued that go out in one write (the stream queues two at most,
+/// `sse::QUEUE`; the bound keeps a write's slices few whatever the body).
+const MAX_CHUNKS_PER_WRITE: usize = 8;
 
 /// Bytes a running stream reads at a time, to notice its client closing (0 bytes) or sending
 /// another request (any byte, which ends the stream). In the task's state: no buffer to free.
@@ -267,7 +272,26 @@ where
             },
         };
         match event {
-            Event::Chunk(data) => write_chunk(io, data).await?,
+            Event::Chunk(data) => {
+                // What else the stream has queued goes out in the same system call.
+                let mut chunks = vec![data];
+                let mut ended = false;
+                while chunks.len() < MAX_CHUNKS_PER_WRITE {
+                    match body.frame().now_or_never() {
+                        Some(Some(Ok(f))) => chunks.extend(f.into_data().ok()),
+                        Some(Some(Err(_))) => return Err(WriteError::Body),
+                        Some(None) => {
+                            ended = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                write_chunks(io, &chunks).await?;
+                if ended {
+                    break Bytes::new();
+                }
+            }
             Event::Skip => {}
             Event::End => break Bytes::new(),
             Event::More(more) => break more,
@@ -282,16 +306,33 @@ where
     Ok(more)
 }
 
-/// Writes one chunk of a chunked body (size in hexadecimal, as hyper writes it), in one write
-/// where the socket takes it all.
-async fn write_chunk<I: AsyncWrite + Unpin>(io: &mut I, data: Bytes) -> io::Result<()> {
-    if data.is_empty() {
-        return Ok(());
+/// Writes chunks of a chunked body (sizes in hexadecimal, as hyper writes them) with vectored
+/// writes: one system call where the socket takes them all. The framing lives only while it is
+/// written.
+async fn write_chunks<I: AsyncWrite + Unpin>(io: &mut I, chunks: &[Bytes]) -> io::Result<()> {
+    let sizes: Vec<([u8; 18], usize)> = chunks
+        .iter()
+        .map(|c| {
+            let mut size = [0u8; 18];
+            let n = chunk_size(&mut size, c.len());
+            (size, n)
+        })
+        .collect();
+    let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(chunks.len() * 3);
+    // An empty chunk would end the body: none is written.
+    for (c, (size, n)) in chunks.iter().zip(&sizes).filter(|(c, _)| !c.is_empty()) {
+        slices.push(io::IoSlice::new(&size[..*n]));
+        slices.push(io::IoSlice::new(c));
+        slices.push(io::IoSlice::new(b"\r\n"));
     }
-    let mut size = [0u8; 18];
-    let n = chunk_size(&mut size, data.len());
-    let mut buf = Buf::chain(Buf::chain(&size[..n], data), &b"\r\n"[..]);
-    io.write_all_buf(&mut buf).await?;
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = io.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        io::IoSlice::advance_slices(&mut rest, n);
+    }
     io.flush().await
 }
 
