@@ -407,15 +407,20 @@ fn response_head(parts: &axum::http::response::Parts, length: Option<u64>) -> Ve
 }
 
 /// `io` with `prefix` (bytes already read from it) read first: how hyper gets a connection whose
-/// first bytes were read here. The prefix is freed once read.
+/// first bytes were read here. The prefix is freed once read; it is boxed so that the wrapper
+/// adds one pointer to the socket a WebSocket session keeps for its life (hyper boxes it again
+/// at the upgrade).
 pub(super) struct Rewind<I> {
-    prefix: Bytes,
+    prefix: Option<Box<Bytes>>,
     io: I,
 }
 
 impl<I> Rewind<I> {
     pub(super) fn new(prefix: Bytes, io: I) -> Self {
-        Self { prefix, io }
+        Self {
+            prefix: (!prefix.is_empty()).then(|| Box::new(prefix)),
+            io,
+        }
     }
 }
 
@@ -425,12 +430,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            if self.prefix.is_empty() {
-                self.prefix = Bytes::new();
+        if let Some(prefix) = self.prefix.as_mut() {
+            let n = prefix.len().min(buf.remaining());
+            buf.put_slice(&prefix[..n]);
+            prefix.advance(n);
+            if prefix.is_empty() {
+                self.prefix = None;
             }
             return Poll::Ready(Ok(()));
         }
