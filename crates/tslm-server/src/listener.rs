@@ -507,10 +507,7 @@ mod tests {
         std::mem::size_of::<Fut>()
     }
 
-    /// Every event stream's connection holds its connection task's future for the stream's
-    /// life: served outside hyper, it holds none of hyper's connection state (boxed, and only for
-    /// the connections hyper serves) nor its buffers. Printed with `--nocapture`; the bound has
-    /// some slack for compiler versions (docs/performance.md, "Idle memory per event stream").
+    /// The size of the future `f` returns, without calling it.
     fn size<A, B, C, D, F, Fut>(_: &F) -> usize
     where
         F: FnOnce(A, B, C, D) -> Fut,
@@ -518,6 +515,10 @@ mod tests {
         std::mem::size_of::<Fut>()
     }
 
+    /// Every event stream's connection holds its connection task's future for the stream's
+    /// life: served outside hyper, it holds none of hyper's connection state (boxed, and only for
+    /// the connections hyper serves) nor its buffers. Printed with `--nocapture`; the bound has
+    /// some slack for compiler versions (docs/performance.md, "Event streams outside hyper").
     #[test]
     fn a_connection_task_stays_small() {
         type Io = crate::write_deadline::WriteDeadline<TcpStream>;

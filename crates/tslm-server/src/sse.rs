@@ -236,8 +236,8 @@ mod tests {
         );
     }
 
-    /// Every idle stream holds this task's future (docs/performance.md, "Idle memory per event
-    /// stream"); printed with `--nocapture`, bounded with some slack for compiler versions.
+    /// Every idle stream holds this task's future (docs/performance.md, "Event streams outside
+    /// hyper"); printed with `--nocapture`, bounded with some slack for compiler versions.
     #[test]
     fn an_idle_stream_task_stays_small() {
         fn size<F, Fut>(_: &F) -> usize
