@@ -75,6 +75,8 @@ enum WriteError {
     Io(#[from] io::Error),
     #[error("the answer's body failed")]
     Body,
+    #[error("the client closed the connection")]
+    Gone,
 }
 
 /// Reads the first request head of a connection, deciding as soon as its first bytes allow
@@ -94,7 +96,10 @@ pub(super) async fn read_first<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<F
             });
         }
         len += n;
-        match parse(&buf[..len]) {
+        // A head can only end, or gain a header line, where a line ends: a head sent a few bytes
+        // at a time is parsed once per line, not once per read.
+        let line_ended = buf[len - n..len].contains(&b'\n');
+        match parse(&buf[..len], line_ended) {
             Parsed::Partial if len == buf.len() && len < MAX_HTTP_HEAD_BYTES => {
                 buf.resize((len * 2).min(MAX_HTTP_HEAD_BYTES), 0);
             }
@@ -117,13 +122,18 @@ enum Parsed {
 
 /// Parses what has arrived of a head: [`Parsed::Events`] only for a complete, well-formed
 /// HTTP/1.1 `GET /v1/events` with no body, no WebSocket handshake and nothing after it.
-fn parse(buf: &[u8]) -> Parsed {
+/// `line_ended`: whether the last bytes read ended a line (else only the request line's start is
+/// checked).
+fn parse(buf: &[u8], line_ended: bool) -> Parsed {
     let k = buf.len().min(EVENTS_LINE.len());
     if buf[..k] != EVENTS_LINE[..k] {
         return Parsed::Hyper;
     }
     if buf.len() > k && !matches!(buf[k], b' ' | b'?') {
         return Parsed::Hyper;
+    }
+    if !line_ended {
+        return Parsed::Partial;
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut head = httparse::Request::new(&mut headers);
@@ -248,8 +258,8 @@ enum Event {
     More(Bytes),
 }
 
-/// Writes a streamed answer (`head`, then the body chunked), reading the socket meanwhile; returns the bytes the client
-/// sent after its request, if any (which ended the stream).
+/// Writes a streamed answer (`head`, then the body chunked), reading the socket meanwhile;
+/// returns the bytes the client sent after its request, if any (which ended the stream).
 async fn stream<I>(io: &mut I, head: Vec<u8>, mut body: Body) -> Result<Bytes, WriteError>
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -296,7 +306,7 @@ where
             Event::End => break Bytes::new(),
             Event::More(more) => break more,
             Event::Failed => return Err(WriteError::Body),
-            Event::Gone => return Err(WriteError::Io(io::ErrorKind::ConnectionReset.into())),
+            Event::Gone => return Err(WriteError::Gone),
         }
     };
     // The stream's task sees its receiver gone and ends.
@@ -479,14 +489,14 @@ mod tests {
     use axum::response::Response;
 
     fn events(head: &str) -> Option<Request<Body>> {
-        match parse(head.as_bytes()) {
+        match parse(head.as_bytes(), true) {
             Parsed::Events(req) => Some(*req),
             _ => None,
         }
     }
 
     fn is_hyper(head: &str) -> bool {
-        matches!(parse(head.as_bytes()), Parsed::Hyper)
+        matches!(parse(head.as_bytes(), true), Parsed::Hyper)
     }
 
     #[test]
@@ -517,7 +527,7 @@ mod tests {
             "GET /v1/events?channel=a HTTP/1.1\r\nHost:",
         ] {
             assert!(
-                matches!(parse(partial.as_bytes()), Parsed::Partial),
+                matches!(parse(partial.as_bytes(), true), Parsed::Partial),
                 "{partial}"
             );
         }
@@ -531,6 +541,12 @@ mod tests {
         ] {
             assert!(is_hyper(other), "{other:?}");
         }
+        // Without a line's end, only the request line's start is looked at.
+        assert!(matches!(
+            parse(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r", false),
+            Parsed::Partial
+        ));
+        assert!(matches!(parse(b"GET /x", false), Parsed::Hyper));
         let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
         assert!(is_hyper(&format!("GET /v1/events HTTP/1.1\r\n{many}\r\n")));
     }
