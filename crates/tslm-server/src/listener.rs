@@ -5,6 +5,9 @@
 //! generic over the stream, so plain connections are served on the `TcpStream` itself, with no
 //! wrapper or indirection. HTTP/1.1 everywhere; HTTP/2 on TLS connections that chose it in ALPN
 //! (its settings and per-stream places in [`crate::http2`]); no HTTP/2 over plain TCP (h2c).
+//! The first request head of an HTTP/1.1 connection is read here (`native`): an event stream
+//! (`GET /v1/events`) is served outside hyper, which would hold 16 KiB of buffers for its whole
+//! life; anything else goes to hyper with the bytes already read in front of the socket.
 
 use std::future::Future;
 use std::net::SocketAddr;
