@@ -633,3 +633,50 @@ async fn shutdown_sends_goaway_and_event_streams_end_as_over_http11() {
         .unwrap()
         .unwrap();
 }
+
+/// An event stream over HTTP/1.1 on a TLS listener is served outside hyper as over plain TCP:
+/// its events arrive, and a request sent after its head ends it and is answered.
+#[tokio::test]
+async fn an_http11_event_stream_over_tls_streams_and_ends_at_the_next_request() {
+    let pki = Pki::new();
+    let s = pki.server("").await;
+    create(&s, "c").await;
+    let mut tls = pki.connect(s.addr("public"), &[b"http/1.1"]).await;
+    tls.write_all(b"GET /v1/events?channel=c HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let has = |raw: &[u8], s: &str| raw.windows(s.len()).any(|w| w == s.as_bytes());
+    while !has(&raw, "event: subscribed") {
+        let n = tokio::time::timeout(T, tls.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&raw).to_string();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+    publish(&s, "c", "1").await;
+    while !has(&raw, "event: message") {
+        let n = tokio::time::timeout(T, tls.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        raw.extend_from_slice(&chunk[..n]);
+    }
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(T, tls.read_to_end(&mut rest)).await;
+    let rest = String::from_utf8_lossy(&rest);
+    let (_, next) = rest
+        .split_once("0\r\n\r\n")
+        .expect("the stream's last chunk");
+    assert!(next.starts_with("HTTP/1.1 200 OK\r\n"), "{rest}");
+    s.shutdown().await;
+}

@@ -555,3 +555,211 @@ async fn a_publish_makes_the_stream_read_only_its_channel_with_ids_for_all() {
         );
     }
 }
+
+/// The listener of [`native_config`]: subscribers from [`PAGE`] only.
+const PAGE: &str = "https://app.example";
+
+fn native_config() -> String {
+    format!(
+        "[listener.public]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['Subscribe']\nallowed_origins = ['{PAGE}']\n\
+         [listener.private]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['CreateChannel','NotifyChannel']\n"
+    )
+}
+
+/// Reads from `tcp` into `raw` until `pred` holds for what was read.
+async fn read_until(tcp: &mut TcpStream, raw: &mut Vec<u8>, pred: impl Fn(&[u8]) -> bool) {
+    let mut chunk = [0u8; 4096];
+    while !pred(raw) {
+        let n = tokio::time::timeout(T, tcp.read(&mut chunk))
+            .await
+            .expect("data in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(raw));
+        raw.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn has(raw: &[u8], s: &str) -> bool {
+    raw.windows(s.len()).any(|w| w == s.as_bytes())
+}
+
+/// Event streams are served outside hyper (which reads nothing while it streams an answer): a
+/// request pipelined after a stream's head ends the stream (its chunked body terminated), and
+/// is answered on the same connection.
+#[tokio::test]
+async fn a_request_sent_on_a_streams_connection_ends_the_stream_and_is_answered() {
+    let s = TestServer::default().await;
+    create(&s, "a").await;
+    let mut st = Stream::open(s.addr("public"), "channel=a", &[])
+        .await
+        .unwrap();
+    assert_eq!(st.next().await.event, "subscribed");
+    // Only the terminating chunk and the next answer follow.
+    assert!(st.raw.is_empty(), "{:?}", st.raw);
+    st.tcp
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(T, st.tcp.read_to_end(&mut raw))
+        .await
+        .expect("closed in time");
+    let text = String::from_utf8_lossy(&raw);
+    let (end, next) = text.split_once("0\r\n\r\n").expect("the body's last chunk");
+    assert!(
+        end.is_empty() || end.ends_with("\r\n"),
+        "whole chunks before the end: {text:?}"
+    );
+    assert!(next.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
+    assert!(next.ends_with("{\"live\":true}"), "{text:?}");
+    // The stream's task is gone (it held the connection's slot).
+    s.wait_for("the stream's connection to go", |s| {
+        s.stats().connections == 0
+    })
+    .await;
+    s.shutdown().await;
+}
+
+/// The answer of a stream, and of a refused stream, as hyper wrote it (`date`, the length or the
+/// chunked encoding, CORS); after a refusal the connection serves its next request.
+#[tokio::test]
+async fn answers_keep_their_headers_and_the_connection_goes_on_after_a_refusal() {
+    let s = TestServer::start(&native_config()).await;
+    create(&s, "a").await;
+    let st = Stream::open(s.addr("public"), "channel=a", &[("Origin", PAGE)])
+        .await
+        .unwrap();
+    let head = st.head.to_ascii_lowercase();
+    for h in [
+        "http/1.1 200 ok\r\n",
+        "content-type: text/event-stream\r\n",
+        "cache-control: no-cache, no-transform\r\n",
+        "x-accel-buffering: no\r\n",
+        &format!("access-control-allow-origin: {PAGE}\r\n"),
+        "vary: origin\r\n",
+        "transfer-encoding: chunked\r\n",
+        "date: ",
+    ] {
+        assert!(head.contains(h), "{h:?} in {head}");
+    }
+    // A refusal (no such channel), then a second request on the same connection.
+    let mut tcp = TcpStream::connect(s.addr("public")).await.unwrap();
+    tcp.write_all(b"GET /v1/events?channel=nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    read_until(&mut tcp, &mut raw, |r| has(r, "}")).await;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.contains(&format!("content-length: {}\r\n", body.len())),
+        "{text}"
+    );
+    assert!(head.contains("content-type: application/json"), "{text}");
+    assert!(head.contains("\r\ndate: "), "{text}");
+    tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(T, tcp.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    // A refused origin: 403, before anything else.
+    let (status, _, _) = http_raw(
+        s.addr("public"),
+        "GET /v1/events?channel=a HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 403);
+    s.shutdown().await;
+}
+
+/// Heads hyper would refuse are refused as hyper refuses them: too large (431), malformed (400).
+#[tokio::test]
+async fn an_oversized_head_gets_431_and_a_malformed_one_400() {
+    let s = TestServer::default().await;
+    create(&s, "a").await;
+    let big = "x".repeat(20 * 1024);
+    let (status, _, _) = http_raw(
+        s.addr("public"),
+        &format!("GET /v1/events?channel=a HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 431);
+    // A head that fills the bound without ending, sent slowly.
+    let mut tcp = TcpStream::connect(s.addr("public")).await.unwrap();
+    tcp.write_all(b"GET /v1/events?channel=a HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let line = format!("X-Pad: {}\r\n", "y".repeat(1000));
+        if tcp.write_all(line.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(T, tcp.read_to_end(&mut raw)).await;
+    assert!(
+        raw.starts_with(b"HTTP/1.1 431 "),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    let (status, _, _) = http_raw(
+        s.addr("public"),
+        "GET /v1/events?channel=a HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _, _) = http_raw(
+        s.addr("public"),
+        "GET /v1/events?channel=a\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400);
+    s.shutdown().await;
+}
+
+/// The rest of the listener is served as before: probes, the long-poll, the CORS preflight, and
+/// WebSocket handshakes (on the events path too).
+#[tokio::test]
+async fn other_requests_on_the_listener_are_served_as_before() {
+    let s = TestServer::start(&native_config()).await;
+    create(&s, "a").await;
+    let addr = s.addr("public");
+    let (status, _, _) = http_raw(
+        addr,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, head, _) = http_raw(
+        addr,
+        &format!("OPTIONS /v1/events?channel=a HTTP/1.1\r\nHost: x\r\nConnection: close\r\nOrigin: {PAGE}\r\nAccess-Control-Request-Method: GET\r\nAccess-Control-Request-Headers: authorization\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 204, "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("access-control-allow-methods: get"), "{head}");
+    assert!(
+        head.contains("access-control-allow-headers: authorization"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("access-control-allow-origin: {PAGE}")),
+        "{head}"
+    );
+    let (status, _, body) = http_raw(
+        addr,
+        "GET /v1/poll?channel=a@oldest HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // A WebSocket handshake on the events path, and on the usual one.
+    for path in ["v1/events", ""] {
+        let mut ws = v1(&format!("ws://{addr}/{path}")).await;
+        let r = call(&mut ws, r#"{"op":"subscribe","channel":"a","id":1}"#).await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    s.shutdown().await;
+}

@@ -5,6 +5,9 @@
 //! generic over the stream, so plain connections are served on the `TcpStream` itself, with no
 //! wrapper or indirection. HTTP/1.1 everywhere; HTTP/2 on TLS connections that chose it in ALPN
 //! (its settings and per-stream places in [`crate::http2`]); no HTTP/2 over plain TCP (h2c).
+//! The first request head of an HTTP/1.1 connection is read here (`native`): an event stream
+//! (`GET /v1/events`) is served outside hyper, which would hold 16 KiB of buffers for its whole
+//! life; anything else goes to hyper with the bytes already read in front of the socket.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use bytes::Bytes;
 use futures_util::TryFutureExt;
 use futures_util::future::Either;
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -32,6 +35,8 @@ use crate::context::{Admitted, ConnSlot, ListenerCtx};
 use crate::errors;
 use crate::iplimit::RefusalGuard;
 use crate::tls::TlsState;
+
+mod native;
 
 /// How often addresses that went quiet are forgotten by the per-address limits.
 const IP_TABLE_SWEEP: Duration = Duration::from_secs(10);
@@ -265,7 +270,6 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let peer = slot.peer;
     // A client that stops reading its answers ends its connection (see `write_deadline`), on
     // either version.
     let io = crate::write_deadline::WriteDeadline::for_listener(io, &ctx.cfg);
@@ -276,17 +280,77 @@ async fn serve_http<I>(
     };
     match version {
         Version::Http1 => {
-            let svc = service_fn(move |req| route.call(req));
-            // The header deadline starts now, after any TLS handshake.
-            let conn = http_builder(ctx)
-                .serve_connection(TokioIo::new(io), svc)
-                .with_upgrades();
-            drive(ctx, peer, conn, |c| c.graceful_shutdown(), None).await;
+            // The first request head is read here: an event stream is served outside hyper
+            // (`native`), anything else goes to hyper with the bytes read so far.
+            let (io, prefix) = match first_request(ctx, &route, io).await {
+                Some(next) => next,
+                None => return,
+            };
+            // Boxed, so that hyper's connection state is no part of the task of a connection
+            // that carries an event stream.
+            Box::pin(serve_http1(ctx, route, native::Rewind::new(prefix, io))).await;
         }
         // Boxed, so that the HTTP/2 connection's state is no part of the task of every HTTP/1.1
         // connection.
         Version::Http2(h2) => Box::pin(serve_http2(ctx, route, io, h2)).await,
     }
+}
+
+/// Reads the first request head of an HTTP/1.1 connection (within the header deadline, as
+/// hyper does) and serves it when it is an event stream. `None`: the connection is done;
+/// otherwise hyper serves it, the returned bytes (read here, not served) first.
+async fn first_request<I>(ctx: &ListenerCtx, route: &Route, mut io: I) -> Option<(I, Bytes)>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let peer = route.slot.peer;
+    // The header deadline starts now, after any TLS handshake; a head that does not come in time
+    // closes the connection, as hyper does.
+    let first = tokio::select! {
+        r = tokio::time::timeout(ctx.cfg.handshake_timeout, Box::pin(native::read_first(&mut io))) => match r {
+            Ok(Ok(first)) => first,
+            Ok(Err(e)) => {
+                tracing::debug!(listener = %ctx.cfg.name, %peer, error = %e, "http connection ended with an error");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(listener = %ctx.cfg.name, %peer, "no request head in time");
+                return None;
+            }
+        },
+        _ = ctx.generation.cancelled() => return None,
+    };
+    let req = match first {
+        native::First::Closed => return None,
+        native::First::Hyper(prefix) => return Some((io, prefix)),
+        native::First::Events(req) => req,
+    };
+    // Like `drive`: at shutdown or reload the stream ends on its own (its `end` event), within
+    // the connection's time to finish.
+    let mut served = std::pin::pin!(native::serve(ctx, route, io, req));
+    let next = tokio::select! {
+        next = served.as_mut() => next,
+        _ = ctx.generation.cancelled() => {
+            tokio::time::timeout(finish_time(ctx), served).await.ok()?
+        }
+    };
+    match next {
+        native::Next::Hyper(io, prefix) => Some((io, prefix)),
+        native::Next::Done => None,
+    }
+}
+
+/// Serves HTTP/1.1 (and upgrades to WebSocket) on `io` with hyper.
+async fn serve_http1<I>(ctx: &ListenerCtx, route: Route, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = route.slot.peer;
+    let svc = service_fn(move |req| route.call(req));
+    let conn = http_builder(ctx)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    drive(ctx, peer, conn, |c| c.graceful_shutdown(), None).await;
 }
 
 /// Serves HTTP/2 on `io`: each stream takes its place before it is routed, and holds it until
@@ -322,13 +386,18 @@ struct Route {
     slot: Arc<ConnSlot>,
 }
 
-type Routed = Either<
+type Routed<B> = Either<
     std::future::Ready<Result<axum::response::Response, std::convert::Infallible>>,
-    tower::util::Oneshot<Router, hyper::Request<Incoming>>,
+    tower::util::Oneshot<Router, hyper::Request<B>>,
 >;
 
 impl Route {
-    fn call(&self, mut req: hyper::Request<Incoming>) -> Routed {
+    /// Routes a request read by hyper ([`hyper::body::Incoming`] body) or by [`native`] (no body).
+    fn call<B>(&self, mut req: hyper::Request<B>) -> Routed<B>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         let (cfg, peer) = (&self.cfg, self.slot.peer);
         let probe = crate::health::is_probe(req.uri().path())
             && !crate::upgrade::is_upgrade_request(req.headers());
@@ -374,10 +443,15 @@ async fn drive<C>(
     shut(conn.as_mut());
     // What is running finishes: at least 5 s, and at shutdown until the last turn of the close
     // schedule (an event stream on this connection ends with its `end` event on its turn).
-    let wait = ctx.closing.remaining().map_or(CONNECTION_FINISH, |r| {
+    let _ = tokio::time::timeout(finish_time(ctx), conn).await;
+}
+
+/// How long a connection asked to end gracefully has to finish: at least 5 s, and at shutdown
+/// until the last turn of the close schedule and a second more.
+fn finish_time(ctx: &ListenerCtx) -> Duration {
+    ctx.closing.remaining().map_or(CONNECTION_FINISH, |r| {
         r.max(CONNECTION_FINISH) + Duration::from_secs(1)
-    });
-    let _ = tokio::time::timeout(wait, conn).await;
+    })
 }
 
 /// How long a connection asked to end gracefully may take to finish what it is doing.
@@ -423,4 +497,53 @@ where
     let mut sink = [0u8; 1024];
     while io.read(&mut sink).await? > 0 {}
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task_size<F, Fut>(_: &F) -> usize
+    where
+        F: FnOnce(Arc<ListenerCtx>, Router, TcpStream, SocketAddr, Admitted) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// The size of the future `f` returns, without calling it.
+    fn size<A, B, C, D, F, Fut>(_: &F) -> usize
+    where
+        F: FnOnce(A, B, C, D) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every event stream's connection holds its connection task's future for the stream's
+    /// life: served outside hyper, it holds none of hyper's connection state (boxed, and only for
+    /// the connections hyper serves) nor its buffers. Printed with `--nocapture`; the bound has
+    /// some slack for compiler versions (docs/performance.md, "Event streams outside hyper").
+    #[test]
+    fn a_connection_task_stays_small() {
+        type Io = crate::write_deadline::WriteDeadline<TcpStream>;
+        let task = task_size(&serve_connection);
+        let serve = size::<
+            &'static ListenerCtx,
+            &'static Route,
+            Io,
+            Box<hyper::Request<axum::body::Body>>,
+            _,
+            _,
+        >(&native::serve::<Io>);
+        let first = size::<&'static ListenerCtx, &'static Route, Io, (), _, _>(&|a, b, c, _| {
+            first_request(a, b, c)
+        });
+        let http =
+            size::<&'static ListenerCtx, Router, TcpStream, Arc<ConnSlot>, _, _>(&|a, b, c, d| {
+                serve_http(a, b, c, d, Version::Http1)
+            });
+        println!(
+            "connection task future {task} bytes; serve_http {http}, first_request {first}, native::serve {serve}"
+        );
+        assert!(task <= 2048, "connection task future: {task} bytes");
+    }
 }

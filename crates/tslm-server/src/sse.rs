@@ -42,10 +42,11 @@ pub(crate) const QUEUE: usize = 2;
 /// line; the client joins them with `\n`).
 ///
 /// The JSON is the one each publish encoded (shared with the backlog); it is copied here into the
-/// stream's batch, never encoded again. A batch goes to the client as one HTTP chunk: hyper
-/// writes a response body's chunks with at most 16 buffers per system call, so handing it the
-/// shared slices (three per event) cost a system call per two or three events, where copying a
-/// few hundred bytes costs far less (docs/performance.md, "Server-Sent Events").
+/// stream's batch, never encoded again. A batch goes to the client as one HTTP chunk (written by
+/// `listener::native` over HTTP/1.1, by hyper over HTTP/2): hyper writes a response body's
+/// chunks with at most 16 buffers per system call, so handing it the shared slices (three per
+/// event) cost a system call per two or three events, where copying a few hundred bytes costs
+/// far less (docs/performance.md, "Server-Sent Events").
 pub(crate) fn event(out: &mut BytesMut, kind: &str, id: &str, json: &[u8]) {
     out.reserve(kind.len() + id.len() + json.len() + 24);
     out.extend_from_slice(b"event: ");
@@ -233,6 +234,27 @@ mod tests {
             text("message", "i", b"{}"),
             "event: message\nid: i\ndata: {}\n\n"
         );
+    }
+
+    /// Every idle stream holds this task's future (docs/performance.md, "Event streams outside
+    /// hyper"); printed with `--nocapture`, bounded with some slack for compiler versions.
+    #[test]
+    fn an_idle_stream_task_stays_small() {
+        fn size<F, Fut>(_: &F) -> usize
+        where
+            F: FnOnce(
+                Arc<ListenerCtx>,
+                Identity,
+                Poll,
+                Option<Vec<Position>>,
+                mpsc::Sender<Bytes>,
+            ) -> Fut,
+        {
+            std::mem::size_of::<Fut>()
+        }
+        let task = size(&run);
+        println!("stream task future {task} bytes");
+        assert!(task <= 1600, "stream task future: {task} bytes");
     }
 
     #[test]

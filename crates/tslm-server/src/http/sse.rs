@@ -1,5 +1,7 @@
 //! The Server-Sent Events route (`GET /v1/events`): admission and identity as for every route,
-//! then a stream task ([`crate::sse::run`]) on the listener's tracker.
+//! then a stream task ([`crate::sse::run`]) on the listener's tracker. The route is the same for
+//! a request hyper read (HTTP/2, or an HTTP/1.1 connection's later requests) and for one read by
+//! `listener::native`, which writes the answer and its chunks on the socket itself.
 
 use std::convert::Infallible;
 use std::sync::Arc;
