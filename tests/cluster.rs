@@ -280,6 +280,72 @@ async fn a_publish_on_one_node_reaches_every_nodes_subscribers_once_in_order() {
     assert_eq!(r["error"]["code"], "not_found", "{r}");
 }
 
+/// Publishes sent back to back (one write, answers read after) reach the follower as bursts of
+/// PUB/SUB messages of two channels interleaved, which it applies in runs: every subscriber on
+/// every node still gets each channel's messages once, in order, with no gap.
+#[tokio::test]
+async fn a_burst_of_publishes_reaches_every_nodes_subscribers_once_in_order() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = Redis::start().await;
+    let urls = [redis.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let mut p = v1(&a.url("private")).await;
+    for c in ["burst.a", "burst.b"] {
+        let r = call(&mut p, &format!(r#"{{"op":"create","channel":"{c}"}}"#)).await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let mut subs = Vec::new();
+    for n in [&a, &b, &a, &b] {
+        let mut s = Sub::new(&n.url("public")).await;
+        s.subscribe("burst.a", r#""new""#).await;
+        s.subscribe("burst.b", r#""new""#).await;
+        subs.push(s);
+    }
+    // Mostly runs of one channel, broken now and then by the other's messages.
+    const EACH: u64 = 300;
+    let mut sent = Vec::new();
+    let (mut na, mut nb) = (0, 0);
+    for i in 0..2 * EACH {
+        let c = if (i / 7) % 2 == 0 && na < EACH || nb == EACH {
+            na += 1;
+            "burst.a"
+        } else {
+            nb += 1;
+            "burst.b"
+        };
+        sent.push(c);
+        let req = format!(r#"{{"op":"publish","id":{i},"channel":"{c}","data":{{"i":{i}}}}}"#);
+        p.feed(Message::Text(req.into())).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    let mut next = HashMap::from([("burst.a", 1u64), ("burst.b", 1u64)]);
+    for (i, c) in sent.iter().enumerate() {
+        let r = recv_json(&mut p).await;
+        assert_eq!(r["id"], i, "answers come in order: {r}");
+        assert_eq!(r["ok"], true, "{r}");
+        let due = next.get_mut(c).unwrap();
+        assert_eq!(r["offset"], *due, "{r}");
+        *due += 1;
+    }
+    for s in &mut subs {
+        s.until("burst.a", EACH).await;
+        s.until("burst.b", EACH).await;
+    }
+    for c in ["burst.a", "burst.b"] {
+        for s in &subs {
+            assert_eq!(s.offsets(c), (1..=EACH).collect::<Vec<_>>());
+            assert!(
+                !s.log.iter().any(|v| v["event"] == "gap"),
+                "no gap: {:?}",
+                s.log.iter().find(|v| v["event"] == "gap")
+            );
+        }
+        check_no_hole_no_repeat(&subs.iter().collect::<Vec<_>>(), c, 1, EACH);
+    }
+}
+
 /// Publishes `count` messages `{"n": i}` with msg_id `m-<i>` through `url`, retrying an
 /// `unavailable` answer with the same msg_id (at most `deadline`); returns each message's
 /// acknowledged (epoch, offset).

@@ -306,24 +306,55 @@ impl Session {
     /// its acknowledgements in one system call instead of one each. Replies wait in
     /// tungstenite's write buffer meanwhile (written out whenever it passes
     /// `write_buffer_bytes`), so the bound on what a connection holds is unchanged.
+    ///
+    /// The frames already received are read first; a run of text frames of a v1 connection
+    /// goes to [`Session::on_texts`], which sends consecutive publishes to one channel to the
+    /// broker together (in cluster mode one Redis round trip for the run instead of one per
+    /// publish; the replies keep their order).
     async fn on_burst(&mut self, ws: &mut Ws, first: Message) -> Result<(), End> {
         self.defer_flush = true;
-        let mut step = self.on_message(ws, first).await;
-        for _ in 1..MAX_FRAMES_PER_BURST {
+        let mut burst = VecDeque::from([first]);
+        let mut ended = Ok(());
+        while burst.len() < MAX_FRAMES_PER_BURST {
+            // Only what is already here: `Pending` ends the burst (and the waker it registered
+            // is the one the main loop's read registers again).
+            match futures_util::poll!(ws.next()) {
+                std::task::Poll::Pending => break,
+                std::task::Poll::Ready(None) => {
+                    ended = Err(End::Gone);
+                    break;
+                }
+                std::task::Poll::Ready(Some(Err(e))) => {
+                    ended = Err(classify(&e));
+                    break;
+                }
+                std::task::Poll::Ready(Some(Ok(m))) => burst.push_back(m),
+            }
+        }
+        let batches = self.connection.dialect == Dialect::V1 && !self.connection.ctx.cfg.echo;
+        let mut step = Ok(());
+        while let Some(m) = burst.pop_front() {
+            step = match m {
+                Message::Text(text)
+                    if batches && matches!(burst.front(), Some(Message::Text(_))) =>
+                {
+                    let mut texts = VecDeque::from([Bytes::from(text)]);
+                    while let Some(Message::Text(_)) = burst.front() {
+                        if let Some(Message::Text(t)) = burst.pop_front() {
+                            texts.push_back(Bytes::from(t));
+                        }
+                    }
+                    self.on_texts(ws, texts).await
+                }
+                m => self.on_message(ws, m).await,
+            };
             if step.is_err() {
                 break;
             }
-            // Only what is already here: `Pending` ends the burst (and the waker it registered
-            // is the one the main loop's read registers again).
-            step = match futures_util::poll!(ws.next()) {
-                std::task::Poll::Pending => break,
-                std::task::Poll::Ready(None) => Err(End::Gone),
-                std::task::Poll::Ready(Some(Err(e))) => Err(classify(&e)),
-                std::task::Poll::Ready(Some(Ok(m))) => self.on_message(ws, m).await,
-            };
         }
         self.defer_flush = false;
         step?;
+        ended?;
         // Flushes the replies (and writes any deliveries queued meanwhile first).
         self.write_out(ws, None).await
     }
@@ -372,6 +403,29 @@ impl Session {
             }
             Message::Close(_) | Message::Frame(_) => return Ok(()),
         };
+        self.write_reply(ws, reply).await
+    }
+
+    /// Runs `texts` (v1 text frames read together) with [`Connection::on_texts`], writing each
+    /// reply as [`Session::on_message`] does.
+    async fn on_texts(&mut self, ws: &mut Ws, mut texts: VecDeque<Bytes>) -> Result<(), End> {
+        while !texts.is_empty() {
+            // Boxed, as a single command's future is.
+            let (replies, pending) = Box::pin(self.connection.on_texts(&mut texts)).await;
+            for reply in replies {
+                self.write_reply(ws, reply).await?;
+            }
+            if let Some(pending) = pending {
+                let reply = Box::pin(self.connection.run_auth(pending)).await;
+                self.write_reply(ws, reply).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the reply to a command (after the deliveries queued), and closes the connection
+    /// when it turned abusive.
+    async fn write_reply(&mut self, ws: &mut Ws, reply: String) -> Result<(), End> {
         // A large reply (a history page, a channel list: at most the outbound bound) goes out as
         // one frame of ours, like deliveries: tungstenite would copy it into its write buffer and
         // keep that buffer's capacity for the life of the connection.
