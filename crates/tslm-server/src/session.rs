@@ -411,10 +411,13 @@ impl Session {
     async fn on_texts(&mut self, ws: &mut Ws, mut texts: VecDeque<Bytes>) -> Result<(), End> {
         while !texts.is_empty() {
             // Boxed, as a single command's future is.
+            // Every reply of the frames run goes out, up to the one that made the connection
+            // abusive (the run stopped there), as one by one.
             let (replies, pending) = Box::pin(self.connection.on_texts(&mut texts)).await;
             for reply in replies {
-                self.write_reply(ws, reply).await?;
+                self.send_reply(ws, reply).await?;
             }
+            self.unless_abusive()?;
             if let Some(pending) = pending {
                 let reply = Box::pin(self.connection.run_auth(pending)).await;
                 self.write_reply(ws, reply).await?;
@@ -426,6 +429,21 @@ impl Session {
     /// Writes the reply to a command (after the deliveries queued), and closes the connection
     /// when it turned abusive.
     async fn write_reply(&mut self, ws: &mut Ws, reply: String) -> Result<(), End> {
+        self.send_reply(ws, reply).await?;
+        self.unless_abusive()
+    }
+
+    /// Rejections must not cost more output than the abuse: after its budget of refused
+    /// commands in one second, the connection is closed.
+    fn unless_abusive(&self) -> Result<(), End> {
+        match self.connection.abusive {
+            Some(reason) => Err(End::Close(close::POLICY_VIOLATION, reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the reply to a command, after the deliveries queued.
+    async fn send_reply(&mut self, ws: &mut Ws, reply: String) -> Result<(), End> {
         // A large reply (a history page, a channel list: at most the outbound bound) goes out as
         // one frame of ours, like deliveries: tungstenite would copy it into its write buffer and
         // keep that buffer's capacity for the life of the connection.
@@ -437,13 +455,7 @@ impl Session {
             Outgoing::Message(Message::Text(Utf8Bytes::from(reply)))
         };
         // The session reads nothing while a reply is being written: one reply in flight at most.
-        self.write_out(ws, Some(reply)).await?;
-        if let Some(reason) = self.connection.abusive {
-            // Rejections must not cost more output than the abuse: after its budget of
-            // refused commands in one second, the connection is closed.
-            return Err(End::Close(close::POLICY_VIOLATION, reason));
-        }
-        Ok(())
+        self.write_out(ws, Some(reply)).await
     }
 
     /// Writes every queued delivery, then `extra` (a reply or a ping), and flushes (at the end
