@@ -344,6 +344,53 @@ async fn a_burst_of_publishes_reaches_every_nodes_subscribers_once_in_order() {
         }
         check_no_hole_no_repeat(&subs.iter().collect::<Vec<_>>(), c, 1, EACH);
     }
+
+    // In one burst, each answer is the one a publish alone would get, in its place: a message
+    // too large for the channel is refused without taking an offset, a msg_id repeated within
+    // the burst is a duplicate of the first.
+    let r = call(
+        &mut p,
+        r#"{"op":"create","channel":"burst.c","options":{"max_message_bytes":50}}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let mut s = Sub::new(&b.url("public")).await;
+    s.subscribe("burst.c", r#""new""#).await;
+    let big = "x".repeat(100);
+    let burst = [
+        r#"{"op":"publish","id":1,"channel":"burst.c","data":1,"msg_id":"k-1"}"#.to_owned(),
+        format!(r#"{{"op":"publish","id":2,"channel":"burst.c","data":"{big}"}}"#),
+        r#"{"op":"publish","id":3,"channel":"burst.c","data":3}"#.to_owned(),
+        r#"{"op":"publish","id":4,"channel":"burst.c","data":4,"msg_id":"k-1"}"#.to_owned(),
+        r#"{"op":"publish","id":5,"channel":"burst.c","data":5}"#.to_owned(),
+    ];
+    for req in burst {
+        p.feed(Message::Text(req.into())).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    let answers: Vec<Value> = {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            v.push(recv_json(&mut p).await);
+        }
+        v
+    };
+    let ids: Vec<u64> = answers.iter().map(|a| a["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5], "{answers:?}");
+    assert_eq!(answers[0]["offset"], 1, "{answers:?}");
+    assert_eq!(answers[1]["error"]["code"], "too_large", "{answers:?}");
+    assert_eq!(answers[2]["offset"], 2, "{answers:?}");
+    assert_eq!(
+        (
+            answers[3]["offset"].as_u64(),
+            answers[3]["duplicate"].as_bool()
+        ),
+        (Some(1), Some(true)),
+        "{answers:?}"
+    );
+    assert_eq!(answers[4]["offset"], 3, "{answers:?}");
+    s.until("burst.c", 3).await;
+    assert_eq!(s.offsets("burst.c"), [1, 2, 3]);
 }
 
 /// Publishes `count` messages `{"n": i}` with msg_id `m-<i>` through `url`, retrying an
