@@ -1075,3 +1075,32 @@ fn a_mirror_batch_ignores_stale_messages_and_stops_at_a_hole() {
     );
     assert_eq!(offsets(&ob), ["6"]);
 }
+
+#[test]
+fn a_mirror_batch_applies_the_slow_policy_frame_by_frame() {
+    let hub = Hub::new();
+    let name = ch("m");
+    let epoch = Epoch(7);
+    let lossy = ChannelSettings {
+        slow_policy: SlowPolicy::DropOldest,
+        ..settings(100)
+    };
+    assert!(
+        hub.mirror_open(&name, lossy, epoch, Offset(0), Vec::new())
+            .unwrap()
+    );
+    let slow = outbox(3);
+    let fast = outbox(100);
+    hub.subscribe(&name, hub.next_conn_id(), Wire::V1Ws, &slow, Start::New)
+        .unwrap();
+    hub.subscribe(&name, hub.next_conn_id(), Wire::V1Ws, &fast, Start::New)
+        .unwrap();
+    assert_eq!(
+        hub.mirror_append_batch(&name, epoch, &mirror_entries(1..=5)),
+        (5, Appended::Applied)
+    );
+    // As five appends one by one: 4 did not fit, 1..=3 became a gap, 4 and 5 followed it.
+    assert_eq!(offsets(&slow), ["gap 1-3", "4", "5"]);
+    assert_eq!(offsets(&fast), ["1", "2", "3", "4", "5"]);
+    assert!(!slow.is_closed());
+}
