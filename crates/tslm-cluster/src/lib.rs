@@ -526,6 +526,10 @@ impl Broker for Cluster {
         })
     }
 
+    fn publishes_together(&self) -> bool {
+        true
+    }
+
     fn publish_many<'a>(
         &'a self,
         name: &'a ChannelName,

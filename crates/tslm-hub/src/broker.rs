@@ -61,6 +61,13 @@ pub trait Broker: Send + Sync + 'static {
         opts: PublishOptions<'a>,
     ) -> BrokerFuture<'a, Result<Published, HubError>>;
 
+    /// Whether [`Broker::publish_many`] sends several publishes at once, so that a caller with
+    /// a burst of publishes should group them (cluster mode: one Redis round trip per group).
+    /// `false` (the default): they cost the same one by one.
+    fn publishes_together(&self) -> bool {
+        false
+    }
+
     /// Publishes several messages to `name` from one publisher, in order: each answer is what
     /// [`Broker::publish`] would have answered, one after the other, in the same place. A
     /// store with round trips sends them together (cluster mode: one script, one round trip);

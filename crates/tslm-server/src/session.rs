@@ -307,8 +307,9 @@ impl Session {
     /// tungstenite's write buffer meanwhile (written out whenever it passes
     /// `write_buffer_bytes`), so the bound on what a connection holds is unchanged.
     ///
-    /// The frames already received are read first; a run of text frames of a v1 connection
-    /// goes to [`Session::on_texts`], which sends consecutive publishes to one channel to the
+    /// The frames already received are read first; with a broker that publishes several at
+    /// once (cluster mode), a run of text frames of a v1 connection goes to
+    /// [`Session::on_texts`], which sends consecutive publishes to one channel to the
     /// broker together (in cluster mode one Redis round trip for the run instead of one per
     /// publish; the replies keep their order).
     async fn on_burst(&mut self, ws: &mut Ws, first: Message) -> Result<(), End> {
@@ -331,7 +332,11 @@ impl Session {
                 std::task::Poll::Ready(Some(Ok(m))) => burst.push_back(m),
             }
         }
-        let batches = self.connection.dialect == Dialect::V1 && !self.connection.ctx.cfg.echo;
+        // Only where grouping pays (the in-memory broker publishes one by one either way).
+        let ctx = &self.connection.ctx;
+        let batches = self.connection.dialect == Dialect::V1
+            && !ctx.cfg.echo
+            && ctx.broker.publishes_together();
         let mut step = Ok(());
         while let Some(m) = burst.pop_front() {
             step = match m {
