@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tslm_protocol::{ChannelName, Offset, Wire};
 
 use crate::budget::shrink;
-use crate::outbox::{Batch, Outbox};
+use crate::outbox::{Batch, Outbox, Tagged};
 use crate::settings::SlowPolicy;
 use crate::types::ConnId;
 
@@ -97,10 +97,37 @@ impl Fanout {
         wire: Wire,
         frame: &Bytes,
         offset: Offset,
-        channel: (u64, &ChannelName),
+        (key, name): (u64, &ChannelName),
         policy: SlowPolicy,
     ) -> Pushed {
-        self.deliver_many(wire, &[(frame.clone(), offset)], channel, policy)
+        let subs = &mut self.live[wire.index()];
+        let before = subs.len();
+        let (mut dropped, mut not_queued) = (0, 0);
+        if policy == SlowPolicy::Disconnect || !wire.has_offsets() {
+            subs.retain(|s| s.outbox.push(frame.clone()).is_ok());
+        } else {
+            let tagged = Tagged {
+                key,
+                channel: name,
+                wire,
+                offset,
+            };
+            subs.retain(
+                |s| match s.outbox.push_delivery(frame.clone(), &tagged, policy) {
+                    Ok(d) => {
+                        dropped += d.earlier + usize::from(d.this);
+                        not_queued += usize::from(d.this);
+                        true
+                    }
+                    Err(_) => false,
+                },
+            );
+        }
+        Pushed {
+            removed: before - subs.len(),
+            delivered: subs.len() - not_queued,
+            dropped,
+        }
     }
 
     /// Pushes `frames` (consecutive messages of the channel `key`, oldest first, each with its

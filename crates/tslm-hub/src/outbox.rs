@@ -338,27 +338,33 @@ impl Outbox {
     ///
     /// The lossy policies may exceed the limits by one frame per subscription, never more. The
     /// offsets each queued frame covers are kept beside it, so nothing is parsed back. Returns
-    /// what was dropped, for the hub's counters. (The hub queues through
-    /// [`Outbox::push_deliveries`]; this is its one-frame case.)
-    #[cfg(test)]
+    /// what was dropped, for the hub's counters.
     pub(crate) fn push_delivery(
         &self,
         frame: Bytes,
         d: &Tagged<'_>,
         policy: SlowPolicy,
     ) -> Result<Dropped, PushError> {
-        let frames = [(frame, d.offset)];
-        let batch = Batch {
-            key: d.key,
-            channel: d.channel,
-            wire: d.wire,
-            tagged: true,
-        };
-        self.push_deliveries(&frames, &batch, policy)
-            .map(|n| Dropped {
-                earlier: n.earlier,
-                this: n.these > 0,
-            })
+        let mut st = self.lock();
+        let was_empty = st.is_empty();
+        match self.deliver_locked(&mut st, frame, d, policy) {
+            Ok(dropped) => {
+                let wake = was_empty && !st.is_empty();
+                drop(st);
+                if wake {
+                    self.ready.notify_one();
+                }
+                Ok(dropped)
+            }
+            Err(e) => {
+                drop(st);
+                if e == PushError::Overflow {
+                    self.ready.notify_one();
+                    self.closed.notify_waiters();
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Queues several deliveries of one subscription, oldest first, each as
