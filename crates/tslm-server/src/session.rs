@@ -307,18 +307,54 @@ impl Session {
     /// tungstenite's write buffer meanwhile (written out whenever it passes
     /// `write_buffer_bytes`), so the bound on what a connection holds is unchanged.
     ///
-    /// The frames already received are read first; with a broker that publishes several at
-    /// once (cluster mode), a run of text frames of a v1 connection goes to
-    /// [`Session::on_texts`], which sends consecutive publishes to one channel to the
-    /// broker together (in cluster mode one Redis round trip for the run instead of one per
-    /// publish; the replies keep their order).
+    /// With a broker that publishes several at once (cluster mode), the frames already received
+    /// are read first and a run of text frames of a v1 connection goes to
+    /// [`Session::on_texts`], which sends consecutive publishes to one channel to the broker
+    /// together (one Redis round trip for the run instead of one per publish; the replies keep
+    /// their order).
     async fn on_burst(&mut self, ws: &mut Ws, first: Message) -> Result<(), End> {
         self.defer_flush = true;
+        // Only where grouping pays (the in-memory broker publishes one by one either way).
+        let ctx = &self.connection.ctx;
+        let groups = self.connection.dialect == Dialect::V1
+            && !ctx.cfg.echo
+            && ctx.broker.publishes_together();
+        let step = if groups {
+            self.run_burst_grouped(ws, first).await
+        } else {
+            self.run_burst(ws, first).await
+        };
+        self.defer_flush = false;
+        step?;
+        // Flushes the replies (and writes any deliveries queued meanwhile first).
+        self.write_out(ws, None).await
+    }
+
+    /// Runs `first` and each further frame already received, one by one.
+    async fn run_burst(&mut self, ws: &mut Ws, first: Message) -> Result<(), End> {
+        let mut step = self.on_message(ws, first).await;
+        for _ in 1..MAX_FRAMES_PER_BURST {
+            if step.is_err() {
+                break;
+            }
+            // Only what is already here: `Pending` ends the burst (and the waker it registered
+            // is the one the main loop's read registers again).
+            step = match futures_util::poll!(ws.next()) {
+                std::task::Poll::Pending => break,
+                std::task::Poll::Ready(None) => Err(End::Gone),
+                std::task::Poll::Ready(Some(Err(e))) => Err(classify(&e)),
+                std::task::Poll::Ready(Some(Ok(m))) => self.on_message(ws, m).await,
+            };
+        }
+        step
+    }
+
+    /// Reads the frames already received first, then runs them: a run of text frames goes to
+    /// [`Session::on_texts`] (publishes grouped), anything else one by one.
+    async fn run_burst_grouped(&mut self, ws: &mut Ws, first: Message) -> Result<(), End> {
         let mut burst = VecDeque::from([first]);
         let mut ended = Ok(());
         while burst.len() < MAX_FRAMES_PER_BURST {
-            // Only what is already here: `Pending` ends the burst (and the waker it registered
-            // is the one the main loop's read registers again).
             match futures_util::poll!(ws.next()) {
                 std::task::Poll::Pending => break,
                 std::task::Poll::Ready(None) => {
@@ -332,17 +368,9 @@ impl Session {
                 std::task::Poll::Ready(Some(Ok(m))) => burst.push_back(m),
             }
         }
-        // Only where grouping pays (the in-memory broker publishes one by one either way).
-        let ctx = &self.connection.ctx;
-        let batches = self.connection.dialect == Dialect::V1
-            && !ctx.cfg.echo
-            && ctx.broker.publishes_together();
-        let mut step = Ok(());
         while let Some(m) = burst.pop_front() {
-            step = match m {
-                Message::Text(text)
-                    if batches && matches!(burst.front(), Some(Message::Text(_))) =>
-                {
+            let step = match m {
+                Message::Text(text) if matches!(burst.front(), Some(Message::Text(_))) => {
                     let mut texts = VecDeque::from([Bytes::from(text)]);
                     while let Some(Message::Text(_)) = burst.front() {
                         if let Some(Message::Text(t)) = burst.pop_front() {
@@ -353,15 +381,9 @@ impl Session {
                 }
                 m => self.on_message(ws, m).await,
             };
-            if step.is_err() {
-                break;
-            }
+            step?;
         }
-        self.defer_flush = false;
-        step?;
-        ended?;
-        // Flushes the replies (and writes any deliveries queued meanwhile first).
-        self.write_out(ws, None).await
+        ended
     }
 
     async fn on_message(&mut self, ws: &mut Ws, msg: Message) -> Result<(), End> {
