@@ -393,6 +393,36 @@ async fn a_burst_of_publishes_reaches_every_nodes_subscribers_once_in_order() {
     assert_eq!(s.offsets("burst.c"), [1, 2, 3]);
 }
 
+/// In cluster mode a burst of commands runs grouped (`Connection::on_texts`): a connection that
+/// goes over its rate limit still gets every reply up to the one that made it abusive, the
+/// `rate_limited` ones included, before it is closed.
+#[tokio::test]
+async fn a_rate_limited_burst_is_answered_up_to_the_close() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = Redis::start().await;
+    let a = node(&[redis.url()]).await;
+    let mut s = v1(&a.url("public")).await;
+    for i in 0..150 {
+        let req = format!(r#"{{"op":"ping","id":{i}}}"#);
+        s.feed(Message::Text(req.into())).await.unwrap();
+    }
+    s.flush().await.unwrap();
+    let (mut ok, mut limited) = (0, 0);
+    loop {
+        match tokio::time::timeout(T, s.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) if t.contains("rate_limited") => limited += 1,
+            Some(Ok(Message::Text(_))) => ok += 1,
+            _ => break,
+        }
+    }
+    assert!(
+        ok > 0 && limited > 0,
+        "{ok} answered, {limited} rate limited"
+    );
+}
+
 /// Publishes `count` messages `{"n": i}` with msg_id `m-<i>` through `url`, retrying an
 /// `unavailable` answer with the same msg_id (at most `deadline`); returns each message's
 /// acknowledged (epoch, offset).
