@@ -280,6 +280,149 @@ async fn a_publish_on_one_node_reaches_every_nodes_subscribers_once_in_order() {
     assert_eq!(r["error"]["code"], "not_found", "{r}");
 }
 
+/// Publishes sent back to back (one write, answers read after) reach the follower as bursts of
+/// PUB/SUB messages of two channels interleaved, which it applies in runs: every subscriber on
+/// every node still gets each channel's messages once, in order, with no gap.
+#[tokio::test]
+async fn a_burst_of_publishes_reaches_every_nodes_subscribers_once_in_order() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = Redis::start().await;
+    let urls = [redis.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let mut p = v1(&a.url("private")).await;
+    for c in ["burst.a", "burst.b"] {
+        let r = call(&mut p, &format!(r#"{{"op":"create","channel":"{c}"}}"#)).await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let mut subs = Vec::new();
+    for n in [&a, &b, &a, &b] {
+        let mut s = Sub::new(&n.url("public")).await;
+        s.subscribe("burst.a", r#""new""#).await;
+        s.subscribe("burst.b", r#""new""#).await;
+        subs.push(s);
+    }
+    // Mostly runs of one channel, broken now and then by the other's messages.
+    const EACH: u64 = 300;
+    let mut sent = Vec::new();
+    let (mut na, mut nb) = (0, 0);
+    for i in 0..2 * EACH {
+        let c = if (i / 7) % 2 == 0 && na < EACH || nb == EACH {
+            na += 1;
+            "burst.a"
+        } else {
+            nb += 1;
+            "burst.b"
+        };
+        sent.push(c);
+        let req = format!(r#"{{"op":"publish","id":{i},"channel":"{c}","data":{{"i":{i}}}}}"#);
+        p.feed(Message::Text(req.into())).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    let mut next = HashMap::from([("burst.a", 1u64), ("burst.b", 1u64)]);
+    for (i, c) in sent.iter().enumerate() {
+        let r = recv_json(&mut p).await;
+        assert_eq!(r["id"], i, "answers come in order: {r}");
+        assert_eq!(r["ok"], true, "{r}");
+        let due = next.get_mut(c).unwrap();
+        assert_eq!(r["offset"], *due, "{r}");
+        *due += 1;
+    }
+    for s in &mut subs {
+        s.until("burst.a", EACH).await;
+        s.until("burst.b", EACH).await;
+    }
+    for c in ["burst.a", "burst.b"] {
+        for s in &subs {
+            assert_eq!(s.offsets(c), (1..=EACH).collect::<Vec<_>>());
+            assert!(
+                !s.log.iter().any(|v| v["event"] == "gap"),
+                "no gap: {:?}",
+                s.log.iter().find(|v| v["event"] == "gap")
+            );
+        }
+        check_no_hole_no_repeat(&subs.iter().collect::<Vec<_>>(), c, 1, EACH);
+    }
+
+    // In one burst, each answer is the one a publish alone would get, in its place: a message
+    // too large for the channel is refused without taking an offset, a msg_id repeated within
+    // the burst is a duplicate of the first.
+    let r = call(
+        &mut p,
+        r#"{"op":"create","channel":"burst.c","options":{"max_message_bytes":50}}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let mut s = Sub::new(&b.url("public")).await;
+    s.subscribe("burst.c", r#""new""#).await;
+    let big = "x".repeat(100);
+    let burst = [
+        r#"{"op":"publish","id":1,"channel":"burst.c","data":1,"msg_id":"k-1"}"#.to_owned(),
+        format!(r#"{{"op":"publish","id":2,"channel":"burst.c","data":"{big}"}}"#),
+        r#"{"op":"publish","id":3,"channel":"burst.c","data":3}"#.to_owned(),
+        r#"{"op":"publish","id":4,"channel":"burst.c","data":4,"msg_id":"k-1"}"#.to_owned(),
+        r#"{"op":"publish","id":5,"channel":"burst.c","data":5}"#.to_owned(),
+    ];
+    for req in burst {
+        p.feed(Message::Text(req.into())).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    let answers: Vec<Value> = {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            v.push(recv_json(&mut p).await);
+        }
+        v
+    };
+    let ids: Vec<u64> = answers.iter().map(|a| a["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5], "{answers:?}");
+    assert_eq!(answers[0]["offset"], 1, "{answers:?}");
+    assert_eq!(answers[1]["error"]["code"], "too_large", "{answers:?}");
+    assert_eq!(answers[2]["offset"], 2, "{answers:?}");
+    assert_eq!(
+        (
+            answers[3]["offset"].as_u64(),
+            answers[3]["duplicate"].as_bool()
+        ),
+        (Some(1), Some(true)),
+        "{answers:?}"
+    );
+    assert_eq!(answers[4]["offset"], 3, "{answers:?}");
+    s.until("burst.c", 3).await;
+    assert_eq!(s.offsets("burst.c"), [1, 2, 3]);
+}
+
+/// In cluster mode a burst of commands runs grouped (`Connection::on_texts`): a connection that
+/// goes over its rate limit still gets every reply up to the one that made it abusive, the
+/// `rate_limited` ones included, before it is closed.
+#[tokio::test]
+async fn a_rate_limited_burst_is_answered_up_to_the_close() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = Redis::start().await;
+    let a = node(&[redis.url()]).await;
+    let mut s = v1(&a.url("public")).await;
+    for i in 0..150 {
+        let req = format!(r#"{{"op":"ping","id":{i}}}"#);
+        s.feed(Message::Text(req.into())).await.unwrap();
+    }
+    s.flush().await.unwrap();
+    let (mut ok, mut limited) = (0, 0);
+    loop {
+        match tokio::time::timeout(T, s.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) if t.contains("rate_limited") => limited += 1,
+            Some(Ok(Message::Text(_))) => ok += 1,
+            _ => break,
+        }
+    }
+    assert!(
+        ok > 0 && limited > 0,
+        "{ok} answered, {limited} rate limited"
+    );
+}
+
 /// Publishes `count` messages `{"n": i}` with msg_id `m-<i>` through `url`, retrying an
 /// `unavailable` answer with the same msg_id (at most `deadline`); returns each message's
 /// acknowledged (epoch, offset).

@@ -115,7 +115,34 @@ pub(crate) async fn follow(inner: Arc<Inner>, i: usize, stop: CancellationToken)
             tokio::select! {
                 _ = stop.cancelled() => return,
                 m = stream.next() => match m {
-                    Some(m) => handle(&inner, &node_channel, m.get_channel_name(), m.get_payload_bytes()).await,
+                    Some(m) => {
+                        // Every message already received goes with it (up to a bound): a run of
+                        // one channel's messages is applied under one lock and each subscriber
+                        // woken once for it.
+                        let mut run = Run::default();
+                        run.take(&inner, &node_channel, m.get_channel_name(), m.get_payload_bytes());
+                        let mut ended = false;
+                        while run.room() {
+                            match futures_util::poll!(stream.next()) {
+                                std::task::Poll::Ready(Some(m)) => run.take(
+                                    &inner,
+                                    &node_channel,
+                                    m.get_channel_name(),
+                                    m.get_payload_bytes(),
+                                ),
+                                std::task::Poll::Ready(None) => {
+                                    ended = true;
+                                    break;
+                                }
+                                std::task::Poll::Pending => break,
+                            }
+                        }
+                        run.flush(&inner);
+                        if ended {
+                            tracing::warn!(shard = i, "cluster: the PUB/SUB connection to Redis closed; reconnecting");
+                            break;
+                        }
+                    }
                     None => {
                         tracing::warn!(shard = i, "cluster: the PUB/SUB connection to Redis closed; reconnecting");
                         break;
@@ -145,59 +172,118 @@ async fn pause(stop: &CancellationToken, backoff: &mut Duration) -> bool {
     }
 }
 
-async fn handle(inner: &Arc<Inner>, node_channel: &str, channel: &str, payload: &[u8]) {
-    if channel == node_channel {
-        let Some(r) = codec::parse_reply(payload) else {
-            tracing::debug!("cluster: malformed reply frame ignored");
-            return;
-        };
-        let Ok(name) = ChannelName::new(&r.channel) else {
-            return;
-        };
-        if let Err(e) = inner
-            .hub
-            .deliver_reply(r.conn, &name, r.offset, r.replier, &r.data)
-        {
-            tracing::debug!(error = %e, "cluster: a forwarded reply found no publisher");
-        }
-        return;
+/// Most PUB/SUB messages taken at once from what the connection already received, and about
+/// the most bytes of their data: a bound on what one batch pushes into a subscriber's outbox
+/// (well under its default limits: 4,096 frames, 1 MiB) and on how long the follower runs
+/// before other tasks do.
+pub(crate) const DRAIN_MESSAGES: usize = 256;
+pub(crate) const DRAIN_BYTES: usize = 256 * 1024;
+
+/// PUB/SUB messages taken in a row: consecutive messages of one channel (one epoch) wait here
+/// and are applied together ([`Hub::mirror_append_batch`]); anything else (another channel, a
+/// deletion, a reply) applies what waits first, so the order of the connection is kept.
+///
+/// [`Hub::mirror_append_batch`]: tslm_hub::Hub::mirror_append_batch
+#[derive(Default)]
+pub(crate) struct Run {
+    /// The channel and epoch of `entries`.
+    of: Option<(ChannelName, Epoch)>,
+    entries: Vec<MirrorEntry>,
+    /// Messages taken (of any kind) and bytes of their data, against the bounds.
+    taken: usize,
+    bytes: usize,
+}
+
+impl Run {
+    /// Whether more messages may be taken into this batch.
+    pub(crate) fn room(&self) -> bool {
+        self.taken < DRAIN_MESSAGES && self.bytes < DRAIN_BYTES
     }
-    let Some(name) = channel_of(inner, channel) else {
-        return;
-    };
-    match codec::parse_note(payload) {
-        Some(Note::Deleted) => {
-            inner.hub.mirror_close(&name, "deleted");
-        }
-        Some(Note::Message {
-            epoch,
-            offset,
-            at_ms,
-            route,
-            data,
-        }) => {
-            let entry = MirrorEntry {
-                offset,
-                data,
-                age: Duration::from_millis(crate::now_ms().saturating_sub(at_ms)),
-                route,
+
+    /// Takes one PUB/SUB message (`payload` on `channel`).
+    pub(crate) fn take(
+        &mut self,
+        inner: &Arc<Inner>,
+        node_channel: &str,
+        channel: &str,
+        payload: &[u8],
+    ) {
+        self.taken += 1;
+        self.bytes += payload.len();
+        if channel == node_channel {
+            self.flush(inner);
+            let Some(r) = codec::parse_reply(payload) else {
+                tracing::debug!("cluster: malformed reply frame ignored");
+                return;
             };
+            let Ok(name) = ChannelName::new(&r.channel) else {
+                return;
+            };
+            if let Err(e) = inner
+                .hub
+                .deliver_reply(r.conn, &name, r.offset, r.replier, &r.data)
             {
-                let mut opening = inner.opening.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(o) = opening.get_mut(&name) {
-                    // Bounded: past it, the open heals the rest from the stream.
+                tracing::debug!(error = %e, "cluster: a forwarded reply found no publisher");
+            }
+            return;
+        }
+        let Some(name) = channel_of(inner, channel) else {
+            return;
+        };
+        match codec::parse_note(payload) {
+            Some(Note::Deleted) => {
+                self.flush(inner);
+                inner.hub.mirror_close(&name, "deleted");
+            }
+            Some(Note::Message {
+                epoch,
+                offset,
+                at_ms,
+                route,
+                data,
+            }) => {
+                let entry = MirrorEntry {
+                    offset,
+                    data,
+                    age: Duration::from_millis(crate::now_ms().saturating_sub(at_ms)),
+                    route,
+                };
+                let same = self
+                    .of
+                    .as_ref()
+                    .is_some_and(|(n, e)| *n == name && *e == epoch);
+                if !same {
+                    self.flush(inner);
+                    self.of = Some((name, epoch));
+                }
+                self.entries.push(entry);
+            }
+            None => tracing::debug!(channel = %name, "cluster: malformed message ignored"),
+        }
+    }
+
+    /// Applies the messages waiting: into the buffer of the channel's open when one is under
+    /// way (bounded: past it, the open heals the rest from the stream), else to its mirror.
+    pub(crate) fn flush(&mut self, inner: &Arc<Inner>) {
+        let Some((name, epoch)) = self.of.take() else {
+            return;
+        };
+        let entries = std::mem::take(&mut self.entries);
+        {
+            let mut opening = inner.opening.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(o) = opening.get_mut(&name) {
+                for entry in entries {
                     if o.bytes + entry.data.len() <= OPENING_BYTES {
                         o.bytes += entry.data.len();
                         o.buffer.push((epoch, entry));
                     } else {
                         o.overflowed = true;
                     }
-                    return;
                 }
+                return;
             }
-            apply(inner, &name, epoch, entry);
         }
-        None => tracing::debug!(channel = %name, "cluster: malformed message ignored"),
+        apply_run(inner, &name, epoch, &entries);
     }
 }
 
@@ -327,7 +413,20 @@ pub(crate) async fn follow_cluster(inner: Arc<Inner>, stop: CancellationToken) {
                         tracing::warn!("cluster: the Redis Cluster connection ended; reconnecting");
                         break;
                     };
-                    if !on_push(&inner, &node_channel, m).await {
+                    // Every push already queued goes with it (up to a bound), as in `follow`.
+                    let mut run = Run::default();
+                    let mut go_on = on_push(&inner, &node_channel, m, &mut run);
+                    for _ in 1..DRAIN_MESSAGES {
+                        if !go_on || !run.room() {
+                            break;
+                        }
+                        match rx.try_recv() {
+                            Ok(m) => go_on = on_push(&inner, &node_channel, m, &mut run),
+                            Err(_) => break,
+                        }
+                    }
+                    run.flush(&inner);
+                    if !go_on {
                         break;
                     }
                 },
@@ -362,8 +461,9 @@ pub(crate) async fn follow_cluster(inner: Arc<Inner>, stop: CancellationToken) {
     }
 }
 
-/// One push of the Redis Cluster connection; `false` when the connection must be made again.
-async fn on_push(inner: &Arc<Inner>, node_channel: &str, m: redis::PushInfo) -> bool {
+/// One push of the Redis Cluster connection (a message joins `run`, see [`Run`]); `false` when
+/// the connection must be made again.
+fn on_push(inner: &Arc<Inner>, node_channel: &str, m: redis::PushInfo, run: &mut Run) -> bool {
     use redis::PushKind;
     // Borrowed: a message's payload is not copied before it is decoded.
     fn text(v: Option<&redis::Value>) -> Option<&[u8]> {
@@ -375,6 +475,7 @@ async fn on_push(inner: &Arc<Inner>, node_channel: &str, m: redis::PushInfo) -> 
     }
     match m.kind {
         PushKind::Disconnection => {
+            run.flush(inner);
             tracing::warn!("cluster: a Redis Cluster connection closed; reconnecting");
             false
         }
@@ -383,10 +484,11 @@ async fn on_push(inner: &Arc<Inner>, node_channel: &str, m: redis::PushInfo) -> 
                 return true;
             };
             let channel = String::from_utf8_lossy(channel);
-            handle(inner, node_channel, &channel, payload).await;
+            run.take(inner, node_channel, &channel, payload);
             true
         }
         PushKind::SUnsubscribe => {
+            run.flush(inner);
             // Ours (an idle mirror dropped) or the server's (the slot moved to another master).
             let Some(channel) = text(m.data.first()) else {
                 return true;
@@ -413,7 +515,21 @@ fn heal_all(inner: &Arc<Inner>) {
 /// Applies one message to the mirror of `name`; heals it (beside the caller) when messages are
 /// missing before it or the epoch differs.
 pub(crate) fn apply(inner: &Arc<Inner>, name: &ChannelName, epoch: Epoch, entry: MirrorEntry) {
-    match inner.hub.mirror_append(name, epoch, &entry) {
+    apply_run(inner, name, epoch, std::slice::from_ref(&entry));
+}
+
+/// Applies messages of `name` (oldest first) to its mirror in one batch; heals it (beside the
+/// caller) when messages are missing before one of them or the epoch differs.
+pub(crate) fn apply_run(
+    inner: &Arc<Inner>,
+    name: &ChannelName,
+    epoch: Epoch,
+    entries: &[MirrorEntry],
+) {
+    if entries.is_empty() {
+        return;
+    }
+    match inner.hub.mirror_append_batch(name, epoch, entries).1 {
         Appended::Applied | Appended::Stale | Appended::Missing => {}
         Appended::Ahead { .. } | Appended::OtherEpoch { .. } => spawn_heal(inner, name),
     }
@@ -498,9 +614,8 @@ pub(crate) async fn heal(inner: &Inner, name: &ChannelName) {
             }
             _ => {}
         }
-        for e in entries.iter().filter(|e| e.offset.0 <= meta.head) {
-            inner.hub.mirror_append(name, epoch, e);
-        }
+        let upto = entries.partition_point(|e| e.offset.0 <= meta.head);
+        inner.hub.mirror_append_batch(name, epoch, &entries[..upto]);
     }
 }
 

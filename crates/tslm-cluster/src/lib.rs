@@ -526,6 +526,56 @@ impl Broker for Cluster {
         })
     }
 
+    fn publishes_together(&self) -> bool {
+        true
+    }
+
+    fn publish_many<'a>(
+        &'a self,
+        name: &'a ChannelName,
+        items: &'a [(&'a Payload, Option<&'a str>)],
+        publisher: Option<(ConnId, &'a Arc<tslm_hub::Outbox>)>,
+    ) -> BrokerFuture<'a, Vec<Result<Published, HubError>>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let route = publisher.map(|(c, _)| c);
+            let answers = match inner
+                .shard(name)
+                .publish_many(&inner.cfg, name, items, route)
+                .await
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    // Nothing was published (or Redis did not answer): the same error for each.
+                    let e = e.or_not_found(name);
+                    return items.iter().map(|_| Err(e.clone())).collect();
+                }
+            };
+            if let Some((conn, outbox)) = publisher {
+                let replies = inner.hub.settings(name).map_or(true, |s| s.replies);
+                if replies && answers.iter().any(Result::is_ok) {
+                    inner.hub.register_publisher(conn, outbox);
+                }
+            }
+            answers
+                .into_iter()
+                .zip(items)
+                .map(|(a, (data, _))| {
+                    a.map_err(|e| match e {
+                        StoreError::Refused(code, detail) if code == "TOOLARGE" => {
+                            HubError::TooLarge {
+                                channel: name.clone(),
+                                len: data.len(),
+                                max: detail.trim().parse().unwrap_or(0),
+                            }
+                        }
+                        e => e.or_not_found(name),
+                    })
+                })
+                .collect()
+        })
+    }
+
     fn history<'a>(
         &'a self,
         name: &'a ChannelName,

@@ -121,6 +121,83 @@ return {{off, epoch, 0}}
     )
 }
 
+/// Publishes several messages to one channel, in order, as [`publish`] would one after another
+/// (one round trip for all). KEYS: m s d dz. ARGV: fence, epoch (used if the fence rotates),
+/// PUB/SUB channel, `PUBLISH` or `SPUBLISH`, n, then per message: data, msg_id ('' = none),
+/// route, data length. Returns `{epoch, a1, b1, a2, b2, …}`: per message `a` its offset and `b`
+/// 1 if it was a duplicate (else 0), or `a` 0 and `b` the most bytes a message may have (it was
+/// refused as too large); errors `NOTFOUND` (nothing published).
+pub(crate) fn publish_many() -> String {
+    format!(
+        r#"{PRELUDE}
+if not epoch then return redis.error_reply('NOTFOUND') end
+local c = redis.call('HMGET', KEYS[1], 'x', 'b', 'a', 'w', 'k')
+local max = tonumber(c[1])
+local backlog = tonumber(c[2])
+local window = tonumber(c[4])
+local keep_ids = tonumber(c[5])
+local out = {{epoch}}
+local expired = false
+local wrote = false
+local ids = false
+for i = 0, tonumber(ARGV[5]) - 1 do
+  local at = 5 + 4 * i
+  local data, id, route = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  if tonumber(ARGV[at + 4]) > max then
+    out[#out + 1] = 0
+    out[#out + 1] = max
+  else
+    local dedupe = id ~= '' and window > 0 and keep_ids > 0
+    local prev = false
+    if dedupe then
+      if not expired then
+        expired = true
+        local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - window, 'LIMIT', 0, 64)
+        if #old > 0 then
+          redis.call('HDEL', KEYS[3], unpack(old))
+          redis.call('ZREM', KEYS[4], unpack(old))
+        end
+      end
+      prev = redis.call('HGET', KEYS[3], id)
+    end
+    if prev then
+      out[#out + 1] = tonumber(prev)
+      out[#out + 1] = 1
+    else
+      -- The entry first, then the head, message by message: a script that fails part way
+      -- leaves every offset it took named by its entry (Redis does not roll back).
+      local off = head + 1
+      redis.call('XADD', KEYS[2], 'MAXLEN', backlog, off .. '-0', 'd', data, 't', now, 'r', route)
+      redis.call('HSET', KEYS[1], 's', off)
+      head = off
+      wrote = true
+      if dedupe then
+        ids = true
+        redis.call('HSET', KEYS[3], id, off)
+        redis.call('ZADD', KEYS[4], now, id)
+        local over = redis.call('ZCARD', KEYS[4]) - keep_ids
+        if over > 0 then
+          local old = redis.call('ZRANGE', KEYS[4], 0, over - 1)
+          redis.call('HDEL', KEYS[3], unpack(old))
+          redis.call('ZREM', KEYS[4], unpack(old))
+        end
+      end
+      redis.call(ARGV[4], ARGV[3], 'M ' .. epoch .. ' ' .. off .. ' ' .. now .. ' ' .. route .. ' ' .. data)
+      out[#out + 1] = off
+      out[#out + 1] = 0
+    end
+  end
+end
+if wrote and backlog > 0 then redis.call('PEXPIRE', KEYS[2], tonumber(c[3])) end
+if ids then
+  redis.call('PEXPIRE', KEYS[3], window)
+  redis.call('PEXPIRE', KEYS[4], window)
+end
+return out
+"#
+    )
+}
+
 /// A channel's place in the log, after the fence check: KEYS m s d dz; ARGV fence, epoch (used
 /// if the fence rotates). Returns `{epoch, head, settings JSON}`; errors `NOTFOUND`. The
 /// entries are read beside it with plain `XRANGE`/`XREVRANGE` pages, bounded in bytes (a

@@ -113,6 +113,7 @@ pub(crate) enum Sink {
 struct Scripts {
     create: Script,
     publish: Script,
+    publish_many: Script,
     meta: Script,
     delete: Script,
     info: Script,
@@ -318,6 +319,7 @@ impl Shard {
             scripts: Scripts {
                 create: Script::new(&scripts::create()),
                 publish: Script::new(&scripts::publish()),
+                publish_many: Script::new(&scripts::publish_many()),
                 meta: Script::new(&scripts::meta()),
                 delete: Script::new(scripts::DELETE),
                 info: Script::new(scripts::INFO),
@@ -631,6 +633,64 @@ impl Shard {
             offset: Offset(offset),
             duplicate: duplicate == 1,
         })
+    }
+
+    /// Publishes `items` (data and msg_id) to `name` in order, in one script and one round
+    /// trip; each answer in its place: `Err(Refused("TOOLARGE", max))` for one too large.
+    pub(crate) async fn publish_many(
+        &self,
+        cfg: &ClusterConfig,
+        name: &ChannelName,
+        items: &[(&Payload, Option<&str>)],
+        route: Option<ConnId>,
+    ) -> Result<Vec<Result<Published, StoreError>>, StoreError> {
+        let mut l = self.link().await?;
+        let k = keys(&cfg.prefix, name);
+        let mut inv = self.scripts.publish_many.prepare_invoke();
+        inv.key(&k[0])
+            .key(&k[1])
+            .key(&k[2])
+            .key(&k[3])
+            .arg(&*l.fence)
+            .arg(Epoch(rand::random()).to_string())
+            .arg(topic(&cfg.prefix, name))
+            .arg(self.publish_cmd())
+            .arg(items.len());
+        let route = route.map_or(0, |c| c.0);
+        for (data, msg_id) in items {
+            inv.arg(data.json().as_ref())
+                .arg(msg_id.unwrap_or(""))
+                .arg(route)
+                .arg(data.len());
+        }
+        let raw: Vec<Value> = self.timed(inv.invoke_async(&mut l.conn)).await?;
+        let malformed = || StoreError::Unavailable("malformed publish reply".into());
+        let mut it = raw.into_iter();
+        let epoch: String = it
+            .next()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .ok_or_else(malformed)?;
+        let epoch = parse_epoch(&epoch)?;
+        let mut out = Vec::with_capacity(items.len());
+        for _ in items {
+            let (Some(a), Some(b)) = (it.next(), it.next()) else {
+                return Err(malformed());
+            };
+            let (a, b): (u64, u64) = (
+                redis::from_redis_value(a).map_err(|_| malformed())?,
+                redis::from_redis_value(b).map_err(|_| malformed())?,
+            );
+            out.push(if a == 0 {
+                Err(StoreError::Refused("TOOLARGE".into(), b.to_string()))
+            } else {
+                Ok(Published {
+                    epoch,
+                    offset: Offset(a),
+                    duplicate: b == 1,
+                })
+            });
+        }
+        Ok(out)
     }
 
     /// The epoch, head and settings of `name` (after the fence check).

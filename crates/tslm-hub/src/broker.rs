@@ -61,6 +61,36 @@ pub trait Broker: Send + Sync + 'static {
         opts: PublishOptions<'a>,
     ) -> BrokerFuture<'a, Result<Published, HubError>>;
 
+    /// Whether [`Broker::publish_many`] sends several publishes at once, so that a caller with
+    /// a burst of publishes should group them (cluster mode: one Redis round trip per group).
+    /// `false` (the default): they cost the same one by one.
+    fn publishes_together(&self) -> bool {
+        false
+    }
+
+    /// Publishes several messages to `name` from one publisher, in order: each answer is what
+    /// [`Broker::publish`] would have answered, one after the other, in the same place. A
+    /// store with round trips sends them together (cluster mode: one script, one round trip);
+    /// the default publishes them one by one.
+    fn publish_many<'a>(
+        &'a self,
+        name: &'a ChannelName,
+        items: &'a [(&'a Payload, Option<&'a str>)],
+        publisher: Option<(ConnId, &'a std::sync::Arc<crate::Outbox>)>,
+    ) -> BrokerFuture<'a, Vec<Result<Published, HubError>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(items.len());
+            for (data, msg_id) in items {
+                let opts = PublishOptions {
+                    msg_id: *msg_id,
+                    publisher,
+                };
+                out.push(self.publish(name, data, opts).await);
+            }
+            out
+        })
+    }
+
     /// Reads from `start`: at most `limit` messages and about `max_bytes` (see [`Hub::history`]).
     fn history<'a>(
         &'a self,

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tslm_protocol::{ChannelName, Offset, Wire};
 
 use crate::budget::shrink;
-use crate::outbox::{Outbox, Tagged};
+use crate::outbox::{Batch, Outbox, Tagged};
 use crate::settings::SlowPolicy;
 use crate::types::ConnId;
 
@@ -126,6 +126,41 @@ impl Fanout {
         Pushed {
             removed: before - subs.len(),
             delivered: subs.len() - not_queued,
+            dropped,
+        }
+    }
+
+    /// Pushes `frames` (consecutive messages of the channel `key`, oldest first, each with its
+    /// offset, encoded for `wire`) to every live subscriber of that wire, as [`Fanout::deliver`]
+    /// would one by one, but all of a subscriber's at once: each subscriber is woken once for
+    /// the whole run and writes it in one batch.
+    pub(crate) fn deliver_many(
+        &mut self,
+        wire: Wire,
+        frames: &[(Bytes, Offset)],
+        (key, name): (u64, &ChannelName),
+        policy: SlowPolicy,
+    ) -> Pushed {
+        let subs = &mut self.live[wire.index()];
+        let before = subs.len();
+        let (mut dropped, mut not_queued) = (0, 0);
+        let batch = Batch {
+            key,
+            channel: name,
+            wire,
+            tagged: policy != SlowPolicy::Disconnect && wire.has_offsets(),
+        };
+        subs.retain(|s| match s.outbox.push_deliveries(frames, &batch, policy) {
+            Ok(d) => {
+                dropped += d.earlier + d.these;
+                not_queued += d.these;
+                true
+            }
+            Err(_) => false,
+        });
+        Pushed {
+            removed: before - subs.len(),
+            delivered: subs.len() * frames.len() - not_queued,
             dropped,
         }
     }

@@ -451,9 +451,19 @@ impl Hub {
 
     /// The counters of an append, outside the channel's lock.
     pub(crate) fn count_append(&self, settings: &ChannelSettings, pushed: Pushed) {
+        self.count_appends(settings, pushed, 1);
+    }
+
+    /// The counters of `messages` appends (one batch), outside the channel's lock.
+    pub(crate) fn count_appends(
+        &self,
+        settings: &ChannelSettings,
+        pushed: Pushed,
+        messages: usize,
+    ) {
         self.inner.subscriptions.give_back(pushed.removed);
         let counters = &self.inner.counters;
-        add(&counters.publishes, 1);
+        add(&counters.publishes, messages);
         add(&counters.deliveries, pushed.delivered);
         match settings.slow_policy {
             SlowPolicy::DropOldest => add(&counters.dropped_oldest, pushed.dropped),

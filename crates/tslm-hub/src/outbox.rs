@@ -56,6 +56,26 @@ pub(crate) struct Dropped {
     pub(crate) this: bool,
 }
 
+/// Deliveries of one subscription for [`Outbox::push_deliveries`]: of the channel `key`
+/// (`channel`), on `wire`; `tagged`: kept with their offsets for the lossy policies (else queued
+/// as plain frames, as under `disconnect`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Batch<'a> {
+    pub(crate) key: u64,
+    pub(crate) channel: &'a ChannelName,
+    pub(crate) wire: Wire,
+    pub(crate) tagged: bool,
+}
+
+/// What lossy policies dropped to queue several deliveries.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DroppedMany {
+    /// Deliveries that were queued before one of these and dropped for it.
+    pub(crate) earlier: usize,
+    /// These deliveries that joined a `gap` event instead of being queued.
+    pub(crate) these: usize,
+}
+
 /// Marks the key of a queued `gap` event (channel keys never come near it).
 const GAP: u64 = 1 << 63;
 
@@ -326,6 +346,101 @@ impl Outbox {
         policy: SlowPolicy,
     ) -> Result<Dropped, PushError> {
         let mut st = self.lock();
+        let was_empty = st.is_empty();
+        match self.deliver_locked(&mut st, frame, d, policy) {
+            Ok(dropped) => {
+                let wake = was_empty && !st.is_empty();
+                drop(st);
+                if wake {
+                    self.ready.notify_one();
+                }
+                Ok(dropped)
+            }
+            Err(e) => {
+                drop(st);
+                if e == PushError::Overflow {
+                    self.ready.notify_one();
+                    self.closed.notify_waiters();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Queues several deliveries of one subscription, oldest first, each as
+    /// [`Outbox::push_delivery`] would (untagged, as [`Outbox::push`], when `batch.tagged` is
+    /// false), under one lock: the writer is woken once for all of them (if the queue was
+    /// empty), so it takes them in one batch. Stops at the first refusal (the outbox closed or
+    /// overflowed: the rest are not queued).
+    pub(crate) fn push_deliveries(
+        &self,
+        frames: &[(Bytes, Offset)],
+        batch: &Batch<'_>,
+        policy: SlowPolicy,
+    ) -> Result<DroppedMany, PushError> {
+        let mut st = self.lock();
+        let was_empty = st.is_empty();
+        let mut total = DroppedMany::default();
+        for (frame, offset) in frames {
+            let d = Tagged {
+                key: batch.key,
+                channel: batch.channel,
+                wire: batch.wire,
+                offset: *offset,
+            };
+            let pushed = if batch.tagged {
+                self.deliver_locked(&mut st, frame.clone(), &d, policy)
+            } else {
+                self.push_locked(&mut st, frame.clone())
+                    .map(|()| Dropped::default())
+            };
+            match pushed {
+                Ok(dropped) => {
+                    total.earlier += dropped.earlier;
+                    total.these += usize::from(dropped.this);
+                }
+                Err(e) => {
+                    drop(st);
+                    if e == PushError::Overflow {
+                        self.ready.notify_one();
+                        self.closed.notify_waiters();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let wake = was_empty && !st.is_empty();
+        drop(st);
+        if wake {
+            self.ready.notify_one();
+        }
+        Ok(total)
+    }
+
+    /// [`Outbox::push`] under the lock; on overflow the outbox is closed here and the caller
+    /// wakes its consumer and the `closed` waiters once unlocked.
+    fn push_locked(&self, st: &mut State, frame: Bytes) -> Result<(), PushError> {
+        if st.closed.is_some() {
+            return Err(PushError::Closed);
+        }
+        if self.over(st, frame.len()) {
+            st.closed = Some(CloseReason::SlowConsumer);
+            st.clear();
+            return Err(PushError::Overflow);
+        }
+        st.push_live(Entry::untagged(frame));
+        Ok(())
+    }
+
+    /// One delivery of [`Outbox::push_delivery`] under the lock; an overflow is left to the
+    /// caller to announce as in [`Outbox::push_locked`].
+    fn deliver_locked(
+        &self,
+        st: &mut State,
+        frame: Bytes,
+        d: &Tagged<'_>,
+        policy: SlowPolicy,
+    ) -> Result<Dropped, PushError> {
         if st.closed.is_some() {
             return Err(PushError::Closed);
         }
@@ -336,17 +451,14 @@ impl Outbox {
             from: offset,
             to: offset,
         };
-        if !self.over(&st, message.bytes.len()) {
-            let was_empty = st.is_empty();
+        if !self.over(st, message.bytes.len()) {
             st.push_live(message);
-            drop(st);
-            if was_empty {
-                self.ready.notify_one();
-            }
             return Ok(Dropped::default());
         }
         if policy == SlowPolicy::Disconnect {
-            return Err(self.overflow(st));
+            st.closed = Some(CloseReason::SlowConsumer);
+            st.clear();
+            return Err(PushError::Overflow);
         }
         // Take the subscription's frames out, noting the range of offsets they covered.
         let mut dropped: Option<(u64, u64)> = None;
@@ -370,12 +482,7 @@ impl Outbox {
         }
         st.bytes -= freed;
         if policy == SlowPolicy::Latest {
-            let was_empty = st.is_empty();
             st.push_live(message);
-            drop(st);
-            if was_empty {
-                self.ready.notify_one();
-            }
             return Ok(Dropped {
                 earlier: lost,
                 this: false,
@@ -395,7 +502,9 @@ impl Outbox {
         }
         let Some(gap) = d.wire.gap(d.channel, Offset(from), Offset(to)) else {
             // A wire that cannot say what was dropped only knows `disconnect`.
-            return Err(self.overflow(st));
+            st.closed = Some(CloseReason::SlowConsumer);
+            st.clear();
+            return Err(PushError::Overflow);
         };
         st.push_live(Entry {
             bytes: gap,

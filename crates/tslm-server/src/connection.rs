@@ -4,7 +4,7 @@
 //! socket here: a transport (today [`crate::session`], the WebSocket driver) hands it decoded
 //! frames and writes what it returns and what its outbox queues.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,9 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tslm_auth::keys::Challenge;
 use tslm_hub::{CatchUp, ConnId, Outbox};
-use tslm_protocol::{ChannelName, Dialect, ErrorCode, ProtoError, Start, Wire, legacy, v1};
+use tslm_protocol::{
+    ChannelName, Dialect, ErrorCode, Payload, ProtoError, Start, Wire, legacy, v1,
+};
 
 use crate::audit::{self, Actor, Outcome, Transport, Via};
 use crate::context::{ConnSlot, ListenerCtx};
@@ -54,6 +56,14 @@ impl PerSecond {
 pub(crate) struct PendingAuth {
     id: Option<v1::Id>,
     op: v1::Op,
+}
+
+/// A publish waiting in a group of [`Connection::on_texts`].
+struct Publish {
+    id: Option<v1::Id>,
+    channel: ChannelName,
+    data: Payload,
+    msg_id: Option<Box<str>>,
 }
 
 /// One client connection's state and its command execution.
@@ -301,6 +311,110 @@ impl Connection {
                     Err(e) => legacy::encode_error(&e),
                 })
             }
+        }
+    }
+
+    /// Runs v1 text frames read together (`frames`, taken from the front), in order, as
+    /// [`Connection::on_text`] would one by one, except that consecutive publishes to one
+    /// channel go to the broker together ([`ops::publish_many`]: in cluster mode one Redis
+    /// round trip for all, instead of one each). Returns the replies of the frames run, in
+    /// order, and stops after an `auth`/`refresh` (returned, to run before the frames left) or
+    /// as soon as the connection turned abusive.
+    pub(crate) async fn on_texts(
+        &mut self,
+        frames: &mut VecDeque<Bytes>,
+    ) -> (Vec<String>, Option<PendingAuth>) {
+        let mut replies = Vec::with_capacity(frames.len());
+        let mut group: Vec<Publish> = Vec::new();
+        while let Some(frame) = frames.pop_front() {
+            let allowed = self.allow_command();
+            match v1::decode_request(&frame) {
+                Ok(v1::Request {
+                    id,
+                    op:
+                        v1::Op::Publish {
+                            channel,
+                            data,
+                            msg_id,
+                        },
+                }) if allowed => {
+                    if group.first().is_some_and(|g| g.channel != channel) {
+                        self.publish_group(&mut group, &mut replies).await;
+                    }
+                    group.push(Publish {
+                        id,
+                        channel,
+                        data,
+                        msg_id,
+                    });
+                }
+                decoded => {
+                    self.publish_group(&mut group, &mut replies).await;
+                    let reply = match decoded {
+                        Err(e) if !allowed => {
+                            v1::encode_error(e.id.as_ref(), &rate_limited(&self.ctx.cfg))
+                        }
+                        Err(e) => v1::encode_error(e.id.as_ref(), &e.error),
+                        Ok(req) => {
+                            if allowed && matches!(req.op, v1::Op::Auth(_) | v1::Op::Refresh { .. })
+                            {
+                                return (
+                                    replies,
+                                    Some(PendingAuth {
+                                        id: req.id,
+                                        op: req.op,
+                                    }),
+                                );
+                            }
+                            let result = if allowed {
+                                self.run_v1(req.op, req.id.as_ref()).await
+                            } else {
+                                Err(rate_limited(&self.ctx.cfg))
+                            };
+                            self.finish_v1(req.id.as_ref(), result)
+                        }
+                    };
+                    replies.push(reply);
+                }
+            }
+            if self.abusive.is_some() {
+                break;
+            }
+        }
+        self.publish_group(&mut group, &mut replies).await;
+        (replies, None)
+    }
+
+    /// Publishes `group` (consecutive publishes to one channel) and appends their replies.
+    async fn publish_group(&mut self, group: &mut Vec<Publish>, replies: &mut Vec<String>) {
+        if group.len() <= 1 {
+            if let Some(p) = group.pop() {
+                let op = v1::Op::Publish {
+                    channel: p.channel,
+                    data: p.data,
+                    msg_id: p.msg_id,
+                };
+                let result = self.run_v1(op, p.id.as_ref()).await;
+                replies.push(self.finish_v1(p.id.as_ref(), result));
+            }
+            return;
+        }
+        let ctx = Arc::clone(&self.ctx);
+        let who = self.identity.clone();
+        let actor = self.actor();
+        let items: Vec<(Payload, Option<Box<str>>)> = group
+            .iter_mut()
+            .map(|p| (p.data.clone(), p.msg_id.take()))
+            .collect();
+        let publisher = Some((self.id, &self.outbox));
+        let answers =
+            ops::publish_many(&ctx, &who, &actor, &group[0].channel, &items, publisher).await;
+        for (p, answer) in group.drain(..).zip(answers) {
+            let id = p.id.as_ref();
+            let result = answer
+                .inspect_err(|e| ctx.stats.count_publish_refusal(e.code))
+                .map(|published| v1::encode_ok(id, ops::published(published)));
+            replies.push(self.finish_v1(id, result));
         }
     }
 

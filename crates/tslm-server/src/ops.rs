@@ -374,6 +374,95 @@ pub(crate) async fn publish(
     Ok(published)
 }
 
+/// Publishes several messages from one publisher to one channel, in order, each after the
+/// checks [`publish`] makes: those that pass go to the broker together (in cluster mode, one
+/// Redis round trip for all), and each answer is what [`publish`] would have answered, in its
+/// place. A channel that does not exist yet (and whose class creates it on publish) falls back
+/// to [`publish`] one message at a time.
+pub(crate) async fn publish_many(
+    ctx: &ListenerCtx,
+    who: &Identity,
+    actor: &Actor,
+    channel: &ChannelName,
+    items: &[(Payload, Option<Box<str>>)],
+    publisher: Option<(ConnId, &Arc<Outbox>)>,
+) -> Vec<Result<Published, ProtoError>> {
+    let started = std::time::Instant::now();
+    let mut out: Vec<Option<Result<Published, ProtoError>>> = Vec::with_capacity(items.len());
+    // The messages that passed the checks: their place and their audit slot.
+    let mut passed = Vec::with_capacity(items.len());
+    let mut slots = Vec::with_capacity(items.len());
+    let mut auto_create = false;
+    for (i, (data, _)) in items.iter().enumerate() {
+        let checked = admit(ctx, who, "publish", channel, Access::Publish).and_then(|class| {
+            auto_create = class.auto_create;
+            if data.len() > ctx.cfg.max_publish_bytes {
+                return Err(ProtoError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "data is {} bytes; this listener allows at most {}",
+                        data.len(),
+                        ctx.cfg.max_publish_bytes
+                    ),
+                ));
+            }
+            ctx.audit.reserve()
+        });
+        match checked {
+            Ok(slot) => {
+                out.push(None);
+                passed.push(i);
+                slots.push(slot);
+            }
+            Err(e) => out.push(Some(Err(e))),
+        }
+    }
+    let batch: Vec<(&Payload, Option<&str>)> = passed
+        .iter()
+        .map(|&i| (&items[i].0, items[i].1.as_deref()))
+        .collect();
+    let answers = if batch.is_empty() {
+        Vec::new()
+    } else {
+        ctx.broker.publish_many(channel, &batch, publisher).await
+    };
+    let missing = answers
+        .iter()
+        .all(|a| matches!(a, Err(HubError::NotFound(_))));
+    if auto_create && !answers.is_empty() && missing {
+        // Created by the first publish, as one at a time would.
+        drop(slots);
+        for &i in &passed {
+            let (data, msg_id) = &items[i];
+            out[i] =
+                Some(publish(ctx, who, actor, channel, data, msg_id.as_deref(), publisher).await);
+        }
+    } else {
+        for ((&i, answer), slot) in passed.iter().zip(answers).zip(slots) {
+            let (data, msg_id) = &items[i];
+            let answer = answer.map_err(hub_error);
+            if let (Ok(published), Some(slot)) = (&answer, slot) {
+                slot.publish(
+                    actor,
+                    who,
+                    &ctx.publishers,
+                    channel,
+                    published,
+                    msg_id.as_deref(),
+                    data.json(),
+                );
+            }
+            if answer.is_ok() {
+                ctx.stats.publish_seconds.observe(started.elapsed());
+            }
+            out[i] = Some(answer);
+        }
+    }
+    out.into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(ProtoError::new(ErrorCode::Internal, "internal error"))))
+        .collect()
+}
+
 /// The most messages one history read returns.
 pub(crate) const MAX_HISTORY: usize = 1000;
 

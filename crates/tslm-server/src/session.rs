@@ -39,6 +39,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BATCHES_PER_WAKE: usize = 8;
 /// At most this many received frames run before their replies are written out.
 const MAX_FRAMES_PER_BURST: usize = 64;
+/// Bytes of received frames a grouped burst (cluster mode) reads before running them.
+const MAX_BURST_BYTES: usize = 256 << 10;
 
 /// Why a session ends.
 #[derive(Debug)]
@@ -306,8 +308,35 @@ impl Session {
     /// its acknowledgements in one system call instead of one each. Replies wait in
     /// tungstenite's write buffer meanwhile (written out whenever it passes
     /// `write_buffer_bytes`), so the bound on what a connection holds is unchanged.
+    ///
+    /// With a broker that publishes several at once (cluster mode), the frames already received
+    /// are read first and a run of text frames of a v1 connection goes to
+    /// [`Session::on_texts`], which sends consecutive publishes to one channel to the broker
+    /// together (one Redis round trip for the run instead of one per publish; the replies keep
+    /// their order).
     async fn on_burst(&mut self, ws: &mut Ws, first: Message) -> Result<(), End> {
         self.defer_flush = true;
+        // Only where grouping pays (the in-memory broker publishes one by one either way).
+        let ctx = &self.connection.ctx;
+        let groups = self.connection.dialect == Dialect::V1
+            && !ctx.cfg.echo
+            && ctx.broker.publishes_together();
+        let step = if groups {
+            self.run_burst_grouped(ws, first).await
+        } else {
+            self.run_burst(ws, first).await
+        };
+        self.defer_flush = false;
+        // Flushes the replies (and writes any deliveries queued meanwhile first), also when the
+        // burst ended in an error: the frames that ran were carried out, and a client that
+        // closed its sending side after a batch still reads their answers.
+        let flushed = self.write_out(ws, None).await;
+        step?;
+        flushed
+    }
+
+    /// Runs `first` and each further frame already received, one by one.
+    async fn run_burst(&mut self, ws: &mut Ws, first: Message) -> Result<(), End> {
         let mut step = self.on_message(ws, first).await;
         for _ in 1..MAX_FRAMES_PER_BURST {
             if step.is_err() {
@@ -322,13 +351,51 @@ impl Session {
                 std::task::Poll::Ready(Some(Ok(m))) => self.on_message(ws, m).await,
             };
         }
-        self.defer_flush = false;
-        // Flushes the replies (and writes any deliveries queued meanwhile first), also when the
-        // burst ended in an error: the frames that ran were carried out, and a client that
-        // closed its sending side after a batch still reads their answers.
-        let flushed = self.write_out(ws, None).await;
-        step?;
-        flushed
+        step
+    }
+
+    /// Reads the frames already received first, then runs them: a run of text frames goes to
+    /// [`Session::on_texts`] (publishes grouped), anything else one by one.
+    async fn run_burst_grouped(&mut self, ws: &mut Ws, first: Message) -> Result<(), End> {
+        let mut bytes = first.len();
+        let mut burst = VecDeque::from([first]);
+        let mut ended = Ok(());
+        // Held at once: at most MAX_FRAMES_PER_BURST frames and about MAX_BURST_BYTES (the
+        // frame that passes it is the last), so a burst of large frames costs no more memory
+        // than a few of them.
+        while burst.len() < MAX_FRAMES_PER_BURST && bytes < MAX_BURST_BYTES {
+            match futures_util::poll!(ws.next()) {
+                std::task::Poll::Pending => break,
+                std::task::Poll::Ready(None) => {
+                    ended = Err(End::Gone);
+                    break;
+                }
+                std::task::Poll::Ready(Some(Err(e))) => {
+                    ended = Err(classify(&e));
+                    break;
+                }
+                std::task::Poll::Ready(Some(Ok(m))) => {
+                    bytes += m.len();
+                    burst.push_back(m);
+                }
+            }
+        }
+        while let Some(m) = burst.pop_front() {
+            let step = match m {
+                Message::Text(text) if matches!(burst.front(), Some(Message::Text(_))) => {
+                    let mut texts = VecDeque::from([Bytes::from(text)]);
+                    while let Some(Message::Text(_)) = burst.front() {
+                        if let Some(Message::Text(t)) = burst.pop_front() {
+                            texts.push_back(Bytes::from(t));
+                        }
+                    }
+                    self.on_texts(ws, texts).await
+                }
+                m => self.on_message(ws, m).await,
+            };
+            step?;
+        }
+        ended
     }
 
     async fn on_message(&mut self, ws: &mut Ws, msg: Message) -> Result<(), End> {
@@ -375,6 +442,47 @@ impl Session {
             }
             Message::Close(_) | Message::Frame(_) => return Ok(()),
         };
+        self.write_reply(ws, reply).await
+    }
+
+    /// Runs `texts` (v1 text frames read together) with [`Connection::on_texts`], writing each
+    /// reply as [`Session::on_message`] does.
+    async fn on_texts(&mut self, ws: &mut Ws, mut texts: VecDeque<Bytes>) -> Result<(), End> {
+        while !texts.is_empty() {
+            // Boxed, as a single command's future is.
+            // Every reply of the frames run goes out, up to the one that made the connection
+            // abusive (the run stopped there), as one by one.
+            let (replies, pending) = Box::pin(self.connection.on_texts(&mut texts)).await;
+            for reply in replies {
+                self.send_reply(ws, reply).await?;
+            }
+            self.unless_abusive()?;
+            if let Some(pending) = pending {
+                let reply = Box::pin(self.connection.run_auth(pending)).await;
+                self.write_reply(ws, reply).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the reply to a command (after the deliveries queued), and closes the connection
+    /// when it turned abusive.
+    async fn write_reply(&mut self, ws: &mut Ws, reply: String) -> Result<(), End> {
+        self.send_reply(ws, reply).await?;
+        self.unless_abusive()
+    }
+
+    /// Rejections must not cost more output than the abuse: after its budget of refused
+    /// commands in one second, the connection is closed.
+    fn unless_abusive(&self) -> Result<(), End> {
+        match self.connection.abusive {
+            Some(reason) => Err(End::Close(close::POLICY_VIOLATION, reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the reply to a command, after the deliveries queued.
+    async fn send_reply(&mut self, ws: &mut Ws, reply: String) -> Result<(), End> {
         // A large reply (a history page, a channel list: at most the outbound bound) goes out as
         // one frame of ours, like deliveries: tungstenite would copy it into its write buffer and
         // keep that buffer's capacity for the life of the connection.
@@ -386,13 +494,7 @@ impl Session {
             Outgoing::Message(Message::Text(Utf8Bytes::from(reply)))
         };
         // The session reads nothing while a reply is being written: one reply in flight at most.
-        self.write_out(ws, Some(reply)).await?;
-        if let Some(reason) = self.connection.abusive {
-            // Rejections must not cost more output than the abuse: after its budget of
-            // refused commands in one second, the connection is closed.
-            return Err(End::Close(close::POLICY_VIOLATION, reason));
-        }
-        Ok(())
+        self.write_out(ws, Some(reply)).await
     }
 
     /// Writes every queued delivery, then `extra` (a reply or a ping), and flushes (at the end

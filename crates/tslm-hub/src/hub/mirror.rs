@@ -162,6 +162,132 @@ impl Hub {
         Appended::Applied
     }
 
+    /// Takes a run of messages of the store's log of `name` at `epoch` (as they came, oldest
+    /// first) as [`Hub::mirror_append`] would one by one, under one lock of the channel: those
+    /// at or before the mirror's newest offset are ignored, the next offset and those following
+    /// it without a hole are delivered and kept, and the first one past a hole stops the run
+    /// (it and the rest are left for the heal, as [`Appended::Ahead`]). Each live subscriber
+    /// gets the delivered messages in one push: woken once for the run, it writes them in one
+    /// batch.
+    ///
+    /// Returns how many were delivered and what stopped the run: [`Appended::Ahead`],
+    /// [`Appended::OtherEpoch`] or [`Appended::Missing`] as for one message, otherwise
+    /// [`Appended::Applied`] (at least one delivered) or [`Appended::Stale`] (none).
+    pub fn mirror_append_batch(
+        &self,
+        name: &ChannelName,
+        epoch: Epoch,
+        entries: &[MirrorEntry],
+    ) -> (usize, Appended) {
+        let Ok(ch) = self.channel(name) else {
+            return (0, Appended::Missing);
+        };
+        if ch.epoch != epoch {
+            return (0, Appended::OtherEpoch { mirror: ch.epoch });
+        }
+        let settings = &ch.settings;
+        let keeps = settings.backlog_messages > 0;
+        let needs = |wire: Wire, live: usize| live > 0 || (keeps && wire == BACKLOG_WIRE);
+        // Encoded outside the lock for the wires that have live subscribers now (a wire that
+        // gains its first one meanwhile is encoded under the lock).
+        let mut deliveries: [Vec<Delivery>; Wire::COUNT] = Default::default();
+        for wire in Wire::ALL {
+            if needs(wire, ch.live(wire)) {
+                deliveries[wire.index()] = entries
+                    .iter()
+                    .map(|e| wire.delivery(name, e.offset, &e.data))
+                    .collect();
+            }
+        }
+        let now = Instant::now();
+        let mut guard = ch.lock();
+        let st = &mut *guard;
+        if st.deleted {
+            return (0, Appended::Missing);
+        }
+        // Which entries follow the mirror's newest offset without a hole.
+        let mut next = st.log.last_offset + 1;
+        let mut taken = Vec::with_capacity(entries.len());
+        let mut stop = None;
+        for (i, e) in entries.iter().enumerate() {
+            if e.offset.0 < next {
+                continue;
+            }
+            if e.offset.0 > next {
+                stop = Some(Appended::Ahead {
+                    expected: Offset(next),
+                });
+                break;
+            }
+            taken.push(i);
+            next += 1;
+        }
+        let Some(&last) = taken.last() else {
+            return (0, stop.unwrap_or(Appended::Stale));
+        };
+        st.log.last_offset = entries[last].offset.0;
+        if settings.replies {
+            for &i in &taken {
+                let e = &entries[i];
+                st.log.routes.keep(
+                    e.offset.0,
+                    e.route,
+                    settings.reply_window,
+                    &self.inner.routes,
+                );
+            }
+        }
+        let mut pushed = crate::fanout::Pushed::default();
+        for wire in Wire::ALL {
+            if st.fanout.live(wire) == 0 {
+                continue;
+            }
+            let encoded = &deliveries[wire.index()];
+            let frames: Vec<(bytes::Bytes, Offset)> = taken
+                .iter()
+                .map(|&i| {
+                    let e = &entries[i];
+                    let bytes = match encoded.get(i) {
+                        Some(d) => d.bytes.clone(),
+                        None => wire.delivery(name, e.offset, &e.data).bytes,
+                    };
+                    (bytes, e.offset)
+                })
+                .collect();
+            let p = st
+                .fanout
+                .deliver_many(wire, &frames, (ch.key, name), settings.slow_policy);
+            pushed.removed += p.removed;
+            pushed.delivered += p.delivered;
+            pushed.dropped += p.dropped;
+        }
+        if keeps {
+            let budget = &self.inner.backlog_bytes;
+            let mut kept: Vec<Option<Delivery>> =
+                std::mem::take(&mut deliveries[BACKLOG_WIRE.index()])
+                    .into_iter()
+                    .map(Some)
+                    .collect();
+            let mut evicted = 0;
+            for &i in &taken {
+                let e = &entries[i];
+                let d = kept
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .unwrap_or_else(|| BACKLOG_WIRE.delivery(name, e.offset, &e.data));
+                let at = now.checked_sub(e.age).unwrap_or(now);
+                let backlog = &mut st.log.backlog;
+                evicted += backlog.expire(Instant::now(), settings.backlog_age, budget)
+                    + backlog.keep(e.offset, at, d, &e.data, settings.backlog_messages, budget);
+            }
+            add(&self.inner.counters.backlog_evicted, evicted);
+        }
+        ch.mirror(st);
+        drop(guard);
+        self.count_appends(settings, pushed, taken.len());
+        (taken.len(), stop.unwrap_or(Appended::Applied))
+    }
+
     /// Moves the mirror of `name` past messages the store no longer has, up to `to`: every live
     /// subscriber gets one `gap` event for them (on wires that can say so), and the backlog is
     /// emptied (what it held is older than anything the store still has). Returns whether the

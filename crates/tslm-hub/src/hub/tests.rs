@@ -1,4 +1,5 @@
 use std::collections::VecDeque;
+use std::future::Future;
 use std::time::Duration;
 
 use super::*;
@@ -942,4 +943,164 @@ fn legacy_subscribers_get_the_configured_replay() {
             r#"{"ChannelMessage":["c",{"Text":"0"}]}"#
         ]
     );
+}
+
+/// Messages 1..=n of a mirror's store, as the follower takes them.
+fn mirror_entries(offsets: impl IntoIterator<Item = u64>) -> Vec<MirrorEntry> {
+    offsets
+        .into_iter()
+        .map(|o| MirrorEntry {
+            offset: Offset(o),
+            data: Payload::text(&format!("m{o}")),
+            age: Duration::ZERO,
+            route: None,
+        })
+        .collect()
+}
+
+/// A waker that, when woken, takes everything queued in `ob` at that moment (as a session
+/// woken at once, on another thread, would) and records how many frames it found.
+struct Taker {
+    ob: Arc<Outbox>,
+    takes: std::sync::Mutex<Vec<usize>>,
+}
+
+impl std::task::Wake for Taker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut q = VecDeque::new();
+        self.ob.take(&mut q);
+        self.takes.lock().unwrap().push(q.len());
+    }
+}
+
+#[test]
+fn a_mirror_batch_wakes_each_subscriber_once_with_every_message_in_order() {
+    let hub = Hub::new();
+    let name = ch("m");
+    let epoch = Epoch(7);
+    assert!(
+        hub.mirror_open(&name, settings(100), epoch, Offset(0), Vec::new())
+            .unwrap()
+    );
+    let ob = outbox(100);
+    hub.subscribe(&name, hub.next_conn_id(), Wire::V1Ws, &ob, Start::New)
+        .unwrap();
+    // The subscriber's writer waits: its wake-up takes what is queued right then.
+    let taker = Arc::new(Taker {
+        ob: Arc::clone(&ob),
+        takes: std::sync::Mutex::new(Vec::new()),
+    });
+    let waker = std::task::Waker::from(Arc::clone(&taker));
+    let mut ready = Box::pin(ob.ready());
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(ready.as_mut().poll(&mut cx).is_pending());
+
+    let batch = mirror_entries(1..=5);
+    assert_eq!(
+        hub.mirror_append_batch(&name, epoch, &batch),
+        (5, Appended::Applied)
+    );
+    // One wake-up, which found the five messages (one by one, it would have found only the
+    // first and the others would wait for the next wake-up).
+    assert_eq!(*taker.takes.lock().unwrap(), vec![5]);
+    assert_eq!(hub.mirror_head(&name), Some((epoch, Offset(5))));
+    let h = hub.history(&name, Start::Oldest, 100, 1 << 20).unwrap();
+    let kept: Vec<u64> = h.messages.iter().map(|(o, _)| o.0).collect();
+    assert_eq!(kept, vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn a_mirror_batch_ignores_stale_messages_and_stops_at_a_hole() {
+    let hub = Hub::new();
+    let name = ch("m");
+    let epoch = Epoch(7);
+    assert!(
+        hub.mirror_open(&name, settings(100), epoch, Offset(0), Vec::new())
+            .unwrap()
+    );
+    let ob = outbox(100);
+    hub.subscribe(&name, hub.next_conn_id(), Wire::V1Ws, &ob, Start::New)
+        .unwrap();
+    // 1, 2 taken; 4 is past a hole: it and what follows wait for the heal.
+    assert_eq!(
+        hub.mirror_append_batch(&name, epoch, &mirror_entries([1, 2, 4, 5])),
+        (
+            2,
+            Appended::Ahead {
+                expected: Offset(3)
+            }
+        )
+    );
+    assert_eq!(offsets(&ob), ["1", "2"]);
+    // The heal's read: 2 is stale, 3..=5 follow.
+    assert_eq!(
+        hub.mirror_append_batch(&name, epoch, &mirror_entries(2..=5)),
+        (3, Appended::Applied)
+    );
+    assert_eq!(offsets(&ob), ["3", "4", "5"]);
+    // All stale: nothing happens.
+    assert_eq!(
+        hub.mirror_append_batch(&name, epoch, &mirror_entries(1..=5)),
+        (0, Appended::Stale)
+    );
+    assert!(offsets(&ob).is_empty());
+    // A hole first: nothing taken.
+    assert_eq!(
+        hub.mirror_append_batch(&name, epoch, &mirror_entries([7, 8])),
+        (
+            0,
+            Appended::Ahead {
+                expected: Offset(6)
+            }
+        )
+    );
+    // Another epoch, another channel: refused whole.
+    assert_eq!(
+        hub.mirror_append_batch(&name, Epoch(8), &mirror_entries([6])),
+        (0, Appended::OtherEpoch { mirror: epoch })
+    );
+    assert_eq!(
+        hub.mirror_append_batch(&ch("none"), epoch, &mirror_entries([1])),
+        (0, Appended::Missing)
+    );
+    assert_eq!(hub.mirror_head(&name), Some((epoch, Offset(5))));
+    // The same messages one at a time give the same result.
+    assert_eq!(
+        hub.mirror_append(&name, epoch, &mirror_entries([6])[0]),
+        Appended::Applied
+    );
+    assert_eq!(offsets(&ob), ["6"]);
+}
+
+#[test]
+fn a_mirror_batch_applies_the_slow_policy_frame_by_frame() {
+    let hub = Hub::new();
+    let name = ch("m");
+    let epoch = Epoch(7);
+    let lossy = ChannelSettings {
+        slow_policy: SlowPolicy::DropOldest,
+        ..settings(100)
+    };
+    assert!(
+        hub.mirror_open(&name, lossy, epoch, Offset(0), Vec::new())
+            .unwrap()
+    );
+    let slow = outbox(3);
+    let fast = outbox(100);
+    hub.subscribe(&name, hub.next_conn_id(), Wire::V1Ws, &slow, Start::New)
+        .unwrap();
+    hub.subscribe(&name, hub.next_conn_id(), Wire::V1Ws, &fast, Start::New)
+        .unwrap();
+    assert_eq!(
+        hub.mirror_append_batch(&name, epoch, &mirror_entries(1..=5)),
+        (5, Appended::Applied)
+    );
+    // As five appends one by one: 4 did not fit, 1..=3 became a gap, 4 and 5 followed it.
+    assert_eq!(offsets(&slow), ["gap 1-3", "4", "5"]);
+    assert_eq!(offsets(&fast), ["1", "2", "3", "4", "5"]);
+    assert!(!slow.is_closed());
 }
