@@ -98,7 +98,10 @@ for sc in order:
             ratios.append(f"{sc}: idle bytes per connection, tslm / tslm-prev = {a / b:.2f}" if b else f"{sc}: -")
         else:
             cpd = lambda r: r["server_cpu_seconds"] / max(r["deliveries"], 1) if r.get("deliveries") else None
-            parts = [f"deliveries/s tslm / tslm-prev = {m(n, lambda r: r['deliveries_per_second']) / m(p, lambda r: r['deliveries_per_second']):.2f}",
+            # Publishing alone (no subscribers): acknowledged publishes/s instead of deliveries/s.
+            rate = "publishes_per_second" if not any(r.get("subscribers") for r in n) else "deliveries_per_second"
+            ra, rb = m(n, lambda r: r.get(rate) or 0), m(p, lambda r: r.get(rate) or 0)
+            parts = [f"{rate.replace('_per_second', '')}/s tslm / tslm-prev = " + (f"{ra / rb:.2f}" if rb else "-"),
                      f"p99 = {m(n, lambda r: r['latency_ms']['p99']) / max(m(p, lambda r: r['latency_ms']['p99']), 1e-9):.2f}",
                      f"server CPU s = {m(n, lambda r: r['server_cpu_seconds']) / max(m(p, lambda r: r['server_cpu_seconds']), 1e-9):.2f}",
                      f"peak RSS = {m(n, lambda r: r['server_rss_peak_kib']) / max(m(p, lambda r: r['server_rss_peak_kib']), 1e-9):.2f}"]
