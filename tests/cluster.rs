@@ -1375,3 +1375,74 @@ async fn a_stopped_redis_cluster_master_makes_nodes_unready_then_resumes_and_the
     assert_eq!(s.offsets(feed), (1..=10).collect::<Vec<_>>());
     check_no_hole_no_repeat(&[&s], feed, 1, 10);
 }
+
+/// A publisher that sends a burst of publishes to two channels and then ends its input (a close
+/// frame, or a TCP half-close) gets every acknowledgement, in order, before the close: in
+/// cluster mode the burst is read ahead before it runs (to group publishes), so the end of the
+/// input is seen first, and its answers must still go out. Every publish is carried out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_ended_by_a_close_or_a_half_close_gets_every_acknowledgement() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::MaybeTlsStream;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = Redis::start().await;
+    let urls = [redis.url()];
+    let a = node(&urls).await;
+    let mut setup = v1(&a.url("private")).await;
+    for c in ["end.a", "end.b"] {
+        let r = call(&mut setup, &format!(r#"{{"op":"create","channel":"{c}"}}"#)).await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    const EACH: u64 = 10;
+    let mut published = 0;
+    for (round, close) in [(0, true), (1, false), (2, true), (3, false)] {
+        let mut p = v1(&a.url("private")).await;
+        for i in 0..2 * EACH {
+            // Runs of five to one channel, then five to the other.
+            let c = if (i / 5) % 2 == 0 { "end.a" } else { "end.b" };
+            let req = format!(
+                r#"{{"op":"publish","id":{i},"channel":"{c}","msg_id":"e{round}-{i}","data":{i}}}"#
+            );
+            p.feed(Message::text(req)).await.unwrap();
+        }
+        if close {
+            p.feed(Message::Close(None)).await.unwrap();
+            p.flush().await.unwrap();
+        } else {
+            p.flush().await.unwrap();
+            match p.get_mut() {
+                MaybeTlsStream::Plain(tcp) => tcp.shutdown().await.unwrap(),
+                _ => unreachable!("a plain listener"),
+            }
+        }
+        let mut acked = Vec::new();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(T, p.next()).await {
+            match m {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    assert_eq!(v["ok"], true, "{v}");
+                    acked.push(v["id"].as_u64().unwrap());
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        assert_eq!(
+            acked,
+            (0..2 * EACH).collect::<Vec<_>>(),
+            "round {round} (close frame: {close}): every publish answered, in order"
+        );
+        published += EACH;
+    }
+    // Every publish was carried out: the next one on each channel takes the next offset.
+    for c in ["end.a", "end.b"] {
+        let r = call(
+            &mut setup,
+            &format!(r#"{{"op":"publish","channel":"{c}","data":0}}"#),
+        )
+        .await;
+        assert_eq!(r["offset"], published + 1, "{c}: {r}");
+    }
+}

@@ -374,6 +374,12 @@ pub(crate) async fn publish(
     Ok(published)
 }
 
+/// Whether the broker publishes several messages in one call ([`publish_many`] pays): the
+/// cluster does (one Redis round trip for a group), the in-memory hub does not.
+pub(crate) fn publishes_together(ctx: &ListenerCtx) -> bool {
+    ctx.broker.publishes_together()
+}
+
 /// Publishes several messages from one publisher to one channel, in order, each after the
 /// checks [`publish`] makes: those that pass go to the broker together (in cluster mode, one
 /// Redis round trip for all), and each answer is what [`publish`] would have answered, in its

@@ -40,7 +40,7 @@ const MAX_BATCHES_PER_WAKE: usize = 8;
 /// At most this many received frames run before their replies are written out.
 const MAX_FRAMES_PER_BURST: usize = 64;
 /// Bytes of received frames a grouped burst (cluster mode) reads before running them.
-const MAX_BURST_BYTES: usize = 256 << 10;
+const MAX_BURST_BYTES: usize = 64 << 10;
 
 /// Why a session ends.
 #[derive(Debug)]
@@ -116,6 +116,7 @@ async fn open(
         last_write: None,
         write_at: None,
         defer_flush: false,
+        raw_replies: false,
         control_frames: PerSecond::new(cfg.abuse.max_control_frames_per_second),
     };
     span.in_scope(|| tracing::debug!("session started"));
@@ -135,6 +136,10 @@ struct Session {
     /// While a burst of received frames runs ([`Session::on_burst`]): replies are queued, and
     /// written out once at its end.
     defer_flush: bool,
+    /// Replies go to the socket as frames of ours, not through tungstenite: after a grouped
+    /// burst read the end of the input (or the peer's close) ahead of running its frames,
+    /// tungstenite refuses to send, but the frames read before it still get their answers.
+    raw_replies: bool,
     /// Ping and pong frames received in the current second.
     control_frames: PerSecond,
     _gauge: crate::stats::Gauge,
@@ -320,7 +325,8 @@ impl Session {
         let ctx = &self.connection.ctx;
         let groups = self.connection.dialect == Dialect::V1
             && !ctx.cfg.echo
-            && ctx.broker.publishes_together();
+            && ctx.cfg.permissions.publish
+            && crate::ops::publishes_together(ctx);
         let step = if groups {
             self.run_burst_grouped(ws, first).await
         } else {
@@ -339,7 +345,9 @@ impl Session {
     async fn run_burst(&mut self, ws: &mut Ws, first: Message) -> Result<(), End> {
         let mut step = self.on_message(ws, first).await;
         for _ in 1..MAX_FRAMES_PER_BURST {
-            if step.is_err() {
+            // A reload (or shutdown) meanwhile: the main loop takes it before the next frame,
+            // so that nothing received after it runs under a revoked credential.
+            if step.is_err() || self.connection.ctx.generation.is_cancelled() {
                 break;
             }
             // Only what is already here: `Pending` ends the burst (and the waker it registered
@@ -363,7 +371,11 @@ impl Session {
         // Held at once: at most MAX_FRAMES_PER_BURST frames and about MAX_BURST_BYTES (the
         // frame that passes it is the last), so a burst of large frames costs no more memory
         // than a few of them.
-        while burst.len() < MAX_FRAMES_PER_BURST && bytes < MAX_BURST_BYTES {
+        while burst.len() < MAX_FRAMES_PER_BURST
+            && bytes < MAX_BURST_BYTES
+            && !matches!(burst.back(), Some(Message::Close(_)))
+            && !self.connection.ctx.generation.is_cancelled()
+        {
             match futures_util::poll!(ws.next()) {
                 std::task::Poll::Pending => break,
                 std::task::Poll::Ready(None) => {
@@ -380,7 +392,15 @@ impl Session {
                 }
             }
         }
+        // Read past the input's end or the peer's close: tungstenite no longer sends, so this
+        // burst's answers are written as frames of ours (before the close answer it holds).
+        self.raw_replies = ended.is_err() || matches!(burst.back(), Some(Message::Close(_)));
         while let Some(m) = burst.pop_front() {
+            // A reload while an earlier group waited on the broker: taken before the next one.
+            let ctx = &self.connection.ctx;
+            if ctx.generation.is_cancelled() && !ctx.shutdown.is_cancelled() {
+                self.follow_reload()?;
+            }
             let step = match m {
                 Message::Text(text) if matches!(burst.front(), Some(Message::Text(_))) => {
                     let mut texts = VecDeque::from([Bytes::from(text)]);
@@ -488,7 +508,8 @@ impl Session {
         // keep that buffer's capacity for the life of the connection.
         let ctx = Arc::clone(&self.connection.ctx);
         let _pending = ctx.stats.pending_reply(reply.len());
-        let reply = if reply.len() > self.connection.ctx.cfg.write_buffer_bytes {
+        let reply = if reply.len() > self.connection.ctx.cfg.write_buffer_bytes || self.raw_replies
+        {
             Outgoing::Frame(WsFrame::text(reply.as_bytes()).bytes().clone())
         } else {
             Outgoing::Message(Message::Text(Utf8Bytes::from(reply)))
@@ -507,6 +528,7 @@ impl Session {
         let batch = &mut self.batch;
         let stats = &self.connection.ctx.stats;
         let defer_flush = self.defer_flush;
+        let raw = self.raw_replies;
         let io = async {
             let (mut extra, mut extra_frame) = match extra {
                 Some(Outgoing::Message(m)) => (Some(m), None),
@@ -527,8 +549,11 @@ impl Session {
                 if !batch.is_empty() {
                     // The queued deliveries are complete, shared WebSocket frames: after
                     // tungstenite has written anything it holds (a pong, an earlier reply), they
-                    // go to the socket as they are, gathered into as few writes as possible.
-                    ws.flush().await.map_err(|e| classify(&e))?;
+                    // go to the socket as they are, gathered into as few writes as possible
+                    // (with raw replies, before the close answer tungstenite may hold).
+                    if !raw {
+                        ws.flush().await.map_err(|e| classify(&e))?;
+                    }
                     write_frames(ws.get_mut(), batch)
                         .await
                         .map_err(|_| End::Gone)?;
