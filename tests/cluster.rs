@@ -1446,3 +1446,69 @@ async fn a_burst_ended_by_a_close_or_a_half_close_gets_every_acknowledgement() {
         assert_eq!(r["offset"], published + 1, "{c}: {r}");
     }
 }
+
+/// A reload that takes a listener's right to publish away while a publisher's burst waits on
+/// Redis applies before the burst's next group: the group read with the burst but run after the
+/// reload is refused, not published under the revoked right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_during_a_grouped_burst_applies_before_its_next_group() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = Redis::start().await;
+    let urls = [redis.url()];
+    let a = node(&urls).await;
+    let mut setup = v1(&a.url("private")).await;
+    for c in ["rl.a", "rl.b"] {
+        let r = call(&mut setup, &format!(r#"{{"op":"create","channel":"{c}"}}"#)).await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let mut sub = v1(&a.url("public")).await;
+    let r = call(&mut sub, r#"{"op":"subscribe","id":1,"channel":"rl.b"}"#).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let mut p = v1(&a.url("private")).await;
+    // Redis stopped: the burst's first group (rl.a) waits on it.
+    redis.signal("STOP");
+    for i in 0..10 {
+        let c = if i < 5 { "rl.a" } else { "rl.b" };
+        let req = format!(r#"{{"op":"publish","id":{i},"channel":"{c}","data":{i}}}"#);
+        p.feed(Message::text(req)).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The private listener may create, no longer publish.
+    let revoked = cluster_config(&urls, "").replace(
+        "default_endpoint_permissions=['CreateChannel','NotifyChannel']",
+        "default_endpoint_permissions=['CreateChannel']",
+    );
+    assert_ne!(revoked, cluster_config(&urls, ""));
+    a.reloader
+        .reload(tslm_server::Config::from_toml_str(&revoked, "test").unwrap())
+        .await
+        .unwrap();
+    redis.signal("CONT");
+    let mut answers = Vec::new();
+    while answers.len() < 10 {
+        match tokio::time::timeout(T, p.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                answers.push(serde_json::from_str::<Value>(&t).unwrap())
+            }
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) => break,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no answer: {other:?}"),
+        }
+    }
+    // The second group ran after the reload: refused, one answer each, in order.
+    let b: Vec<&Value> = answers
+        .iter()
+        .filter(|v| v["id"].as_u64() >= Some(5))
+        .collect();
+    assert_eq!(b.len(), 5, "{answers:?}");
+    for (k, v) in b.iter().enumerate() {
+        assert_eq!(v["id"], 5 + k as u64, "{v}");
+        assert_eq!(v["ok"], false, "refused after the reload: {v}");
+    }
+    // And nothing reached rl.b's subscriber.
+    assert_silent(&mut sub).await;
+    redis.signal("CONT");
+}

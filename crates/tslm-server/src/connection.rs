@@ -340,6 +340,11 @@ impl Connection {
                 }) if allowed => {
                     if group.first().is_some_and(|g| g.channel != channel) {
                         self.publish_group(&mut group, &mut replies).await;
+                        if self.reloaded() {
+                            // This frame and the rest run after the reload is taken.
+                            frames.push_front(frame);
+                            return (replies, None);
+                        }
                     }
                     group.push(Publish {
                         id,
@@ -349,7 +354,13 @@ impl Connection {
                     });
                 }
                 decoded => {
-                    self.publish_group(&mut group, &mut replies).await;
+                    if !group.is_empty() {
+                        self.publish_group(&mut group, &mut replies).await;
+                        if self.reloaded() {
+                            frames.push_front(frame);
+                            return (replies, None);
+                        }
+                    }
                     let reply = match decoded {
                         Err(e) if !allowed => {
                             v1::encode_error(e.id.as_ref(), &rate_limited(&self.ctx.cfg))
@@ -377,12 +388,18 @@ impl Connection {
                     replies.push(reply);
                 }
             }
-            if self.abusive.is_some() {
+            if self.abusive.is_some() || (group.is_empty() && self.reloaded()) {
                 break;
             }
         }
         self.publish_group(&mut group, &mut replies).await;
         (replies, None)
+    }
+
+    /// A reload happened (not shutdown): the session takes it before running anything more, so
+    /// that nothing received after it runs under a revoked credential.
+    fn reloaded(&self) -> bool {
+        self.ctx.generation.is_cancelled() && !self.ctx.shutdown.is_cancelled()
     }
 
     /// Publishes `group` (consecutive publishes to one channel) and appends their replies.

@@ -469,6 +469,11 @@ impl Session {
     /// reply as [`Session::on_message`] does.
     async fn on_texts(&mut self, ws: &mut Ws, mut texts: VecDeque<Bytes>) -> Result<(), End> {
         while !texts.is_empty() {
+            // A reload while an earlier group waited on the broker: taken before the rest.
+            let ctx = &self.connection.ctx;
+            if ctx.generation.is_cancelled() && !ctx.shutdown.is_cancelled() {
+                self.follow_reload()?;
+            }
             // Boxed, as a single command's future is.
             // Every reply of the frames run goes out, up to the one that made the connection
             // abusive (the run stopped there), as one by one.
