@@ -27,30 +27,6 @@ async fn poll(addr: SocketAddr, query: &str) -> Value {
     body
 }
 
-async fn publish(s: &TestServer, channel: &str, data: &str) {
-    let (status, _, body) = http(
-        s.addr("private"),
-        "POST",
-        &format!("/v1/channels/{channel}/messages"),
-        &[],
-        data,
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-}
-
-async fn create(s: &TestServer, channel: &str) {
-    let (status, _, body) = http(
-        s.addr("private"),
-        "PUT",
-        &format!("/v1/channels/{channel}"),
-        &[],
-        "",
-    )
-    .await;
-    assert!(status == 201 || status == 200, "{body}");
-}
-
 fn cursor(v: &Value) -> String {
     v["cursor"].as_str().unwrap().to_owned()
 }
@@ -74,9 +50,9 @@ fn messages(v: &Value) -> Vec<(String, u64)> {
 #[tokio::test]
 async fn several_channels_resume_from_a_stateless_cursor_with_no_gap_and_no_duplicate() {
     let s = TestServer::default().await;
-    create(&s, "a").await;
-    create(&s, "b").await;
-    publish(&s, "a", "0").await;
+    http_create(&s, "a").await;
+    http_create(&s, "b").await;
+    http_publish(&s, "a", "0").await;
     // First poll: where each channel starts (`new` for a, `oldest` for b), no wait needed.
     let first = poll(s.addr("public"), "channel=a&channel=b@oldest&wait=0").await;
     let subscribed: Vec<&str> = first["events"]
@@ -93,10 +69,10 @@ async fn several_channels_resume_from_a_stateless_cursor_with_no_gap_and_no_dupl
     );
     let c1 = cursor(&first);
     for i in 1..=3 {
-        publish(&s, "a", &i.to_string()).await;
+        http_publish(&s, "a", &i.to_string()).await;
     }
-    publish(&s, "b", "\"x\"").await;
-    publish(&s, "b", "{\"k\":\n [1, 2]}").await;
+    http_publish(&s, "b", "\"x\"").await;
+    http_publish(&s, "b", "{\"k\":\n [1, 2]}").await;
     let second = poll(
         s.addr("public"),
         &format!("channel=a&channel=b@oldest&cursor={c1}"),
@@ -136,7 +112,7 @@ async fn several_channels_resume_from_a_stateless_cursor_with_no_gap_and_no_dupl
         (v, started.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    publish(&s, "b", "3").await;
+    http_publish(&s, "b", "3").await;
     let (woken, took) = waiter.await.unwrap();
     assert_eq!(messages(&woken), [("b".into(), 3)], "{woken}");
     assert!(
@@ -153,11 +129,11 @@ async fn every_loss_is_reported_with_what_was_missed() {
         two_listeners("")
     ))
     .await;
-    create(&s, "small.1").await;
+    http_create(&s, "small.1").await;
     let first = poll(s.addr("public"), "channel=small.1&wait=0").await;
     let c1 = cursor(&first);
     for i in 1..=5 {
-        publish(&s, "small.1", &i.to_string()).await;
+        http_publish(&s, "small.1", &i.to_string()).await;
     }
     // Offsets 1..=3 left the backlog: the answer says so, then gives 4 and 5.
     let v = poll(
@@ -179,8 +155,8 @@ async fn every_loss_is_reported_with_what_was_missed() {
     let c2 = cursor(&v);
     let (status, _, _) = http(s.addr("private"), "DELETE", "/v1/channels/small.1", &[], "").await;
     assert_eq!(status, 200);
-    create(&s, "small.1").await;
-    publish(&s, "small.1", "1").await;
+    http_create(&s, "small.1").await;
+    http_publish(&s, "small.1", "1").await;
     let v = poll(
         s.addr("public"),
         &format!("channel=small.1&cursor={c2}&wait=0"),
@@ -194,10 +170,10 @@ async fn every_loss_is_reported_with_what_was_missed() {
 #[tokio::test]
 async fn answers_are_bounded_and_say_when_more_follow() {
     let s = TestServer::default().await;
-    create(&s, "a").await;
+    http_create(&s, "a").await;
     let c = cursor(&poll(s.addr("public"), "channel=a&wait=0").await);
     for i in 1..=5 {
-        publish(&s, "a", &i.to_string()).await;
+        http_publish(&s, "a", &i.to_string()).await;
     }
     let v = poll(s.addr("public"), &format!("channel=a&cursor={c}&limit=2")).await;
     assert_eq!(messages(&v), [("a".into(), 1), ("a".into(), 2)]);
@@ -215,8 +191,8 @@ async fn answers_are_bounded_and_say_when_more_follow() {
 #[tokio::test]
 async fn bad_requests_are_refused_with_a_clear_error() {
     let s = TestServer::default().await;
-    create(&s, "a").await;
-    create(&s, "b").await;
+    http_create(&s, "a").await;
+    http_create(&s, "b").await;
     let good = cursor(&poll(s.addr("public"), "channel=a&channel=b&wait=0").await);
     let many = (0..17)
         .map(|i| format!("channel=c{i}"))
@@ -245,7 +221,7 @@ async fn bad_requests_are_refused_with_a_clear_error() {
     }
     // More channels than a connection may subscribe to.
     let capped = TestServer::start(&two_listeners("max_subscriptions_per_connection = 2")).await;
-    create(&capped, "a").await;
+    http_create(&capped, "a").await;
     let (status, _, body) = poll_with(
         capped.addr("public"),
         "channel=a&channel=b&channel=c&wait=0",
@@ -278,7 +254,7 @@ async fn channels_that_need_a_token_refuse_a_poll_without_one() {
         base64::engine::general_purpose::STANDARD.encode(secret)
     ))
     .await;
-    create(&s, "secure.1").await;
+    http_create(&s, "secure.1").await;
     let (status, _, body) = poll_with(s.addr("public"), "channel=secure.1&wait=0", &[]).await;
     assert_eq!(status, 401, "{body}");
     let now = std::time::SystemTime::now()
@@ -320,7 +296,7 @@ async fn browsers_of_allowed_origins_can_read_answers() {
          [listener.private]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['CreateChannel','NotifyChannel']\n",
     )
     .await;
-    create(&s, "a").await;
+    http_create(&s, "a").await;
     let origin = [("Origin", "https://app.example.com")];
     let (status, head, _) = poll_with(s.addr("public"), "channel=a&wait=0", &origin).await;
     assert_eq!(status, 200);
@@ -359,7 +335,7 @@ async fn browsers_of_allowed_origins_can_read_answers() {
 #[tokio::test]
 async fn a_waiting_poll_answers_at_shutdown_and_leaves_no_subscription() {
     let s = TestServer::default().await;
-    create(&s, "a").await;
+    http_create(&s, "a").await;
     let c = cursor(&poll(s.addr("public"), "channel=a&wait=0").await);
     let addr = s.addr("public");
     let waiting = tokio::spawn(async move {
@@ -389,11 +365,11 @@ async fn an_answer_never_read_ends_its_connection_at_the_write_deadline() {
          [listener.private]\nip='127.0.0.1'\nport=0\ndefault_endpoint_permissions=['CreateChannel','NotifyChannel']\n",
     )
     .await;
-    create(&s, "big").await;
+    http_create(&s, "big").await;
     // About 6 MB of backlog: far more than the socket buffers of a reader that reads nothing.
     let blob = format!("\"{}\"", "x".repeat(60_000));
     for _ in 0..100 {
-        publish(&s, "big", &blob).await;
+        http_publish(&s, "big", &blob).await;
     }
     let addr = s.addr("public");
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -439,7 +415,7 @@ async fn an_answer_never_read_ends_its_connection_at_the_write_deadline() {
 async fn a_waiting_poll_woken_by_a_publish_reads_only_that_channel_again() {
     let s = TestServer::default().await;
     for c in ["a", "b", "c"] {
-        create(&s, c).await;
+        http_create(&s, c).await;
     }
     let q = "channel=a&channel=b&channel=c";
     let first = poll(s.addr("public"), &format!("{q}&wait=0")).await;
@@ -453,7 +429,7 @@ async fn a_waiting_poll_woken_by_a_publish_reads_only_that_channel_again() {
     })
     .await;
     let reads = s.hub.stats().log_reads;
-    publish(&s, "b", "7").await;
+    http_publish(&s, "b", "7").await;
     let answer = waiting.await.unwrap();
     assert_eq!(messages(&answer), [("b".to_owned(), 1)], "{answer}");
     // Only `b` was read after the wake; the cursor still names all three channels.
@@ -464,8 +440,8 @@ async fn a_waiting_poll_woken_by_a_publish_reads_only_that_channel_again() {
     )
     .await;
     assert!(messages(&next).is_empty(), "{next}");
-    publish(&s, "a", "8").await;
-    publish(&s, "c", "9").await;
+    http_publish(&s, "a", "8").await;
+    http_publish(&s, "c", "9").await;
     let both = poll(
         s.addr("public"),
         &format!("{q}&cursor={}&wait=0", cursor(&answer)),
