@@ -263,6 +263,42 @@ async fn write_coalescing_writes_a_busy_session_at_most_once_per_interval_and_lo
     );
 }
 
+/// `write_coalesce_ms`: a session holding its queue between writes is written at once when the
+/// queue reaches half of its bound, so coalescing never turns a subscriber that keeps up into a
+/// slow consumer. Here the bound is 8 frames and 40 messages arrive well within one 100 ms
+/// interval: without the early write the queue overflows and the subscriber is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_coalescing_writes_a_held_queue_at_half_its_bound_and_loses_nothing() {
+    const N: u64 = 40;
+    let srv = TestServer::start(&two_listeners(
+        "write_coalesce_ms = 100\nchannel_buffer_size = 8",
+    ))
+    .await;
+    let mut publisher = v1(&srv.url("private")).await;
+    call(&mut publisher, r#"{"op":"create","channel":"burst"}"#).await;
+    let mut sub = v1(&srv.url("public")).await;
+    call(&mut sub, r#"{"op":"subscribe","channel":"burst"}"#).await;
+    let before = srv.stats();
+    for i in 0..N {
+        let r = call(
+            &mut publisher,
+            &format!(r#"{{"op":"publish","id":{i},"channel":"burst","data":{i}}}"#),
+        )
+        .await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    for next in 1..=N {
+        assert_eq!(
+            offset_of(&recv(&mut sub).await),
+            next,
+            "in order, each once"
+        );
+    }
+    let after = srv.stats();
+    assert_eq!(after.frames_written - before.frames_written, N as usize);
+    assert_eq!(after.slow_consumer_closes, before.slow_consumer_closes);
+}
+
 /// Without `write_coalesce_ms`, messages spaced apart are written as they come (the counters
 /// the coalescing test reads count every write).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,6 +147,12 @@ struct State {
     replay: VecDeque<Bytes>,
     replay_bytes: usize,
     closed: Option<CloseReason>,
+    /// Write coalescing ([`Outbox::hold`]): frames queued meanwhile do not wake the consumer;
+    /// [`Outbox::release`] does, once, for all of them, or a queue half full does at once.
+    held: bool,
+    /// Held since the last [`Outbox::release`] (so already on the releaser's list, even if the
+    /// hold ended early): a new hold must not put it there again.
+    listed: bool,
 }
 
 impl State {
@@ -251,10 +257,32 @@ impl Outbox {
         let was_empty = st.is_empty();
         st.bytes += frame.len();
         st.queue.push_back(frame);
+        let wake = self.wake_after_push(&mut st, was_empty);
         drop(st);
-        if was_empty {
+        if wake {
             self.ready.notify_one();
         }
+    }
+
+    /// Whether a push that left the queue as `st` is must wake the consumer: frames arrived in an
+    /// empty queue, unless it is held; or a held queue reached half of either limit, which ends
+    /// the hold at once, so that coalescing never lets a queue overflow that a prompt writer
+    /// would have kept.
+    fn wake_after_push(&self, st: &mut State, was_empty: bool) -> bool {
+        if st.is_empty() {
+            return false;
+        }
+        if !st.held {
+            return was_empty;
+        }
+        let frames = st.queue.len() + st.replay.len();
+        if frames >= self.limits.max_messages / 2
+            || st.bytes + st.replay_bytes >= self.limits.max_bytes / 2
+        {
+            st.held = false;
+            return true;
+        }
+        false
     }
 
     fn overflow(&self, mut st: std::sync::MutexGuard<'_, State>) -> PushError {
@@ -321,8 +349,9 @@ impl Outbox {
         let was_empty = st.is_empty();
         st.replay_bytes += frame.len();
         st.replay.push_back(frame);
+        let wake = self.wake_after_push(&mut st, was_empty);
         drop(st);
-        if was_empty {
+        if wake {
             self.ready.notify_one();
         }
         Ok(())
@@ -349,7 +378,7 @@ impl Outbox {
         let was_empty = st.is_empty();
         match self.deliver_locked(&mut st, frame, d, policy) {
             Ok(dropped) => {
-                let wake = was_empty && !st.is_empty();
+                let wake = self.wake_after_push(&mut st, was_empty);
                 drop(st);
                 if wake {
                     self.ready.notify_one();
@@ -409,7 +438,7 @@ impl Outbox {
                 }
             }
         }
-        let wake = was_empty && !st.is_empty();
+        let wake = self.wake_after_push(&mut st, was_empty);
         drop(st);
         if wake {
             self.ready.notify_one();
@@ -551,6 +580,34 @@ impl Outbox {
 
     pub fn is_closed(&self) -> bool {
         self.lock().closed.is_some()
+    }
+
+    /// Write coalescing: from now until [`Outbox::release`], frames queued do not wake the
+    /// consumer (an overflow or a close still does, at once). The consumer calls it after a write,
+    /// so that what arrives in the next moment waits and goes out with one wake-up and one write.
+    /// A queue that reaches half of a limit while held wakes the consumer at once.
+    ///
+    /// Returns true when the caller must arrange a [`Outbox::release`]: false when one is already
+    /// due (held since the last release, even if that hold ended early) or the outbox is closed.
+    /// So an outbox is on a releaser's list at most once.
+    pub fn hold(&self) -> bool {
+        let mut st = self.lock();
+        if st.closed.is_some() {
+            return false;
+        }
+        st.held = true;
+        !std::mem::replace(&mut st.listed, true)
+    }
+
+    /// Ends a [`Outbox::hold`]: wakes the consumer once if frames were queued meanwhile.
+    pub fn release(&self) {
+        let mut st = self.lock();
+        st.listed = false;
+        let wake = std::mem::take(&mut st.held) && !st.is_empty();
+        drop(st);
+        if wake {
+            self.ready.notify_one();
+        }
     }
 
     /// Bytes currently queued (live and replayed).
@@ -747,5 +804,113 @@ mod tests {
         ob.ready().await;
         out.clear();
         assert_eq!(ob.take(&mut out), Some(CloseReason::Closed));
+    }
+
+    /// Whether the consumer's wake-up is pending (a permit stored), without waiting for one.
+    async fn woken(ob: &Outbox) -> bool {
+        tokio::select! {
+            biased;
+            () = ob.ready() => true,
+            () = std::future::ready(()) => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_outbox_wakes_its_consumer_once_at_release() {
+        let ob = Outbox::new(OutboxLimits {
+            max_bytes: 1 << 20,
+            max_messages: 100,
+        });
+        assert!(ob.hold());
+        assert!(!ob.hold(), "listed twice");
+        ob.push(Bytes::from_static(b"1")).unwrap();
+        ob.push_replay(Bytes::from_static(b"r")).unwrap();
+        assert!(!woken(&ob).await, "a push woke a held consumer");
+        ob.release();
+        assert!(woken(&ob).await, "the release did not wake it");
+        assert!(!woken(&ob).await, "woken twice");
+        let mut out = VecDeque::new();
+        ob.take(&mut out);
+        assert_eq!(out.len(), 2);
+        // Not held any more: the next frame wakes at once.
+        ob.push(Bytes::from_static(b"2")).unwrap();
+        assert!(woken(&ob).await);
+        // A release with nothing queued wakes nobody.
+        out.clear();
+        ob.take(&mut out);
+        assert!(ob.hold());
+        ob.release();
+        assert!(!woken(&ob).await);
+    }
+
+    #[tokio::test]
+    async fn an_overflow_or_a_close_wakes_a_held_consumer_at_once() {
+        let ob = Outbox::new(OutboxLimits {
+            max_bytes: 1 << 20,
+            max_messages: 4,
+        });
+        assert!(ob.hold());
+        ob.push(Bytes::from_static(b"1")).unwrap();
+        assert!(!woken(&ob).await);
+        ob.push(Bytes::from_static(b"2")).unwrap();
+        assert!(woken(&ob).await, "half full");
+        // The consumer does not take them; held again, the queue overflows.
+        assert!(!ob.hold());
+        ob.push(Bytes::from_static(b"3")).unwrap();
+        assert!(
+            woken(&ob).await,
+            "a held queue past half full did not wake at once"
+        );
+        ob.push(Bytes::from_static(b"4")).unwrap();
+        assert_eq!(ob.push(Bytes::from_static(b"5")), Err(PushError::Overflow));
+        assert!(woken(&ob).await, "an overflow waited for the release");
+        let mut out = VecDeque::new();
+        assert_eq!(ob.take(&mut out), Some(CloseReason::SlowConsumer));
+        let closed = Outbox::new(OutboxLimits {
+            max_bytes: 1 << 20,
+            max_messages: 10,
+        });
+        assert!(closed.hold());
+        closed.close();
+        assert!(woken(&closed).await, "a close waited for the release");
+        assert!(!closed.hold(), "a closed outbox was held");
+    }
+
+    #[tokio::test]
+    async fn a_held_queue_half_full_wakes_its_consumer_at_once_and_stays_listed_once() {
+        let ob = Outbox::new(OutboxLimits {
+            max_bytes: 1 << 20,
+            max_messages: 4,
+        });
+        assert!(ob.hold());
+        ob.push(Bytes::from_static(b"1")).unwrap();
+        assert!(!woken(&ob).await);
+        ob.push(Bytes::from_static(b"2")).unwrap();
+        assert!(
+            woken(&ob).await,
+            "half the frame limit did not end the hold"
+        );
+        let mut out = VecDeque::new();
+        ob.take(&mut out);
+        // Held again before the release came: not listed a second time, and held anew.
+        assert!(!ob.hold(), "listed twice before its release");
+        ob.push(Bytes::from_static(b"3")).unwrap();
+        assert!(!woken(&ob).await, "the second hold did not hold");
+        ob.release();
+        assert!(woken(&ob).await);
+        assert!(ob.hold(), "after its release it can be listed again");
+        // The byte limit too.
+        let big = Outbox::new(OutboxLimits {
+            max_bytes: 100,
+            max_messages: 1000,
+        });
+        assert!(big.hold());
+        big.push(frame(49)).unwrap();
+        assert!(!woken(&big).await);
+        big.push(frame(1)).unwrap();
+        assert!(
+            woken(&big).await,
+            "half the byte limit did not end the hold"
+        );
     }
 }

@@ -63,6 +63,8 @@ pub(crate) struct ListenerCtx {
     pub(crate) closing: Arc<CloseSchedule>,
     /// The process and its listeners, for the operator's routes ([`crate::admin`]).
     pub(crate) node: Arc<crate::node::Node>,
+    /// Write coalescing's shared tick (`None`: `write_coalesce_ms` is 0).
+    pub(crate) pacer: Option<Arc<crate::pacer::Pacer>>,
 }
 
 /// What every listener shares about channels and identities.
@@ -87,7 +89,10 @@ impl ListenerCtx {
     ) -> Self {
         let conn_limit = Arc::new(Semaphore::new(cfg.max_connections));
         let ip_limits = Arc::new(IpLimits::new(cfg.abuse, cfg.max_connections));
+        let pacer =
+            (!cfg.write_coalesce.is_zero()).then(|| crate::pacer::Pacer::new(cfg.write_coalesce));
         Self {
+            pacer,
             ip_limits,
             cfg,
             channels: policy.channels,

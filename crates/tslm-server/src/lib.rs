@@ -25,6 +25,7 @@ mod listener;
 mod metrics;
 mod node;
 mod ops;
+mod pacer;
 mod poll;
 mod ratelimit;
 mod registry;

@@ -113,8 +113,6 @@ async fn open(
         connection,
         _gauge: ctx.stats.session(dialect),
         batch: VecDeque::new(),
-        last_write: None,
-        write_at: None,
         defer_flush: false,
         raw_replies: false,
         control_frames: PerSecond::new(cfg.abuse.max_control_frames_per_second),
@@ -128,11 +126,6 @@ async fn open(
 struct Session {
     connection: Connection,
     batch: VecDeque<Bytes>,
-    /// With write coalescing: when the queued deliveries were last written.
-    last_write: Option<Instant>,
-    /// With write coalescing: deliveries are queued and wait until then (the outbox's wake-up is
-    /// not listened to meanwhile, so a burst wakes the session once).
-    write_at: Option<Instant>,
     /// While a burst of received frames runs ([`Session::on_burst`]): replies are queued, and
     /// written out once at its end.
     defer_flush: bool,
@@ -222,17 +215,16 @@ impl Session {
             }
             let close_at = closing.as_ref().map_or_else(far, |t| t.at);
             let deadline = dead_at.min(auth_at).min(close_at);
-            let write_at = self.write_at;
             // The select only says what woke the session; its futures are dropped before the
             // work is done, so they and the work's futures share the same bytes of this
             // (every idle session's) future.
             let wake = tokio::select! {
                 _ = self.connection.ctx.generation.cancelled(), if closing.is_none() => Wake::Generation,
                 msg = ws.next() => Wake::Read(msg),
-                _ = self.connection.outbox.ready(), if write_at.is_none() => Wake::Outbox,
-                // One timer for the next ping, every deadline and a coalesced write: every timer
-                // in this loop is part of every idle session's memory.
-                _ = sleep_until(next_ping.min(deadline).min(write_at.unwrap_or_else(far))) => Wake::Timer,
+                _ = self.connection.outbox.ready() => Wake::Outbox,
+                // One timer for the next ping and every deadline: every timer in this loop is
+                // part of every idle session's memory.
+                _ = sleep_until(next_ping.min(deadline)) => Wake::Timer,
             };
             let step = match wake {
                 // Shutdown (or this listener removed): this session takes its turn to close. A
@@ -257,17 +249,9 @@ impl Session {
                         Some(Ok(m)) => Box::pin(self.on_burst(ws, m)).await,
                     }
                 }
-                Wake::Outbox => match self.coalesce() {
-                    Some(at) => {
-                        self.write_at = Some(at);
-                        Ok(())
-                    }
-                    None => self.write_out(ws, None).await,
-                },
-                Wake::Timer if write_at.is_some_and(|at| at <= Instant::now()) => {
-                    self.write_at = None;
-                    self.write_out(ws, None).await
-                }
+                // With write coalescing, the outbox was held after the last write: this is the
+                // listener's tick releasing it (crate::pacer).
+                Wake::Outbox => self.write_out(ws, None).await,
                 Wake::Timer if deadline <= Instant::now() => {
                     Err(if close_at <= dead_at.min(auth_at) {
                         End::Shutdown(closing.take().map(|t| t.reason).unwrap_or_default())
@@ -295,17 +279,6 @@ impl Session {
                 self.connection.pump_replays();
             }
         }
-    }
-
-    /// With write coalescing on, when queued deliveries that just woke the session may be
-    /// written: `None` at once (coalescing off, or the last write was at least an interval ago),
-    /// else the end of the interval that began with the last write.
-    fn coalesce(&self) -> Option<Instant> {
-        coalesced_write_at(
-            self.connection.ctx.cfg.write_coalesce,
-            self.last_write,
-            Instant::now(),
-        )
     }
 
     /// Runs `first` and every further frame already received (up to [`MAX_FRAMES_PER_BURST`]),
@@ -534,6 +507,7 @@ impl Session {
         let stats = &self.connection.ctx.stats;
         let defer_flush = self.defer_flush;
         let raw = self.raw_replies;
+        let mut delivered = false;
         let io = async {
             let (mut extra, mut extra_frame) = match extra {
                 Some(Outgoing::Message(m)) => (Some(m), None),
@@ -563,6 +537,7 @@ impl Session {
                         .await
                         .map_err(|_| End::Gone)?;
                     stats.count_frame_write(batch.len());
+                    delivered = true;
                     batch.clear();
                 }
                 if let Some(m) = extra.take() {
@@ -584,8 +559,10 @@ impl Session {
                 std::task::Poll::Pending => Box::pin(finish_write(io, &self.connection)).await,
             }
         };
-        if !self.connection.ctx.cfg.write_coalesce.is_zero() {
-            self.last_write = Some(Instant::now());
+        // Write coalescing: what arrives until the listener's next tick waits for it and goes
+        // out with one wake-up and one write (crate::pacer).
+        if delivered && let Some(pacer) = &self.connection.ctx.pacer {
+            pacer.hold(&self.connection.outbox);
         }
         r
     }
@@ -612,21 +589,6 @@ async fn finish_write(
         // A session whose writes block at shutdown does not wait for its turn.
         _ = connection.ctx.shutdown.cancelled() => Err(End::Shutdown(connection.ctx.closing.take_turn().reason)),
     }
-}
-
-/// When deliveries that woke a session at `now` may be written, with write coalescing of
-/// `interval` (zero: off): `None` at once (off, or no write in the last interval), else the end
-/// of the interval that began with the last write.
-fn coalesced_write_at(
-    interval: Duration,
-    last_write: Option<Instant>,
-    now: Instant,
-) -> Option<Instant> {
-    if interval.is_zero() {
-        return None;
-    }
-    let at = last_write? + interval;
-    (at > now).then_some(at)
 }
 
 /// What woke a session's loop.
@@ -954,27 +916,6 @@ mod tests {
         let mut rest = Vec::new();
         lazy.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, data[n..]);
-    }
-
-    #[test]
-    fn coalescing_delays_only_a_write_that_follows_another_within_the_interval() {
-        let ms = Duration::from_millis;
-        let t0 = Instant::now();
-        // Off: always at once.
-        assert_eq!(
-            coalesced_write_at(Duration::ZERO, Some(t0), t0 + ms(1)),
-            None
-        );
-        // Nothing written yet, or the last write an interval ago or more: at once.
-        assert_eq!(coalesced_write_at(ms(5), None, t0), None);
-        assert_eq!(coalesced_write_at(ms(5), Some(t0), t0 + ms(5)), None);
-        assert_eq!(coalesced_write_at(ms(5), Some(t0), t0 + ms(60)), None);
-        // Within the interval: at its end.
-        assert_eq!(
-            coalesced_write_at(ms(5), Some(t0), t0 + ms(1)),
-            Some(t0 + ms(5))
-        );
-        assert_eq!(coalesced_write_at(ms(5), Some(t0), t0), Some(t0 + ms(5)));
     }
 
     #[test]

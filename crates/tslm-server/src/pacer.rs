@@ -1,0 +1,115 @@
+//! Write coalescing (`write_coalesce_ms`): one shared tick per listener instead of a timer per
+//! session.
+//!
+//! After a WebSocket session writes deliveries, it *holds* its outbox ([`Outbox::hold`]): frames
+//! queued in the next moment do not wake it. The listener's [`Pacer`] releases every outbox held
+//! since its last tick at the next one, waking each session that got something meanwhile once, to
+//! write it all with one system call. A session that got nothing is not woken at all, and one
+//! that has been quiet since its last tick is not held: its next delivery goes out at once.
+//!
+//! What this saves, per busy session and tick: every wake-up but one and every write but one. A
+//! timer per session (the first design, measured in docs/performance.md) saved writes but added
+//! a wake-up and a timer-wheel entry per delayed write, and cost more CPU than it saved.
+//!
+//! Bounds: an outbox is in the held list at most once ([`Outbox::hold`] refuses a second hold),
+//! so the list holds at most one entry per session of the listener; one tick task runs at a time
+//! per listener, and only while some outbox is held (an idle listener has no timer at all).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tslm_hub::Outbox;
+
+/// A listener's write-coalescing tick (see the module documentation).
+pub(crate) struct Pacer {
+    interval: Duration,
+    /// Outboxes held since the last tick.
+    held: Mutex<Vec<Arc<Outbox>>>,
+}
+
+impl Pacer {
+    pub(crate) fn new(interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            interval,
+            held: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Outbox>>> {
+        // Every update is a single push or swap: a poisoned lock still holds a consistent list.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds `outbox` (a session just wrote from it) until the next tick; arms the tick when it is
+    /// the first outbox held since the last one.
+    pub(crate) fn hold(self: &Arc<Self>, outbox: &Arc<Outbox>) {
+        if !outbox.hold() {
+            return;
+        }
+        let mut held = self.lock();
+        let first = held.is_empty();
+        held.push(Arc::clone(outbox));
+        drop(held);
+        if first {
+            let pacer = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(pacer.interval).await;
+                pacer.tick();
+            });
+        }
+    }
+
+    /// Releases every outbox held since the last tick (each wakes its session if anything was
+    /// queued meanwhile).
+    fn tick(&self) {
+        let held = std::mem::take(&mut *self.lock());
+        for outbox in held {
+            outbox.release();
+        }
+    }
+
+    /// Outboxes currently held.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tslm_hub::OutboxLimits;
+
+    fn outbox() -> Arc<Outbox> {
+        Arc::new(Outbox::new(OutboxLimits {
+            max_bytes: 1 << 20,
+            max_messages: 100,
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tick_releases_every_held_outbox_once_and_only_while_some_are_held() {
+        let pacer = Pacer::new(Duration::from_millis(2));
+        let (a, b) = (outbox(), outbox());
+        pacer.hold(&a);
+        pacer.hold(&a);
+        pacer.hold(&b);
+        assert_eq!(pacer.held(), 2, "an outbox was held twice");
+        a.push(Bytes::from_static(b"x")).unwrap();
+        let woke = tokio::time::timeout(Duration::from_millis(1), a.ready()).await;
+        assert!(
+            woke.is_err(),
+            "a held outbox woke its consumer before the tick"
+        );
+        tokio::time::timeout(Duration::from_millis(5), a.ready())
+            .await
+            .expect("the tick released the outbox");
+        assert_eq!(pacer.held(), 0);
+        // Released: the next frame wakes at once, and no tick is armed.
+        b.push(Bytes::from_static(b"y")).unwrap();
+        tokio::time::timeout(Duration::ZERO, b.ready())
+            .await
+            .expect("a released outbox wakes at once");
+    }
+}
