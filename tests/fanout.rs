@@ -223,7 +223,8 @@ async fn aborted_handshakes_leave_nothing_behind() {
 
 /// `write_coalesce_ms`: a session writes its queued deliveries at most once per interval, so a
 /// stream of messages spaced closer than the interval shares system calls; nothing is lost or
-/// reordered. (That a quiet session writes at once is unit-tested in `session.rs`.)
+/// reordered. (That a quiet session is not held, and that a release wakes it once, is
+/// unit-tested in `pacer.rs` and `tslm-hub`'s `outbox.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_coalescing_writes_a_busy_session_at_most_once_per_interval_and_loses_nothing() {
     const N: u64 = 20;
@@ -265,8 +266,10 @@ async fn write_coalescing_writes_a_busy_session_at_most_once_per_interval_and_lo
 
 /// `write_coalesce_ms`: a session holding its queue between writes is written at once when the
 /// queue reaches half of its bound, so coalescing never turns a subscriber that keeps up into a
-/// slow consumer. Here the bound is 8 frames and 40 messages arrive well within one 100 ms
-/// interval: without the early write the queue overflows and the subscriber is closed.
+/// slow consumer. Here the bound is 8 frames and 40 messages, each published once the one before
+/// was acknowledged, arrive well within one 100 ms interval: without the early write the queue
+/// overflows and the subscriber is closed. (A batch published at once would overflow a queue of 8
+/// with or without coalescing: the subscriber would not run before the burst ended.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_coalescing_writes_a_held_queue_at_half_its_bound_and_loses_nothing() {
     const N: u64 = 40;
@@ -278,8 +281,15 @@ async fn write_coalescing_writes_a_held_queue_at_half_its_bound_and_loses_nothin
     call(&mut publisher, r#"{"op":"create","channel":"burst"}"#).await;
     let mut sub = v1(&srv.url("public")).await;
     call(&mut sub, r#"{"op":"subscribe","channel":"burst"}"#).await;
+    // One message first: the subscriber's write of it holds its queue.
+    call(
+        &mut publisher,
+        r#"{"op":"publish","id":"first","channel":"burst","data":0}"#,
+    )
+    .await;
+    assert_eq!(offset_of(&recv(&mut sub).await), 1);
     let before = srv.stats();
-    for i in 0..N {
+    for i in 1..N {
         let r = call(
             &mut publisher,
             &format!(r#"{{"op":"publish","id":{i},"channel":"burst","data":{i}}}"#),
@@ -287,7 +297,7 @@ async fn write_coalescing_writes_a_held_queue_at_half_its_bound_and_loses_nothin
         .await;
         assert_eq!(r["ok"], true, "{r}");
     }
-    for next in 1..=N {
+    for next in 2..=N {
         assert_eq!(
             offset_of(&recv(&mut sub).await),
             next,
@@ -295,8 +305,53 @@ async fn write_coalescing_writes_a_held_queue_at_half_its_bound_and_loses_nothin
         );
     }
     let after = srv.stats();
-    assert_eq!(after.frames_written - before.frames_written, N as usize);
+    assert_eq!(after.frames_written - before.frames_written, N as usize - 1);
+    assert!(
+        after.frame_writes - before.frame_writes < N as usize - 1,
+        "not coalesced"
+    );
     assert_eq!(after.slow_consumer_closes, before.slow_consumer_closes);
+}
+
+/// `write_coalesce_ms` does not slow a backlog replay: each replay step (here byte-bound, a
+/// few 300-byte messages, far from half the queue's frame bound) is written at once, not at the
+/// next tick. Held until the tick, 1,000 messages would take about 170 ticks of 100 ms; the
+/// bound below is a third of that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_coalescing_does_not_hold_a_backlog_replay() {
+    const N: u64 = 1_000;
+    let srv = TestServer::start(&format!(
+        "{}[channel.\"replayed\"]\nbacklog_messages = {N}\n",
+        two_listeners("write_coalesce_ms = 100\noutbound_queue_bytes = 4096")
+    ))
+    .await;
+    let mut publisher = v1(&srv.url("private")).await;
+    call(&mut publisher, r#"{"op":"create","channel":"replayed"}"#).await;
+    let channel: tslm_protocol::ChannelName = "replayed".parse().unwrap();
+    let body = "x".repeat(250);
+    for _ in 0..N {
+        srv.hub
+            .publish(&channel, &tslm_protocol::Payload::text(&body))
+            .unwrap();
+    }
+    let mut sub = v1(&srv.url("public")).await;
+    let r = call(
+        &mut sub,
+        r#"{"op":"subscribe","channel":"replayed","start":"oldest"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    tokio::time::timeout(Duration::from_secs(6), async {
+        for next in 1..=N {
+            assert_eq!(
+                offset_of(&recv(&mut sub).await),
+                next,
+                "in order, each once"
+            );
+        }
+    })
+    .await
+    .expect("the replay was held to a step per coalescing tick");
 }
 
 /// Without `write_coalesce_ms`, messages spaced apart are written as they come (the counters

@@ -599,6 +599,17 @@ impl Outbox {
         !std::mem::replace(&mut st.listed, true)
     }
 
+    /// Ends a hold early (it stays listed, so its [`Outbox::release`] still comes): wakes the
+    /// consumer if frames are queued.
+    pub fn unhold(&self) {
+        let mut st = self.lock();
+        let wake = std::mem::take(&mut st.held) && !st.is_empty();
+        drop(st);
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+
     /// Ends a [`Outbox::hold`]: wakes the consumer once if frames were queued meanwhile.
     pub fn release(&self) {
         let mut st = self.lock();
@@ -866,6 +877,16 @@ mod tests {
         assert!(woken(&ob).await, "an overflow waited for the release");
         let mut out = VecDeque::new();
         assert_eq!(ob.take(&mut out), Some(CloseReason::SlowConsumer));
+        // An overflow of a queue still held (below half its bound until the overflowing push).
+        let bytes = Outbox::new(OutboxLimits {
+            max_bytes: 100,
+            max_messages: 100,
+        });
+        assert!(bytes.hold());
+        bytes.push(frame(10)).unwrap();
+        assert!(!woken(&bytes).await);
+        assert_eq!(bytes.push(frame(95)), Err(PushError::Overflow));
+        assert!(woken(&bytes).await, "an overflow of a held queue waited");
         let closed = Outbox::new(OutboxLimits {
             max_bytes: 1 << 20,
             max_messages: 10,
@@ -898,7 +919,15 @@ mod tests {
         assert!(!woken(&ob).await, "the second hold did not hold");
         ob.release();
         assert!(woken(&ob).await);
+        out.clear();
+        ob.take(&mut out);
         assert!(ob.hold(), "after its release it can be listed again");
+        // `unhold` ends the hold early (a replay step must go out at once) but keeps it listed.
+        ob.push(Bytes::from_static(b"4")).unwrap();
+        assert!(!woken(&ob).await);
+        ob.unhold();
+        assert!(woken(&ob).await, "unhold did not wake");
+        assert!(!ob.hold(), "unhold took it off the list");
         // The byte limit too.
         let big = Outbox::new(OutboxLimits {
             max_bytes: 100,

@@ -157,11 +157,11 @@ pub struct ListenerConfig {
     pub pong_timeout: Duration,
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
-    /// Write coalescing (`write_coalesce_ms`, 0 = off): a WebSocket session writes its queued
-    /// deliveries at most once per this interval. A delivery to a session that wrote less than
-    /// this long ago waits for the interval's end, with whatever else arrives meanwhile, so that
-    /// moderate-rate streams share a system call and a wake-up; a delivery to a session that has
-    /// been quiet longer goes out at once. The cost: up to this much added latency while busy.
+    /// Write coalescing (`write_coalesce_ms`, 0 = off): after a WebSocket session writes
+    /// deliveries, what arrives next waits for the listener's next tick (every this long while
+    /// some session is held, `crate::pacer`), so that a busy session writes about once per
+    /// interval with one wake-up; a delivery to a session quiet since its last tick goes out at
+    /// once. The cost: up to this much added latency while busy.
     pub write_coalesce: Duration,
     /// Conformance testing only: echo every WebSocket message instead of running commands.
     pub echo: bool,

@@ -11,14 +11,24 @@
 //! timer per session (the first design, measured in docs/performance.md) saved writes but added
 //! a wake-up and a timer-wheel entry per delayed write, and cost more CPU than it saved.
 //!
-//! Bounds: an outbox is in the held list at most once ([`Outbox::hold`] refuses a second hold),
-//! so the list holds at most one entry per session of the listener; one tick task runs at a time
-//! per listener, and only while some outbox is held (an idle listener has no timer at all).
+//! Bounds: an outbox is in a held list at most once ([`Outbox::hold`] lists it again only after
+//! its release), so the list holds at most one entry per session of the listener; one tick task
+//! is pending per pacer, and only while some outbox is held (an idle listener has no timer at
+//! all). A reload builds a new pacer; the old one's pending tick still releases what it holds.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tslm_hub::Outbox;
+
+/// Runs its pacer's tick when dropped.
+struct Tick(Arc<Pacer>);
+
+impl Drop for Tick {
+    fn drop(&mut self) {
+        self.0.tick();
+    }
+}
 
 /// A listener's write-coalescing tick (see the module documentation).
 pub(crate) struct Pacer {
@@ -51,10 +61,12 @@ impl Pacer {
         held.push(Arc::clone(outbox));
         drop(held);
         if first {
-            let pacer = Arc::clone(self);
+            // The tick runs when the task is dropped, even unpolled (a runtime shutting down):
+            // a pacer whose list stayed non-empty would never arm a tick again.
+            let tick = Tick(Arc::clone(self));
             tokio::spawn(async move {
-                tokio::time::sleep(pacer.interval).await;
-                pacer.tick();
+                tokio::time::sleep(tick.0.interval).await;
+                drop(tick);
             });
         }
     }
@@ -62,7 +74,11 @@ impl Pacer {
     /// Releases every outbox held since the last tick (each wakes its session if anything was
     /// queued meanwhile).
     fn tick(&self) {
-        let held = std::mem::take(&mut *self.lock());
+        let held = {
+            let mut list = self.lock();
+            let capacity = list.len();
+            std::mem::replace(&mut *list, Vec::with_capacity(capacity))
+        };
         for outbox in held {
             outbox.release();
         }
@@ -106,10 +122,45 @@ mod tests {
             .await
             .expect("the tick released the outbox");
         assert_eq!(pacer.held(), 0);
-        // Released: the next frame wakes at once, and no tick is armed.
+        // Released: the next frame wakes at once.
         b.push(Bytes::from_static(b"y")).unwrap();
         tokio::time::timeout(Duration::ZERO, b.ready())
             .await
             .expect("a released outbox wakes at once");
+        // Held again after the tick: a new tick is armed and releases it.
+        let mut out = std::collections::VecDeque::new();
+        a.take(&mut out);
+        pacer.hold(&a);
+        assert_eq!(pacer.held(), 1);
+        a.push(Bytes::from_static(b"z")).unwrap();
+        tokio::time::timeout(Duration::from_millis(5), a.ready())
+            .await
+            .expect("the second tick released the outbox");
+        assert_eq!(pacer.held(), 0);
+    }
+
+    #[test]
+    fn a_tick_dropped_before_it_ran_still_releases() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime")
+        };
+        let pacer = Pacer::new(Duration::from_secs(3600));
+        let a = outbox();
+        // The tick task's runtime is dropped with the task unpolled.
+        let rt = runtime();
+        {
+            let _enter = rt.enter();
+            pacer.hold(&a);
+        }
+        a.push(Bytes::from_static(b"x")).unwrap();
+        assert_eq!(pacer.held(), 1);
+        drop(rt);
+        assert_eq!(pacer.held(), 0, "the dropped tick did not release");
+        runtime()
+            .block_on(async { tokio::time::timeout(Duration::ZERO, a.ready()).await })
+            .expect("the release woke the consumer");
     }
 }

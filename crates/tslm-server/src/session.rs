@@ -277,6 +277,12 @@ impl Session {
             }
             if !self.connection.catching.is_empty() && self.connection.outbox.queued_frames() == 0 {
                 self.connection.pump_replays();
+                // A replay step goes out at once, not at the coalescing tick: holding would slow
+                // a catch-up to a step per tick, and a subscriber that could keep up would fall
+                // behind the backlog.
+                if self.connection.ctx.pacer.is_some() {
+                    self.connection.outbox.unhold();
+                }
             }
         }
     }
