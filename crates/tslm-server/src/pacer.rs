@@ -21,12 +21,42 @@ use std::time::Duration;
 
 use tslm_hub::Outbox;
 
-/// Runs its pacer's tick when dropped.
-struct Tick(Arc<Pacer>);
+/// Outboxes a tick releases before it yields to other tasks, so that a listener with very many
+/// busy sessions does not hold a worker thread for its whole list.
+const RELEASE_CHUNK: usize = 512;
+
+/// A pending tick. Whatever it has not released when dropped (its task dropped unpolled by a
+/// runtime shutting down, or midway) it releases then: a pacer whose list stayed non-empty would
+/// never arm a tick again, and its outboxes would stay held.
+struct Tick {
+    pacer: Arc<Pacer>,
+    /// The list taken from the pacer, as far as it is not released yet.
+    taken: Option<std::vec::IntoIter<Arc<Outbox>>>,
+}
+
+impl Tick {
+    /// Waits for the interval, then releases the list held since the last tick, in chunks.
+    async fn run(mut self) {
+        tokio::time::sleep(self.pacer.interval).await;
+        let rest = self.taken.insert(self.pacer.take().into_iter());
+        loop {
+            for outbox in rest.by_ref().take(RELEASE_CHUNK) {
+                outbox.release();
+            }
+            if rest.len() == 0 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
 
 impl Drop for Tick {
     fn drop(&mut self) {
-        self.0.tick();
+        match self.taken.take() {
+            Some(rest) => rest.for_each(|outbox| outbox.release()),
+            None => self.pacer.take().into_iter().for_each(|o| o.release()),
+        }
     }
 }
 
@@ -61,27 +91,20 @@ impl Pacer {
         held.push(Arc::clone(outbox));
         drop(held);
         if first {
-            // The tick runs when the task is dropped, even unpolled (a runtime shutting down):
-            // a pacer whose list stayed non-empty would never arm a tick again.
-            let tick = Tick(Arc::clone(self));
-            tokio::spawn(async move {
-                tokio::time::sleep(tick.0.interval).await;
-                drop(tick);
-            });
+            let tick = Tick {
+                pacer: Arc::clone(self),
+                taken: None,
+            };
+            tokio::spawn(tick.run());
         }
     }
 
-    /// Releases every outbox held since the last tick (each wakes its session if anything was
-    /// queued meanwhile).
-    fn tick(&self) {
-        let held = {
-            let mut list = self.lock();
-            let capacity = list.len();
-            std::mem::replace(&mut *list, Vec::with_capacity(capacity))
-        };
-        for outbox in held {
-            outbox.release();
-        }
+    /// Takes the list of outboxes held since the last tick (each wakes its session at its
+    /// release if anything was queued meanwhile); holds from now on arm the next tick.
+    fn take(&self) -> Vec<Arc<Outbox>> {
+        let mut list = self.lock();
+        let capacity = list.len();
+        std::mem::replace(&mut *list, Vec::with_capacity(capacity))
     }
 
     /// Outboxes currently held.
@@ -136,6 +159,23 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(5), a.ready())
             .await
             .expect("the second tick released the outbox");
+        assert_eq!(pacer.held(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tick_releases_a_list_longer_than_a_chunk_whole() {
+        let pacer = Pacer::new(Duration::from_millis(2));
+        let all: Vec<_> = (0..RELEASE_CHUNK * 3 + 7).map(|_| outbox()).collect();
+        for o in &all {
+            pacer.hold(o);
+            o.push(Bytes::from_static(b"x")).unwrap();
+        }
+        assert_eq!(pacer.held(), all.len());
+        for o in &all {
+            tokio::time::timeout(Duration::from_millis(5), o.ready())
+                .await
+                .expect("every held outbox released");
+        }
         assert_eq!(pacer.held(), 0);
     }
 
