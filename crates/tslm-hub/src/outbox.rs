@@ -817,6 +817,13 @@ mod tests {
         assert_eq!(ob.take(&mut out), Some(CloseReason::Closed));
     }
 
+    fn limited(max_bytes: usize, max_messages: usize) -> Outbox {
+        Outbox::new(OutboxLimits {
+            max_bytes,
+            max_messages,
+        })
+    }
+
     /// Whether the consumer's wake-up is pending (a permit stored), without waiting for one.
     async fn woken(ob: &Outbox) -> bool {
         tokio::select! {
@@ -828,10 +835,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_outbox_wakes_its_consumer_once_at_release() {
-        let ob = Outbox::new(OutboxLimits {
-            max_bytes: 1 << 20,
-            max_messages: 100,
-        });
+        let ob = limited(1 << 20, 100);
         assert!(ob.hold());
         assert!(!ob.hold(), "listed twice");
         ob.push(Bytes::from_static(b"1")).unwrap();
@@ -856,10 +860,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_overflow_or_a_close_wakes_a_held_consumer_at_once() {
-        let ob = Outbox::new(OutboxLimits {
-            max_bytes: 1 << 20,
-            max_messages: 4,
-        });
+        let ob = limited(1 << 20, 4);
         assert!(ob.hold());
         ob.push(Bytes::from_static(b"1")).unwrap();
         assert!(!woken(&ob).await);
@@ -878,19 +879,13 @@ mod tests {
         let mut out = VecDeque::new();
         assert_eq!(ob.take(&mut out), Some(CloseReason::SlowConsumer));
         // An overflow of a queue still held (below half its bound until the overflowing push).
-        let bytes = Outbox::new(OutboxLimits {
-            max_bytes: 100,
-            max_messages: 100,
-        });
+        let bytes = limited(100, 100);
         assert!(bytes.hold());
         bytes.push(frame(10)).unwrap();
         assert!(!woken(&bytes).await);
         assert_eq!(bytes.push(frame(95)), Err(PushError::Overflow));
         assert!(woken(&bytes).await, "an overflow of a held queue waited");
-        let closed = Outbox::new(OutboxLimits {
-            max_bytes: 1 << 20,
-            max_messages: 10,
-        });
+        let closed = limited(1 << 20, 10);
         assert!(closed.hold());
         closed.close();
         assert!(woken(&closed).await, "a close waited for the release");
@@ -899,10 +894,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_queue_half_full_wakes_its_consumer_at_once_and_stays_listed_once() {
-        let ob = Outbox::new(OutboxLimits {
-            max_bytes: 1 << 20,
-            max_messages: 4,
-        });
+        let ob = limited(1 << 20, 4);
         assert!(ob.hold());
         ob.push(Bytes::from_static(b"1")).unwrap();
         assert!(!woken(&ob).await);
@@ -929,10 +921,7 @@ mod tests {
         assert!(woken(&ob).await, "unhold did not wake");
         assert!(!ob.hold(), "unhold took it off the list");
         // The byte limit too.
-        let big = Outbox::new(OutboxLimits {
-            max_bytes: 100,
-            max_messages: 1000,
-        });
+        let big = limited(100, 1000);
         assert!(big.hold());
         big.push(frame(49)).unwrap();
         assert!(!woken(&big).await);
